@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+// Package.swift: sbpc, an ONNX-to-SBP-training-step compiler and its CPU runtime.
+import PackageDescription
+
+let package = Package(
+  name: "sbpc",
+  products: [
+    .executable(name: "sbpc", targets: ["sbpc"])
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+  ],
+  targets: [
+    // System libraries, found through pkg-config.
+    .systemLibrary(
+      name: "CProtobufC", pkgConfig: "libprotobuf-c",
+      providers: [.apt(["libprotobuf-c-dev"])]),
+    .systemLibrary(
+      name: "COpenBLAS", pkgConfig: "openblas",
+      providers: [.apt(["libopenblas-dev"])]),
+    // protoc-c output for Sources/CONNXProto/schema/onnx.proto, committed.
+    .target(
+      name: "CONNXProto", dependencies: ["CProtobufC"],
+      exclude: ["schema"]),
+    // Stages, each depending only on the ones before it.
+    .target(name: "SBPIR"),
+    .target(name: "SBPONNX", dependencies: ["SBPIR", "CONNXProto", "CProtobufC"]),
+    .target(name: "SBPPasses", dependencies: ["SBPIR"]),
+    .target(name: "SBPRuntime", dependencies: ["SBPIR", "COpenBLAS"]),
+    .executableTarget(
+      name: "sbpc",
+      dependencies: [
+        "SBPIR", "SBPONNX", "SBPPasses", "SBPRuntime",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
+    .testTarget(name: "SBPIRTests", dependencies: ["SBPIR"]),
+    .testTarget(name: "SBPONNXTests", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
+    .testTarget(name: "SBPPassesTests", dependencies: ["SBPIR", "SBPPasses"]),
+    .testTarget(name: "SBPRuntimeTests", dependencies: ["SBPRuntime"]),
+  ],
+  swiftLanguageModes: [.v6]
+)

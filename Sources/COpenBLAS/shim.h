@@ -1,0 +1,2 @@
+// shim.h: exposes OpenBLAS's CBLAS interface to Swift.
+#include <cblas.h>

@@ -1,0 +1,231 @@
+// ShapeInference.swift: result types of every op from its operand types.
+
+extension SliceSpec {
+  /// Resolves ONNX slice bounds (negative indices, clamping, INT64_MAX ends) against `shape`,
+  /// so the stored spec is canonical: every axis non-negative, every bound in range.
+  public func normalized(for shape: [Int]) throws -> SliceSpec {
+    guard starts.count == ends.count, starts.count == axes.count, steps.count == axes.count else {
+      throw IRError.type("slice: starts, ends, axes and steps differ in length")
+    }
+    var out = SliceSpec(starts: [], ends: [], axes: [], steps: [])
+    for i in 0..<axes.count {
+      guard let ax = normalizeAxis(axes[i], rank: shape.count) else {
+        throw IRError.type("slice: axis \(axes[i]) out of range for rank \(shape.count)")
+      }
+      let dim = shape[ax]
+      let step = steps[i]
+      guard step != 0 else { throw IRError.type("slice: step is 0") }
+      var s = starts[i] < 0 ? starts[i] &+ dim : starts[i]
+      var e = ends[i] < 0 ? ends[i] &+ dim : ends[i]
+      if step > 0 {
+        s = min(max(s, 0), dim)
+        e = min(max(e, 0), dim)
+      } else {
+        s = min(max(s, 0), dim - 1)
+        e = min(max(e, -1), dim - 1)
+      }
+      out.starts.append(s)
+      out.ends.append(e)
+      out.axes.append(ax)
+      out.steps.append(step)
+    }
+    return out
+  }
+
+  /// Length of the slice along axis entry `i` of a normalized spec.
+  func length(_ i: Int) -> Int {
+    let s = starts[i], e = ends[i], st = steps[i]
+    return st > 0 ? max(0, (e - s + st - 1) / st) : max(0, (s - e - st - 1) / -st)
+  }
+}
+
+extension Op {
+  /// Result types for operand types `t`. Throws an `IRError.type` naming the op and the mismatch.
+  public func inferTypes(_ t: [TensorType]) throws -> [TensorType] {
+    func fail(_ m: String) -> IRError { IRError.type("\(name): \(m)") }
+    func arity(_ lo: Int, _ hi: Int? = nil) throws {
+      let hi = hi ?? lo
+      guard t.count >= lo, t.count <= hi else {
+        throw fail(lo == hi ? "expects \(lo) operands, got \(t.count)" : "expects \(lo) to \(hi) operands, got \(t.count)")
+      }
+    }
+    func axis(_ a: Int, _ rank: Int) throws -> Int {
+      guard let n = normalizeAxis(a, rank: rank) else { throw fail("axis \(a) out of range for rank \(rank)") }
+      return n
+    }
+    func checked(_ shape: [Int], _ dtype: DType) throws -> TensorType {
+      guard checkedElementCount(shape) != nil else { throw fail("shape \(shape) is negative or too large") }
+      return TensorType(dtype, shape)
+    }
+
+    switch self {
+    case .constant(let lit):
+      try arity(0)
+      return [lit.type]
+    case .add, .sub, .mul, .div, .pow, .equal:
+      try arity(2)
+      guard let s = broadcastShapes(t[0].shape, t[1].shape) else {
+        throw fail("cannot broadcast \(t[0]) with \(t[1])")
+      }
+      if case .pow = self {} else if t[0].dtype != t[1].dtype {
+        throw fail("operand dtypes differ: \(t[0].dtype) and \(t[1].dtype)")
+      }
+      return [try checked(s, self == .equal ? .bool : t[0].dtype)]
+    case .select:
+      try arity(3)
+      guard t[1].dtype == t[2].dtype else { throw fail("branch dtypes differ: \(t[1].dtype) and \(t[2].dtype)") }
+      guard let s1 = broadcastShapes(t[0].shape, t[1].shape), let s = broadcastShapes(s1, t[2].shape) else {
+        throw fail("cannot broadcast \(t[0]), \(t[1]) and \(t[2])")
+      }
+      return [try checked(s, t[1].dtype)]
+    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu:
+      try arity(1)
+      return [t[0]]
+    case .softmax(let a):
+      try arity(1)
+      _ = try axis(a, t[0].rank)
+      return [t[0]]
+    case .cast(let to):
+      try arity(1)
+      return [TensorType(to, t[0].shape)]
+    case .matMul:
+      try arity(2)
+      let a = t[0].shape, b = t[1].shape
+      guard a.count >= 2, b.count >= 2 else { throw fail("operands must have rank >= 2, got \(t[0]) and \(t[1])") }
+      guard a[a.count - 1] == b[b.count - 2] else { throw fail("inner dimensions differ: \(t[0]) and \(t[1])") }
+      guard let batch = broadcastShapes(Array(a.dropLast(2)), Array(b.dropLast(2))) else {
+        throw fail("cannot broadcast batch dimensions of \(t[0]) and \(t[1])")
+      }
+      return [try checked(batch + [a[a.count - 2], b[b.count - 1]], t[0].dtype)]
+    case .linear(let ax, let layout):
+      try arity(2, 3)
+      let x = t[0], w = t[1]
+      let a = try axis(ax, x.rank)
+      guard w.rank >= 2, w.shape.dropFirst(2).allSatisfy({ $0 == 1 }) else {
+        throw fail("weight must be [out,in] (trailing 1s allowed), got \(w)")
+      }
+      let (wIn, wOut) = layout == .outIn ? (w.shape[1], w.shape[0]) : (w.shape[0], w.shape[1])
+      guard x.shape[a] == wIn else { throw fail("input \(x) has \(x.shape[a]) features on axis \(a), weight \(w) expects \(wIn)") }
+      if t.count == 3 {
+        guard t[2].elementCount == wOut, t[2].rank <= 1 || t[2].shape.filter({ $0 != 1 }).count <= 1 else {
+          throw fail("bias \(t[2]) does not match \(wOut) outputs")
+        }
+      }
+      var s = x.shape
+      s[a] = wOut
+      return [try checked(s, x.dtype)]
+    case .gemm(let ta, let tb, _, _):
+      try arity(2, 3)
+      guard t[0].rank == 2, t[1].rank == 2 else { throw fail("operands must be 2-D, got \(t[0]) and \(t[1])") }
+      let (m, k) = ta ? (t[0].shape[1], t[0].shape[0]) : (t[0].shape[0], t[0].shape[1])
+      let (k2, n) = tb ? (t[1].shape[1], t[1].shape[0]) : (t[1].shape[0], t[1].shape[1])
+      guard k == k2 else { throw fail("inner dimensions differ: \(t[0]) and \(t[1])") }
+      if t.count == 3, broadcastShapes(t[2].shape, [m, n]) != [m, n] {
+        throw fail("bias \(t[2]) does not broadcast to [\(m),\(n)]")
+      }
+      return [try checked([m, n], t[0].dtype)]
+    case .conv(let g):
+      try arity(2, 3)
+      let x = t[0], w = t[1]
+      let sp = x.rank - 2
+      guard sp >= 1, w.rank == x.rank else { throw fail("input \(x) and weight \(w) must be NC… and OI… of equal rank") }
+      guard g.strides.count == sp, g.dilations.count == sp, g.pads.count == 2 * sp else {
+        throw fail("strides, dilations and pads do not match \(sp) spatial dimensions")
+      }
+      guard g.group >= 1, x.shape[1] % g.group == 0, w.shape[0] % g.group == 0, w.shape[1] * g.group == x.shape[1] else {
+        throw fail("group \(g.group) does not fit input \(x) and weight \(w)")
+      }
+      if t.count == 3, t[2].elementCount != w.shape[0] { throw fail("bias \(t[2]) does not match \(w.shape[0]) output channels") }
+      var s = [x.shape[0], w.shape[0]]
+      for i in 0..<sp {
+        guard g.strides[i] >= 1, g.dilations[i] >= 1, g.pads[i] >= 0, g.pads[i + sp] >= 0 else { throw fail("strides and dilations must be >= 1, pads >= 0") }
+        let span = g.dilations[i] * (w.shape[2 + i] - 1) + 1
+        let padded = x.shape[2 + i] + g.pads[i] + g.pads[i + sp]
+        guard padded >= span else { throw fail("kernel \(w) larger than padded input \(x)") }
+        s.append((padded - span) / g.strides[i] + 1)
+      }
+      return [try checked(s, x.dtype)]
+    case .layerNorm(let ax, _):
+      try arity(2, 3)
+      let a = try axis(ax, t[0].rank)
+      let n = t[0].shape[a...].reduce(1, *)
+      for p in t.dropFirst() where p.elementCount != n {
+        throw fail("scale/bias \(p) does not match normalized shape \(Array(t[0].shape[a...]))")
+      }
+      return [t[0]]
+    case .reshape(let s):
+      try arity(1)
+      guard let n = checkedElementCount(s), n == t[0].elementCount else {
+        throw fail("cannot reshape \(t[0]) to \(s)")
+      }
+      return [TensorType(t[0].dtype, s)]
+    case .transpose(let p):
+      try arity(1)
+      guard p.count == t[0].rank, Set(p) == Set(0..<t[0].rank) else { throw fail("perm \(p) is not a permutation of rank \(t[0].rank)") }
+      return [TensorType(t[0].dtype, p.map { t[0].shape[$0] })]
+    case .slice(let spec):
+      try arity(1)
+      let n = try spec.normalized(for: t[0].shape)
+      guard n == spec else { throw fail("spec is not normalized for \(t[0])") }
+      guard Set(n.axes).count == n.axes.count else { throw fail("an axis is sliced twice") }
+      var s = t[0].shape
+      for i in 0..<n.axes.count { s[n.axes[i]] = n.length(i) }
+      return [TensorType(t[0].dtype, s)]
+    case .gather(let ax):
+      try arity(2)
+      let a = try axis(ax, t[0].rank)
+      guard t[1].dtype == .i64 || t[1].dtype == .i32 else { throw fail("indices must be i64 or i32, got \(t[1].dtype)") }
+      return [try checked(Array(t[0].shape[..<a]) + t[1].shape + Array(t[0].shape[(a + 1)...]), t[0].dtype)]
+    case .concat(let ax):
+      guard !t.isEmpty else { throw fail("needs at least one operand") }
+      let a = try axis(ax, t[0].rank)
+      var s = t[0].shape
+      s[a] = 0
+      for x in t {
+        guard x.rank == t[0].rank, x.dtype == t[0].dtype else { throw fail("operands \(t[0]) and \(x) differ in rank or dtype") }
+        for i in 0..<x.rank where i != a && x.shape[i] != t[0].shape[i] { throw fail("operands \(t[0]) and \(x) differ off axis \(a)") }
+        s[a] += x.shape[a]
+      }
+      return [try checked(s, t[0].dtype)]
+    case .split(let ax, let sizes):
+      try arity(1)
+      let a = try axis(ax, t[0].rank)
+      guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 0 }), sizes.reduce(0, +) == t[0].shape[a] else {
+        throw fail("sizes \(sizes) do not sum to \(t[0].shape[a]) on axis \(a)")
+      }
+      return sizes.map { n in
+        var s = t[0].shape
+        s[a] = n
+        return TensorType(t[0].dtype, s)
+      }
+    case .squeeze(let axes):
+      try arity(1)
+      let norm = try Set(axes.map { try axis($0, t[0].rank) })
+      for a in norm where t[0].shape[a] != 1 { throw fail("cannot squeeze axis \(a) of \(t[0])") }
+      return [TensorType(t[0].dtype, t[0].shape.enumerated().filter { !norm.contains($0.offset) }.map(\.element))]
+    case .unsqueeze(let axes):
+      try arity(1)
+      let r = t[0].rank + axes.count
+      let norm = try Set(axes.map { try axis($0, r) })
+      guard norm.count == axes.count else { throw fail("repeated axis in \(axes)") }
+      var it = t[0].shape.makeIterator()
+      return [TensorType(t[0].dtype, (0..<r).map { norm.contains($0) ? 1 : it.next()! })]
+    case .expand(let shape):
+      try arity(1)
+      guard let s = broadcastShapes(t[0].shape, shape) else { throw fail("cannot expand \(t[0]) to \(shape)") }
+      return [try checked(s, t[0].dtype)]
+    case .reduceMean(let axes, let keep), .reduceSum(let axes, let keep):
+      try arity(1)
+      let norm = axes.isEmpty ? Set(0..<t[0].rank) : try Set(axes.map { try axis($0, t[0].rank) })
+      var s: [Int] = []
+      for (i, d) in t[0].shape.enumerated() {
+        if !norm.contains(i) { s.append(d) } else if keep { s.append(1) }
+      }
+      return [TensorType(t[0].dtype, s)]
+    case .globalAveragePool:
+      try arity(1)
+      guard t[0].rank >= 3 else { throw fail("input must be N,C,spatial…, got \(t[0])") }
+      return [TensorType(t[0].dtype, Array(t[0].shape[..<2]) + Array(repeating: 1, count: t[0].rank - 2))]
+    }
+  }
+}

@@ -1,0 +1,580 @@
+// Importer.swift: turns a decoded ONNX graph into the static IR, folding shape arithmetic on the way.
+import SBPIR
+
+/// Options that fix what ONNX leaves symbolic.
+public struct ImportOptions: Sendable {
+  /// Value for the symbolic batch dimension (axis 0 of the graph inputs); nil means the default.
+  public var batch: Int?
+  /// Values for other named symbolic dimensions.
+  public var dims: [String: Int]
+
+  public static let defaultBatch = 32
+
+  public init(batch: Int? = nil, dims: [String: Int] = [:]) {
+    self.batch = batch
+    self.dims = dims
+  }
+}
+
+/// The imported graph with what the importer learned about the file.
+public struct ImportedModel: Sendable {
+  public var graph: Graph
+  public var opset: Int
+  public var producer: String
+  public var batch: Int
+  /// Things the user should know, such as a defaulted batch size.
+  public var notes: [String]
+  /// ONNX op histogram of the file as written.
+  public var onnxHistogram: [String: Int]
+}
+
+/// Opsets of the default domain the importer understands.
+public let supportedOpsets = 13...21
+
+/// Imports the ONNX model at `path`. Every error is one line naming the file and the thing at fault.
+public func importONNX(path: String, options: ImportOptions = ImportOptions()) throws -> ImportedModel {
+  let model = try readONNX(path: path)
+  var imp = Importer(path: path, model: model, options: options)
+  return try imp.run()
+}
+
+/// What an ONNX value name stands for while importing.
+private enum Sym {
+  case value(ValueID)
+  case const(ConstTensor)
+}
+
+private struct Importer {
+  let path: String
+  let model: OModel
+  let options: ImportOptions
+  var graph: Graph
+  var syms: [String: Sym] = [:]
+  var materialized: [String: ValueID] = [:]
+  var notes: [String] = []
+  var batch = ImportOptions.defaultBatch
+  var batchNames: Set<String> = []
+  var opset = 0
+  let external: ExternalStore
+
+  init(path: String, model: OModel, options: ImportOptions) {
+    self.path = path
+    self.model = model
+    self.options = options
+    self.graph = Graph(name: model.graphName.isEmpty ? "main" : model.graphName)
+    self.external = ExternalStore(modelPath: path)
+  }
+
+  func err(_ m: String) -> ImportError { ImportError("\(path): \(m)") }
+
+  mutating func run() throws -> ImportedModel {
+    guard let v = model.opsets[""] else { throw err("model imports no opset of the default ONNX domain") }
+    guard supportedOpsets.contains(v) else {
+      throw err("opset \(v) is not supported (sbpc reads opsets \(supportedOpsets.lowerBound) to \(supportedOpsets.upperBound))")
+    }
+    opset = v
+    try importInitializers()
+    try importInputs()
+    for node in try sortedNodes() { try convert(node) }
+    for o in model.outputs {
+      guard let s = syms[o.name] else { throw err("graph output '\(o.name)' is not produced by any node") }
+      graph.outputs.append(GraphInput(value: try materialize(s, name: o.name), name: o.name))
+    }
+    try checkDeclaredTypes()
+    graph.eliminateDeadCode()
+    do { try graph.verify() } catch let e as IRError { throw err("internal: imported graph does not verify: \(e)") }
+    var hist: [String: Int] = [:]
+    for n in model.nodes { hist[n.opType, default: 0] += 1 }
+    return ImportedModel(graph: graph, opset: opset, producer: model.producer, batch: batch, notes: notes, onnxHistogram: hist)
+  }
+
+  // MARK: Initializers and inputs
+
+  mutating func tensorData(_ t: OTensor, _ what: String) throws -> (TensorType, TensorBytes) {
+    guard let dt = dtype(onnx: t.onnxType) else { throw err("\(what) '\(t.name)' has unsupported data type \(t.onnxType)") }
+    guard let n = checkedElementCount(t.dims) else { throw err("\(what) '\(t.name)' has an invalid or too large shape \(t.dims)") }
+    let need = n * dt.byteSize
+    let bytes: TensorBytes
+    switch t.data {
+    case .bytes(let b):
+      bytes = b
+    case .external(let loc, let off, let len):
+      bytes = try external.bytes(tensor: t.name, location: loc, offset: off, length: len, expected: need)
+    }
+    guard bytes.count == need else {
+      throw err("\(what) '\(t.name)' holds \(bytes.count) bytes but its shape \(dt.rawValue)\(t.dims) needs \(need)")
+    }
+    return (TensorType(dt, t.dims), bytes)
+  }
+
+  mutating func importInitializers() throws {
+    for t in model.initializers {
+      let (type, bytes) = try tensorData(t, "initializer")
+      guard syms[t.name] == nil else { throw err("initializer '\(t.name)' is defined twice") }
+      // Floating tensors with more than one element are the model's weights. Scalars and integer
+      // tensors are the exporter's constants: they take part in folding and are never trained.
+      if type.dtype.isFloat && type.elementCount > 1 {
+        syms[t.name] = .value(graph.addParam(t.name, type, trainable: true, data: bytes))
+      } else if type.elementCount <= maxFoldElements, let c = ConstTensor.decode(type.dtype, shape: type.shape, bytes: bytes.buffer) {
+        syms[t.name] = .const(c)
+      } else {
+        syms[t.name] = .value(graph.addParam(t.name, type, trainable: false, data: bytes))
+      }
+    }
+  }
+
+  mutating func importInputs() throws {
+    var sawSymbolicBatch = false
+    var fixedBatch: Int?
+    for inp in model.inputs where syms[inp.name] == nil {
+      guard let et = inp.elemType, let dt = dtype(onnx: et) else { throw err("graph input '\(inp.name)' has no supported tensor type") }
+      guard let dims = inp.dims else { throw err("graph input '\(inp.name)' has no shape") }
+      var shape: [Int] = []
+      for (axis, d) in dims.enumerated() {
+        if let v = d.value, v > 0 {
+          shape.append(v)
+          if axis == 0 { fixedBatch = v }
+        } else if let p = d.param, let v = options.dims[p] {
+          shape.append(v)
+        } else if axis == 0 {
+          sawSymbolicBatch = true
+          if let p = d.param { batchNames.insert(p) }
+          shape.append(options.batch ?? ImportOptions.defaultBatch)
+        } else {
+          let name = d.param.map { "'\($0)'" } ?? "(unnamed)"
+          throw err("symbolic dimension \(name) at axis \(axis) of input '\(inp.name)' has no value; only the batch (axis 0) is fixed by --batch, give others with --dim NAME=N")
+        }
+      }
+      guard checkedElementCount(shape) != nil else { throw err("graph input '\(inp.name)' has a too large shape \(shape)") }
+      syms[inp.name] = .value(graph.addInput(inp.name, TensorType(dt, shape)))
+    }
+    if sawSymbolicBatch {
+      batch = options.batch ?? ImportOptions.defaultBatch
+      if options.batch == nil { notes.append("batch size defaults to \(ImportOptions.defaultBatch) (set it with --batch N)") }
+    } else if let fixedBatch {
+      if let b = options.batch, b != fixedBatch {
+        throw err("the model's batch is fixed at \(fixedBatch); --batch \(b) cannot change it")
+      }
+      batch = fixedBatch
+    }
+  }
+
+  /// ONNX requires a topological order but exporters do not always give one; sort, and name a
+  /// node on any cycle.
+  func sortedNodes() throws -> [ONode] {
+    var producer: [String: Int] = [:]
+    for (i, n) in model.nodes.enumerated() {
+      for o in n.outputs where !o.isEmpty {
+        guard producer[o] == nil, syms[o] == nil else { throw err("value '\(o)' is defined twice (node '\(n.name)')") }
+        producer[o] = i
+      }
+    }
+    var indeg = [Int](repeating: 0, count: model.nodes.count)
+    var users: [[Int]] = Array(repeating: [], count: model.nodes.count)
+    for (i, n) in model.nodes.enumerated() {
+      for inp in Set(n.inputs) where !inp.isEmpty {
+        if let p = producer[inp] {
+          indeg[i] += 1
+          users[p].append(i)
+        } else if syms[inp] == nil {
+          throw err("node '\(n.name)' (\(n.opType)) reads '\(inp)', which no node, input or initializer defines")
+        }
+      }
+    }
+    var ready = (0..<model.nodes.count).filter { indeg[$0] == 0 }.reversed() as [Int]
+    var order: [Int] = []
+    while let i = ready.popLast() {
+      order.append(i)
+      for u in users[i].reversed() {
+        indeg[u] -= 1
+        if indeg[u] == 0 { ready.append(u) }
+      }
+    }
+    if order.count < model.nodes.count, let stuck = indeg.firstIndex(where: { $0 > 0 }) {
+      let n = model.nodes[stuck]
+      throw err("graph has a cycle through node '\(n.name)' (\(n.opType))")
+    }
+    return order.map { model.nodes[$0] }
+  }
+
+  /// Checks our inferred types against the types the exporter wrote (outputs and value_info),
+  /// where those are fully known.
+  func checkDeclaredTypes() throws {
+    for vi in model.outputs + model.valueInfo {
+      guard let s = syms[vi.name], let dims = vi.dims, let et = vi.elemType, let dt = dtype(onnx: et) else { continue }
+      let t: TensorType
+      switch s {
+      case .value(let v): t = graph.type(of: v)
+      case .const(let c): t = c.type
+      }
+      var expect: [Int] = []
+      for d in dims {
+        if let v = d.value {
+          expect.append(v)
+        } else if let p = d.param, batchNames.contains(p) {
+          expect.append(batch)
+        } else if let p = d.param, let v = options.dims[p] {
+          expect.append(v)
+        } else {
+          expect = []
+          break
+        }
+      }
+      guard expect.count == dims.count else { continue }
+      guard t == TensorType(dt, expect) else {
+        throw err("shape inference gives \(t) for '\(vi.name)', but the file declares \(TensorType(dt, expect))")
+      }
+    }
+  }
+
+  // MARK: Values
+
+  /// Turns a constant into a graph value: inline when small, a non-trainable param when big.
+  mutating func materialize(_ s: Sym, name: String) throws -> ValueID {
+    switch s {
+    case .value(let v): return v
+    case .const(let c):
+      if let v = materialized[name] { return v }
+      let v: ValueID
+      if c.count <= Literal.maxInlineElements {
+        v = try graph.append(.constant(c.literal), [], name: name)[0]
+      } else {
+        var pname = name.isEmpty ? "const" : name
+        while graph.params.contains(where: { $0.name == pname }) { pname += "_" }
+        v = graph.addParam(pname, c.type, trainable: false, data: c.encoded())
+      }
+      if !name.isEmpty { materialized[name] = v }
+      return v
+    }
+  }
+
+  func type(_ s: Sym) -> TensorType {
+    switch s {
+    case .value(let v): return graph.type(of: v)
+    case .const(let c): return c.type
+    }
+  }
+
+  // MARK: Nodes
+
+  mutating func convert(_ n: ONode) throws {
+    var ctx = NodeContext(node: n, importer: self)
+    let results = try ctx.lower()
+    self = ctx.importer
+    for (name, s) in zip(n.outputs, results) where !name.isEmpty { syms[name] = s }
+    if n.outputs.count > results.count {
+      for extra in n.outputs[results.count...] where !extra.isEmpty && isUsed(extra) {
+        throw err("node '\(n.name)' (\(n.opType)): output '\(extra)' is used, but sbpc supports only the first \(results.count) output(s) of \(n.opType)")
+      }
+    }
+  }
+
+  func isUsed(_ name: String) -> Bool {
+    model.nodes.contains { $0.inputs.contains(name) } || model.outputs.contains { $0.name == name }
+  }
+
+  /// Lowering of one node, with helpers that name the node in every error.
+  struct NodeContext {
+    let node: ONode
+    var importer: Importer
+
+    func err(_ m: String) -> ImportError { importer.err("node '\(node.name)' (\(node.opType)): \(m)") }
+
+    func sym(_ i: Int) throws -> Sym? {
+      guard i < node.inputs.count, !node.inputs[i].isEmpty else { return nil }
+      guard let s = importer.syms[node.inputs[i]] else { throw err("input '\(node.inputs[i])' is undefined") }
+      return s
+    }
+
+    func required(_ i: Int) throws -> Sym {
+      guard let s = try sym(i) else { throw err("missing input \(i)") }
+      return s
+    }
+
+    func const(_ i: Int, _ what: String) throws -> ConstTensor? {
+      guard let s = try sym(i) else { return nil }
+      guard case .const(let c) = s else { throw err("input \(i) (\(what)) must be constant after folding; sbpc needs static shapes") }
+      return c
+    }
+
+    mutating func value(_ s: Sym, _ i: Int) throws -> ValueID {
+      try importer.materialize(s, name: i < node.inputs.count ? node.inputs[i] : "")
+    }
+
+    func int(_ k: String, _ d: Int) throws -> Int {
+      switch node.attrs[k] {
+      case nil: return d
+      case .int(let v)?: return v
+      default: throw err("attribute '\(k)' must be an integer")
+      }
+    }
+    func float(_ k: String, _ d: Double) throws -> Double {
+      switch node.attrs[k] {
+      case nil: return d
+      case .float(let v)?: return v
+      case .int(let v)?: return Double(v)
+      default: throw err("attribute '\(k)' must be a float")
+      }
+    }
+    func ints(_ k: String) throws -> [Int]? {
+      switch node.attrs[k] {
+      case nil: return nil
+      case .ints(let v)?: return v
+      default: throw err("attribute '\(k)' must be a list of integers")
+      }
+    }
+    func string(_ k: String, _ d: String) throws -> String {
+      switch node.attrs[k] {
+      case nil: return d
+      case .string(let v)?: return v
+      default: throw err("attribute '\(k)' must be a string")
+      }
+    }
+
+    /// Axes from the input (newer opsets) or the attribute (older ones).
+    func axes(input i: Int) throws -> [Int]? {
+      if let c = try const(i, "axes") { return c.intValues }
+      return try ints("axes")
+    }
+
+    /// Emits `op`, folding it when every operand is constant and the op folds.
+    mutating func emit(_ op: Op, _ ins: [Sym]) throws -> [Sym] {
+      let types: [TensorType]
+      do { types = try op.inferTypes(ins.map(importer.type)) } catch let e as IRError { throw err(e.description) }
+      let consts = ins.compactMap { s -> ConstTensor? in if case .const(let c) = s { return c } else { return nil } }
+      if consts.count == ins.count, types.count == 1, types[0].elementCount <= maxFoldElements,
+        let folded = evaluate(op, consts, outType: types[0])
+      {
+        return [.const(folded)]
+      }
+      var vals: [ValueID] = []
+      for (i, s) in ins.enumerated() { vals.append(try value(s, i)) }
+      do {
+        return try importer.graph.append(op, vals, name: node.name).map { .value($0) }
+      } catch let e as IRError { throw err(e.description) }
+    }
+
+    mutating func unary(_ op: Op) throws -> [Sym] { try emit(op, [try required(0)]) }
+    mutating func binary(_ op: Op) throws -> [Sym] { try emit(op, [try required(0), try required(1)]) }
+
+    mutating func lower() throws -> [Sym] {
+      guard node.domain.isEmpty || node.domain == "ai.onnx" else {
+        throw err("unsupported op \(node.domain)::\(node.opType) (only the default ONNX domain is supported)")
+      }
+      let opset = importer.opset
+      switch node.opType {
+      case "Identity": return [try required(0)]
+      case "Dropout": return [try required(0)]
+      case "Constant": return [.const(try constantValue())]
+      case "Shape":
+        let shape = importer.type(try required(0)).shape
+        let r = shape.count
+        var s = try int("start", 0), e = try int("end", r)
+        s = min(max(s < 0 ? s + r : s, 0), r)
+        e = min(max(e < 0 ? e + r : e, 0), r)
+        return [.const(.i64(Array(shape[s..<max(s, e)])))]
+      case "Size": return [.const(ConstTensor(dtype: .i64, shape: [], ints: [Int64(importer.type(try required(0)).elementCount)]))]
+      case "ConstantOfShape":
+        guard let shape = try const(0, "shape")?.intValues, let n = checkedElementCount(shape) else { throw err("shape must be a constant, non-negative shape") }
+        guard n <= maxFoldElements else { throw err("ConstantOfShape of \(n) elements is too large to fold") }
+        var fill = ConstTensor(dtype: .f32, shape: [1], floats: [0])
+        if case .tensor(let t)? = node.attrs["value"] {
+          let (ty, b) = try importer.tensorData(t, "value")
+          guard let c = ConstTensor.decode(ty.dtype, shape: ty.shape, bytes: b.buffer), c.count == 1 else { throw err("value must hold one element") }
+          fill = c
+        }
+        return [.const(fill.gathered([Int](repeating: 0, count: n), shape: shape))]
+      case "Range":
+        guard let s = try const(0, "start"), let l = try const(1, "limit"), let d = try const(2, "delta") else { throw err("start, limit and delta must be constant") }
+        let a = s.doubleValues[0], b = l.doubleValues[0], st = d.doubleValues[0]
+        guard st != 0 else { throw err("delta is 0") }
+        let n = max(0, Int(((b - a) / st).rounded(.up)))
+        guard n <= maxFoldElements else { throw err("range of \(n) elements is too large") }
+        let v = (0..<n).map { a + Double($0) * st }
+        return [.const(ConstTensor(dtype: s.dtype, shape: [n]).filled(v))]
+      case "Cast":
+        guard let d = dtype(onnx: Int32(clamping: try int("to", 0))) else { throw err("unsupported target type \(try int("to", 0))") }
+        return try castTo(d)
+      case "CastLike": return try castTo(importer.type(try required(1)).dtype)
+      case "Add": return try binary(.add)
+      case "Sub": return try binary(.sub)
+      case "Mul": return try binary(.mul)
+      case "Div": return try binary(.div)
+      case "Pow": return try binary(.pow)
+      case "Equal": return try binary(.equal)
+      case "Where": return try emit(.select, [try required(0), try required(1), try required(2)])
+      case "Sqrt": return try unary(.sqrt)
+      case "Erf": return try unary(.erf)
+      case "Tanh": return try unary(.tanh)
+      case "Exp": return try unary(.exp)
+      case "Neg": return try unary(.neg)
+      case "Relu": return try unary(.relu)
+      case "Sigmoid": return try unary(.sigmoid)
+      case "Reciprocal": return try unary(.reciprocal)
+      case "MatMul": return try binary(.matMul)
+      case "Gemm":
+        var ins = [try required(0), try required(1)]
+        if let c = try sym(2) { ins.append(c) }
+        return try emit(.gemm(transA: try int("transA", 0) != 0, transB: try int("transB", 0) != 0, alpha: try float("alpha", 1), beta: try float("beta", 1)), ins)
+      case "Conv": return try conv()
+      case "LayerNormalization":
+        var ins = [try required(0), try required(1)]
+        if let b = try sym(2) { ins.append(b) }
+        guard try int("stash_type", 1) == 1 else { throw err("stash_type other than float is not supported") }
+        return try emit(.layerNorm(axis: try int("axis", -1), epsilon: try float("epsilon", 1e-5)), ins)
+      case "Gelu":
+        let a = try string("approximate", "none")
+        guard let g = GeluApproximation(rawValue: a) else { throw err("unknown approximate '\(a)'") }
+        return try unary(.gelu(g))
+      case "Softmax": return try unary(.softmax(axis: try int("axis", -1)))
+      case "Reshape":
+        let x = try required(0)
+        guard let shapeC = try const(1, "shape") else { throw err("missing shape") }
+        return try emit(.reshape(try reshapeTarget(importer.type(x).shape, shapeC.intValues, allowZero: try int("allowzero", 0) != 0)), [x])
+      case "Flatten":
+        let x = try required(0)
+        let s = importer.type(x).shape
+        guard let a = normalizeAxis(try int("axis", 1), rank: s.count + 1) else { throw err("axis out of range") }
+        return try emit(.reshape([s[..<a].reduce(1, *), s[a...].reduce(1, *)]), [x])
+      case "Transpose":
+        let x = try required(0)
+        let r = importer.type(x).rank
+        return try emit(.transpose(try ints("perm") ?? Array((0..<r).reversed())), [x])
+      case "Slice":
+        let x = try required(0)
+        guard let starts = try const(1, "starts")?.intValues, let ends = try const(2, "ends")?.intValues else { throw err("starts and ends must be given") }
+        let axes = try const(3, "axes")?.intValues ?? Array(0..<starts.count)
+        let steps = try const(4, "steps")?.intValues ?? [Int](repeating: 1, count: starts.count)
+        let spec: SliceSpec
+        do { spec = try SliceSpec(starts: starts, ends: ends, axes: axes, steps: steps).normalized(for: importer.type(x).shape) } catch let e as IRError { throw err(e.description) }
+        return try emit(.slice(spec), [x])
+      case "Gather": return try emit(.gather(axis: try int("axis", 0)), [try required(0), try required(1)])
+      case "Concat":
+        let ins = try (0..<node.inputs.count).compactMap { try sym($0) }
+        return try emit(.concat(axis: try int("axis", 0)), ins)
+      case "Split": return try split()
+      case "Squeeze":
+        let x = try required(0)
+        let s = importer.type(x).shape
+        let ax = try axes(input: 1) ?? s.indices.filter { s[$0] == 1 }
+        return try emit(.squeeze(ax.map { $0 < 0 ? $0 + s.count : $0 }), [x])
+      case "Unsqueeze":
+        let x = try required(0)
+        guard let ax = try axes(input: 1) else { throw err("axes must be given") }
+        let r = importer.type(x).rank + ax.count
+        return try emit(.unsqueeze(ax.map { $0 < 0 ? $0 + r : $0 }.sorted()), [x])
+      case "Expand":
+        let x = try required(0)
+        guard let shape = try const(1, "shape")?.intValues else { throw err("shape must be given") }
+        return try emit(.expand(shape), [x])
+      case "ReduceMean", "ReduceSum":
+        let x = try required(0)
+        let fromInput = node.opType == "ReduceSum" ? opset >= 13 : opset >= 18
+        var ax = (fromInput ? try const(1, "axes")?.intValues : try ints("axes")) ?? []
+        let r = importer.type(x).rank
+        let noop = try int("noop_with_empty_axes", 0) != 0
+        if ax.isEmpty && noop { return [x] }
+        ax = ax.map { $0 < 0 ? $0 + r : $0 }.sorted()
+        if ax.isEmpty { ax = Array(0..<r) }
+        let keep = try int("keepdims", 1) != 0
+        return try emit(node.opType == "ReduceMean" ? .reduceMean(axes: ax, keepDims: keep) : .reduceSum(axes: ax, keepDims: keep), [x])
+      case "GlobalAveragePool": return try unary(.globalAveragePool)
+      default:
+        throw err("unsupported op '\(node.opType)'")
+      }
+    }
+
+    mutating func castTo(_ d: DType) throws -> [Sym] {
+      let x = try required(0)
+      if importer.type(x).dtype == d { return [x] }
+      return try emit(.cast(d), [x])
+    }
+
+    func constantValue() throws -> ConstTensor {
+      if case .tensor(let t)? = node.attrs["value"] {
+        var imp = importer
+        let (ty, b) = try imp.tensorData(t, "Constant value")
+        guard ty.elementCount <= maxFoldElements, let c = ConstTensor.decode(ty.dtype, shape: ty.shape, bytes: b.buffer) else {
+          throw err("constant of \(ty) is too large")
+        }
+        return c
+      }
+      switch node.attrs["value_float"] ?? node.attrs["value_int"] ?? node.attrs["value_floats"] ?? node.attrs["value_ints"] {
+      case .float(let v)?: return ConstTensor(dtype: .f32, shape: [], floats: [v])
+      case .int(let v)?: return ConstTensor(dtype: .i64, shape: [], ints: [Int64(v)])
+      case .floats(let v)?: return ConstTensor(dtype: .f32, shape: [v.count], floats: v)
+      case .ints(let v)?: return .i64(v)
+      default: throw err("Constant has no supported value attribute")
+      }
+    }
+
+    func reshapeTarget(_ inShape: [Int], _ spec: [Int], allowZero: Bool) throws -> [Int] {
+      var out = spec
+      for i in out.indices where out[i] == 0 && !allowZero {
+        guard i < inShape.count else { throw err("shape \(spec) copies dimension \(i), which \(inShape) lacks") }
+        out[i] = inShape[i]
+      }
+      let total = inShape.reduce(1, *)
+      let minus = out.indices.filter { out[$0] == -1 }
+      guard minus.count <= 1, out.allSatisfy({ $0 >= -1 }) else { throw err("bad reshape target \(spec)") }
+      if let m = minus.first {
+        let known = out.enumerated().filter { $0.offset != m }.reduce(1) { $0 * $1.element }
+        guard known > 0, total % known == 0 else { throw err("cannot reshape \(inShape) to \(spec)") }
+        out[m] = total / known
+      }
+      guard out.reduce(1, *) == total else { throw err("cannot reshape \(inShape) to \(spec)") }
+      return out
+    }
+
+    mutating func conv() throws -> [Sym] {
+      let x = try required(0), w = try required(1)
+      let xs = importer.type(x).shape, ws = importer.type(w).shape
+      let sp = max(xs.count - 2, 0)
+      guard ws.count == xs.count else { throw err("input \(xs) and weight \(ws) differ in rank") }
+      let kernel = try ints("kernel_shape") ?? Array(ws.dropFirst(2))
+      let strides = try ints("strides") ?? [Int](repeating: 1, count: sp)
+      let dil = try ints("dilations") ?? [Int](repeating: 1, count: sp)
+      var pads = try ints("pads") ?? [Int](repeating: 0, count: 2 * sp)
+      guard kernel.count == sp, strides.count == sp, dil.count == sp, pads.count == 2 * sp else { throw err("attributes do not match \(sp) spatial dimensions") }
+      switch try string("auto_pad", "NOTSET") {
+      case "NOTSET": break
+      case "VALID": pads = [Int](repeating: 0, count: 2 * sp)
+      case let mode where mode == "SAME_UPPER" || mode == "SAME_LOWER":
+        for i in 0..<sp {
+          let out = (xs[2 + i] + strides[i] - 1) / strides[i]
+          let total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - xs[2 + i])
+          let small = total / 2, big = total - small
+          pads[i] = mode == "SAME_UPPER" ? small : big
+          pads[i + sp] = mode == "SAME_UPPER" ? big : small
+        }
+      case let mode: throw err("unsupported auto_pad '\(mode)'")
+      }
+      var ins = [x, w]
+      if let b = try sym(2) { ins.append(b) }
+      return try emit(.conv(ConvGeometry(strides: strides, pads: pads, dilations: dil, group: try int("group", 1))), ins)
+    }
+
+    mutating func split() throws -> [Sym] {
+      let x = try required(0)
+      let s = importer.type(x).shape
+      let axis = try int("axis", 0)
+      guard let a = normalizeAxis(axis, rank: s.count) else { throw err("axis \(axis) out of range") }
+      var sizes = try const(1, "split")?.intValues ?? (try ints("split"))
+      if sizes == nil {
+        let parts = try int("num_outputs", node.outputs.count)
+        guard parts > 0 else { throw err("num_outputs must be positive") }
+        let chunk = (s[a] + parts - 1) / parts
+        sizes = (0..<parts).map { min(chunk, max(0, s[a] - $0 * chunk)) }
+      }
+      return try emit(.split(axis: a, sizes: sizes!), [x])
+    }
+  }
+}
+
+extension ConstTensor {
+  func filled(_ v: [Double]) -> ConstTensor {
+    var t = self
+    if dtype.isFloat { t.floats = v } else { t.ints = v.map { Int64($0) } }
+    return t
+  }
+}

@@ -1,0 +1,55 @@
+// Opt.swift: `sbpc opt`, which runs named passes on text IR or an ONNX model, like mlir-opt.
+import ArgumentParser
+import Foundation
+import SBPIR
+import SBPPasses
+
+struct Opt: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Run compiler passes on a text IR file (.sbpir) or an ONNX model and print the result.",
+    discussion: "Passes: " + PassRegistry.all.map { "\($0.name) (\($0.summary))" }.joined(separator: "; "))
+
+  @Argument(help: "Input: text IR (.sbpir) or an ONNX model (.onnx).")
+  var input: String
+
+  @Option(help: "Comma-separated passes to run in order, e.g. canonicalize,dce. Empty runs none.")
+  var passes: String = ""
+
+  @Option(name: .customLong("print-after"), help: "Print the IR after this pass (repeatable).")
+  var printAfter: [String] = []
+
+  @Flag(name: .customLong("print-after-all"), help: "Print the IR after every pass.")
+  var printAfterAll = false
+
+  @Flag(name: .customLong("verify-each"), help: "Run the IR verifier after every pass.")
+  var verifyEach = false
+
+  @Option(name: .shortAndLong, help: "Write the final IR to this file instead of standard output.")
+  var output: String?
+
+  @OptionGroup var shape: ShapeOptions
+
+  func run() throws {
+    try reportingErrors {
+      let list = passes.isEmpty ? [] : try PassRegistry.pipeline(passes)
+      for p in printAfter where PassRegistry.named(p) == nil {
+        throw PassError("--print-after: unknown pass '\(p)'")
+      }
+      var notes: [String] = []
+      var graph = try loadGraph(input, shape: shape, notes: &notes)
+      printNotes(notes)
+      if verifyEach { try graph.verify() }
+      let pipeline = PassPipeline(passes: list, verifyEach: verifyEach, printAfter: Set(printAfter), printAfterAll: printAfterAll)
+      try pipeline.run(&graph) { name, text in
+        print("// -----// IR after \(name) //----- //")
+        print(text, terminator: "")
+      }
+      let text = graph.printed()
+      if let output {
+        guard FileManager.default.createFile(atPath: output, contents: Data(text.utf8)) else { throw PassError("\(output): cannot write") }
+      } else if printAfter.isEmpty && !printAfterAll {
+        print(text, terminator: "")
+      }
+    }
+  }
+}

@@ -1,0 +1,81 @@
+// SBPC.swift: the `sbpc` command-line entry point; each subcommand is a thin front end over the modules.
+import ArgumentParser
+import Foundation
+import SBPIR
+import SBPONNX
+import SBPPasses
+
+@main
+struct SBPC: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "sbpc",
+    abstract: "Compile ONNX image models into memory-efficient training steps with Stochastic Backpropagation.",
+    discussion: """
+      Start with `sbpc inspect model.onnx` to see what sbpc makes of a model, and
+      `sbpc opt FILE --passes canonicalize` to run compiler passes on a model or on text IR.
+      """,
+    subcommands: [Inspect.self, Opt.self])
+}
+
+/// Options that fix a model's symbolic dimensions, shared by every command that imports ONNX.
+struct ShapeOptions: ParsableArguments {
+  @Option(help: "Batch size for the model's symbolic batch dimension (default \(ImportOptions.defaultBatch)).")
+  var batch: Int?
+
+  @Option(name: .customLong("dim"), help: ArgumentHelp("Value for another symbolic dimension, as NAME=N. Repeatable.", valueName: "NAME=N"))
+  var dims: [String] = []
+
+  func validate() throws {
+    if let b = batch, b < 1 || b > 1 << 20 { throw ValidationError("--batch must be between 1 and \(1 << 20), got \(b)") }
+    _ = try parsedDims()
+  }
+
+  func parsedDims() throws -> [String: Int] {
+    var out: [String: Int] = [:]
+    for d in dims {
+      let parts = d.split(separator: "=", maxSplits: 1)
+      guard parts.count == 2, let n = Int(parts[1]), n >= 1 else {
+        throw ValidationError("--dim expects NAME=N with N >= 1, got '\(d)'")
+      }
+      out[String(parts[0])] = n
+    }
+    return out
+  }
+
+  var importOptions: ImportOptions { ImportOptions(batch: batch, dims: (try? parsedDims()) ?? [:]) }
+}
+
+/// Prints a one-line error and exits non-zero; every command funnels its failures through this.
+func fail(_ message: String) -> ExitCode {
+  FileHandle.standardError.write(Data("sbpc: error: \(message)\n".utf8))
+  return ExitCode(1)
+}
+
+/// Runs `body`, turning any sbpc error into a one-line message and exit code 1.
+func reportingErrors<T>(_ body: () throws -> T) throws -> T {
+  do {
+    return try body()
+  } catch let e as ExitCode {
+    throw e
+  } catch let e as ValidationError {
+    throw e
+  } catch {
+    throw fail(String(describing: error).split(separator: "\n").joined(separator: " "))
+  }
+}
+
+/// Loads a graph from `.onnx` (imported) or text IR (any other extension).
+func loadGraph(_ path: String, shape: ShapeOptions, notes: inout [String]) throws -> Graph {
+  if path.hasSuffix(".onnx") {
+    let m = try importONNX(path: path, options: shape.importOptions)
+    notes += m.notes
+    return m.graph
+  }
+  guard let data = FileManager.default.contents(atPath: path) else { throw PassError("\(path): cannot read file") }
+  guard let text = String(data: data, encoding: .utf8) else { throw PassError("\(path): not UTF-8 text") }
+  do { return try parseGraph(text) } catch let e as IRError { throw PassError("\(path): \(e)") }
+}
+
+func printNotes(_ notes: [String]) {
+  for n in notes { FileHandle.standardError.write(Data("sbpc: note: \(n)\n".utf8)) }
+}
