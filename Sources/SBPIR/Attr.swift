@@ -23,7 +23,10 @@ public enum AttrValue: Sendable, Hashable, CustomStringConvertible {
 func formatFloat(_ v: Double) -> String {
   if v.isNaN { return "nan" }
   if v.isInfinite { return v < 0 ? "-inf" : "inf" }
-  let s = v.description
+  // Values that are exactly a Float (most ONNX attributes and f32 literals) print in Float's
+  // shortest form, so 1e-6 reads as 1e-06 rather than its double expansion.
+  let f = Float(v)
+  let s = Double(f) == v ? f.description : v.description
   return s.contains(".") || s.contains("e") ? s : s + ".0"
 }
 

@@ -31,10 +31,12 @@ private struct IRParser {
 
   mutating func parse(_ text: String) throws -> Graph {
     var opened = false, closed = false
+    var lastLine = 1
     for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
       line += 1
       let s = trimmed(raw)
       if s.isEmpty || s.hasPrefix("//") { continue }
+      lastLine = line
       guard !closed else { throw fail("text after the closing '}'") }
       var toks = try tokenize(s)[...]
       if !opened {
@@ -51,8 +53,8 @@ private struct IRParser {
       }
       try parseLine(&toks)
     }
-    guard opened else { throw IRError.parse(line: max(line, 1), "no 'graph @name {' found") }
-    guard closed else { throw IRError.parse(line: line, "missing closing '}'") }
+    guard opened else { throw IRError.parse(line: lastLine, "no 'graph @name {' found") }
+    guard closed else { throw IRError.parse(line: lastLine, "missing closing '}'") }
     return graph
   }
 

@@ -76,17 +76,27 @@ struct ModelSummary: Encodable {
     for i in inputs { s += "input     \(i.name) : \(i.type)\n" }
     for o in outputs { s += "output    \(o.name) : \(o.type)\n" }
     s += "params    \(parameters) in \(parameterTensors) tensors (\(formatBytes(parameterBytes)))\n\n"
-    s += "ops            onnx  imported  canonical\n"
-    let names = Set(onnxOps.keys).union(importedOps.keys).union(canonicalOps.keys).sorted()
-    // ONNX op types are CamelCase and IR ops snake_case; show each row once.
-    for n in names {
+    s += "ONNX ops (\(onnxOps.values.reduce(0, +)))\n"
+    s += columns(onnxOps.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" })
+    s += "\nIR ops          imported  canonical\n"
+    for n in Set(importedOps.keys).union(canonicalOps.keys).sorted() {
       func col(_ d: [String: Int]) -> String { d[n].map(String.init) ?? "-" }
-      s += n.padding(toLength: 14, withPad: " ", startingAt: 0) + " " + col(onnxOps).leftPad(4) + "  " + col(importedOps).leftPad(8) + "  " + col(canonicalOps).leftPad(9) + "\n"
+      s += "  " + n.padding(toLength: 20, withPad: " ", startingAt: 0) + col(importedOps).leftPad(6) + col(canonicalOps).leftPad(11) + "\n"
     }
-    s += "total".padding(toLength: 14, withPad: " ", startingAt: 0) + " " + String(onnxOps.values.reduce(0, +)).leftPad(4) + "  "
-      + String(importedOps.values.reduce(0, +)).leftPad(8) + "  " + String(canonicalOps.values.reduce(0, +)).leftPad(9)
+    s += "  total".padding(toLength: 22, withPad: " ", startingAt: 0) + String(importedOps.values.reduce(0, +)).leftPad(6)
+      + String(canonicalOps.values.reduce(0, +)).leftPad(11)
     return s
   }
+}
+
+/// Lays out short cells in rows of four.
+func columns(_ cells: [String]) -> String {
+  var s = ""
+  for (i, c) in cells.enumerated() {
+    s += (i % 4 == 0 ? "  " : "") + c.padding(toLength: 24, withPad: " ", startingAt: 0)
+    if i % 4 == 3 || i == cells.count - 1 { s = String(s.reversed().drop { $0 == " " }.reversed()) + "\n" }
+  }
+  return s
 }
 
 func formatBytes(_ b: Int) -> String {

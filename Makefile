@@ -1,0 +1,61 @@
+# Makefile: build, test, demo and maintenance entry points for sbpc (see README.md).
+SHELL := /bin/bash
+SWIFT ?= swift
+BIN := .build/debug/sbpc
+RELEASE_BIN := .build/release/sbpc
+DEMO_MODEL := models/vit_p4_d6_ts17.onnx
+FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
+APT_PACKAGES := libopenblas-dev libprotobuf-c-dev pkg-config llvm-14-tools
+
+.PHONY: all build release deps test unit-test golden demo format lint proto clean
+
+all: build
+
+# Installs the Debian packages sbpc builds and tests with, only when one is missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+test: build
+	$(SWIFT) test 2>&1 | tee .build/unit-test.log | grep -vE "^(Test Case .* (passed|started)|\[[0-9]+/[0-9]+\] )" ; test $${PIPESTATUS[0]} -eq 0
+	FILECHECK=$(FILECHECK) SBPC=$(BIN) Tests/golden/run.sh
+
+unit-test: build
+	$(SWIFT) test
+
+golden: build
+	FILECHECK=$(FILECHECK) SBPC=$(BIN) Tests/golden/run.sh
+
+demo: build
+	@echo "== sbpc inspect $(DEMO_MODEL) --batch 8"
+	@$(BIN) inspect $(DEMO_MODEL) --batch 8
+	@echo
+	@echo "== sbpc opt $(DEMO_MODEL) --passes canonicalize --batch 8 (first lines of the canonical IR)"
+	@$(BIN) opt $(DEMO_MODEL) --passes canonicalize --batch 8 | grep -v '^  param' | head -24
+
+format:
+	$(SWIFT) format --in-place --recursive Sources Tests Package.swift
+
+lint:
+	$(SWIFT) format lint --recursive Sources Tests Package.swift
+
+# Regenerates the committed protobuf-c code from the project's ONNX schema subset.
+proto:
+	@command -v protoc-c >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq protobuf-c-compiler; }
+	cd Sources/CONNXProto/schema && protoc-c --c_out=. onnx.proto
+	mv Sources/CONNXProto/schema/onnx.pb-c.c Sources/CONNXProto/onnx.pb-c.c
+	mv Sources/CONNXProto/schema/onnx.pb-c.h Sources/CONNXProto/include/onnx.pb-c.h
+	sed -i 's|#include "onnx.pb-c.h"|#include "include/onnx.pb-c.h"|' Sources/CONNXProto/onnx.pb-c.c
+
+clean:
+	rm -rf .build
