@@ -37,6 +37,7 @@ let package = Package(
     .testTarget(name: "SBPONNXTests", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
     .testTarget(name: "SBPPassesTests", dependencies: ["SBPIR", "SBPPasses"]),
     .testTarget(name: "SBPRuntimeTests", dependencies: ["SBPRuntime"]),
+    .testTarget(name: "sbpcTests", dependencies: ["sbpc"]),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -13,7 +13,8 @@ public struct ValueID: Hashable, Comparable, Sendable, CustomStringConvertible {
 public final class TensorBytes: @unchecked Sendable {
   public let base: UnsafeRawPointer
   public let count: Int
-  private let owner: AnyObject?
+  /// What keeps `base` alive (a mapped file, a decoded message), or nil when this object owns it.
+  public let owner: AnyObject?
   private let deallocate: Bool
 
   /// Wraps memory that `owner` keeps alive.

@@ -102,7 +102,7 @@ private struct Importer {
       bytes = try external.bytes(tensor: t.name, location: loc, offset: off, length: len, expected: need)
     }
     guard bytes.count == need else {
-      throw err("\(what) '\(t.name)' holds \(bytes.count) bytes but its shape \(dt.rawValue)\(t.dims) needs \(need)")
+      throw err("\(what) '\(t.name)' holds \(bytes.count) bytes but its shape \(TensorType(dt, t.dims)) needs \(need)")
     }
     return (TensorType(dt, t.dims), bytes)
   }

@@ -2,16 +2,19 @@
 import SBPIR
 
 /// Raises MatMul+bias and Gemm to `linear`, 1×1 convs to `linear` on the channel axis, the erf
-/// and tanh GELU chains to `gelu`, and decomposed LayerNorm to `layer_norm`, so later passes
-/// match one form whichever exporter or opset produced the model.
+/// and tanh GELU chains to `gelu`, decomposed LayerNorm to `layer_norm`, a spatial mean to
+/// `global_average_pool`, and removes data movement that does nothing (an identity gather,
+/// chained or no-op reshapes), so later passes match one form whichever exporter or opset
+/// produced the model.
 public struct Canonicalize: Pass {
   public init() {}
   public let name = "canonicalize"
-  public let summary = "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, LayerNorm forms to layer_norm"
+  public let summary = "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, LayerNorm forms to layer_norm, spatial means to global_average_pool; drop no-op data movement"
 
   public static let patterns: [any RewritePattern] = [
     LinearFromMatMul(), LinearFromGemm(), LinearFromPointwiseConv(), LinearBias(),
     GeluFromErf(), GeluFromTanh(), LayerNormFromDecomposed(),
+    GlobalAveragePoolFromMean(), GatherIdentity(), ReshapeChain(),
   ]
 
   public func run(_ graph: inout Graph) throws {
@@ -226,5 +229,60 @@ struct LayerNormFromDecomposed: RewritePattern {
       if squares { return (x, first, eps) }
     }
     return nil
+  }
+}
+
+// MARK: pooling and data movement
+
+/// A mean over every spatial axis of an N,C,… tensor, keeping dims, is `global_average_pool`.
+struct GlobalAveragePoolFromMean: RewritePattern {
+  let name = "global-average-pool-from-mean"
+  func match(_ root: Node, _ ud: UseDef) -> Replacement? {
+    guard case .reduceMean = root.op else { return nil }
+    let rank = ud.graph.type(of: root.inputs[0]).rank
+    guard rank >= 3, root.op == .reduceMean(axes: Array(2..<rank), keepDims: true) else { return nil }
+    return Replacement(nodes: [NewNode(.globalAveragePool, [.value(root.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
+  }
+}
+
+/// `gather(x, I)` on axis 0 of a 1-D x, where I lists 0, 1, …, n−1 in order, only reshapes x.
+/// (The dynamo exporter lowers a no-op `as_strided` this way.)
+struct GatherIdentity: RewritePattern {
+  let name = "gather-identity"
+  func match(_ root: Node, _ ud: UseDef) -> Replacement? {
+    guard case .gather(0) = root.op else { return nil }
+    let x = ud.graph.type(of: root.inputs[0])
+    guard x.rank == 1, let idx = ud.integerValues(root.inputs[1]), idx.count == x.shape[0],
+      idx.enumerated().allSatisfy({ Int64($0.offset) == $0.element })
+    else { return nil }
+    return Replacement(nodes: [NewNode(.reshape(ud.graph.type(of: root.outputs[0]).shape), [.value(root.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
+  }
+}
+
+/// `reshape(reshape(x))` is one reshape, and a reshape to the shape x already has is x.
+struct ReshapeChain: RewritePattern {
+  let name = "reshape-chain"
+  func match(_ root: Node, _ ud: UseDef) -> Replacement? {
+    guard case .reshape(let shape) = root.op else { return nil }
+    let x = root.inputs[0]
+    if ud.graph.type(of: x).shape == shape { return .forward(x) }
+    if let inner = ud.def(x, { if case .reshape = $0 { return true } else { return false } }), ud.hasSingleUse(x) {
+      return Replacement(nodes: [NewNode(.reshape(shape), [.value(inner.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
+    }
+    return nil
+  }
+}
+
+extension UseDef {
+  /// Integer elements of a constant: an inline literal or a non-trainable i64/i32 parameter with data.
+  func integerValues(_ v: ValueID) -> [Int64]? {
+    if let l = literal(v), case .ints(let xs) = l.elements { return xs }
+    guard let p = param(v), !p.trainable, let d = p.data else { return nil }
+    let t = graph.type(of: v)
+    switch t.dtype {
+    case .i64: return (0..<t.elementCount).map { d.buffer.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self) }
+    case .i32: return (0..<t.elementCount).map { Int64(d.buffer.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
+    default: return nil
+    }
   }
 }

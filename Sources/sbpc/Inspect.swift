@@ -24,12 +24,12 @@ struct Inspect: ParsableCommand {
       let imported = g.opHistogram
       try Canonicalize().run(&g)
       let s = ModelSummary(model: model, imported: m, canonical: g, importedHistogram: imported)
+      printNotes(m.notes)
       if json {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         print(String(decoding: try enc.encode(s), as: UTF8.self))
       } else {
-        printNotes(m.notes)
         print(s.text)
       }
     }
@@ -46,6 +46,7 @@ struct ModelSummary: Encodable {
   var producer: String
   var opset: Int
   var batch: Int
+  var notes: [String]
   var inputs: [Tensor]
   var outputs: [Tensor]
   var onnxOps: [String: Int]
@@ -60,6 +61,7 @@ struct ModelSummary: Encodable {
     producer = m.producer
     opset = m.opset
     batch = m.batch
+    notes = m.notes
     inputs = g.inputs.map { Tensor(name: $0.name, type: g.type(of: $0.value).description) }
     outputs = g.outputs.map { Tensor(name: $0.name, type: g.type(of: $0.value).description) }
     onnxOps = m.onnxHistogram

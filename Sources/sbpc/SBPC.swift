@@ -6,6 +6,25 @@ import SBPONNX
 import SBPPasses
 
 @main
+enum Main {
+  /// Parses and runs a command. Unlike ArgumentParser's default, a bad flag value prints one
+  /// line (`sbpc: error: …`) and no usage block, like every other error sbpc reports.
+  static func main() {
+    do {
+      var command = try SBPC.parseAsRoot()
+      try command.run()
+    } catch {
+      let code = SBPC.exitCode(for: error)
+      if code == .success || error is CleanExit { SBPC.exit(withError: error) }
+      let message = SBPC.message(for: error).split(separator: "\n").first.map(String.init) ?? ""
+      if !message.isEmpty {
+        FileHandle.standardError.write(Data("sbpc: error: \(message.replacingOccurrences(of: "Error: ", with: ""))\n".utf8))
+      }
+      SBPC.exit(withError: ExitCode(code.rawValue == 0 ? 1 : code.rawValue))
+    }
+  }
+}
+
 struct SBPC: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "sbpc",
@@ -30,7 +49,7 @@ struct ShapeOptions: ParsableArguments {
     _ = try parsedDims()
   }
 
-  func parsedDims() throws -> [String: Int] {
+  private func parsedDims() throws -> [String: Int] {
     var out: [String: Int] = [:]
     for d in dims {
       let parts = d.split(separator: "=", maxSplits: 1)
@@ -42,6 +61,7 @@ struct ShapeOptions: ParsableArguments {
     return out
   }
 
+  /// Valid after `validate()`, which ArgumentParser runs before any command.
   var importOptions: ImportOptions { ImportOptions(batch: batch, dims: (try? parsedDims()) ?? [:]) }
 }
 

@@ -1,0 +1,123 @@
+// BadInputTests.swift: each kind of bad ONNX input gets a one-line error naming the culprit, never a crash.
+import Foundation
+import XCTest
+
+@testable import SBPIR
+@testable import SBPONNX
+
+let fixtures = repoRoot + "/Tests/Fixtures"
+
+/// A scratch folder removed after the test.
+func scratchDir() throws -> String {
+  let d = NSTemporaryDirectory() + "sbpc-test-" + UUID().uuidString
+  try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+  return d
+}
+
+final class BadInputTests: XCTestCase {
+  /// Asserts that importing `path` fails with a one-line message containing every fragment.
+  func assertRejects(_ path: String, _ fragments: [String], options: ImportOptions = ImportOptions(batch: 2), file: StaticString = #filePath, line: UInt = #line) {
+    do {
+      _ = try importONNX(path: path, options: options)
+      XCTFail("\(path) imported, expected an error", file: file, line: line)
+    } catch {
+      let m = "\(error)"
+      XCTAssertFalse(m.contains("\n"), "multi-line error: \(m)", file: file, line: line)
+      for f in fragments { XCTAssertTrue(m.contains(f), "'\(m)' does not mention '\(f)'", file: file, line: line) }
+    }
+  }
+
+  func testValidFixturesImport() throws {
+    for f in ["ok_linear.onnx", "ok_external/model.onnx"] {
+      let g = try importONNX(path: fixtures + "/" + f, options: ImportOptions(batch: 3)).graph
+      XCTAssertEqual(g.type(of: g.outputs[0].value), TensorType(.f32, [3, 3]))
+    }
+    let linear = try importONNX(path: fixtures + "/ok_linear.onnx").graph
+    let external = try importONNX(path: fixtures + "/ok_external/model.onnx").graph
+    for (a, b) in zip(linear.params, external.params) {
+      XCTAssertEqual(Data(a.data!.buffer), Data(b.data!.buffer), "external bytes differ from inline ones for \(a.name)")
+    }
+  }
+
+  func testIdentitySharedInitializerStaysOneTensor() throws {
+    let g = try importONNX(path: fixtures + "/ok_shared_identity.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertEqual(g.params.map(\.name).sorted(), ["B", "W"])
+    let w = try XCTUnwrap(g.params.first { $0.name == "W" })
+    XCTAssertEqual(g.nodes.filter { $0.op == .matMul && $0.inputs[1] == w.value }.count, 2)
+  }
+
+  func testEmptyFile() throws {
+    let d = try scratchDir()
+    FileManager.default.createFile(atPath: d + "/empty.onnx", contents: Data())
+    assertRejects(d + "/empty.onnx", ["empty.onnx", "empty"])
+  }
+
+  func testTruncatedFiles() throws {
+    let d = try scratchDir()
+    let whole = try Data(contentsOf: URL(fileURLWithPath: repoRoot + "/models/vit_p4_d6_ts17.onnx"))
+    // Cut at many points: inside the header, inside a weight, inside the node list.
+    for cut in [1, 7, 100, 5_000, whole.count / 3, whole.count / 2, whole.count - 10] {
+      let p = d + "/cut\(cut).onnx"
+      FileManager.default.createFile(atPath: p, contents: whole.prefix(cut))
+      assertRejects(p, ["cut\(cut).onnx"])
+    }
+  }
+
+  func testRandomBytes() throws {
+    let d = try scratchDir()
+    var rng = SystemRandomNumberGenerator()
+    for i in 0..<20 {
+      let bytes = (0..<(64 + i * 97)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+      let p = d + "/random\(i).onnx"
+      FileManager.default.createFile(atPath: p, contents: Data(bytes))
+      assertRejects(p, ["random\(i).onnx"])
+    }
+  }
+
+  func testMissingExternalDataFile() throws {
+    assertRejects(fixtures + "/ext_missing/model.onnx", ["'W'", "weights.bin", "not found"])
+    // A real dynamo export copied without its data file.
+    let d = try scratchDir()
+    try FileManager.default.copyItem(atPath: repoRoot + "/models/vit_p4_d6_dynamo/model.onnx", toPath: d + "/model.onnx")
+    assertRejects(d + "/model.onnx", ["model.onnx.data", "not found"])
+  }
+
+  func testExternalLocationsMustStayInTheModelFolder() {
+    assertRejects(fixtures + "/ext_absolute/model.onnx", ["'W'", "/etc/hostname", "absolute"])
+    assertRejects(fixtures + "/ext_escape/model.onnx", ["'W'", "'..'"])
+    assertRejects(fixtures + "/ext_symlink/model.onnx", ["'W'", "outside the model's folder"])
+  }
+
+  func testExternalRangePastTheEnd() {
+    assertRejects(fixtures + "/ext_past_end/model.onnx", ["'B'", "offset 48 + length 12", "past the end"])
+  }
+
+  func testTensorSizeMustMatchShape() {
+    assertRejects(fixtures + "/bad_size.onnx", ["'W'", "40 bytes", "f32[4,3]", "48"])
+  }
+
+  func testHugeDeclaredTensorIsRefusedWithoutAllocating() {
+    assertRejects(fixtures + "/huge_tensor.onnx", ["'H'", "too large"])
+  }
+
+  func testUnknownOpNamesOpAndNode() {
+    assertRejects(fixtures + "/unknown_op.onnx", ["'fancy_node'", "FancyOp", "unsupported op"])
+  }
+
+  func testSymbolicDimensionOtherThanBatch() throws {
+    assertRejects(fixtures + "/symbolic_dim.onnx", ["'features'", "'x'", "--dim"])
+    let g = try importONNX(path: fixtures + "/symbolic_dim.onnx", options: ImportOptions(batch: 2, dims: ["features": 4])).graph
+    XCTAssertEqual(g.type(of: g.inputs[0].value), TensorType(.f32, [2, 4]))
+  }
+
+  func testCycle() {
+    assertRejects(fixtures + "/cycle.onnx", ["cycle", "'n1'"])
+  }
+
+  func testOtherStructuralErrors() {
+    assertRejects(fixtures + "/opset_12.onnx", ["opset 12", "13 to 21"])
+    assertRejects(fixtures + "/no_graph.onnx", ["no graph"])
+    assertRejects(fixtures + "/dangling_input.onnx", ["'ghost'", "'add'"])
+    assertRejects(fixtures + "/does-not-exist.onnx", ["does-not-exist.onnx", "cannot open"])
+  }
+}

@@ -1,0 +1,379 @@
+# Writes the tiny hand-built ONNX fixtures in Tests/Fixtures/ for sbpc's importer tests (valid and bad inputs).
+"""Write the hand-built ONNX fixtures for sbpc's importer tests.
+
+Each file is a few hundred bytes, built directly with onnx.helper (no exporter), and
+each bad one has exactly one problem; everything else in it is valid.  Most share a
+base graph:
+
+    x: f32[batch, 4]  ->  MatMul(x, W[4,3])  ->  Add(_, B[3])  ->  y: f32[batch, 3]
+
+Opset 17 and IR version 8 unless a fixture says otherwise.  Output is deterministic
+(fixed values, no timestamps), so a rerun gives the same bytes.  The script only
+touches the entries it writes (Tests/Fixtures/README.md is written by hand and
+describes them).
+
+    python3 models/make_fixtures.py            # write into Tests/Fixtures/
+    python3 models/make_fixtures.py --check    # write, then check each fixture is
+                                               # as valid / as broken as described
+"""
+
+import argparse
+import os
+import shutil
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(os.path.dirname(HERE), "Tests", "Fixtures")
+
+OPSET = 17
+IR_VERSION = 8
+PRODUCER = "sbpc models/make_fixtures.py"
+
+# Distinct values, exactly representable in f32.
+W_VALUES = (np.arange(12, dtype=np.float32).reshape(4, 3) * 0.125 - 0.5).astype(np.float32)
+W_VALUES[W_VALUES == 0] = 0.0625  # keep every value distinct and non-zero
+B_VALUES = np.array([0.25, -0.75, 1.5], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# building blocks
+
+
+def x_input(dims=("batch", 4)):
+    return helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))
+
+
+def y_output(dims=("batch", 3), name="y"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))
+
+
+def init(name, array):
+    """Inline initializer with raw_data (little-endian f32)."""
+    return helper.make_tensor(name, TensorProto.FLOAT, list(array.shape), array.tobytes(), raw=True)
+
+
+def raw_tensor(name, dims, data):
+    """Initializer built by hand, so that raw_data need not match dims (make_tensor checks)."""
+    t = TensorProto()
+    t.name = name
+    t.data_type = TensorProto.FLOAT
+    t.dims.extend(dims)
+    t.raw_data = data
+    return t
+
+
+def external(name, dims, location, offset, length):
+    """Initializer whose bytes live in an external file."""
+    t = TensorProto()
+    t.name = name
+    t.data_type = TensorProto.FLOAT
+    t.dims.extend(dims)
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key = key
+        entry.value = value
+    return t
+
+
+def linear_nodes(a="x", w="W", b="B", out="y"):
+    return [
+        helper.make_node("MatMul", [a, w], ["xw"], name="matmul"),
+        helper.make_node("Add", ["xw", b], [out], name="add"),
+    ]
+
+
+def model(graph_name, nodes, inputs, outputs, initializers, opset=OPSET, value_info=()):
+    graph = helper.make_graph(nodes, graph_name, inputs, outputs, initializers, value_info=list(value_info))
+    m = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name=PRODUCER,
+        ir_version=IR_VERSION,
+    )
+    return m
+
+
+def base(graph_name, opset=OPSET):
+    return model(graph_name, linear_nodes(), [x_input()], [y_output()],
+                 [init("W", W_VALUES), init("B", B_VALUES)], opset=opset)
+
+
+def ext_model(graph_name, w_loc, b_loc, w_off=0, b_off=48):
+    return model(graph_name, linear_nodes(), [x_input()], [y_output()], [
+        external("W", [4, 3], w_loc, w_off, 48),
+        external("B", [3], b_loc, b_off, 12),
+    ])
+
+
+# ---------------------------------------------------------------------------
+# the fixtures: name -> function(out_dir) that writes it
+
+
+def write_model(path, m):
+    # Serialize directly: onnx.save would try to handle external data itself.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(m.SerializeToString(deterministic=True))
+
+
+def fresh_dir(path):
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
+
+
+def ok_linear(out):
+    write_model(os.path.join(out, "ok_linear.onnx"), base("ok_linear"))
+
+
+def ok_shared_identity(out):
+    nodes = [
+        helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
+        helper.make_node("MatMul", ["x", "W"], ["y1"], name="matmul1"),
+        helper.make_node("MatMul", ["x", "W_alias"], ["y2"], name="matmul2"),
+        helper.make_node("Add", ["y1", "y2"], ["sum"], name="sum"),
+        helper.make_node("Add", ["sum", "B"], ["y"], name="bias"),
+    ]
+    m = model("ok_shared_identity", nodes, [x_input()], [y_output()],
+              [init("W", W_VALUES), init("B", B_VALUES)])
+    write_model(os.path.join(out, "ok_shared_identity.onnx"), m)
+
+
+def ok_external(out):
+    d = os.path.join(out, "ok_external")
+    fresh_dir(d)
+    with open(os.path.join(d, "weights.bin"), "wb") as f:
+        f.write(W_VALUES.tobytes() + B_VALUES.tobytes())  # W at 0 (48 bytes), B at 48 (12 bytes)
+    write_model(os.path.join(d, "model.onnx"), ext_model("ok_external", "weights.bin", "weights.bin"))
+
+
+def ext_missing(out):
+    d = os.path.join(out, "ext_missing")
+    fresh_dir(d)  # and no weights.bin
+    write_model(os.path.join(d, "model.onnx"), ext_model("ext_missing", "weights.bin", "weights.bin"))
+
+
+def ext_absolute(out):
+    # Only W points outside; B stays inline so that W's location is the one problem.
+    d = os.path.join(out, "ext_absolute")
+    fresh_dir(d)
+    m = model("ext_absolute", linear_nodes(), [x_input()], [y_output()],
+              [external("W", [4, 3], "/etc/hostname", 0, 48), init("B", B_VALUES)])
+    write_model(os.path.join(d, "model.onnx"), m)
+
+
+def ext_escape(out):
+    d = os.path.join(out, "ext_escape")
+    fresh_dir(d)
+    m = model("ext_escape", linear_nodes(), [x_input()], [y_output()],
+              [external("W", [4, 3], "../ok_external/weights.bin", 0, 48), init("B", B_VALUES)])
+    write_model(os.path.join(d, "model.onnx"), m)
+
+
+def ext_past_end(out):
+    d = os.path.join(out, "ext_past_end")
+    fresh_dir(d)
+    with open(os.path.join(d, "weights.bin"), "wb") as f:
+        f.write(W_VALUES.tobytes())  # 48 bytes: B's 48 + 12 runs past the end
+    write_model(os.path.join(d, "model.onnx"), ext_model("ext_past_end", "weights.bin", "weights.bin"))
+
+
+def ext_symlink(out):
+    d = os.path.join(out, "ext_symlink")
+    fresh_dir(d)
+    os.symlink("../ok_external/weights.bin", os.path.join(d, "weights.bin"))
+    write_model(os.path.join(d, "model.onnx"), ext_model("ext_symlink", "weights.bin", "weights.bin"))
+
+
+def bad_size(out):
+    w = raw_tensor("W", [4, 3], W_VALUES.tobytes()[:40])
+    m = model("bad_size", linear_nodes(), [x_input()], [y_output()], [w, init("B", B_VALUES)])
+    write_model(os.path.join(out, "bad_size.onnx"), m)
+
+
+def unknown_op(out):
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"], name="matmul"),
+        helper.make_node("FancyOp", ["xw"], ["fancy"], name="fancy_node"),
+        helper.make_node("Add", ["fancy", "B"], ["y"], name="add"),
+    ]
+    m = model("unknown_op", nodes, [x_input()], [y_output()],
+              [init("W", W_VALUES), init("B", B_VALUES)],
+              value_info=[helper.make_tensor_value_info("fancy", TensorProto.FLOAT, ["batch", 3])])
+    write_model(os.path.join(out, "unknown_op.onnx"), m)
+
+
+def symbolic_dim(out):
+    m = model("symbolic_dim", linear_nodes(), [x_input(("batch", "features"))], [y_output()],
+              [init("W", W_VALUES), init("B", B_VALUES)])
+    write_model(os.path.join(out, "symbolic_dim.onnx"), m)
+
+
+def cycle(out):
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["x_w"], name="matmul"),
+        helper.make_node("Add", ["x_w", "c"], ["a"], name="n1"),
+        helper.make_node("Relu", ["a"], ["c"], name="n2"),
+        helper.make_node("Add", ["a", "B"], ["y"], name="add"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("x_w", "a", "c")]
+    m = model("cycle", nodes, [x_input()], [y_output()],
+              [init("W", W_VALUES), init("B", B_VALUES)], value_info=vi)
+    write_model(os.path.join(out, "cycle.onnx"), m)
+
+
+def huge_tensor(out):
+    # 2^40 f32 elements (4 TiB) declared, 16 bytes present.  Used by its own Add so the
+    # rest of the graph is the ordinary base model.
+    n = 1 << 20
+    h = raw_tensor("H", [n, n], np.arange(4, dtype=np.float32).tobytes())
+    nodes = linear_nodes() + [helper.make_node("Add", ["H", "H"], ["h"], name="huge_add")]
+    m = model("huge_tensor", nodes, [x_input()], [y_output(), y_output((n, n), name="h")],
+              [init("W", W_VALUES), init("B", B_VALUES), h])
+    write_model(os.path.join(out, "huge_tensor.onnx"), m)
+
+
+def opset_12(out):
+    write_model(os.path.join(out, "opset_12.onnx"), base("opset_12", opset=12))
+
+
+def no_graph(out):
+    m = onnx.ModelProto()
+    m.ir_version = IR_VERSION
+    m.producer_name = PRODUCER
+    m.opset_import.append(helper.make_opsetid("", OPSET))
+    assert not m.HasField("graph")
+    write_model(os.path.join(out, "no_graph.onnx"), m)
+
+
+def dangling_input(out):
+    m = model("dangling_input", linear_nodes(b="ghost"), [x_input()], [y_output()],
+              [init("W", W_VALUES)])
+    write_model(os.path.join(out, "dangling_input.onnx"), m)
+
+
+FIXTURES = [
+    ok_linear, ok_shared_identity, ok_external,
+    ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
+    bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
+]
+
+
+# ---------------------------------------------------------------------------
+# --check: each fixture is as valid / as broken as described
+
+
+def check(out):
+    import onnxruntime as ort
+
+    failures = []
+
+    def expect(cond, what):
+        print(("ok    " if cond else "FAIL  ") + what)
+        if not cond:
+            failures.append(what)
+
+    def raises(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            return str(e).splitlines()[0][:100] or type(e).__name__
+        return None
+
+    p = lambda *a: os.path.join(out, *a)  # noqa: E731
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) - 3.5
+    ref = x @ W_VALUES + B_VALUES
+
+    def run(path, want):
+        onnx.checker.check_model(onnx.load(path), full_check=True)
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        y = sess.run(["y"], {"x": x})[0]
+        expect(np.allclose(y, want, atol=1e-6), f"{os.path.relpath(path, out)}: checker + onnxruntime match numpy")
+
+    run(p("ok_linear.onnx"), ref)
+    run(p("ok_shared_identity.onnx"), 2 * (x @ W_VALUES) + B_VALUES)
+    m = onnx.load(p("ok_shared_identity.onnx"))
+    expect([i.name for i in m.graph.initializer] == ["W", "B"], "ok_shared_identity: one W initializer")
+    run(p("ok_external", "model.onnx"), ref)
+    run(p("opset_12.onnx"), ref)  # valid ONNX; only sbpc refuses opset 12
+
+    def ext_fails(sub):
+        path = p(sub, "model.onnx")
+        err = raises(lambda: onnx.load(path))  # load_external_data=True by default
+        if err is None:
+            err = raises(lambda: ort.InferenceSession(path, providers=["CPUExecutionProvider"]))
+        expect(err is not None, f"{sub}: external data load fails ({err})")
+
+    ext_fails("ext_missing")
+    expect(not os.path.lexists(p("ext_missing", "weights.bin")), "ext_missing: no weights.bin")
+    ext_fails("ext_absolute")
+    ext_fails("ext_escape")
+    expect(os.path.getsize(p("ext_past_end", "weights.bin")) == 48, "ext_past_end: weights.bin is 48 bytes")
+    ext_fails("ext_past_end")
+    link = p("ext_symlink", "weights.bin")
+    expect(os.path.islink(link) and os.readlink(link) == "../ok_external/weights.bin",
+           "ext_symlink: weights.bin -> ../ok_external/weights.bin")
+    expect(os.path.isfile(link), "ext_symlink: link resolves")
+    err = raises(lambda: onnx.load(p("ext_symlink", "model.onnx")))
+    expect(err is not None, f"ext_symlink: onnx refuses the link too ({err})")
+
+    def checker_fails(name, full=False):
+        err = raises(lambda: onnx.checker.check_model(onnx.load(p(name)), full_check=full))
+        expect(err is not None, f"{name}: checker rejects ({err})")
+
+    checker_fails("bad_size.onnx")
+    expect(len(onnx.load(p("bad_size.onnx")).graph.initializer[0].raw_data) == 40, "bad_size: W raw_data 40 bytes")
+    checker_fails("unknown_op.onnx")
+    checker_fails("cycle.onnx")
+    checker_fails("huge_tensor.onnx")
+    checker_fails("no_graph.onnx")
+    expect(not onnx.load(p("no_graph.onnx")).HasField("graph"), "no_graph: no graph field")
+    checker_fails("dangling_input.onnx")
+
+    # symbolic_dim is valid ONNX; it only fails when MatMul needs features == 4.
+    onnx.checker.check_model(onnx.load(p("symbolic_dim.onnx")), full_check=True)
+    sess = ort.InferenceSession(p("symbolic_dim.onnx"), providers=["CPUExecutionProvider"])
+    expect(np.allclose(sess.run(["y"], {"x": x})[0], ref, atol=1e-6), "symbolic_dim: valid, runs with features=4")
+    dims = [d.dim_param or d.dim_value for d in onnx.load(p("symbolic_dim.onnx")).graph.input[0].type.tensor_type.shape.dim]
+    expect(dims == ["batch", "features"], "symbolic_dim: x is [batch, features]")
+    expect(onnx.load(p("opset_12.onnx")).opset_import[0].version == 12, "opset_12: default opset 12")
+
+    for root, dirs, files in os.walk(out):
+        dirs.sort()
+        for f in sorted(files):
+            path = os.path.join(root, f)
+            if not os.path.islink(path):
+                expect(os.path.getsize(path) < 4096, f"{os.path.relpath(path, out)}: {os.path.getsize(path)} bytes")
+
+    return failures
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: Tests/Fixtures/ in the repo)")
+    ap.add_argument("--check", action="store_true",
+                    help="after writing, check each fixture with onnx / onnxruntime")
+    args = ap.parse_args()
+
+    os.makedirs(args.out, exist_ok=True)
+    for fn in FIXTURES:
+        fn(args.out)
+    print(f"wrote {len(FIXTURES)} fixtures into {args.out}")
+    if args.check:
+        failures = check(args.out)
+        if failures:
+            print(f"{len(failures)} check(s) failed", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
