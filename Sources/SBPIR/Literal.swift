@@ -59,6 +59,7 @@ public struct Literal: Sendable, Hashable {
       let v = dtype == .f64 ? values : values.map { Double(Float($0)) }
       return Literal(type: TensorType(dtype, shape), elements: .floats(v))
     }
-    return Literal(type: TensorType(dtype, shape), elements: .ints(values.map { Int64(clamping: Int(exactly: $0.rounded(.towardZero)) ?? 0) }))
+    return Literal(
+      type: TensorType(dtype, shape), elements: .ints(values.map { Int64(clamping: Int(exactly: $0.rounded(.towardZero)) ?? 0) }))
   }
 }

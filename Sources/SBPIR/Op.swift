@@ -207,13 +207,18 @@ public enum Op: Sendable, Hashable {
       guard let l = WeightLayout(rawValue: s) else { throw IRError.attribute("linear: layout must be \"oi\" or \"io\", got '\(s)'") }
       self = .linear(axis: try a.int("axis"), layout: l)
     case "gemm":
-      self = .gemm(transA: try a.int("trans_a") != 0, transB: try a.int("trans_b") != 0, alpha: try a.float("alpha"), beta: try a.float("beta"))
+      self = .gemm(
+        transA: try a.int("trans_a") != 0, transB: try a.int("trans_b") != 0, alpha: try a.float("alpha"), beta: try a.float("beta"))
     case "conv":
-      self = .conv(ConvGeometry(strides: try a.ints("strides"), pads: try a.ints("pads"), dilations: try a.ints("dilations"), group: try a.int("group")))
+      self = .conv(
+        ConvGeometry(
+          strides: try a.ints("strides"), pads: try a.ints("pads"), dilations: try a.ints("dilations"), group: try a.int("group")))
     case "layer_norm": self = .layerNorm(axis: try a.int("axis"), epsilon: try a.float("epsilon"))
     case "gelu":
       let s = try a.string("approximate")
-      guard let g = GeluApproximation(rawValue: s) else { throw IRError.attribute("gelu: approximate must be \"none\" or \"tanh\", got '\(s)'") }
+      guard let g = GeluApproximation(rawValue: s) else {
+        throw IRError.attribute("gelu: approximate must be \"none\" or \"tanh\", got '\(s)'")
+      }
       self = .gelu(g)
     case "softmax": self = .softmax(axis: try a.int("axis"))
     case "reshape": self = .reshape(try a.ints("shape"))

@@ -150,7 +150,9 @@ private struct IRParser {
     let inferred: [TensorType]
     do { inferred = try op.inferTypes(operands.map { graph.type(of: $0) }) } catch let e as IRError { throw fail(e.description) }
     guard inferred == types else {
-      throw fail("declared type \(types.map(\.description).joined(separator: ", ")) but \(opName) gives \(inferred.map(\.description).joined(separator: ", "))")
+      throw fail(
+        "declared type \(types.map(\.description).joined(separator: ", ")) but \(opName) gives \(inferred.map(\.description).joined(separator: ", "))"
+      )
     }
     var outs: [ValueID] = []
     for (n, ty) in zip(results, types) {

@@ -33,7 +33,10 @@ extension Graph {
 }
 
 func isBareSymbol(_ s: String) -> Bool {
-  !s.isEmpty && s.unicodeScalars.allSatisfy { ("0"..."9").contains($0) || ("a"..."z").contains($0) || ("A"..."Z").contains($0) || $0 == "_" || $0 == "." }
+  !s.isEmpty
+    && s.unicodeScalars.allSatisfy {
+      ("0"..."9").contains($0) || ("a"..."z").contains($0) || ("A"..."Z").contains($0) || $0 == "_" || $0 == "."
+    }
 }
 
 /// Symbols made of letters, digits, '_' and '.' print bare; anything else is quoted.

@@ -38,7 +38,8 @@ extension SliceSpec {
     for i in axes.indices {
       guard axes[i] >= 0, axes[i] < shape.count, steps[i] != 0 else { return false }
       let dim = shape[axes[i]]
-      let ok = steps[i] > 0
+      let ok =
+        steps[i] > 0
         ? (0...dim).contains(starts[i]) && (0...dim).contains(ends[i])
         : (0...max(dim - 1, 0)).contains(starts[i]) && (-1...max(dim - 1, -1)).contains(ends[i])
       guard ok else { return false }
@@ -81,7 +82,8 @@ extension Op {
       guard let s = broadcastShapes(t[0].shape, t[1].shape) else {
         throw fail("cannot broadcast \(t[0]) with \(t[1])")
       }
-      if case .pow = self {} else if t[0].dtype != t[1].dtype {
+      if case .pow = self {
+      } else if t[0].dtype != t[1].dtype {
         throw fail("operand dtypes differ: \(t[0].dtype) and \(t[1].dtype)")
       }
       return [try checked(s, self == .equal ? .bool : t[0].dtype)]
@@ -152,7 +154,9 @@ extension Op {
       if t.count == 3, t[2].elementCount != w.shape[0] { throw fail("bias \(t[2]) does not match \(w.shape[0]) output channels") }
       var s = [x.shape[0], w.shape[0]]
       for i in 0..<sp {
-        guard g.strides[i] >= 1, g.dilations[i] >= 1, g.pads[i] >= 0, g.pads[i + sp] >= 0 else { throw fail("strides and dilations must be >= 1, pads >= 0") }
+        guard g.strides[i] >= 1, g.dilations[i] >= 1, g.pads[i] >= 0, g.pads[i + sp] >= 0 else {
+          throw fail("strides and dilations must be >= 1, pads >= 0")
+        }
         let span = g.dilations[i] * (w.shape[2 + i] - 1) + 1
         let padded = x.shape[2 + i] + g.pads[i] + g.pads[i + sp]
         guard padded >= span else { throw fail("kernel \(w) larger than padded input \(x)") }

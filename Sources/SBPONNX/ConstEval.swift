@@ -40,8 +40,12 @@ struct ConstTensor {
   static func decode(_ dtype: DType, shape: [Int], bytes: UnsafeRawBufferPointer) -> ConstTensor? {
     guard let n = checkedElementCount(shape), bytes.count == n * dtype.byteSize else { return nil }
     var t = ConstTensor(dtype: dtype, shape: shape)
-    func load<T>(_: T.Type, _ f: (T) -> Double) -> [Double] { (0..<n).map { f(bytes.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) } }
-    func loadI<T: BinaryInteger>(_: T.Type) -> [Int64] { (0..<n).map { Int64(truncatingIfNeeded: bytes.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) } }
+    func load<T>(_: T.Type, _ f: (T) -> Double) -> [Double] {
+      (0..<n).map { f(bytes.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) }
+    }
+    func loadI<T: BinaryInteger>(_: T.Type) -> [Int64] {
+      (0..<n).map { Int64(truncatingIfNeeded: bytes.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) }
+    }
     switch dtype {
     case .f32: t.floats = load(Float.self) { Double($0) }
     case .f64: t.floats = load(Double.self) { $0 }
@@ -74,7 +78,8 @@ struct ConstTensor {
 
   /// A tensor of this dtype whose elements are picked from this one by flat index.
   func gathered(_ idx: [Int], shape: [Int]) -> ConstTensor {
-    ConstTensor(dtype: dtype, shape: shape, floats: dtype.isFloat ? idx.map { floats[$0] } : [], ints: dtype.isFloat ? [] : idx.map { ints[$0] })
+    ConstTensor(
+      dtype: dtype, shape: shape, floats: dtype.isFloat ? idx.map { floats[$0] } : [], ints: dtype.isFloat ? [] : idx.map { ints[$0] })
   }
 
   func cast(to d: DType) -> ConstTensor {
@@ -169,10 +174,12 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     }
     return ConstTensor(dtype: op == .equal ? .bool : x[0].dtype, shape: shape, ints: v)
   case .select:
-    let ic = broadcastIndex(out: shape, inp: x[0].shape), ia = broadcastIndex(out: shape, inp: x[1].shape), ib = broadcastIndex(out: shape, inp: x[2].shape)
+    let ic = broadcastIndex(out: shape, inp: x[0].shape), ia = broadcastIndex(out: shape, inp: x[1].shape),
+      ib = broadcastIndex(out: shape, inp: x[2].shape)
     let c = x[0].ints
     if x[1].dtype.isFloat {
-      return ConstTensor(dtype: x[1].dtype, shape: shape, floats: (0..<n).map { c[ic[$0]] != 0 ? x[1].floats[ia[$0]] : x[2].floats[ib[$0]] })
+      return ConstTensor(
+        dtype: x[1].dtype, shape: shape, floats: (0..<n).map { c[ic[$0]] != 0 ? x[1].floats[ia[$0]] : x[2].floats[ib[$0]] })
     }
     return ConstTensor(dtype: x[1].dtype, shape: shape, ints: (0..<n).map { c[ic[$0]] != 0 ? x[1].ints[ia[$0]] : x[2].ints[ib[$0]] })
   case .sqrt, .neg, .reciprocal:
@@ -239,7 +246,11 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     for o in 0..<outer {
       for p in x {
         let chunk = p.shape[a...].reduce(1, *)
-        if p.dtype.isFloat { t.floats += p.floats[(o * chunk)..<((o + 1) * chunk)] } else { t.ints += p.ints[(o * chunk)..<((o + 1) * chunk)] }
+        if p.dtype.isFloat {
+          t.floats += p.floats[(o * chunk)..<((o + 1) * chunk)]
+        } else {
+          t.ints += p.ints[(o * chunk)..<((o + 1) * chunk)]
+        }
       }
     }
     return t

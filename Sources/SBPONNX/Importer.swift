@@ -142,7 +142,9 @@ private struct Importer {
           shape.append(options.batch ?? ImportOptions.defaultBatch)
         } else {
           let name = d.param.map { "'\($0)'" } ?? "(unnamed)"
-          throw err("symbolic dimension \(name) at axis \(axis) of input '\(inp.name)' has no value; only the batch (axis 0) is fixed by --batch, give others with --dim NAME=N")
+          throw err(
+            "symbolic dimension \(name) at axis \(axis) of input '\(inp.name)' has no value; only the batch (axis 0) is fixed by --batch, give others with --dim NAME=N"
+          )
         }
       }
       guard checkedElementCount(shape) != nil else { throw err("graph input '\(inp.name)' has a too large shape \(shape)") }
@@ -264,7 +266,9 @@ private struct Importer {
     for (name, s) in zip(n.outputs, results) where !name.isEmpty { syms[name] = s }
     if n.outputs.count > results.count {
       for extra in n.outputs[results.count...] where !extra.isEmpty && isUsed(extra) {
-        throw err("node '\(n.name)' (\(n.opType)): output '\(extra)' is used, but sbpc supports only the first \(results.count) output(s) of \(n.opType)")
+        throw err(
+          "node '\(n.name)' (\(n.opType)): output '\(extra)' is used, but sbpc supports only the first \(results.count) output(s) of \(n.opType)"
+        )
       }
     }
   }
@@ -375,17 +379,23 @@ private struct Importer {
         return [.const(.i64(Array(shape[s..<max(s, e)])))]
       case "Size": return [.const(ConstTensor(dtype: .i64, shape: [], ints: [Int64(importer.type(try required(0)).elementCount)]))]
       case "ConstantOfShape":
-        guard let shape = try const(0, "shape")?.intValues, let n = checkedElementCount(shape) else { throw err("shape must be a constant, non-negative shape") }
+        guard let shape = try const(0, "shape")?.intValues, let n = checkedElementCount(shape) else {
+          throw err("shape must be a constant, non-negative shape")
+        }
         guard n <= maxFoldElements else { throw err("ConstantOfShape of \(n) elements is too large to fold") }
         var fill = ConstTensor(dtype: .f32, shape: [1], floats: [0])
         if case .tensor(let t)? = node.attrs["value"] {
           let (ty, b) = try importer.tensorData(t, "value")
-          guard let c = ConstTensor.decode(ty.dtype, shape: ty.shape, bytes: b.buffer), c.count == 1 else { throw err("value must hold one element") }
+          guard let c = ConstTensor.decode(ty.dtype, shape: ty.shape, bytes: b.buffer), c.count == 1 else {
+            throw err("value must hold one element")
+          }
           fill = c
         }
         return [.const(fill.gathered([Int](repeating: 0, count: n), shape: shape))]
       case "Range":
-        guard let s = try const(0, "start"), let l = try const(1, "limit"), let d = try const(2, "delta") else { throw err("start, limit and delta must be constant") }
+        guard let s = try const(0, "start"), let l = try const(1, "limit"), let d = try const(2, "delta") else {
+          throw err("start, limit and delta must be constant")
+        }
         let a = s.doubleValues[0], b = l.doubleValues[0], st = d.doubleValues[0]
         guard st != 0 else { throw err("delta is 0") }
         let n = max(0, Int(((b - a) / st).rounded(.up)))
@@ -415,7 +425,10 @@ private struct Importer {
       case "Gemm":
         var ins = [try required(0), try required(1)]
         if let c = try sym(2) { ins.append(c) }
-        return try emit(.gemm(transA: try int("transA", 0) != 0, transB: try int("transB", 0) != 0, alpha: try float("alpha", 1), beta: try float("beta", 1)), ins)
+        return try emit(
+          .gemm(
+            transA: try int("transA", 0) != 0, transB: try int("transB", 0) != 0, alpha: try float("alpha", 1), beta: try float("beta", 1)),
+          ins)
       case "Conv": return try conv()
       case "LayerNormalization":
         var ins = [try required(0), try required(1)]
@@ -442,11 +455,15 @@ private struct Importer {
         return try emit(.transpose(try ints("perm") ?? Array((0..<r).reversed())), [x])
       case "Slice":
         let x = try required(0)
-        guard let starts = try const(1, "starts")?.intValues, let ends = try const(2, "ends")?.intValues else { throw err("starts and ends must be given") }
+        guard let starts = try const(1, "starts")?.intValues, let ends = try const(2, "ends")?.intValues else {
+          throw err("starts and ends must be given")
+        }
         let axes = try const(3, "axes")?.intValues ?? Array(0..<starts.count)
         let steps = try const(4, "steps")?.intValues ?? [Int](repeating: 1, count: starts.count)
         let spec: SliceSpec
-        do { spec = try SliceSpec(starts: starts, ends: ends, axes: axes, steps: steps).normalized(for: importer.type(x).shape) } catch let e as IRError { throw err(e.description) }
+        do { spec = try SliceSpec(starts: starts, ends: ends, axes: axes, steps: steps).normalized(for: importer.type(x).shape) } catch let
+          e as IRError
+        { throw err(e.description) }
         return try emit(.slice(spec), [x])
       case "Gather": return try emit(.gather(axis: try int("axis", 0)), [try required(0), try required(1)])
       case "Concat":
@@ -535,7 +552,9 @@ private struct Importer {
       let strides = try ints("strides") ?? [Int](repeating: 1, count: sp)
       let dil = try ints("dilations") ?? [Int](repeating: 1, count: sp)
       var pads = try ints("pads") ?? [Int](repeating: 0, count: 2 * sp)
-      guard kernel.count == sp, strides.count == sp, dil.count == sp, pads.count == 2 * sp else { throw err("attributes do not match \(sp) spatial dimensions") }
+      guard kernel.count == sp, strides.count == sp, dil.count == sp, pads.count == 2 * sp else {
+        throw err("attributes do not match \(sp) spatial dimensions")
+      }
       switch try string("auto_pad", "NOTSET") {
       case "NOTSET": break
       case "VALID": pads = [Int](repeating: 0, count: 2 * sp)

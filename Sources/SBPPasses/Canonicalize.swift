@@ -9,7 +9,8 @@ import SBPIR
 public struct Canonicalize: Pass {
   public init() {}
   public let name = "canonicalize"
-  public let summary = "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, LayerNorm forms to layer_norm, spatial means to global_average_pool; drop no-op data movement"
+  public let summary =
+    "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, LayerNorm forms to layer_norm, spatial means to global_average_pool; drop no-op data movement"
 
   public static let patterns: [any RewritePattern] = [
     LinearFromMatMul(), LinearFromGemm(), LinearFromPointwiseConv(), LinearBias(),
@@ -80,10 +81,14 @@ struct LinearFromMatMul: RewritePattern {
     let x = root.inputs[0], w = root.inputs[1]
     let axis = ud.graph.type(of: x).rank - 1
     if ud.trainableParam(w, rank: 2) != nil {
-      return Replacement(nodes: [NewNode(.linear(axis: axis, layout: .inOut), [.value(x), .value(w)], name: root.name)], results: [.result(node: 0, output: 0)])
+      return Replacement(
+        nodes: [NewNode(.linear(axis: axis, layout: .inOut), [.value(x), .value(w)], name: root.name)],
+        results: [.result(node: 0, output: 0)])
     }
     if let t = ud.def(w, { $0 == .transpose([1, 0]) }), ud.hasSingleUse(w), ud.trainableParam(t.inputs[0], rank: 2) != nil {
-      return Replacement(nodes: [NewNode(.linear(axis: axis, layout: .outIn), [.value(x), .value(t.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
+      return Replacement(
+        nodes: [NewNode(.linear(axis: axis, layout: .outIn), [.value(x), .value(t.inputs[0])], name: root.name)],
+        results: [.result(node: 0, output: 0)])
     }
     return nil
   }
@@ -101,7 +106,8 @@ struct LinearFromGemm: RewritePattern {
       guard ud.trainableParam(root.inputs[2], rank: 1) != nil else { return nil }
       ins.append(.value(root.inputs[2]))
     }
-    return Replacement(nodes: [NewNode(.linear(axis: 1, layout: tb ? .outIn : .inOut), ins, name: root.name)], results: [.result(node: 0, output: 0)])
+    return Replacement(
+      nodes: [NewNode(.linear(axis: 1, layout: tb ? .outIn : .inOut), ins, name: root.name)], results: [.result(node: 0, output: 0)])
   }
 }
 
@@ -214,7 +220,8 @@ struct LayerNormFromDecomposed: RewritePattern {
       let addEps = ud.def(sq.inputs[0], { $0 == .add })
     else { return nil }
     let d = div.inputs[0]
-    guard let sub = ud.def(d, { $0 == .sub }), let mean = ud.def(sub.inputs[1], { if case .reduceMean = $0 { return true } else { return false } }),
+    guard let sub = ud.def(d, { $0 == .sub }),
+      let mean = ud.def(sub.inputs[1], { if case .reduceMean = $0 { return true } else { return false } }),
       mean.inputs[0] == sub.inputs[0], case .reduceMean(let axes, true) = mean.op
     else { return nil }
     let x = sub.inputs[0]
@@ -241,7 +248,8 @@ struct GlobalAveragePoolFromMean: RewritePattern {
     guard case .reduceMean = root.op else { return nil }
     let rank = ud.graph.type(of: root.inputs[0]).rank
     guard rank >= 3, root.op == .reduceMean(axes: Array(2..<rank), keepDims: true) else { return nil }
-    return Replacement(nodes: [NewNode(.globalAveragePool, [.value(root.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
+    return Replacement(
+      nodes: [NewNode(.globalAveragePool, [.value(root.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
   }
 }
 
@@ -255,7 +263,9 @@ struct GatherIdentity: RewritePattern {
     guard x.rank == 1, let idx = ud.integerValues(root.inputs[1]), idx.count == x.shape[0],
       idx.enumerated().allSatisfy({ Int64($0.offset) == $0.element })
     else { return nil }
-    return Replacement(nodes: [NewNode(.reshape(ud.graph.type(of: root.outputs[0]).shape), [.value(root.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
+    return Replacement(
+      nodes: [NewNode(.reshape(ud.graph.type(of: root.outputs[0]).shape), [.value(root.inputs[0])], name: root.name)],
+      results: [.result(node: 0, output: 0)])
   }
 }
 
@@ -267,7 +277,8 @@ struct ReshapeChain: RewritePattern {
     let x = root.inputs[0]
     if ud.graph.type(of: x).shape == shape { return .forward(x) }
     if let inner = ud.def(x, { if case .reshape = $0 { return true } else { return false } }), ud.hasSingleUse(x) {
-      return Replacement(nodes: [NewNode(.reshape(shape), [.value(inner.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
+      return Replacement(
+        nodes: [NewNode(.reshape(shape), [.value(inner.inputs[0])], name: root.name)], results: [.result(node: 0, output: 0)])
     }
     return nil
   }

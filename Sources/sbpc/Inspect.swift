@@ -85,7 +85,8 @@ struct ModelSummary: Encodable {
       func col(_ d: [String: Int]) -> String { d[n].map(String.init) ?? "-" }
       s += "  " + n.padding(toLength: 20, withPad: " ", startingAt: 0) + col(importedOps).leftPad(6) + col(canonicalOps).leftPad(11) + "\n"
     }
-    s += "  total".padding(toLength: 22, withPad: " ", startingAt: 0) + String(importedOps.values.reduce(0, +)).leftPad(6)
+    s +=
+      "  total".padding(toLength: 22, withPad: " ", startingAt: 0) + String(importedOps.values.reduce(0, +)).leftPad(6)
       + String(canonicalOps.values.reduce(0, +)).leftPad(11)
     return s
   }

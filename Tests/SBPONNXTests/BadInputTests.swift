@@ -16,7 +16,10 @@ func scratchDir() throws -> String {
 
 final class BadInputTests: XCTestCase {
   /// Asserts that importing `path` fails with a one-line message containing every fragment.
-  func assertRejects(_ path: String, _ fragments: [String], options: ImportOptions = ImportOptions(batch: 2), file: StaticString = #filePath, line: UInt = #line) {
+  func assertRejects(
+    _ path: String, _ fragments: [String], options: ImportOptions = ImportOptions(batch: 2), file: StaticString = #filePath,
+    line: UInt = #line
+  ) {
     do {
       _ = try importONNX(path: path, options: options)
       XCTFail("\(path) imported, expected an error", file: file, line: line)

@@ -8,7 +8,8 @@ let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingL
 func sbpc(_ args: [String]) throws -> (Int32, String, String) {
   // The test bundle sits in the products folder beside the sbpc binary (or is that folder, on Linux).
   let here = Bundle(for: CLITests.self).bundleURL
-  let bin = [here.appendingPathComponent("sbpc"), here.deletingLastPathComponent().appendingPathComponent("sbpc")]
+  let bin =
+    [here.appendingPathComponent("sbpc"), here.deletingLastPathComponent().appendingPathComponent("sbpc")]
     .first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? here.appendingPathComponent("sbpc")
   let p = Process()
   p.executableURL = bin
@@ -74,7 +75,9 @@ final class CLITests: XCTestCase {
   }
 
   func testOptPrintsAfterChosenPassesAndVerifies() throws {
-    let (status, out, _) = try sbpc(["opt", "models/vit_p4_d6_ts14.onnx", "--batch", "2", "--passes", "canonicalize,dce", "--print-after", "canonicalize", "--verify-each"])
+    let (status, out, _) = try sbpc([
+      "opt", "models/vit_p4_d6_ts14.onnx", "--batch", "2", "--passes", "canonicalize,dce", "--print-after", "canonicalize", "--verify-each",
+    ])
     XCTAssertEqual(status, 0)
     XCTAssertEqual(out.components(separatedBy: "IR after canonicalize").count, 2)
     XCTAssertFalse(out.contains("IR after dce"))
