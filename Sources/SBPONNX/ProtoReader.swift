@@ -105,14 +105,16 @@ private func array<T>(_ p: UnsafeMutablePointer<T>?, _ n: Int) -> UnsafeBufferPo
   UnsafeBufferPointer(start: p, count: p == nil ? 0 : n)
 }
 
-/// Decodes the ONNX file at `path`. The file is mapped while decoding and released after;
-/// initializer bytes stay in the decoded message, which the returned tensors keep alive.
+/// Decodes the ONNX file at `path`. The file stays mapped while any initializer that borrows
+/// its bytes is alive; everything else is copied out of protobuf-c's decoded message.
 func readONNX(path: String) throws -> OModel {
   let file = try MappedFile(path: path)
   guard file.count > 0, let base = file.base else { throw ImportError("\(path): file is empty, not an ONNX model") }
-  guard let msg = onnx__model_proto__unpack(nil, file.count, base.assumingMemoryBound(to: UInt8.self)) else {
-    throw ImportError("\(path): not a valid ONNX protobuf (truncated or corrupt)")
-  }
+  let corrupt = ImportError("\(path): not a valid ONNX protobuf (truncated or corrupt)")
+  // Weights stay in the mapping: protobuf-c decodes the model with initializer bytes lifted out.
+  guard let stripped = stripInitializerData(UnsafeRawBufferPointer(start: base, count: file.count)) else { throw corrupt }
+  let decoded = stripped.skeleton.withUnsafeBufferPointer { onnx__model_proto__unpack(nil, $0.count, $0.baseAddress) }
+  guard let msg = decoded else { throw corrupt }
   let owner = DecodedModel(msg)
   let m = msg.pointee
   guard let g = m.graph?.pointee else { throw ImportError("\(path): ONNX model has no graph (truncated or not a model)") }
@@ -124,7 +126,7 @@ func readONNX(path: String) throws -> OModel {
     opsets[d == "ai.onnx" ? "" : d] = Int(o.pointee.version)
   }
 
-  func tensor(_ t: UnsafeMutablePointer<Onnx__TensorProto>) throws -> OTensor {
+  func tensor(_ t: UnsafeMutablePointer<Onnx__TensorProto>, rawInFile: Range<Int>? = nil) throws -> OTensor {
     let p = t.pointee
     let name = str(p.name)
     let dims = array(p.dims, p.n_dims).map { Int(clamping: $0) }
@@ -147,6 +149,10 @@ func readONNX(path: String) throws -> OModel {
       }
       guard let loc, !loc.isEmpty else { throw ImportError("\(path): tensor '\(name)' is external but has no location") }
       return OTensor(name: name, onnxType: type, dims: dims, data: .external(location: loc, offset: off, length: len))
+    }
+    if let r = rawInFile {
+      return OTensor(
+        name: name, onnxType: type, dims: dims, data: .bytes(TensorBytes(borrowing: base + r.lowerBound, count: r.count, owner: file)))
     }
     if p.has_raw_data != 0 {
       let raw = p.raw_data
@@ -226,7 +232,9 @@ func readONNX(path: String) throws -> OModel {
   }
   return OModel(
     opsets: opsets, producer: str(m.producer_name), graphName: str(g.name), nodes: nodes,
-    initializers: try array(g.initializer, g.n_initializer).compactMap { try $0.map(tensor) },
+    initializers: try array(g.initializer, g.n_initializer).enumerated().compactMap { i, t in
+      try t.map { try tensor($0, rawInFile: i < stripped.rawData.count ? stripped.rawData[i] : nil) }
+    },
     inputs: array(g.input, g.n_input).compactMap { $0.map(valueInfo) },
     outputs: array(g.output, g.n_output).compactMap { $0.map(valueInfo) },
     valueInfo: array(g.value_info, g.n_value_info).compactMap { $0.map(valueInfo) },

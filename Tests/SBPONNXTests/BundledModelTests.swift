@@ -113,6 +113,16 @@ final class BundledModelTests: XCTestCase {
     }
   }
 
+  func testSingleFileWeightsAreReadInPlace() throws {
+    let path = repoRoot + "/models/vit_p4_d6_ts17.onnx"
+    let file = try Data(contentsOf: URL(fileURLWithPath: path))
+    let g = try importONNX(path: path, options: ImportOptions(batch: 2)).graph
+    for p in g.params where p.trainable {
+      XCTAssertTrue(p.data?.owner is MappedFile, "@\(p.name) was copied out of the file")
+      XCTAssertNotNil(file.range(of: Data(p.data!.buffer)), "@\(p.name) bytes are not the file's")
+    }
+  }
+
   func testExternalWeightsAreReadInPlace() throws {
     let path = repoRoot + "/models/vit_p4_d6_dynamo/model.onnx"
     let data = try Data(contentsOf: URL(fileURLWithPath: path + ".data"))
