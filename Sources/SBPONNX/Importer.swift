@@ -335,6 +335,13 @@ private struct Importer {
       }
     }
 
+    /// The `axis` attribute made non-negative against `rank`, so the IR has one spelling per axis.
+    func axis(_ d: Int, rank: Int) throws -> Int {
+      let a = try int("axis", d)
+      guard let n = normalizeAxis(a, rank: rank) else { throw err("axis \(a) out of range for rank \(rank)") }
+      return n
+    }
+
     /// Axes from the input (newer opsets) or the attribute (older ones).
     func axes(input i: Int) throws -> [Int]? {
       if let c = try const(i, "axes") { return c.intValues }
@@ -434,12 +441,12 @@ private struct Importer {
         var ins = [try required(0), try required(1)]
         if let b = try sym(2) { ins.append(b) }
         guard try int("stash_type", 1) == 1 else { throw err("stash_type other than float is not supported") }
-        return try emit(.layerNorm(axis: try int("axis", -1), epsilon: try float("epsilon", 1e-5)), ins)
+        return try emit(.layerNorm(axis: try axis(-1, rank: importer.type(ins[0]).rank), epsilon: try float("epsilon", 1e-5)), ins)
       case "Gelu":
         let a = try string("approximate", "none")
         guard let g = GeluApproximation(rawValue: a) else { throw err("unknown approximate '\(a)'") }
         return try unary(.gelu(g))
-      case "Softmax": return try unary(.softmax(axis: try int("axis", -1)))
+      case "Softmax": return try unary(.softmax(axis: try axis(-1, rank: importer.type(try required(0)).rank)))
       case "Reshape":
         let x = try required(0)
         guard let shapeC = try const(1, "shape") else { throw err("missing shape") }
@@ -465,10 +472,11 @@ private struct Importer {
           e as IRError
         { throw err(e.description) }
         return try emit(.slice(spec), [x])
-      case "Gather": return try emit(.gather(axis: try int("axis", 0)), [try required(0), try required(1)])
+      case "Gather": return try emit(.gather(axis: try axis(0, rank: importer.type(try required(0)).rank)), [try required(0), try required(1)])
       case "Concat":
         let ins = try (0..<node.inputs.count).compactMap { try sym($0) }
-        return try emit(.concat(axis: try int("axis", 0)), ins)
+        guard let first = ins.first else { throw err("has no inputs") }
+        return try emit(.concat(axis: try axis(0, rank: importer.type(first).rank)), ins)
       case "Split": return try split()
       case "Squeeze":
         let x = try required(0)
