@@ -9,8 +9,8 @@ nodes, which would make tests see tied weights.  The script refuses to write a
 model with two equal parameters, and reports any duplicate initializer it finds in
 the exported files.
 
-Each model is exported three ways, all with a symbolic batch dimension named
-`batch` on the input `input` and the output `logits`:
+Each model is exported up to three ways, all with a symbolic batch dimension
+named `batch` on the input `input` and the output `logits`:
 
   <name>_ts17.onnx        TorchScript exporter (dynamo=False), opset 17, one file
   <name>_ts14.onnx        TorchScript exporter, opset 14 (LayerNorm decomposed)
@@ -19,7 +19,9 @@ Each model is exported three ways, all with a symbolic batch dimension named
                           every float initializer in external data (integer
                           shape operands stay inline)
 
-(`--full` exports no ts14 variant.)  Beside them <name>.ref/input.npy (batch 2,
+Which ways a model gets is in its Spec: the first tiny models get all three, the
+later tiny ones only ts17 (and DeiT the dynamo export too), the full-size ones ts17
+and dynamo.  Beside them <name>.ref/input.npy (batch 2,
 float32) and <name>.ref/logits.npy (PyTorch eval forward) are written, and each file
 is checked with onnx.checker and against the PyTorch logits with onnxruntime, at
 batch 2 and at batch 3.
@@ -73,6 +75,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import timm  # noqa: E402
 from timm.models.convnext import ConvNeXt  # noqa: E402
+from timm.models.deit import VisionTransformerDistilled  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,7 +83,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
-TS_OPSETS = (17, 14)
 ATOL = 1e-4
 REF_BATCH = 2
 CHECK_BATCH = 3  # a second batch size, to prove the batch dimension is symbolic
@@ -92,24 +94,78 @@ FLOAT_TYPES = {
     onnx.TensorProto.DOUBLE,
 }
 
+
+class Spec(collections.namedtuple("Spec", "builder chw ts_opsets dynamo")):
+    """How to build a model, its input's [C, H, W], and which files to export:
+    a TorchScript file per opset in ts_opsets, and the dynamo export if dynamo."""
+
+
 # Tiny models, committed to git.
 TINY = {
-    "vit_p4_d6": (
+    "vit_p4_d6": Spec(
         lambda: VisionTransformer(
             img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=2, num_classes=10
         ),
         (3, 32, 32),
+        (17, 14),
+        True,
     ),
-    "convnext_t1131": (
+    "convnext_t1131": Spec(
         lambda: ConvNeXt(depths=(1, 1, 3, 1), dims=(16, 32, 64, 128), num_classes=10),
         (3, 64, 64),
+        (17, 14),
+        True,
+    ),
+    # No class token: the head averages the patch tokens.
+    "vit_avg_p4_d4": Spec(
+        lambda: VisionTransformer(
+            img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2, num_classes=10,
+            class_token=False, global_pool="avg",
+        ),
+        (3, 32, 32),
+        (17,),
+        False,
+    ),
+    # DeiT: class and distillation tokens, two heads averaged (the eval path).
+    "deit_dist_p4_d4": Spec(
+        lambda: VisionTransformerDistilled(
+            img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2, num_classes=10
+        ),
+        (3, 32, 32),
+        (17,),
+        True,
+    ),
+    # ConvNeXt whose MLP is 1x1 convolutions on NCHW, with LayerNorm2d.
+    "convnext_convmlp_t1131": Spec(
+        lambda: ConvNeXt(
+            depths=(1, 1, 3, 1), dims=(16, 32, 64, 128), num_classes=10, conv_mlp=True
+        ),
+        (3, 64, 64),
+        (17,),
+        False,
+    ),
+    # ViT with LayerScale after attention and MLP.
+    "vit_ls_p4_d2": Spec(
+        lambda: VisionTransformer(
+            img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=10,
+            init_values=0.1,
+        ),
+        (3, 32, 32),
+        (17,),
+        False,
     ),
 }
 
 # Full-size timm models, written by --full to models/full/ (ignored by git).
 FULL = {
-    name: ((lambda n=name: timm.create_model(n, pretrained=False)), (3, 224, 224))
-    for name in ("vit_tiny_patch16_224", "vit_base_patch16_224", "convnext_tiny")
+    name: Spec((lambda n=name: timm.create_model(n, pretrained=False)), (3, 224, 224), (17,), True)
+    for name in (
+        "vit_tiny_patch16_224",
+        "vit_base_patch16_224",
+        "convnext_tiny",
+        "vit_small_patch16_224",
+        "deit_tiny_distilled_patch16_224",
+    )
 }
 
 NORMS = (
@@ -129,7 +185,8 @@ def perturb(model, seed):
     """Move every parameter to distinct, non-degenerate values.
 
     Norm weights become 1 + 0.1*randn, layer-scale gammas (1e-6 in ConvNeXt, which
-    would switch the residual branches off) 0.5 + 0.1*randn, and everything else,
+    would switch the residual branches off; one constant in ViT's LayerScale)
+    0.5 + 0.1*randn, and everything else,
     zero biases included, gets + 0.02*randn.
     """
     g = torch.Generator().manual_seed(seed)
@@ -159,12 +216,11 @@ def perturb(model, seed):
 
 
 def build(name, spec):
-    builder, chw = spec
     torch.manual_seed(seed_of(name, "init"))
-    model = builder()
+    model = spec.builder()
     perturb(model, seed_of(name, "perturb"))
     model.eval()
-    return model, chw
+    return model, spec.chw
 
 
 def make_input(name, chw, batch):
@@ -271,7 +327,7 @@ def check(path, model, name, chw, ref_x, ref_y):
     return ok
 
 
-def export_model(name, spec, out, full):
+def export_model(name, spec, out):
     print(f"{name}:")
     model, chw = build(name, spec)
     x = make_input(name, chw, REF_BATCH)
@@ -284,14 +340,15 @@ def export_model(name, spec, out, full):
 
     paths = []
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    for opset in TS_OPSETS[:1] if full else TS_OPSETS:
+    for opset in spec.ts_opsets:
         if nbytes >= TWO_GB:
             print(f"  skip {name}_ts{opset}.onnx: weights over 2 GB")
             continue
         path = os.path.join(out, f"{name}_ts{opset}.onnx")
         export_ts(model, x, path, opset)
         paths.append(path)
-    paths.append(export_dynamo(model, x, os.path.join(out, f"{name}_dynamo")))
+    if spec.dynamo:
+        paths.append(export_dynamo(model, x, os.path.join(out, f"{name}_dynamo")))
 
     ok = True
     for path in paths:
@@ -302,7 +359,7 @@ def export_model(name, spec, out, full):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Export sbpc's reference ONNX models (seeded, perturbed timm models; "
-        "TorchScript opset 17 and 14 exports and a dynamo export with external data), "
+        "TorchScript opset 17 (and 14) exports and a dynamo export with external data), "
         "with input/logits references, checked with onnxruntime.",
     )
     parser.add_argument(
@@ -336,7 +393,7 @@ def main(argv=None):
           f"onnxruntime {ort.__version__}")
     ok = True
     for name in names:
-        ok &= export_model(name, specs[name], out, args.full)
+        ok &= export_model(name, specs[name], out)
     if not ok:
         print("some checks failed")
         return 1

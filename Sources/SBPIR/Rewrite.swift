@@ -104,6 +104,12 @@ extension Graph {
     return total
   }
 
+  /// Sets annotation `key` on the node at `index` (nil removes it). Passes that only annotate
+  /// compute their annotations first, from a read-only view, then apply them here.
+  public mutating func annotate(node index: Int, _ key: String, _ value: AttrValue?) {
+    nodes[index].attrs[key] = value
+  }
+
   /// Replaces every read of `old` (node operands and graph outputs) by `new`.
   public mutating func replaceUses(of old: ValueID, with new: ValueID) {
     for i in nodes.indices {

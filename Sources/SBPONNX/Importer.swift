@@ -472,7 +472,8 @@ private struct Importer {
           e as IRError
         { throw err(e.description) }
         return try emit(.slice(spec), [x])
-      case "Gather": return try emit(.gather(axis: try axis(0, rank: importer.type(try required(0)).rank)), [try required(0), try required(1)])
+      case "Gather":
+        return try emit(.gather(axis: try axis(0, rank: importer.type(try required(0)).rank)), [try required(0), try required(1)])
       case "Concat":
         let ins = try (0..<node.inputs.count).compactMap { try sym($0) }
         guard let first = ins.first else { throw err("has no inputs") }

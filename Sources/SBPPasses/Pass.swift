@@ -19,6 +19,7 @@ public struct PassError: Error, CustomStringConvertible {
 public enum PassRegistry {
   public static let all: [any Pass] = [
     Canonicalize(),
+    Mark(),
     DeadCodeElimination(),
   ]
 

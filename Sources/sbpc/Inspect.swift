@@ -7,13 +7,26 @@ import SBPPasses
 
 struct Inspect: ParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Summarize a model: inputs and outputs, op histogram before and after canonicalization, parameters.")
+    abstract: "Summarize a model: inputs, outputs, op histograms, parameters, and the blocks SBP can apply to.",
+    discussion: """
+      The block table lists each residual block `mark` found (by structure, not names): its
+      stage, kind, token grid (leading non-spatial tokens + H x W), the roles it matched, its
+      parameters, and whether --blocks selects it (default: the paper's rule, the last 2/3 of
+      an isotropic model; for a hierarchical one every stage before the second-to-last plus
+      the first 2/3 of it). Residual units the matcher could not read are listed with why.
+
+      --blocks grammar: all, none, last:N, first:N, N, A-B, stage:S, stage:S[A-B], and
+      comma-separated lists of these.
+      """)
 
   @Argument(help: "The ONNX model.")
   var model: String
 
   @Flag(help: "Print the summary as JSON.")
   var json = false
+
+  @Option(help: "Blocks to mark as selected in the table (default: the paper's rule).")
+  var blocks: String?
 
   @OptionGroup var shape: ShapeOptions
 
@@ -23,7 +36,13 @@ struct Inspect: ParsableCommand {
       var g = m.graph
       let imported = g.opHistogram
       try Canonicalize().run(&g)
-      let s = ModelSummary(model: model, imported: m, canonical: g, importedHistogram: imported)
+      let canonical = g.opHistogram
+      try Mark().run(&g)
+      let table = BlockTable(g)
+      let selected = try blocks.map { try BlockSelector.parse($0, table: table) } ?? table.defaultSelection
+      let s = ModelSummary(
+        model: model, imported: m, canonical: g, importedHistogram: imported, canonicalHistogram: canonical, table: table,
+        selected: selected, selectionSpec: blocks ?? table.defaultSpec)
       printNotes(m.notes)
       if json {
         let enc = JSONEncoder()
@@ -55,8 +74,19 @@ struct ModelSummary: Encodable {
   var parameters: Int
   var parameterBytes: Int
   var parameterTensors: Int
+  var blocks: [BlockInfo]
+  var stages: Int
+  var selection: String
+  var selected: [Int]
+  var unmatched: [UnmatchedUnit]
+  var stemNodes: Int
+  var downsamplers: Int
+  var headNodes: Int
 
-  init(model: String, imported m: ImportedModel, canonical g: Graph, importedHistogram: [String: Int]) {
+  init(
+    model: String, imported m: ImportedModel, canonical g: Graph, importedHistogram: [String: Int], canonicalHistogram: [String: Int],
+    table: BlockTable, selected: [Int], selectionSpec: String
+  ) {
     self.model = model
     producer = m.producer
     opset = m.opset
@@ -66,7 +96,15 @@ struct ModelSummary: Encodable {
     outputs = g.outputs.map { Tensor(name: $0.name, type: g.type(of: $0.value).description) }
     onnxOps = m.onnxHistogram
     importedOps = importedHistogram
-    canonicalOps = g.opHistogram
+    canonicalOps = canonicalHistogram
+    blocks = table.blocks
+    stages = table.stageCount
+    selection = selectionSpec
+    self.selected = selected
+    unmatched = table.unmatched
+    stemNodes = table.stemNodes
+    downsamplers = table.downsamplers
+    headNodes = table.headNodes
     let p = g.trainableParameterCount
     parameters = p.elements
     parameterBytes = p.bytes
@@ -87,7 +125,27 @@ struct ModelSummary: Encodable {
     }
     s +=
       "  total".padding(toLength: 22, withPad: " ", startingAt: 0) + String(importedOps.values.reduce(0, +)).leftPad(6)
-      + String(canonicalOps.values.reduce(0, +)).leftPad(11)
+      + String(canonicalOps.values.reduce(0, +)).leftPad(11) + "\n\n"
+    s += blockText
+    return s
+  }
+
+  var blockText: String {
+    var s =
+      "Blocks (\(blocks.count) in \(stages) stage\(stages == 1 ? "" : "s"); stem \(stemNodes) nodes, \(downsamplers) downsamplers, head \(headNodes) nodes)\n"
+    s += "  block stage  kind          tokens        params  sel  roles\n"
+    let chosen = Set(selected)
+    for b in blocks {
+      let tokens = (b.prefix > 0 ? "\(b.prefix)+" : "") + b.grid.map(String.init).joined(separator: "x")
+      s += String(b.index).leftPad(7) + String(b.stage).leftPad(6) + "  " + b.kind.padding(toLength: 13, withPad: " ", startingAt: 0) + " "
+      s += tokens.padding(toLength: 10, withPad: " ", startingAt: 0) + String(b.parameters).leftPad(10)
+      s += (chosen.contains(b.index) ? "    *" : "     ") + "  " + b.roles.joined(separator: " ") + "\n"
+    }
+    s += "  selected by --blocks \(selection): \(chosen.count) of \(blocks.count)"
+    if !unmatched.isEmpty {
+      s += "\n\nUnmatched residual units (left without SBP)"
+      for u in unmatched { s += "\n  '\(u.node)': \(u.reason)" }
+    }
     return s
   }
 }

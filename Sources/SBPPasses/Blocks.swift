@@ -1,0 +1,208 @@
+// Blocks.swift: the block table read back from `mark`'s annotations, and the --blocks selector grammar.
+import SBPIR
+
+/// One block as `mark` annotated it.
+public struct BlockInfo: Sendable, Equatable, Encodable {
+  public var index: Int
+  public var stage: Int
+  /// Sub-blocks, e.g. "mhsa+mlp" (transformer), "dwconv+mlp" (ConvNeXt), "mlp", "pwconv".
+  public var kind: String
+  /// "tokens" ([B,N,C]), "nchw" or "nhwc".
+  public var layout: String
+  public var tokenAxes: [Int]
+  /// Spatial token grid, [H, W].
+  public var grid: [Int]
+  /// Leading non-spatial tokens (class, distillation), always kept by SBP.
+  public var prefix: Int
+  public var roles: [String]
+  public var parameters: Int
+  public var nodes: Int
+}
+
+/// A residual unit `mark` could not match, with its reason.
+public struct UnmatchedUnit: Sendable, Equatable, Encodable {
+  public var node: String
+  public var reason: String
+}
+
+/// Everything `mark` found in a graph. Built from annotations, so it describes exactly what
+/// later passes will see.
+public struct BlockTable: Sendable, Encodable {
+  public var blocks: [BlockInfo]
+  public var unmatched: [UnmatchedUnit]
+  public var stemNodes: Int
+  public var downsamplers: Int
+  public var headNodes: Int
+
+  public var stageCount: Int { (blocks.map(\.stage).max() ?? -1) + 1 }
+  public var isHierarchical: Bool { stageCount > 1 }
+
+  /// Blocks of stage `s`, in order.
+  public func blocks(inStage s: Int) -> [BlockInfo] { blocks.filter { $0.stage == s } }
+
+  public init(_ g: Graph) {
+    var byBlock: [Int: [Node]] = [:]
+    var unmatched: [UnmatchedUnit] = []
+    var stem = 0, down = 0, head = 0
+    for n in g.nodes {
+      if case .int(let b)? = n.attrs["sbp.block"] { byBlock[b, default: []].append(n) }
+      if case .string(let r)? = n.attrs["sbp.unmatched"] { unmatched.append(UnmatchedUnit(node: n.name, reason: r)) }
+      switch n.attrs["sbp.role"] {
+      case .string("stem")?: stem += 1
+      case .string("downsample")?: down += 1
+      case .string("head")?: head += 1
+      default: break
+      }
+    }
+    let params = Dictionary(uniqueKeysWithValues: g.params.filter(\.trainable).map { ($0.value, $0) })
+    blocks = byBlock.keys.sorted().compactMap { b in
+      let nodes = byBlock[b]!
+      guard let res = nodes.first(where: { $0.attrs["sbp.role"] == .string("residual") }),
+        case .int(let stage)? = res.attrs["sbp.stage"], case .string(let kind)? = res.attrs["sbp.kind"],
+        case .string(let layout)? = res.attrs["sbp.layout"], case .ints(let axes)? = res.attrs["sbp.token_axes"],
+        case .ints(let grid)? = res.attrs["sbp.grid"], case .int(let prefix)? = res.attrs["sbp.prefix"]
+      else { return nil }
+      var roles = Set<String>()
+      var used = Set<ValueID>()
+      for n in nodes {
+        if case .string(let r)? = n.attrs["sbp.role"], r != "residual" { roles.insert(r) }
+        used.formUnion(n.inputs.filter { params[$0] != nil })
+      }
+      let count = used.reduce(0) { $0 + g.type(of: $1).elementCount }
+      return BlockInfo(
+        index: b, stage: stage, kind: kind, layout: layout, tokenAxes: axes, grid: grid, prefix: prefix,
+        roles: roles.sorted(), parameters: count, nodes: nodes.count)
+    }
+    self.unmatched = unmatched
+    stemNodes = stem
+    downsamplers = down
+    headNodes = head
+  }
+
+  /// The paper's rule scaled to any depth: for an isotropic model the last ⌈2/3·depth⌉ blocks;
+  /// for a hierarchical one every stage before the second-to-last plus the first ⌈2/3⌉ of it.
+  public var defaultSelection: [Int] {
+    guard !blocks.isEmpty else { return [] }
+    func twoThirds(_ n: Int) -> Int { (2 * n + 2) / 3 }
+    if !isHierarchical { return Array(blocks.suffix(twoThirds(blocks.count)).map(\.index)) }
+    let s = stageCount
+    var out = blocks.filter { $0.stage < s - 2 }.map(\.index)
+    out += blocks(inStage: s - 2).prefix(twoThirds(blocks(inStage: s - 2).count)).map(\.index)
+    return out
+  }
+
+  /// The default written in the selector grammar, for messages and `--help`.
+  public var defaultSpec: String {
+    guard !blocks.isEmpty else { return "none" }
+    if !isHierarchical { return "last:\(defaultSelection.count)" }
+    let s = stageCount
+    var parts = (0..<max(s - 2, 0)).map { "stage:\($0)" }
+    let n = (2 * blocks(inStage: s - 2).count + 2) / 3
+    if n > 0 { parts.append(n == blocks(inStage: s - 2).count ? "stage:\(s - 2)" : "stage:\(s - 2)[0-\(n - 1)]") }
+    return parts.isEmpty ? "none" : parts.joined(separator: ",")
+  }
+}
+
+/// Error in a `--blocks` spec; the message shows the valid range and the model's block count.
+public struct BlockSpecError: Error, CustomStringConvertible {
+  public let description: String
+}
+
+/// The `--blocks` grammar, shared by every command:
+///
+///     spec  := item (',' item)*
+///     item  := 'all' | 'none' | 'last:' N | 'first:' N | N | A '-' B
+///            | 'stage:' S | 'stage:' S '[' range (',' range)* ']'
+///     range := N | A '-' B          (indices within the stage)
+///
+/// Block indices are global and 0-based; stage-qualified indices count within the stage.
+public enum BlockSelector {
+  public static func parse(_ spec: String, table: BlockTable) throws -> [Int] {
+    let total = table.blocks.count
+    let range = total == 0 ? "the model has no SBP blocks" : "valid blocks are 0-\(total - 1) (\(total) blocks)"
+    func fail(_ m: String) -> BlockSpecError { BlockSpecError(description: "--blocks '\(spec)': \(m); \(range)") }
+    func number(_ s: Substring, _ what: String) throws -> Int {
+      guard let n = Int(s), n >= 0, !s.hasPrefix("+") else { throw fail("'\(s)' is not a \(what)") }
+      return n
+    }
+    func indexRange(_ item: Substring, limit: Int, what: String) throws -> [Int] {
+      let parts = item.split(separator: "-", omittingEmptySubsequences: false)
+      switch parts.count {
+      case 1:
+        let n = try number(parts[0], what)
+        guard n < limit else { throw fail("\(what) \(n) is out of range") }
+        return [n]
+      case 2:
+        let a = try number(parts[0], what), b = try number(parts[1], what)
+        guard a <= b else { throw fail("range \(a)-\(b) is empty") }
+        guard b < limit else { throw fail("\(what) \(b) is out of range") }
+        return Array(a...b)
+      default: throw fail("'\(item)' is not N or A-B")
+      }
+    }
+
+    let trimmed = spec.filter { $0 != " " }
+    guard !trimmed.isEmpty else { throw fail("empty spec") }
+    var items: [Substring] = []
+    var depth = 0, start = trimmed.startIndex
+    for i in trimmed.indices {
+      switch trimmed[i] {
+      case "[": depth += 1
+      case "]":
+        depth -= 1
+        guard depth >= 0 else { throw fail("unbalanced ']'") }
+      case "," where depth == 0:
+        items.append(trimmed[start..<i])
+        start = trimmed.index(after: i)
+      default: break
+      }
+    }
+    guard depth == 0 else { throw fail("unbalanced '['") }
+    items.append(trimmed[start...])
+
+    var chosen = Set<Int>()
+    for item in items {
+      guard !item.isEmpty else { throw fail("empty item") }
+      if item == "all" {
+        chosen.formUnion(table.blocks.map(\.index))
+      } else if item == "none" {
+        continue
+      } else if item.hasPrefix("last:") || item.hasPrefix("first:") {
+        let n = try number(item.drop { $0 != ":" }.dropFirst(), "count")
+        guard n <= total else { throw fail("'\(item)' asks for \(n) blocks") }
+        let idx = table.blocks.map(\.index)
+        chosen.formUnion(item.hasPrefix("last:") ? Array(idx.suffix(n)) : Array(idx.prefix(n)))
+      } else if item.hasPrefix("stage:") {
+        let rest = item.dropFirst("stage:".count)
+        let stageText = rest.prefix { $0 != "[" }
+        let s = try number(stageText, "stage")
+        let stages = table.stageCount
+        guard s < stages else {
+          throw fail(
+            "stage \(s) does not exist (stages are 0-\(max(stages - 1, 0)), sizes \(( 0..<stages).map { table.blocks(inStage: $0).count }))"
+          )
+        }
+        let members = table.blocks(inStage: s).map(\.index)
+        let bracket = rest.dropFirst(stageText.count)
+        if bracket.isEmpty {
+          chosen.formUnion(members)
+        } else {
+          guard bracket.hasPrefix("["), bracket.hasSuffix("]"), bracket.count > 2 else { throw fail("'\(item)' should be stage:S[A-B]") }
+          for r in bracket.dropFirst().dropLast().split(separator: ",", omittingEmptySubsequences: false) {
+            guard !r.isEmpty else { throw fail("empty range in '\(item)'") }
+            do {
+              for k in try indexRange(r, limit: members.count, what: "block") { chosen.insert(members[k]) }
+            } catch {
+              throw fail("in '\(item)': stage \(s) has \(members.count) blocks (0-\(members.count - 1))")
+            }
+          }
+        }
+      } else if item.first?.isNumber == true {
+        chosen.formUnion(try indexRange(item, limit: total, what: "block"))
+      } else {
+        throw fail("'\(item)' is not all, none, last:N, first:N, N, A-B, stage:S or stage:S[A-B]")
+      }
+    }
+    return chosen.sorted()
+  }
+}

@@ -1,0 +1,437 @@
+// Mark.swift: finds residual blocks by structure and annotates their MHSA, MLP and PW-Conv nodes.
+import SBPIR
+
+/// Finds residual units `x + f(x)` whose branch `f` is an MHSA or an MLP (or PW-Conv)
+/// sub-block, groups them into blocks, finds each block's token layout and stage, and
+/// annotates nodes with `sbp.role`, `sbp.block` and `sbp.stage`. Block-level facts (kind,
+/// layout, token axes, grid, leading non-spatial tokens) go on the block's residual adds.
+/// Matching looks only at structure, never at names. A residual unit that matches nothing
+/// gets `sbp.unmatched` with the reason, and stays as it is.
+public struct Mark: Pass {
+  public init() {}
+  public let name = "mark"
+  public let summary = "find residual blocks; annotate MHSA/MLP/PW-Conv roles, blocks, stages and token grids"
+
+  public func run(_ graph: inout Graph) throws {
+    for i in graph.nodes.indices {
+      for k in graph.nodes[i].attrs.keys where k.hasPrefix("sbp.") { graph.annotate(node: i, k, nil) }
+    }
+    for a in BlockMatcher(graph).annotations() { graph.annotate(node: a.node, a.key, a.value) }
+  }
+}
+
+/// One annotation the matcher wants applied.
+struct Annotation {
+  var node: Int
+  var key: String
+  var value: AttrValue
+}
+
+/// A residual unit whose branch matched a sub-block.
+struct Unit {
+  enum Kind: String {
+    case mhsa, mlp, pwconv
+  }
+  var kind: Kind
+  var add: Int
+  var x: ValueID
+  var branch: [Int]
+  var roles: [Int: String]
+  var hasDepthwise: Bool
+}
+
+/// Token layout of a block's input.
+struct Layout: Equatable {
+  var name: String  // "tokens" ([B,N,C]), "nchw" or "nhwc"
+  var tokenAxes: [Int]
+  var grid: [Int]
+  var prefix: Int
+}
+
+struct BlockMatcher {
+  let g: Graph
+  let ud: UseDef
+  var producerIndex: [ValueID: Int] = [:]
+
+  init(_ g: Graph) {
+    self.g = g
+    self.ud = g.index()
+    for (i, n) in g.nodes.enumerated() { for o in n.outputs { producerIndex[o] = i } }
+  }
+
+  func isActivation(_ v: ValueID) -> Bool { ud.param(v) == nil && ud.literal(v) == nil }
+
+  static func isDataMovement(_ op: Op) -> Bool {
+    switch op {
+    case .transpose, .reshape, .squeeze, .unsqueeze, .split, .slice, .expand: return true
+    default: return false
+    }
+  }
+
+  static func isActivationFunction(_ op: Op) -> Bool {
+    switch op {
+    case .gelu, .relu, .sigmoid, .tanh: return true
+    default: return false
+    }
+  }
+
+  // MARK: Residual units
+
+  /// Node indices on some path from `x` to `y` (the node defining `y` included), or nil when
+  /// `y` does not depend on `x`.
+  func path(from x: ValueID, to y: ValueID) -> [Int]? {
+    guard let yi = producerIndex[y] else { return nil }
+    let floor = producerIndex[x] ?? -1
+    var ancestors = Set<Int>()
+    var stack = [yi]
+    while let i = stack.popLast() {
+      guard ancestors.insert(i).inserted else { continue }
+      for v in g.nodes[i].inputs { if let p = producerIndex[v], p > floor { stack.append(p) } }
+    }
+    var onPath = Set<ValueID>([x])
+    var out: [Int] = []
+    for i in ancestors.sorted() where g.nodes[i].inputs.contains(where: onPath.contains) {
+      out.append(i)
+      onPath.formUnion(g.nodes[i].outputs)
+    }
+    return out.last == yi ? out : nil
+  }
+
+  /// Residual adds `x + f(x)`, in graph order, with their x, f(x) and branch.
+  func residuals() -> [(add: Int, x: ValueID, fx: ValueID, branch: [Int])] {
+    var out: [(Int, ValueID, ValueID, [Int])] = []
+    for (i, n) in g.nodes.enumerated() where n.op == .add {
+      let (a, b) = (n.inputs[0], n.inputs[1])
+      let t = g.type(of: n.outputs[0])
+      guard g.type(of: a) == t, g.type(of: b) == t, isActivation(a), isActivation(b) else { continue }
+      if let br = path(from: a, to: b) {
+        out.append((i, a, b, br))
+      } else if let br = path(from: b, to: a) {
+        out.append((i, b, a, br))
+      }
+    }
+    return out
+  }
+
+  /// Follows data movement backward from `v`; returns the first value a compute node defines (or v).
+  func throughMovement(_ v: ValueID, within: Set<Int>) -> ValueID {
+    var v = v
+    while let p = producerIndex[v], within.contains(p), Self.isDataMovement(g.nodes[p].op) { v = g.nodes[p].inputs[0] }
+    return v
+  }
+
+  // MARK: Classification
+
+  /// Classifies a residual branch; returns the unit or the reason it matches nothing.
+  func classify(add: Int, x: ValueID, fx: ValueID, branch: [Int]) -> Result<Unit, MatchFailure> {
+    let inBranch = Set(branch)
+    // Every value the branch computes, except f(x), must stay inside it.
+    for i in branch {
+      for o in g.nodes[i].outputs where o != fx {
+        if ud.users(o).contains(where: { !inBranch.contains($0) }) || g.outputs.contains(where: { $0.value == o }) {
+          return .failure(MatchFailure("a value inside the branch (\(g.nodes[i].op.name) '\(g.nodes[i].name)') is also used outside it"))
+        }
+      }
+    }
+    let softmaxes = branch.filter { if case .softmax = g.nodes[$0].op { return true } else { return false } }
+    if softmaxes.count == 1 { return matchAttention(add: add, x: x, fx: fx, branch: branch, softmax: softmaxes[0]) }
+    if softmaxes.count > 1 { return .failure(MatchFailure("branch has \(softmaxes.count) softmaxes; an MHSA sub-block has one")) }
+    return matchTokenwise(add: add, x: x, fx: fx, branch: branch)
+  }
+
+  func matchAttention(add: Int, x: ValueID, fx: ValueID, branch: [Int], softmax: Int) -> Result<Unit, MatchFailure> {
+    let inBranch = Set(branch)
+    var roles: [Int: String] = [softmax: "mhsa.softmax"]
+    // Scores: a matmul of two activations, possibly scaled or masked on the way to the softmax.
+    var v = g.nodes[softmax].inputs[0]
+    var scores: Int?
+    while let p = producerIndex[v], inBranch.contains(p) {
+      let n = g.nodes[p]
+      if n.op == .matMul, n.inputs.allSatisfy(isActivation) {
+        scores = p
+        break
+      }
+      guard [.mul, .div, .add].contains(n.op), n.inputs.count == 2 else { break }
+      let act = n.inputs.filter(isActivation)
+      guard act.count == 1 else { break }
+      v = act[0]
+    }
+    guard let scores else { return .failure(MatchFailure("the softmax is not fed by a matmul of two activations (attention scores)")) }
+    roles[scores] = "mhsa.scores"
+    let sOut = g.nodes[softmax].outputs[0]
+    guard let context = ud.users(sOut).first(where: { g.nodes[$0].op == .matMul && g.nodes[$0].inputs[0] == sOut }),
+      inBranch.contains(context)
+    else {
+      return .failure(MatchFailure("the softmax output does not feed a matmul with the values (attention context)"))
+    }
+    roles[context] = "mhsa.context"
+    // Norm: a layer_norm reading x.
+    guard
+      let norm = branch.first(where: {
+        if case .layerNorm = g.nodes[$0].op { return throughMovement(g.nodes[$0].inputs[0], within: inBranch) == x } else { return false }
+      })
+    else {
+      return .failure(MatchFailure("the attention branch has no layer_norm on its input"))
+    }
+    roles[norm] = "mhsa.norm"
+    let normOut = g.nodes[norm].outputs[0]
+    let projections = branch.filter { if case .linear = g.nodes[$0].op { return g.nodes[$0].inputs[0] == normOut } else { return false } }
+    switch projections.count {
+    case 1: roles[projections[0]] = "mhsa.qkv"
+    case 3:
+      let q = g.nodes[scores].inputs[0], k = g.nodes[scores].inputs[1], val = g.nodes[context].inputs[1]
+      for p in projections {
+        let o = g.nodes[p].outputs[0]
+        if o == q || path(from: o, to: q) != nil {
+          roles[p] = "mhsa.q"
+        } else if o == k || path(from: o, to: k) != nil {
+          roles[p] = "mhsa.k"
+        } else if o == val || path(from: o, to: val) != nil {
+          roles[p] = "mhsa.v"
+        }
+      }
+      guard Set(projections.compactMap { roles[$0] }) == ["mhsa.q", "mhsa.k", "mhsa.v"] else {
+        return .failure(MatchFailure("three projections read the norm but do not map onto q, k and v"))
+      }
+    default:
+      return .failure(MatchFailure("\(projections.count) linear projections read the attention norm; expected qkv (1) or q, k, v (3)"))
+    }
+    // After the context: exactly one linear (proj), then an optional layer-scale mul.
+    let ctxOut = g.nodes[context].outputs[0]
+    let after = branch.filter { $0 > context && !Self.isDataMovement(g.nodes[$0].op) }
+    guard let proj = after.first, case .linear = g.nodes[proj].op, throughMovement(g.nodes[proj].inputs[0], within: inBranch) == ctxOut
+    else {
+      return .failure(MatchFailure("no output projection (linear) follows the attention context"))
+    }
+    roles[proj] = "mhsa.proj"
+    for i in after.dropFirst() {
+      let n = g.nodes[i]
+      guard n.op == .mul, n.inputs.contains(where: { ud.trainableParam($0) != nil }), i == after.last else {
+        return .failure(MatchFailure("unexpected \(n.op.name) '\(n.name)' after the attention output projection"))
+      }
+      roles[i] = "mhsa.scale"
+    }
+    // Anything else in the branch must be data movement or constant scaling around the scores.
+    for i in branch where roles[i] == nil {
+      let n = g.nodes[i]
+      let scaling = [.mul, .div, .add].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i > scores && i < softmax
+      let qkScaling = [.mul, .div].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i < scores
+      guard Self.isDataMovement(n.op) || scaling || qkScaling || isConstantNode(n) else {
+        return .failure(MatchFailure("unexpected \(n.op.name) '\(n.name)' in the attention branch"))
+      }
+    }
+    return .success(Unit(kind: .mhsa, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false))
+  }
+
+  func isConstantNode(_ n: Node) -> Bool {
+    if case .constant = n.op { return true }
+    return false
+  }
+
+  /// Token-wise branches: [dwconv] [layer_norm] linear act linear [scale] is an MLP (a PW-Conv
+  /// MLP after a depthwise conv); [layer_norm] linear [act] [scale] is a lone PW-Conv.
+  func matchTokenwise(add: Int, x: ValueID, fx: ValueID, branch: [Int]) -> Result<Unit, MatchFailure> {
+    let inBranch = Set(branch)
+    let compute = branch.filter { !Self.isDataMovement(g.nodes[$0].op) && !isConstantNode(g.nodes[$0]) }
+    var roles: [Int: String] = [:]
+    var prev = x
+    var stage = 0  // 0: dwconv? 1: norm? 2: fc1 3: act 4: fc2 5: scale 6: done
+    var linears: [Int] = []
+    var hasDW = false
+    for i in compute {
+      let n = g.nodes[i]
+      let input = throughMovement(n.inputs[0], within: inBranch)
+      guard input == prev || (n.op == .mul && n.inputs.contains { throughMovement($0, within: inBranch) == prev }) else {
+        return .failure(MatchFailure("\(n.op.name) '\(n.name)' does not continue the chain of the branch (it reads something else)"))
+      }
+      switch n.op {
+      case .conv(let geo)
+      where stage == 0 && geo.group > 1 && geo.group == g.type(of: n.inputs[0]).shape[1] && g.type(of: n.outputs[0]).shape[1] == geo.group:
+        roles[i] = "dwconv"
+        hasDW = true
+        stage = 1
+      case .layerNorm where stage <= 1:
+        roles[i] = "mlp.norm"
+        stage = 2
+      case .linear where stage <= 2:
+        linears.append(i)
+        stage = 3
+      case _ where Self.isActivationFunction(n.op) && stage == 3:
+        roles[i] = "mlp.act"
+        stage = 4
+      case .linear where stage == 4:
+        linears.append(i)
+        stage = 5
+      case .mul where (stage == 3 || stage == 5) && n.inputs.contains(where: { ud.trainableParam($0) != nil }):
+        roles[i] = "mlp.scale"
+        stage = 6
+      default:
+        let want = [
+          "a depthwise conv, layer_norm or linear", "a layer_norm or linear", "a layer_norm or linear", "an activation or layer-scale mul",
+          "the second linear", "a layer-scale mul", "nothing more",
+        ][min(stage, 6)]
+        return .failure(MatchFailure("unexpected \(n.op.name) '\(n.name)' where the MLP expects \(want)"))
+      }
+      prev = n.outputs[0]
+    }
+    guard throughMovement(fx, within: inBranch) == prev else {
+      return .failure(MatchFailure("the branch output is not the end of its token-wise chain"))
+    }
+    switch linears.count {
+    case 2:
+      roles[linears[0]] = "mlp.fc1"
+      roles[linears[1]] = "mlp.fc2"
+      return .success(Unit(kind: .mlp, add: add, x: x, branch: branch, roles: roles, hasDepthwise: hasDW))
+    case 1 where roles.values.allSatisfy({ $0 != "dwconv" }):
+      roles[linears[0]] = "pwconv"
+      if let act = roles.first(where: { $0.value == "mlp.act" })?.key { roles[act] = "pwconv.act" }
+      for (k, r) in roles where r == "mlp.norm" || r == "mlp.scale" { roles[k] = "pwconv." + r.dropFirst("mlp.".count) }
+      return .success(Unit(kind: .pwconv, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false))
+    default:
+      return .failure(MatchFailure("the branch has neither an MHSA softmax nor an MLP's two linears (found \(linears.count) linear)"))
+    }
+  }
+
+  // MARK: Layout
+
+  /// Token layout of a block input `x`.
+  func layout(of x: ValueID, unit: Unit, known: [ValueID: Layout]) -> Layout? {
+    if let l = known[x] { return l }
+    let s = g.type(of: x).shape
+    switch s.count {
+    case 3:
+      // [B, N, C]: the grid comes from the patchifying conv upstream; N − H·W leading tokens
+      // (class, distillation) are non-spatial.
+      var seen = Set<Int>()
+      var queue = [x]
+      while !queue.isEmpty {
+        let v = queue.removeFirst()
+        guard let p = producerIndex[v], seen.insert(p).inserted, seen.count < 256 else { continue }
+        let n = g.nodes[p]
+        if case .conv = n.op {
+          let o = g.type(of: n.outputs[0]).shape
+          if o.count == 4, o[2] * o[3] <= s[1], s[1] - o[2] * o[3] <= 16 {
+            return Layout(name: "tokens", tokenAxes: [1], grid: [o[2], o[3]], prefix: s[1] - o[2] * o[3])
+          }
+        }
+        queue += n.inputs.filter(isActivation)
+      }
+      return nil
+    case 4:
+      // NCHW when the branch starts with a conv or contracts channels on axis 1; NHWC otherwise.
+      let first = unit.branch.first.map { g.nodes[$0] }
+      let nchw: Bool
+      switch first?.op {
+      case .conv?: nchw = true
+      case .linear(let axis, _)?: nchw = axis == 1
+      case .layerNorm(let axis, _)?: nchw = axis == 1
+      default: nchw = g.nodes[unit.branch[0]].op == .transpose([0, 2, 3, 1])
+      }
+      return nchw
+        ? Layout(name: "nchw", tokenAxes: [2, 3], grid: [s[2], s[3]], prefix: 0)
+        : Layout(name: "nhwc", tokenAxes: [1, 2], grid: [s[1], s[2]], prefix: 0)
+    default:
+      return nil
+    }
+  }
+
+  // MARK: Annotations
+
+  func annotations() -> [Annotation] {
+    var out: [Annotation] = []
+    var units: [Unit] = []
+    for r in residuals() {
+      switch classify(add: r.add, x: r.x, fx: r.fx, branch: r.branch) {
+      case .success(let u): units.append(u)
+      case .failure(let f): out.append(Annotation(node: r.add, key: "sbp.unmatched", value: .string(f.reason)))
+      }
+    }
+    // Group: an MHSA unit and the MLP unit reading its sum form one block; other units stand alone.
+    var groups: [[Unit]] = []
+    for u in units {
+      if var last = groups.last, last.count == 1, last[0].kind == .mhsa, u.kind != .mhsa, u.x == g.nodes[last[0].add].outputs[0] {
+        last.append(u)
+        groups[groups.count - 1] = last
+      } else {
+        groups.append([u])
+      }
+    }
+    var known: [ValueID: Layout] = [:]
+    var stage = 0
+    var prevGrid: [Int]?
+    var blockNodes = Set<Int>()
+    var firstInput: ValueID?
+    var lastOutput: ValueID?
+    var blockIndex = 0
+    var stageOfGrid: [(grid: [Int], stage: Int, firstAdd: Int)] = []
+    for group in groups {
+      guard let lay = layout(of: group[0].x, unit: group[0], known: known) else {
+        for u in group {
+          out.append(Annotation(node: u.add, key: "sbp.unmatched", value: .string("no token grid found for the block input")))
+        }
+        continue
+      }
+      if let pg = prevGrid, pg != lay.grid { stage += 1 }
+      prevGrid = lay.grid
+      stageOfGrid.append((lay.grid, stage, group[0].add))
+      let kind = group.map { $0.hasDepthwise ? "dwconv+" + $0.kind.rawValue : $0.kind.rawValue }.joined(separator: "+")
+      for u in group {
+        known[g.nodes[u.add].outputs[0]] = lay
+        for i in u.branch + [u.add] {
+          blockNodes.insert(i)
+          out.append(Annotation(node: i, key: "sbp.block", value: .int(blockIndex)))
+          out.append(Annotation(node: i, key: "sbp.stage", value: .int(stage)))
+        }
+        for (i, r) in u.roles { out.append(Annotation(node: i, key: "sbp.role", value: .string(r))) }
+        out.append(Annotation(node: u.add, key: "sbp.role", value: .string("residual")))
+        out.append(Annotation(node: u.add, key: "sbp.kind", value: .string(kind)))
+        out.append(Annotation(node: u.add, key: "sbp.layout", value: .string(lay.name)))
+        out.append(Annotation(node: u.add, key: "sbp.token_axes", value: .ints(lay.tokenAxes)))
+        out.append(Annotation(node: u.add, key: "sbp.grid", value: .ints(lay.grid)))
+        out.append(Annotation(node: u.add, key: "sbp.prefix", value: .int(lay.prefix)))
+      }
+      if firstInput == nil { firstInput = group[0].x }
+      lastOutput = g.nodes[group.last!.add].outputs[0]
+      blockIndex += 1
+    }
+    out += outsideBlocks(blockNodes: blockNodes, firstInput: firstInput, lastOutput: lastOutput, stages: stageOfGrid)
+    return out
+  }
+
+  /// Stem (upstream of the first block), downsamplers (between stages) and head (downstream of the last block).
+  func outsideBlocks(blockNodes: Set<Int>, firstInput: ValueID?, lastOutput: ValueID?, stages: [(grid: [Int], stage: Int, firstAdd: Int)])
+    -> [Annotation]
+  {
+    guard let firstInput, let lastOutput, let lastProducer = producerIndex[lastOutput] else { return [] }
+    var out: [Annotation] = []
+    let firstProducer = producerIndex[firstInput] ?? -1
+    for (i, n) in g.nodes.enumerated() where !blockNodes.contains(i) {
+      let compute: Bool
+      switch n.op {
+      case .conv, .layerNorm, .linear, .matMul, .gemm: compute = true
+      default: compute = false
+      }
+      if i <= firstProducer {
+        if compute { out.append(Annotation(node: i, key: "sbp.role", value: .string("stem"))) }
+      } else if i > lastProducer {
+        out.append(Annotation(node: i, key: "sbp.role", value: .string("head")))
+      } else if case .conv(let geo) = n.op, geo.group == 1,
+        zip(geo.strides, g.type(of: n.inputs[1]).shape.dropFirst(2)).allSatisfy({ $0 == $1 && $0 > 1 }), geo.pads.allSatisfy({ $0 == 0 })
+      {
+        // A conv whose stride equals its kernel is a linear map over non-overlapping patches.
+        let next = stages.first { $0.firstAdd > i }
+        out.append(Annotation(node: i, key: "sbp.role", value: .string("downsample")))
+        if let next { out.append(Annotation(node: i, key: "sbp.stage", value: .int(next.stage))) }
+      } else if case .layerNorm = n.op {
+        out.append(Annotation(node: i, key: "sbp.role", value: .string("downsample.norm")))
+      }
+    }
+    return out
+  }
+}
+
+/// Why a residual branch matched no sub-block.
+struct MatchFailure: Error {
+  let reason: String
+  init(_ r: String) { reason = r }
+}
