@@ -40,8 +40,11 @@ demo: build
 	@echo "== sbpc inspect $(DEMO_MODEL) --batch 8"
 	@$(BIN) inspect $(DEMO_MODEL) --batch 8
 	@echo
-	@echo "== sbpc opt $(DEMO_MODEL) --passes canonicalize --batch 8 (first lines of the canonical IR)"
-	@$(BIN) opt $(DEMO_MODEL) --passes canonicalize --batch 8 | grep -v '^  param' | head -24
+	@echo "== sbpc opt $(DEMO_MODEL) --passes canonicalize,mark --batch 8 (block 0 of the canonical, marked IR)"
+	@$(BIN) opt $(DEMO_MODEL) --passes canonicalize,mark --batch 8 | grep -v '^  param' | sed -n '2,36p'
+	@echo
+	@echo "== sbpc inspect models/convnext_t1131_dynamo/model.onnx (a hierarchical model: blocks by stage)"
+	@$(BIN) inspect models/convnext_t1131_dynamo/model.onnx --batch 8 | sed -n '/^Blocks/,$$p' 
 
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift

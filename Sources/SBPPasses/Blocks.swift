@@ -40,6 +40,14 @@ public struct BlockTable: Sendable, Encodable {
   /// Blocks of stage `s`, in order.
   public func blocks(inStage s: Int) -> [BlockInfo] { blocks.filter { $0.stage == s } }
 
+  public init(blocks: [BlockInfo], unmatched: [UnmatchedUnit] = [], stemNodes: Int = 0, downsamplers: Int = 0, headNodes: Int = 0) {
+    self.blocks = blocks
+    self.unmatched = unmatched
+    self.stemNodes = stemNodes
+    self.downsamplers = downsamplers
+    self.headNodes = headNodes
+  }
+
   public init(_ g: Graph) {
     var byBlock: [Int: [Node]] = [:]
     var unmatched: [UnmatchedUnit] = []

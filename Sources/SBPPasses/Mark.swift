@@ -129,7 +129,7 @@ struct BlockMatcher {
     for i in branch {
       for o in g.nodes[i].outputs where o != fx {
         if ud.users(o).contains(where: { !inBranch.contains($0) }) || g.outputs.contains(where: { $0.value == o }) {
-          return .failure(MatchFailure("a value inside the branch (\(g.nodes[i].op.name) '\(g.nodes[i].name)') is also used outside it"))
+          return .failure(MatchFailure("a value inside the branch (\(describe(g.nodes[i]))) is also used outside it"))
         }
       }
     }
@@ -207,7 +207,7 @@ struct BlockMatcher {
     for i in after.dropFirst() {
       let n = g.nodes[i]
       guard n.op == .mul, n.inputs.contains(where: { ud.trainableParam($0) != nil }), i == after.last else {
-        return .failure(MatchFailure("unexpected \(n.op.name) '\(n.name)' after the attention output projection"))
+        return .failure(MatchFailure("unexpected \(describe(n)) after the attention output projection"))
       }
       roles[i] = "mhsa.scale"
     }
@@ -217,11 +217,14 @@ struct BlockMatcher {
       let scaling = [.mul, .div, .add].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i > scores && i < softmax
       let qkScaling = [.mul, .div].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i < scores
       guard Self.isDataMovement(n.op) || scaling || qkScaling || isConstantNode(n) else {
-        return .failure(MatchFailure("unexpected \(n.op.name) '\(n.name)' in the attention branch"))
+        return .failure(MatchFailure("unexpected \(describe(n)) in the attention branch"))
       }
     }
     return .success(Unit(kind: .mhsa, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false))
   }
+
+  /// "relu 'name'" for messages, or just the op when the node has no name.
+  func describe(_ n: Node) -> String { n.name.isEmpty ? n.op.name : "\(n.op.name) '\(n.name)'" }
 
   func isConstantNode(_ n: Node) -> Bool {
     if case .constant = n.op { return true }
@@ -242,7 +245,7 @@ struct BlockMatcher {
       let n = g.nodes[i]
       let input = throughMovement(n.inputs[0], within: inBranch)
       guard input == prev || (n.op == .mul && n.inputs.contains { throughMovement($0, within: inBranch) == prev }) else {
-        return .failure(MatchFailure("\(n.op.name) '\(n.name)' does not continue the chain of the branch (it reads something else)"))
+        return .failure(MatchFailure("\(describe(n)) does not continue the chain of the branch (it reads something else)"))
       }
       switch n.op {
       case .conv(let geo)
@@ -270,7 +273,7 @@ struct BlockMatcher {
           "a depthwise conv, layer_norm or linear", "a layer_norm or linear", "a layer_norm or linear", "an activation or layer-scale mul",
           "the second linear", "a layer-scale mul", "nothing more",
         ][min(stage, 6)]
-        return .failure(MatchFailure("unexpected \(n.op.name) '\(n.name)' where the MLP expects \(want)"))
+        return .failure(MatchFailure("unexpected \(describe(n)) where the MLP expects \(want)"))
       }
       prev = n.outputs[0]
     }

@@ -1,0 +1,86 @@
+// BlockSelectorTests.swift: the --blocks grammar, the paper's default rule, and every error.
+import XCTest
+
+@testable import SBPIR
+@testable import SBPPasses
+
+final class BlockSelectorTests: XCTestCase {
+  func table(_ stageSizes: [Int]) -> BlockTable {
+    var blocks: [BlockInfo] = []
+    for (s, n) in stageSizes.enumerated() {
+      for _ in 0..<n {
+        blocks.append(
+          BlockInfo(
+            index: blocks.count, stage: s, kind: "mhsa+mlp", layout: "tokens", tokenAxes: [1], grid: [14, 14], prefix: 1, roles: [],
+            parameters: 0, nodes: 0))
+      }
+    }
+    return BlockTable(blocks: blocks)
+  }
+
+  lazy var vit = table([12])
+  lazy var convnext = table([3, 3, 9, 3])
+
+  func testGrammar() throws {
+    XCTAssertEqual(try BlockSelector.parse("all", table: vit), Array(0..<12))
+    XCTAssertEqual(try BlockSelector.parse("none", table: vit), [])
+    XCTAssertEqual(try BlockSelector.parse("last:8", table: vit), Array(4..<12))
+    XCTAssertEqual(try BlockSelector.parse("first:2", table: vit), [0, 1])
+    XCTAssertEqual(try BlockSelector.parse("3-5", table: vit), [3, 4, 5])
+    XCTAssertEqual(try BlockSelector.parse("7", table: vit), [7])
+    XCTAssertEqual(try BlockSelector.parse("0, 2-3,last:1,2", table: vit), [0, 2, 3, 11])
+    XCTAssertEqual(try BlockSelector.parse("last:0", table: vit), [])
+    XCTAssertEqual(try BlockSelector.parse("stage:0", table: vit), Array(0..<12))
+    XCTAssertEqual(try BlockSelector.parse("stage:0,stage:1,stage:2[0-5]", table: convnext), Array(0..<12))
+    XCTAssertEqual(try BlockSelector.parse("stage:2[0,8],stage:3[1-2]", table: convnext), [6, 14, 16, 17])
+    XCTAssertEqual(try BlockSelector.parse("stage:3", table: convnext), [15, 16, 17])
+  }
+
+  func testDefaultIsThePapersRule() {
+    XCTAssertEqual(vit.defaultSelection, Array(4..<12))
+    XCTAssertEqual(vit.defaultSpec, "last:8")
+    XCTAssertEqual(convnext.defaultSelection, Array(0..<12))
+    XCTAssertEqual(convnext.defaultSpec, "stage:0,stage:1,stage:2[0-5]")
+    XCTAssertEqual(try BlockSelector.parse(convnext.defaultSpec, table: convnext), convnext.defaultSelection)
+    // Scaled to other depths: ⌈2/3·depth⌉.
+    XCTAssertEqual(table([6]).defaultSelection, Array(2..<6))
+    XCTAssertEqual(table([4]).defaultSelection, Array(1..<4))
+    XCTAssertEqual(table([1, 1, 3, 1]).defaultSelection, [0, 1, 2, 3])
+    XCTAssertEqual(table([2, 2, 18, 2]).defaultSelection.count, 4 + 12)
+    XCTAssertEqual(table([]).defaultSelection, [])
+    XCTAssertEqual(table([]).defaultSpec, "none")
+  }
+
+  func testEveryErrorShowsTheValidRange() {
+    let cases: [(String, BlockTable, String)] = [
+      ("", vit, "empty spec"),
+      ("12", vit, "block 12 is out of range"),
+      ("3-20", vit, "block 20 is out of range"),
+      ("5-3", vit, "range 5-3 is empty"),
+      ("last:13", vit, "asks for 13 blocks"),
+      ("first:x", vit, "'x' is not a count"),
+      ("last:-1", vit, "is not a count"),
+      ("-1", vit, "is not all, none"),
+      ("1-2-3", vit, "is not N or A-B"),
+      ("bogus", vit, "'bogus' is not all, none"),
+      ("0,,1", vit, "empty item"),
+      ("stage:1", vit, "stage 1 does not exist"),
+      ("stage:4", convnext, "stage 4 does not exist"),
+      ("stage:2[9]", convnext, "stage 2 has 9 blocks (0-8)"),
+      ("stage:2[0-9]", convnext, "stage 2 has 9 blocks"),
+      ("stage:2[]", convnext, "should be stage:S[A-B]"),
+      ("stage:2[1,]", convnext, "empty range"),
+      ("stage:2[1", convnext, "unbalanced '['"),
+      ("stage:2]", convnext, "unbalanced ']'"),
+      ("stage:x", convnext, "'x' is not a stage"),
+    ]
+    for (spec, t, fragment) in cases {
+      XCTAssertThrowsError(try BlockSelector.parse(spec, table: t), spec) { e in
+        let m = "\(e)"
+        XCTAssertTrue(m.contains(fragment), "'\(spec)': \(m)")
+        XCTAssertTrue(m.contains("valid blocks are 0-\(t.blocks.count - 1) (\(t.blocks.count) blocks)"), "'\(spec)': \(m)")
+      }
+    }
+    XCTAssertThrowsError(try BlockSelector.parse("0", table: table([]))) { e in XCTAssertTrue("\(e)".contains("no SBP blocks")) }
+  }
+}
