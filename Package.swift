@@ -26,17 +26,18 @@ let package = Package(
     .target(name: "SBPIR"),
     .target(name: "SBPONNX", dependencies: ["SBPIR", "CONNXProto", "CProtobufC"]),
     .target(name: "SBPPasses", dependencies: ["SBPIR"]),
-    .target(name: "SBPRuntime", dependencies: ["SBPIR", "COpenBLAS"]),
+    .target(name: "SBPPlan", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
+    .target(name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS"]),
     .executableTarget(
       name: "sbpc",
       dependencies: [
-        "SBPIR", "SBPONNX", "SBPPasses", "SBPRuntime",
+        "SBPIR", "SBPONNX", "SBPPasses", "SBPPlan", "SBPRuntime",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(name: "SBPIRTests", dependencies: ["SBPIR"]),
     .testTarget(name: "SBPONNXTests", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
     .testTarget(name: "SBPPassesTests", dependencies: ["SBPIR", "SBPPasses"]),
-    .testTarget(name: "SBPRuntimeTests", dependencies: ["SBPRuntime"]),
+    .testTarget(name: "SBPRuntimeTests", dependencies: ["SBPIR", "SBPONNX", "SBPPasses", "SBPPlan", "SBPRuntime"]),
     .testTarget(name: "sbpcTests", dependencies: ["sbpc"]),
   ],
   swiftLanguageModes: [.v6]

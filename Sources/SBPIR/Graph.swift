@@ -108,6 +108,9 @@ public struct Graph: Sendable {
 
   public func type(of v: ValueID) -> TensorType { types[v.raw] }
 
+  /// Number of values ever created (some may be unused after rewrites).
+  public var valueCount: Int { types.count }
+
   /// Creates a fresh value of type `t`.
   public mutating func newValue(_ t: TensorType) -> ValueID {
     types.append(t)

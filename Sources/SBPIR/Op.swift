@@ -81,6 +81,37 @@ public enum Op: Sendable, Hashable {
   case reduceMean(axes: [Int], keepDims: Bool)
   case reduceSum(axes: [Int], keepDims: Bool)
   case globalAveragePool
+  // Training
+  /// Identity forward; autodiff treats its result as a constant.
+  case stopGradient
+  /// Mean softmax cross-entropy over the batch. Inputs: logits [B, C] f32, labels [B] i64 → f32[].
+  case softmaxCrossEntropy
+  // Backward ops that autodiff emits (no gradients of their own).
+  /// Inputs: logits, labels, dloss → dlogits.
+  case softmaxCrossEntropyGrad
+  /// Inputs: x, dy → dx.
+  case geluGrad(GeluApproximation)
+  /// Inputs: x, dy → dx.
+  case reluGrad
+  /// Inputs: y (the softmax output), dy → dx.
+  case softmaxGrad(axis: Int)
+  /// Inputs: x, scale, dy → dx, dscale, dbias.
+  case layerNormGrad(axis: Int, epsilon: Double)
+  /// Inputs: dy, w → dx, for an input of shape `inputShape`.
+  case convGradInput(ConvGeometry, inputShape: [Int])
+  /// Inputs: x, dy → dw, for a weight of shape `weightShape`.
+  case convGradWeight(ConvGeometry, weightShape: [Int])
+  /// Inputs: x, dy → dW of a `linear` with this axis and layout, shaped `weightShape`.
+  case linearGradWeight(axis: Int, layout: WeightLayout, weightShape: [Int])
+  /// Inputs: dy → dx: dy placed into zeros of `inputShape` where the slice took it.
+  case sliceGrad(SliceSpec, inputShape: [Int])
+  /// Inputs: indices, dy → ddata of shape `inputShape`, summing repeated indices.
+  case gatherGrad(axis: Int, inputShape: [Int])
+  // Optimizer updates. They overwrite the parameter and state in place; results alias them.
+  /// Inputs: param, grad, velocity → param', velocity'.
+  case sgd(lr: Double, momentum: Double, weightDecay: Double)
+  /// Inputs: param, grad, m, v, step (f32[]) → param', m', v'.
+  case adamw(lr: Double, beta1: Double, beta2: Double, epsilon: Double, weightDecay: Double)
 
   /// The op's name in the text form.
   public var name: String {
@@ -121,6 +152,20 @@ public enum Op: Sendable, Hashable {
     case .reduceMean: return "reduce_mean"
     case .reduceSum: return "reduce_sum"
     case .globalAveragePool: return "global_average_pool"
+    case .stopGradient: return "stop_gradient"
+    case .softmaxCrossEntropy: return "softmax_cross_entropy"
+    case .softmaxCrossEntropyGrad: return "softmax_cross_entropy_grad"
+    case .geluGrad: return "gelu_grad"
+    case .reluGrad: return "relu_grad"
+    case .softmaxGrad: return "softmax_grad"
+    case .layerNormGrad: return "layer_norm_grad"
+    case .convGradInput: return "conv_grad_input"
+    case .convGradWeight: return "conv_grad_weight"
+    case .linearGradWeight: return "linear_grad_weight"
+    case .sliceGrad: return "slice_grad"
+    case .gatherGrad: return "gather_grad"
+    case .sgd: return "sgd"
+    case .adamw: return "adamw"
     }
   }
 
@@ -133,8 +178,32 @@ public enum Op: Sendable, Hashable {
       case .ints(let v): return ["value": .ints(v.map { Int($0) })]
       }
     case .add, .sub, .mul, .div, .pow, .equal, .select, .sqrt, .erf, .tanh, .exp, .neg, .relu,
-      .sigmoid, .reciprocal, .matMul, .globalAveragePool:
+      .sigmoid, .reciprocal, .matMul, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
+      .softmaxCrossEntropyGrad, .reluGrad:
       return [:]
+    case .geluGrad(let a): return ["approximate": .string(a.rawValue)]
+    case .softmaxGrad(let axis): return ["axis": .int(axis)]
+    case .layerNormGrad(let axis, let eps): return ["axis": .int(axis), "epsilon": .float(eps)]
+    case .convGradInput(let g, let shape):
+      return [
+        "strides": .ints(g.strides), "pads": .ints(g.pads), "dilations": .ints(g.dilations), "group": .int(g.group),
+        "input_shape": .ints(shape),
+      ]
+    case .convGradWeight(let g, let shape):
+      return [
+        "strides": .ints(g.strides), "pads": .ints(g.pads), "dilations": .ints(g.dilations), "group": .int(g.group),
+        "weight_shape": .ints(shape),
+      ]
+    case .linearGradWeight(let axis, let layout, let shape):
+      return ["axis": .int(axis), "layout": .string(layout.rawValue), "weight_shape": .ints(shape)]
+    case .sliceGrad(let s, let shape):
+      return [
+        "starts": .ints(s.starts), "ends": .ints(s.ends), "axes": .ints(s.axes), "steps": .ints(s.steps), "input_shape": .ints(shape),
+      ]
+    case .gatherGrad(let axis, let shape): return ["axis": .int(axis), "input_shape": .ints(shape)]
+    case .sgd(let lr, let m, let wd): return ["lr": .float(lr), "momentum": .float(m), "weight_decay": .float(wd)]
+    case .adamw(let lr, let b1, let b2, let eps, let wd):
+      return ["lr": .float(lr), "beta1": .float(b1), "beta2": .float(b2), "epsilon": .float(eps), "weight_decay": .float(wd)]
     case .cast(let t): return ["to": .string(t.rawValue)]
     case .linear(let axis, let layout): return ["axis": .int(axis), "layout": .string(layout.rawValue)]
     case .gemm(let ta, let tb, let alpha, let beta):
@@ -163,7 +232,9 @@ public enum Op: Sendable, Hashable {
     "constant", "add", "sub", "mul", "div", "pow", "equal", "select", "sqrt", "erf", "tanh", "exp", "neg",
     "relu", "sigmoid", "reciprocal", "cast", "matmul", "linear", "gemm", "conv", "layer_norm", "gelu",
     "softmax", "reshape", "transpose", "slice", "gather", "concat", "split", "squeeze", "unsqueeze",
-    "expand", "reduce_mean", "reduce_sum", "global_average_pool",
+    "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
+    "softmax_cross_entropy_grad", "gelu_grad", "relu_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input",
+    "conv_grad_weight", "linear_grad_weight", "slice_grad", "gather_grad", "sgd", "adamw",
   ]
 
   /// Rebuilds an op from its text name and payload attributes. `resultType` is needed by
@@ -234,6 +305,40 @@ public enum Op: Sendable, Hashable {
     case "reduce_mean": self = .reduceMean(axes: try a.ints("axes"), keepDims: try a.int("keepdims") != 0)
     case "reduce_sum": self = .reduceSum(axes: try a.ints("axes"), keepDims: try a.int("keepdims") != 0)
     case "global_average_pool": self = .globalAveragePool
+    case "stop_gradient": self = .stopGradient
+    case "softmax_cross_entropy": self = .softmaxCrossEntropy
+    case "softmax_cross_entropy_grad": self = .softmaxCrossEntropyGrad
+    case "gelu_grad":
+      let s = try a.string("approximate")
+      guard let g = GeluApproximation(rawValue: s) else {
+        throw IRError.attribute("gelu_grad: approximate must be \"none\" or \"tanh\", got '\(s)'")
+      }
+      self = .geluGrad(g)
+    case "relu_grad": self = .reluGrad
+    case "softmax_grad": self = .softmaxGrad(axis: try a.int("axis"))
+    case "layer_norm_grad": self = .layerNormGrad(axis: try a.int("axis"), epsilon: try a.float("epsilon"))
+    case "conv_grad_input", "conv_grad_weight":
+      let g = ConvGeometry(
+        strides: try a.ints("strides"), pads: try a.ints("pads"), dilations: try a.ints("dilations"), group: try a.int("group"))
+      self =
+        name == "conv_grad_input"
+        ? .convGradInput(g, inputShape: try a.ints("input_shape")) : .convGradWeight(g, weightShape: try a.ints("weight_shape"))
+    case "linear_grad_weight":
+      let s = try a.string("layout")
+      guard let l = WeightLayout(rawValue: s) else {
+        throw IRError.attribute("linear_grad_weight: layout must be \"oi\" or \"io\", got '\(s)'")
+      }
+      self = .linearGradWeight(axis: try a.int("axis"), layout: l, weightShape: try a.ints("weight_shape"))
+    case "slice_grad":
+      self = .sliceGrad(
+        SliceSpec(starts: try a.ints("starts"), ends: try a.ints("ends"), axes: try a.ints("axes"), steps: try a.ints("steps")),
+        inputShape: try a.ints("input_shape"))
+    case "gather_grad": self = .gatherGrad(axis: try a.int("axis"), inputShape: try a.ints("input_shape"))
+    case "sgd": self = .sgd(lr: try a.float("lr"), momentum: try a.float("momentum"), weightDecay: try a.float("weight_decay"))
+    case "adamw":
+      self = .adamw(
+        lr: try a.float("lr"), beta1: try a.float("beta1"), beta2: try a.float("beta2"), epsilon: try a.float("epsilon"),
+        weightDecay: try a.float("weight_decay"))
     default:
       throw IRError.attribute("unknown op '\(name)'")
     }
@@ -246,8 +351,12 @@ public enum Op: Sendable, Hashable {
     case .add, .sub, .mul, .div, .pow, .equal, .select, .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid,
       .reciprocal, .cast, .gelu:
       return true
+    case .reluGrad, .geluGrad:
+      return true
     case .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose, .slice,
-      .gather, .concat, .split, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool:
+      .gather, .concat, .split, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool,
+      .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .convGradInput,
+      .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
       return false
     }
   }

@@ -240,6 +240,77 @@ extension Op {
         if !norm.contains(i) { s.append(d) } else if keep { s.append(1) }
       }
       return [TensorType(t[0].dtype, s)]
+    case .stopGradient:
+      try arity(1)
+      return [t[0]]
+    case .softmaxCrossEntropy:
+      try arity(2)
+      guard t[0].rank == 2, t[0].dtype == .f32, t[1].shape == [t[0].shape[0]], t[1].dtype == .i64 || t[1].dtype == .i32 else {
+        throw fail("expects logits f32[B,C] and labels i64[B], got \(t[0]) and \(t[1])")
+      }
+      return [TensorType(.f32, [])]
+    case .softmaxCrossEntropyGrad:
+      try arity(3)
+      guard t[0].rank == 2, t[1].shape == [t[0].shape[0]], t[2].elementCount == 1 else {
+        throw fail("expects logits, labels and a scalar dloss")
+      }
+      return [t[0]]
+    case .geluGrad, .reluGrad:
+      try arity(2)
+      guard t[0] == t[1] else { throw fail("x \(t[0]) and dy \(t[1]) differ") }
+      return [t[0]]
+    case .softmaxGrad(let a):
+      try arity(2)
+      _ = try axis(a, t[0].rank)
+      guard t[0] == t[1] else { throw fail("y \(t[0]) and dy \(t[1]) differ") }
+      return [t[0]]
+    case .layerNormGrad(let ax, _):
+      try arity(3)
+      let a = try axis(ax, t[0].rank)
+      guard t[0] == t[2], t[1].elementCount == t[0].shape[a...].reduce(1, *) else {
+        throw fail("x \(t[0]), scale \(t[1]) and dy \(t[2]) do not fit")
+      }
+      return [t[0], t[1], t[1]]
+    case .convGradInput(let g, let shape):
+      try arity(2)
+      guard try Op.conv(g).inferTypes([TensorType(t[0].dtype, shape), t[1]]) == [t[0]] else {
+        throw fail("dy \(t[0]) is not the output of a conv on \(shape) with weight \(t[1])")
+      }
+      return [TensorType(t[0].dtype, shape)]
+    case .convGradWeight(let g, let shape):
+      try arity(2)
+      guard try Op.conv(g).inferTypes([t[0], TensorType(t[0].dtype, shape)]) == [t[1]] else {
+        throw fail("dy \(t[1]) is not the output of a conv on \(t[0]) with weight \(shape)")
+      }
+      return [TensorType(t[0].dtype, shape)]
+    case .linearGradWeight(let ax, let layout, let shape):
+      try arity(2)
+      guard try Op.linear(axis: ax, layout: layout).inferTypes([t[0], TensorType(t[0].dtype, shape)]) == [t[1]] else {
+        throw fail("dy \(t[1]) is not the output of a linear on \(t[0]) with weight \(shape)")
+      }
+      return [TensorType(t[0].dtype, shape)]
+    case .sliceGrad(let spec, let shape):
+      try arity(1)
+      guard try Op.slice(spec).inferTypes([TensorType(t[0].dtype, shape)]) == [t[0]] else {
+        throw fail("dy \(t[0]) does not fit slice of \(shape)")
+      }
+      return [TensorType(t[0].dtype, shape)]
+    case .gatherGrad(let ax, let shape):
+      try arity(2)
+      guard try Op.gather(axis: ax).inferTypes([TensorType(t[1].dtype, shape), t[0]]) == [t[1]] else {
+        throw fail("dy \(t[1]) does not fit a gather of \(shape) by \(t[0])")
+      }
+      return [TensorType(t[1].dtype, shape)]
+    case .sgd:
+      try arity(3)
+      guard t[0] == t[1], t[0] == t[2] else { throw fail("param, grad and velocity must have one type, got \(t.map(\.description))") }
+      return [t[0], t[0]]
+    case .adamw:
+      try arity(5)
+      guard t[0] == t[1], t[0] == t[2], t[0] == t[3], t[4] == TensorType(.f32, []) else {
+        throw fail("param, grad, m and v must have one type and step must be f32[], got \(t.map(\.description))")
+      }
+      return [t[0], t[0], t[0]]
     case .globalAveragePool:
       try arity(1)
       guard t[0].rank >= 3 else { throw fail("input must be N,C,spatial…, got \(t[0])") }

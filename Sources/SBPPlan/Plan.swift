@@ -1,0 +1,113 @@
+// Plan.swift: a compiled model (training step and evaluation forward) and its interim file format.
+import Foundation
+import SBPIR
+import SBPONNX
+import SBPPasses
+
+/// What `sbpc compile` produces: the training step and the plain forward for evaluation,
+/// plus where the weights come from. The weights are not copied into the plan; loading
+/// re-reads them from the ONNX model (mapped, not copied).
+public struct Plan: Sendable {
+  public static let formatVersion = 1
+
+  public var model: String
+  public var batch: Int
+  public var train: Graph
+  public var eval: Graph
+
+  public struct Options: Sendable {
+    public var batch: Int?
+    public var dims: [String: Int]
+    public var optimizer: OptimizerConfig
+    public init(batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD) {
+      self.batch = batch
+      self.dims = dims
+      self.optimizer = optimizer
+    }
+  }
+
+  /// Imports, canonicalizes and marks the model, then derives the training step.
+  public static func compile(model: String, options: Options) throws -> (Plan, notes: [String]) {
+    let imported = try importONNX(path: model, options: ImportOptions(batch: options.batch, dims: options.dims))
+    var eval = imported.graph
+    try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&eval)
+    var train = eval
+    try PassPipeline(passes: [Autodiff(optimizer: options.optimizer)], verifyEach: true).run(&train)
+    let path = URL(fileURLWithPath: model).standardizedFileURL.path
+    return (Plan(model: path, batch: imported.batch, train: train, eval: eval), imported.notes)
+  }
+
+  /// The plan file: a header, then the two graphs in the text IR.
+  public func serialized() -> String {
+    "sbpc-plan \(Plan.formatVersion)\nmodel \(quoted(model))\nbatch \(batch)\n== train\n\(train.printed())== eval\n\(eval.printed())"
+  }
+
+  func quoted(_ s: String) -> String {
+    "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+  }
+
+  /// Reads a plan file and attaches the weights from its model. Every problem is one line
+  /// naming the plan file and what is wrong.
+  public static func load(_ path: String) throws -> Plan {
+    func bad(_ m: String) -> PlanError { PlanError("\(path): \(m)") }
+    guard let data = FileManager.default.contents(atPath: path) else { throw bad("cannot read the plan file") }
+    guard let text = String(data: data, encoding: .utf8) else { throw bad("not a plan file (not UTF-8 text)") }
+    let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+    guard lines.count > 4, lines[0].hasPrefix("sbpc-plan ") else { throw bad("not an sbpc plan file (no 'sbpc-plan' header)") }
+    guard Int(lines[0].dropFirst("sbpc-plan ".count)) == formatVersion else {
+      throw bad("plan format '\(lines[0].dropFirst("sbpc-plan ".count))' is not version \(formatVersion); recompile the model")
+    }
+    guard lines[1].hasPrefix("model \""), lines[1].hasSuffix("\""), lines[1].count >= 8 else {
+      throw bad("line 2: expected model \"PATH\"")
+    }
+    let model = String(lines[1].dropFirst("model \"".count).dropLast()).replacingOccurrences(of: "\\\"", with: "\"").replacingOccurrences(
+      of: "\\\\", with: "\\")
+    guard lines[2].hasPrefix("batch "), let batch = Int(lines[2].dropFirst("batch ".count)), batch > 0 else {
+      throw bad("line 3: expected batch N")
+    }
+    guard lines[3] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
+      throw bad("missing '== train' or '== eval' section")
+    }
+    func graph(_ range: Range<Int>, _ what: String) throws -> Graph {
+      do {
+        let g = try parseGraph(lines[range].joined(separator: "\n"))
+        try g.verify()
+        return g
+      } catch let e as IRError {
+        if case .parse(let line, let m) = e { throw bad("\(what) graph, line \(line + range.lowerBound): \(m)") }
+        throw bad("\(what) graph: \(e)")
+      }
+    }
+    var train = try graph(4..<evalStart, "train")
+    var eval = try graph((evalStart + 1)..<lines.count, "eval")
+    // Weights come from the model the plan was compiled from, matched by initializer name.
+    let weights: Graph
+    do { weights = try importONNX(path: model, options: ImportOptions(batch: batch)).graph } catch {
+      throw bad("loading weights: \(error)")
+    }
+    let byName = Dictionary(uniqueKeysWithValues: weights.params.map { ($0.name, $0) })
+    for g in [0, 1] {
+      var graph = g == 0 ? train : eval
+      for i in graph.params.indices {
+        let p = graph.params[i]
+        guard let w = byName[p.name] else {
+          if p.name.hasPrefix("opt.") { continue }  // optimizer state starts at zero
+          throw bad("parameter @\(p.name) is not in \(model); recompile the plan")
+        }
+        guard weights.type(of: w.value) == graph.type(of: p.value) else {
+          throw bad(
+            "parameter @\(p.name) is \(weights.type(of: w.value)) in \(model) but \(graph.type(of: p.value)) in the plan; recompile")
+        }
+        graph.params[i].data = w.data
+      }
+      if g == 0 { train = graph } else { eval = graph }
+    }
+    return Plan(model: model, batch: batch, train: train, eval: eval)
+  }
+}
+
+/// A plan that cannot be built or read.
+public struct PlanError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ m: String) { description = m }
+}

@@ -1,0 +1,34 @@
+// Buffer.swift: the runtime's tensor storage, 64-byte aligned.
+import SBPIR
+
+/// Memory for one tensor value. Results of in-place ops share their input's buffer.
+public final class Buffer: @unchecked Sendable {
+  public let raw: UnsafeMutableRawPointer
+  public let byteCount: Int
+  public let type: TensorType
+
+  public init(_ type: TensorType) {
+    self.type = type
+    byteCount = type.byteCount
+    raw = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+    raw.initializeMemory(as: UInt8.self, repeating: 0, count: max(byteCount, 1))
+  }
+
+  deinit { raw.deallocate() }
+
+  public var count: Int { type.elementCount }
+  public var f32: UnsafeMutablePointer<Float> { raw.assumingMemoryBound(to: Float.self) }
+  public var i64: UnsafeMutablePointer<Int64> { raw.assumingMemoryBound(to: Int64.self) }
+  public var u8: UnsafeMutablePointer<UInt8> { raw.assumingMemoryBound(to: UInt8.self) }
+
+  public var floats: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: f32, count: count) }
+
+  /// Integer index values, whatever the integer dtype.
+  public func index(_ i: Int) -> Int {
+    switch type.dtype {
+    case .i64: return Int(i64[i])
+    case .i32: return Int(raw.load(fromByteOffset: i * 4, as: Int32.self))
+    default: return Int(raw.load(fromByteOffset: i * type.dtype.byteSize, as: UInt8.self))
+    }
+  }
+}

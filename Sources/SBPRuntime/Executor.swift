@@ -1,0 +1,147 @@
+// Executor.swift: runs a graph on the CPU, one kernel per node, over buffers allocated once.
+import COpenBLAS
+import SBPIR
+
+/// Executes a graph: parameters are copied in once (the optimizer updates them in place),
+/// every other value gets its own buffer at construction, and `run()` walks the nodes in
+/// order. Optimizer updates write into the parameter and state buffers they read.
+public final class Executor {
+  public let graph: Graph
+  private var buffers: [Buffer?]
+  private let scratch: UnsafeMutablePointer<Float>
+  private let scratchCount: Int
+
+  public init(graph: Graph, threads: Int = 1) throws {
+    self.graph = graph
+    GEMM.setThreads(max(threads, 1))
+    var buffers = [Buffer?](repeating: nil, count: graph.valueCount)
+    for p in graph.params {
+      let t = graph.type(of: p.value)
+      let b = Buffer(t)
+      if let d = p.data {
+        guard d.count == b.byteCount else { throw RuntimeError("parameter @\(p.name) holds \(d.count) bytes, \(t) needs \(b.byteCount)") }
+        guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .i32 else {
+          throw RuntimeError("parameter @\(p.name) is \(t.dtype); the CPU runtime runs f32")
+        }
+        b.raw.copyMemory(from: d.base, byteCount: d.count)
+      }
+      buffers[p.value.raw] = b
+    }
+    for i in graph.inputs { buffers[i.value.raw] = Buffer(graph.type(of: i.value)) }
+    var scratch = 1
+    for n in graph.nodes {
+      switch n.op {
+      case .sgd:
+        buffers[n.outputs[0].raw] = buffers[n.inputs[0].raw]
+        buffers[n.outputs[1].raw] = buffers[n.inputs[2].raw]
+        continue
+      case .adamw:
+        for k in 0..<3 { buffers[n.outputs[k].raw] = buffers[n.inputs[k == 0 ? 0 : k + 1].raw] }
+        continue
+      case .conv(let g), .convGradInput(let g, _), .convGradWeight(let g, _):
+        let (x, w, y) = Executor.convShapes(n, graph)
+        guard x.count == 4 else { throw RuntimeError("node '\(n.name)': the CPU runtime supports 2-D convolutions only, got input \(x)") }
+        scratch = max(scratch, Conv2D(g, input: x, weight: w, output: y).colCount)
+      default: break
+      }
+      for o in n.outputs {
+        let t = graph.type(of: o)
+        guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .bool || t.dtype == .i32 else {
+          throw RuntimeError("node '\(n.name)' (\(n.op.name)) produces \(t.dtype); the CPU runtime runs f32")
+        }
+        buffers[o.raw] = Buffer(t)
+      }
+    }
+    self.buffers = buffers
+    scratchCount = scratch
+    self.scratch = .allocate(capacity: scratch)
+  }
+
+  deinit { scratch.deallocate() }
+
+  static func convShapes(_ n: Node, _ g: Graph) -> (x: [Int], w: [Int], y: [Int]) {
+    switch n.op {
+    case .convGradInput(_, let xs): return (xs, g.type(of: n.inputs[1]).shape, g.type(of: n.inputs[0]).shape)
+    case .convGradWeight(_, let ws): return (g.type(of: n.inputs[0]).shape, ws, g.type(of: n.inputs[1]).shape)
+    default: return (g.type(of: n.inputs[0]).shape, g.type(of: n.inputs[1]).shape, g.type(of: n.outputs[0]).shape)
+    }
+  }
+
+  /// The buffer holding value `v`.
+  public func buffer(_ v: ValueID) -> Buffer { buffers[v.raw]! }
+
+  /// Buffer of the graph input named `name`.
+  public func input(_ name: String) -> Buffer? { graph.inputs.first { $0.name == name }.map { buffer($0.value) } }
+
+  /// Buffer of the graph output named `name`.
+  public func output(_ name: String) -> Buffer? { graph.outputs.first { $0.name == name }.map { buffer($0.value) } }
+
+  /// Runs every node once, in order.
+  public func run() throws {
+    for n in graph.nodes {
+      do { try execute(n) } catch let e as RuntimeError { throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)") }
+    }
+  }
+
+  private func execute(_ n: Node) throws {
+    let ins = n.inputs.map { buffers[$0.raw]! }
+    let outs = n.outputs.map { buffers[$0.raw]! }
+    let y = outs.first
+    switch n.op {
+    case .constant(let lit):
+      switch lit.elements {
+      case .floats(let v): for (i, x) in v.enumerated() { y!.f32[i] = Float(x) }
+      case .ints(let v):
+        if lit.type.dtype == .i64 {
+          for (i, x) in v.enumerated() { y!.i64[i] = x }
+        } else {
+          for (i, x) in v.enumerated() { y!.u8[i] = UInt8(truncatingIfNeeded: x) }
+        }
+      }
+    case .add, .sub, .mul, .div, .pow: Elementwise.binary(n.op, ins[0], ins[1], y!)
+    case .equal: Elementwise.equal(ins[0], ins[1], y!)
+    case .select: Elementwise.select(ins[0], ins[1], ins[2], y!)
+    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu: Elementwise.unary(n.op, ins[0], y!)
+    case .cast: Elementwise.cast(ins[0], y!)
+    case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!)
+    case .linear(let axis, let layout): LinearAlgebra.linear(axis: axis, layout: layout, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
+    case .gemm(let ta, let tb, let alpha, let beta):
+      LinearAlgebra.gemm(transA: ta, transB: tb, alpha: Float(alpha), beta: Float(beta), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
+    case .conv(let g):
+      let (x, w, o) = Executor.convShapes(n, graph)
+      Conv2D(g, input: x, weight: w, output: o).forward(ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!, scratch: scratch)
+    case .layerNorm(let axis, let eps): Norm.layerNorm(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
+    case .softmax(let axis): Norm.softmax(axis: axis, ins[0], y!)
+    case .reshape, .squeeze, .unsqueeze, .stopGradient: Movement.copy(ins[0], y!)
+    case .transpose(let perm): Movement.transpose(perm, ins[0], y!)
+    case .slice(let spec): Movement.slice(spec, ins[0], y!)
+    case .gather(let axis): try Movement.gather(axis: axis, ins[0], ins[1], y!)
+    case .concat(let axis): Movement.concat(axis: axis, ins, y!)
+    case .split(let axis, _): Movement.split(axis: axis, ins[0], outs)
+    case .expand: Movement.expand(ins[0], y!)
+    case .reduceMean(let axes, _): Movement.reduce(axes: axes, mean: true, ins[0], y!)
+    case .reduceSum(let axes, _): Movement.reduce(axes: axes, mean: false, ins[0], y!)
+    case .globalAveragePool: Movement.reduce(axes: Array(2..<ins[0].type.rank), mean: true, ins[0], y!)
+    case .softmaxCrossEntropy: try Norm.softmaxCrossEntropy(ins[0], ins[1], y!)
+    case .softmaxCrossEntropyGrad: try Norm.softmaxCrossEntropyGrad(ins[0], ins[1], ins[2], y!)
+    case .geluGrad(let a): Elementwise.geluGrad(a, ins[0], ins[1], y!)
+    case .reluGrad: Elementwise.reluGrad(ins[0], ins[1], y!)
+    case .softmaxGrad(let axis): Norm.softmaxGrad(axis: axis, ins[0], ins[1], y!)
+    case .layerNormGrad(let axis, let eps):
+      Norm.layerNormGrad(axis: axis, eps: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])
+    case .convGradInput(let g, _):
+      let (x, w, o) = Executor.convShapes(n, graph)
+      Conv2D(g, input: x, weight: w, output: o).gradInput(ins[0], ins[1], y!, scratch: scratch)
+    case .convGradWeight(let g, _):
+      let (x, w, o) = Executor.convShapes(n, graph)
+      Conv2D(g, input: x, weight: w, output: o).gradWeight(ins[0], ins[1], y!, scratch: scratch)
+    case .linearGradWeight(let axis, let layout, _): LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!)
+    case .sliceGrad(let spec, _): Movement.sliceGrad(spec, ins[0], y!)
+    case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
+    case .sgd(let lr, let m, let wd): Optimizer.sgd(lr: Float(lr), momentum: Float(m), wd: Float(wd), ins[0], ins[1], ins[2])
+    case .adamw(let lr, let b1, let b2, let eps, let wd):
+      Optimizer.adamw(
+        lr: Float(lr), b1: Float(b1), b2: Float(b2), eps: Float(eps), wd: Float(wd), step: ins[4].f32[0], ins[0], ins[1], ins[2], ins[3])
+    }
+  }
+}

@@ -1,0 +1,144 @@
+// MovementKernels.swift: data movement (transpose, slice, gather, concat, split, expand) and reductions.
+import SBPIR
+
+enum Movement {
+  /// Copies elements of any dtype: out[o] = x[offset(o)] with x read through `strides` from `base`.
+  static func strided(_ x: Buffer, base: Int, strides: [Int], _ out: Buffer) {
+    let size = x.type.dtype.byteSize
+    forEachRow(out.type.shape, [strides]) { o, b, n, st in
+      let s0 = base + b[0]
+      switch size {
+      case 4:
+        let px = x.raw.assumingMemoryBound(to: UInt32.self), po = out.raw.assumingMemoryBound(to: UInt32.self)
+        if st[0] == 1 { (po + o).update(from: px + s0, count: n) } else { for i in 0..<n { po[o + i] = px[s0 + i * st[0]] } }
+      case 8:
+        let px = x.raw.assumingMemoryBound(to: UInt64.self), po = out.raw.assumingMemoryBound(to: UInt64.self)
+        for i in 0..<n { po[o + i] = px[s0 + i * st[0]] }
+      default:
+        for i in 0..<n { (out.raw + (o + i) * size).copyMemory(from: x.raw + (s0 + i * st[0]) * size, byteCount: size) }
+      }
+    }
+  }
+
+  static func copy(_ x: Buffer, _ out: Buffer) { out.raw.copyMemory(from: x.raw, byteCount: out.byteCount) }
+
+  static func transpose(_ perm: [Int], _ x: Buffer, _ out: Buffer) {
+    let s = rowMajorStrides(x.type.shape)
+    strided(x, base: 0, strides: perm.map { s[$0] }, out)
+  }
+
+  static func expand(_ x: Buffer, _ out: Buffer) {
+    strided(x, base: 0, strides: broadcastStrides(x.type.shape, to: out.type.shape), out)
+  }
+
+  static func sliceStrides(_ spec: SliceSpec, _ shape: [Int]) -> (base: Int, strides: [Int]) {
+    var strides = rowMajorStrides(shape)
+    var base = 0
+    for (i, a) in spec.axes.enumerated() {
+      base += spec.starts[i] * strides[a]
+      strides[a] *= spec.steps[i]
+    }
+    return (base, strides)
+  }
+
+  static func slice(_ spec: SliceSpec, _ x: Buffer, _ out: Buffer) {
+    let (base, strides) = sliceStrides(spec, x.type.shape)
+    strided(x, base: base, strides: strides, out)
+  }
+
+  /// dx = zeros with dy written where the slice read from (f32).
+  static func sliceGrad(_ spec: SliceSpec, _ dy: Buffer, _ dx: Buffer) {
+    dx.f32.update(repeating: 0, count: dx.count)
+    let (base, strides) = sliceStrides(spec, dx.type.shape)
+    let pd = dy.f32, po = dx.f32
+    forEachRow(dy.type.shape, [strides]) { o, b, n, st in
+      for i in 0..<n { po[base + b[0] + i * st[0]] = pd[o + i] }
+    }
+  }
+
+  static func gather(axis: Int, _ x: Buffer, _ idx: Buffer, _ out: Buffer) throws {
+    let s = x.type.shape
+    let outer = s[..<axis].reduce(1, *), dim = s[axis], inner = s[(axis + 1)...].reduce(1, *)
+    let size = x.type.dtype.byteSize
+    let k = idx.count
+    for o in 0..<outer {
+      for j in 0..<k {
+        var t = idx.index(j)
+        if t < 0 { t += dim }
+        guard t >= 0, t < dim else { throw RuntimeError("gather: index \(idx.index(j)) is out of range for a dimension of \(dim)") }
+        (out.raw + ((o * k + j) * inner) * size).copyMemory(from: x.raw + ((o * dim + t) * inner) * size, byteCount: inner * size)
+      }
+    }
+  }
+
+  static func gatherGrad(axis: Int, _ idx: Buffer, _ dy: Buffer, _ dx: Buffer) {
+    let s = dx.type.shape
+    let outer = s[..<axis].reduce(1, *), dim = s[axis], inner = s[(axis + 1)...].reduce(1, *)
+    dx.f32.update(repeating: 0, count: dx.count)
+    let k = idx.count
+    for o in 0..<outer {
+      for j in 0..<k {
+        var t = idx.index(j)
+        if t < 0 { t += dim }
+        let src = dy.f32 + (o * k + j) * inner, dst = dx.f32 + (o * dim + t) * inner
+        for i in 0..<inner { dst[i] += src[i] }
+      }
+    }
+  }
+
+  /// Concatenation along `axis` (any dtype).
+  static func concat(axis: Int, _ xs: [Buffer], _ out: Buffer) {
+    let s = out.type.shape
+    let outer = s[..<axis].reduce(1, *)
+    let size = out.type.dtype.byteSize
+    var offset = 0
+    let rowBytes = s[axis...].reduce(1, *) * size
+    for x in xs {
+      let chunk = x.type.shape[axis...].reduce(1, *) * size
+      for o in 0..<outer { (out.raw + o * rowBytes + offset).copyMemory(from: x.raw + o * chunk, byteCount: chunk) }
+      offset += chunk
+    }
+  }
+
+  static func split(axis: Int, _ x: Buffer, _ outs: [Buffer]) {
+    let s = x.type.shape
+    let outer = s[..<axis].reduce(1, *)
+    let size = x.type.dtype.byteSize
+    let rowBytes = s[axis...].reduce(1, *) * size
+    var offset = 0
+    for y in outs {
+      let chunk = y.type.shape[axis...].reduce(1, *) * size
+      for o in 0..<outer { (y.raw + o * chunk).copyMemory(from: x.raw + o * rowBytes + offset, byteCount: chunk) }
+      offset += chunk
+    }
+  }
+
+  /// Sum (or mean) over `axes`; the output's layout does not depend on keepdims.
+  static func reduce(axes: [Int], mean: Bool, _ x: Buffer, _ out: Buffer) {
+    let s = x.type.shape
+    let all = Set(axes.isEmpty ? Array(0..<s.count) : axes)
+    let kept = s.enumerated().map { all.contains($0.offset) ? 1 : $0.element }
+    let outStrides = broadcastStrides(kept, to: s)
+    let po = out.f32, px = x.f32
+    po.update(repeating: 0, count: out.count)
+    forEachRow(s, [outStrides]) { o, b, n, st in
+      if st[0] == 0 {
+        var acc: Float = 0
+        for i in 0..<n { acc += px[o + i] }
+        po[b[0]] += acc
+      } else {
+        for i in 0..<n { po[b[0] + i * st[0]] += px[o + i] }
+      }
+    }
+    if mean {
+      let scale = 1 / Float(all.reduce(1) { $0 * s[$1] })
+      for i in 0..<out.count { po[i] *= scale }
+    }
+  }
+}
+
+/// An error while executing a step (bad labels, out-of-range indices).
+public struct RuntimeError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ m: String) { description = m }
+}

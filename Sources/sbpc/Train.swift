@@ -1,0 +1,226 @@
+// Train.swift: `sbpc compile`, `sbpc train` and `sbpc eval`, thin front ends over SBPPlan and SBPRuntime.
+import ArgumentParser
+import Foundation
+import SBPIR
+import SBPPasses
+import SBPPlan
+import SBPRuntime
+
+struct Compile: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Compile an ONNX model into a training step (a plan file).",
+    discussion: """
+      The plan holds the training step (forward, mean softmax cross-entropy against integer
+      labels, backward, one optimizer update per parameter) and the plain forward for
+      evaluation. Weights stay in the ONNX file; the plan refers to it.
+      """)
+
+  @Argument(help: "The ONNX model.") var model: String
+  @Option(name: .shortAndLong, help: "Where to write the plan.") var output: String
+  @Option(help: "Keep ratio for SBP, 0 < R <= 1. Only 1 (no SBP) is available so far.") var keep: Double = 1
+  @Option(help: "Optimizer: sgd or adamw.") var optimizer: String = "sgd"
+  @Option(help: "Learning rate.") var lr: Double = 0.01
+  @Option(help: "SGD momentum.") var momentum: Double = 0.9
+  @Option(name: .customLong("weight-decay"), help: "Weight decay (decoupled for adamw).") var weightDecay: Double = 0
+  @OptionGroup var shape: ShapeOptions
+
+  func validate() throws {
+    guard keep > 0, keep <= 1 else { throw ValidationError("--keep must be in (0, 1], got \(keep)") }
+    guard keep == 1 else { throw ValidationError("--keep \(keep): SBP is not available yet in this build; use --keep 1") }
+    guard ["sgd", "adamw"].contains(optimizer) else { throw ValidationError("--optimizer must be sgd or adamw, got '\(optimizer)'") }
+    guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive, got \(lr)") }
+    guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
+    guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
+  }
+
+  func run() throws {
+    try reportingErrors {
+      let opt: OptimizerConfig =
+        optimizer == "sgd"
+        ? .sgd(lr: lr, momentum: momentum, weightDecay: weightDecay)
+        : .adamw(lr: lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: weightDecay)
+      let (plan, notes) = try Plan.compile(
+        model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt))
+      printNotes(notes)
+      guard FileManager.default.createFile(atPath: output, contents: Data(plan.serialized().utf8)) else {
+        throw PlanError("\(output): cannot write")
+      }
+      let t = BlockTable(plan.eval)
+      print(
+        "compiled \(model) -> \(output): batch \(plan.batch), \(plan.train.nodes.count) training ops, \(t.blocks.count) blocks, optimizer \(optimizer)"
+      )
+    }
+  }
+}
+
+/// Feeds a training or evaluation executor with batches.
+struct Feeder {
+  let input: Buffer
+  let labels: Buffer
+  let classes: Int
+
+  /// Seeded synthetic data: N(0,1) images and uniform labels.
+  func synthetic(seed: UInt64, step: Int) {
+    var rng = SplitMix64(seed: seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15)
+    for i in 0..<input.count { input.f32[i] = rng.normal() }
+    for i in 0..<labels.count { labels.i64[i] = Int64(rng.next() % UInt64(classes)) }
+  }
+
+  /// Copies batch `b` of X and Y in.
+  func load(_ x: NPYArray, _ y: NPYArray, batch b: Int) {
+    let n = input.count, m = labels.count
+    x.data.withUnsafeBytes { input.raw.copyMemory(from: $0.baseAddress! + b * n * 4, byteCount: n * 4) }
+    let ys = y.int64s
+    for i in 0..<m { labels.i64[i] = ys[b * m + i] }
+  }
+
+  /// Checks X and Y against the plan before anything runs.
+  static func check(_ x: NPYArray, _ y: NPYArray, input: Buffer, labels: Buffer, classes: Int, xName: String, yName: String) throws {
+    let want = Array(input.type.shape.dropFirst())
+    guard x.dtype == .f32, x.shape.count == want.count + 1, Array(x.shape.dropFirst()) == want else {
+      throw RuntimeError("\(xName): expected f32 [N,\(want.map(String.init).joined(separator: ","))], got \(x.dtype.rawValue) \(x.shape)")
+    }
+    guard y.dtype == .i64, y.shape == [x.shape[0]] else {
+      throw RuntimeError("\(yName): expected i64 [\(x.shape[0])], got \(y.dtype.rawValue) \(y.shape)")
+    }
+    guard x.shape[0] % input.type.shape[0] == 0, x.shape[0] > 0 else {
+      throw RuntimeError("\(xName): \(x.shape[0]) samples is not a multiple of the plan's batch \(input.type.shape[0])")
+    }
+    if let bad = y.int64s.enumerated().first(where: { $0.element < 0 || $0.element >= Int64(classes) }) {
+      throw RuntimeError("\(yName): label \(bad.element) at index \(bad.offset) is out of range for \(classes) classes")
+    }
+  }
+}
+
+/// SplitMix64, for reproducible synthetic data and masks.
+struct SplitMix64 {
+  var state: UInt64
+  init(seed: UInt64) { state = seed }
+  mutating func next() -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+  }
+  mutating func normal() -> Float {
+    let u1 = Double(next() >> 11 + 1) / Double(1 << 53), u2 = Double(next() >> 11) / Double(1 << 53)
+    return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
+  }
+}
+
+struct Train: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Run training steps of a plan on the CPU runtime.")
+
+  @Argument(help: "The plan file from `sbpc compile`.") var plan: String
+  @Option(help: "Number of steps.") var steps: Int = 10
+  @Option(help: "Images, f32 [N,C,H,W] .npy; N a multiple of the batch. Without it, seeded synthetic data.") var input: String?
+  @Option(help: "Labels, i64 [N] .npy.") var labels: String?
+  @Option(help: "Seed for synthetic data.") var seed: UInt64 = 0
+  @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+  @Option(name: .customLong("dump-logits"), help: "Write the last step's logits to this .npy file.") var dumpLogits: String?
+  @Flag(name: .customLong("dump-loss"), help: "Print each step's loss (before its update) alone on a line, in full precision.")
+  var dumpLoss = false
+  @Option(
+    name: .customLong("dump-grads"), help: "Write the last step's gradients (before its update) into this folder, one .npy per parameter.")
+  var dumpGrads: String?
+
+  func validate() throws {
+    guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") }
+    guard threads >= 1, threads <= 256 else { throw ValidationError("--threads must be between 1 and 256, got \(threads)") }
+    guard (input == nil) == (labels == nil) else { throw ValidationError("--input and --labels go together") }
+  }
+
+  func run() throws {
+    try reportingErrors {
+      let p = try Plan.load(plan)
+      let ex = try Executor(graph: p.train, threads: threads)
+      guard let img = p.train.inputs.first(where: { $0.name != "labels" && $0.name != "step" }), let lab = ex.input("labels") else {
+        throw PlanError("\(plan): the training graph has no image or labels input")
+      }
+      let classes = p.train.type(of: p.train.outputs[0].value).shape[1]
+      let feed = Feeder(input: ex.buffer(img.value), labels: lab, classes: classes)
+      var data: (NPYArray, NPYArray)?
+      if let input, let labels {
+        let x = try NPYArray.read(input), y = try NPYArray.read(labels)
+        try Feeder.check(x, y, input: feed.input, labels: lab, classes: classes, xName: input, yName: labels)
+        data = (x, y)
+      }
+      let batches = data.map { $0.0.shape[0] / p.batch } ?? 1
+      let start = Date()
+      for s in 0..<steps {
+        if let (x, y) = data { feed.load(x, y, batch: s % batches) } else { feed.synthetic(seed: seed, step: s) }
+        ex.input("step")?.f32[0] = Float(s + 1)
+        try ex.run()
+        let loss = ex.output("loss")!.f32[0]
+        guard loss.isFinite else { throw RuntimeError("step \(s + 1): the loss is \(loss); training diverged (lower --lr?)") }
+        if dumpLoss { print(loss) } else { print("step \(s + 1)/\(steps)  loss \(String(format: "%.5f", loss))") }
+      }
+      if !dumpLoss {
+        let dt = Date().timeIntervalSince(start)
+        print(
+          String(
+            format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s)", steps, dt, 1000 * dt / Double(steps), Double(steps * p.batch) / dt))
+      }
+      if let dumpLogits { try write(ex.buffer(p.train.outputs[0].value), to: dumpLogits) }
+      if let dumpGrads {
+        try FileManager.default.createDirectory(atPath: dumpGrads, withIntermediateDirectories: true)
+        let names = Dictionary(uniqueKeysWithValues: p.train.params.map { ($0.value, $0.name) })
+        for n in p.train.nodes {
+          switch n.op {
+          case .sgd, .adamw:
+            let file = names[n.inputs[0]]!.replacingOccurrences(of: "/", with: "_") + ".npy"
+            try write(ex.buffer(n.inputs[1]), to: dumpGrads + "/" + file)
+          default: break
+          }
+        }
+      }
+    }
+  }
+
+  func write(_ b: Buffer, to path: String) throws {
+    try NPYArray(f32: Array(b.floats), shape: b.type.shape).write(path)
+  }
+}
+
+struct Eval: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Evaluate a plan's forward on a data set: mean loss and top-1 accuracy.")
+
+  @Argument(help: "The plan file.") var plan: String
+  @Option(help: "Images, f32 [N,C,H,W] .npy; N a multiple of the batch.") var input: String
+  @Option(help: "Labels, i64 [N] .npy.") var labels: String
+  @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+  func run() throws {
+    try reportingErrors {
+      let p = try Plan.load(plan)
+      var g = p.eval
+      // Evaluation appends only the loss to the plain forward.
+      let logits = g.outputs[0].value
+      let lab = g.addInput("labels", TensorType(.i64, [p.batch]))
+      let loss = try g.append(.softmaxCrossEntropy, [logits, lab], name: "loss")[0]
+      g.outputs.append(GraphInput(value: loss, name: "loss"))
+      let ex = try Executor(graph: g, threads: threads)
+      let classes = g.type(of: logits).shape[1]
+      let feed = Feeder(input: ex.buffer(g.inputs[0].value), labels: ex.buffer(lab), classes: classes)
+      let x = try NPYArray.read(input), y = try NPYArray.read(labels)
+      try Feeder.check(x, y, input: feed.input, labels: feed.labels, classes: classes, xName: input, yName: labels)
+      var total: Double = 0, correct = 0
+      let batches = x.shape[0] / p.batch
+      for b in 0..<batches {
+        feed.load(x, y, batch: b)
+        try ex.run()
+        total += Double(ex.buffer(loss).f32[0])
+        let l = ex.buffer(logits)
+        for r in 0..<p.batch {
+          let row = UnsafeBufferPointer(start: l.f32 + r * classes, count: classes)
+          if row.indices.max(by: { row[$0] < row[$1] }) == Int(feed.labels.i64[r]) { correct += 1 }
+        }
+      }
+      print(
+        String(
+          format: "loss %.5f  top-1 %.2f%% (%d/%d)", total / Double(batches), 100 * Double(correct) / Double(x.shape[0]), correct,
+          x.shape[0]))
+    }
+  }
+}
