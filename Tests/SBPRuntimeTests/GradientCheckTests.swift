@@ -1,0 +1,211 @@
+// GradientCheckTests.swift: every gradient rule against central finite differences on small random graphs.
+//
+// The second oracle, sharing no code with the PyTorch references. Each case builds one op (or a
+// short chain) on random trainable inputs, takes loss = Σ out·R for a fixed random R, and compares
+// autodiff's gradient with central differences in float32: ε = 1e-2, at up to 12 coordinates per
+// input, passing when ‖fd − g‖₂ ≤ 2e-2 · max(‖g‖₂, 1e-3). That tolerance covers float32 rounding
+// (about 1e-7·|loss|/ε) and the O(ε²) truncation error of central differences.
+import XCTest
+
+@testable import SBPIR
+@testable import SBPPasses
+@testable import SBPRuntime
+
+struct LCG {
+  var s: UInt64
+  mutating func next() -> Float {
+    s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+    return Float(s >> 40) / Float(1 << 24)
+  }
+  /// Uniform in [lo, hi).
+  mutating func uniform(_ lo: Float, _ hi: Float) -> Float { lo + (hi - lo) * next() }
+}
+
+struct GradCase {
+  var name: String
+  var shapes: [[Int]]
+  /// Inputs are drawn from this range (kept away from kinks and poles where an op has them).
+  var range: (Float, Float) = (-1, 1)
+  var build: (inout Graph, [ValueID]) throws -> ValueID
+}
+
+final class GradientCheckTests: XCTestCase {
+  func constParam(_ g: inout Graph, _ name: String, _ t: TensorType, _ bytes: [UInt8]) -> ValueID {
+    bytes.withUnsafeBytes { g.addParam(name, t, trainable: false, data: TensorBytes(copying: $0)) }
+  }
+
+  func check(_ c: GradCase, file: StaticString = #filePath, line: UInt = #line) throws {
+    for (k, rel) in try relativeErrors(c).enumerated() {
+      XCTAssertLessThan(rel, 2e-2, "\(c.name): input \(k) gradient differs from finite differences (relative \(rel))", file: file, line: line)
+    }
+  }
+
+  /// ‖fd − g‖₂ / max(‖g‖₂, 1e-3) per input, over the sampled coordinates.
+  func relativeErrors(_ c: GradCase) throws -> [Float] {
+    var rng = LCG(s: UInt64(abs(c.name.hashValue % 1_000_003)) &+ 17)
+    var g = Graph(name: c.name)
+    var params: [ValueID] = []
+    for (i, s) in c.shapes.enumerated() {
+      let vals = (0..<s.reduce(1, *)).map { _ in rng.uniform(c.range.0, c.range.1) }
+      params.append(vals.withUnsafeBytes { g.addParam("p\(i)", TensorType(.f32, s), trainable: true, data: TensorBytes(copying: $0)) })
+    }
+    let out = try c.build(&g, params)
+    let t = g.type(of: out)
+    let r = (0..<t.elementCount).map { _ in rng.uniform(-1, 1) }
+    let rv = constParam(&g, "r", t, r.withUnsafeBytes { Array($0) })
+    let prod = try g.append(.mul, [out, rv])[0]
+    let loss = try g.append(.reduceSum(axes: Array(0..<t.rank), keepDims: false), [prod])[0]
+    let grads = try appendGradients(&g, loss: loss, wrt: params)
+    g.outputs = [GraphInput(value: loss, name: "loss")] + params.map { GraphInput(value: grads[$0]!, name: "grad") }
+    try g.verify()
+    let ex = try Executor(graph: g)
+    try ex.run()
+    var errors: [Float] = []
+    for p in params {
+      let analytic = Array(ex.buffer(grads[p]!).floats)
+      let buf = ex.buffer(p)
+      let n = buf.count
+      let coords = n <= 12 ? Array(0..<n) : (0..<12).map { _ in Int(rng.next() * Float(n)) % n }
+      var diff: Float = 0, norm: Float = 0
+      for j in coords {
+        let x = buf.f32[j]
+        let eps: Float = 1e-2
+        buf.f32[j] = x + eps
+        try ex.run()
+        let up = ex.buffer(loss).f32[0]
+        buf.f32[j] = x - eps
+        try ex.run()
+        let down = ex.buffer(loss).f32[0]
+        buf.f32[j] = x
+        let fd = (up - down) / (2 * eps)
+        diff += (fd - analytic[j]) * (fd - analytic[j])
+        norm += analytic[j] * analytic[j]
+      }
+      errors.append(diff.squareRoot() / max(norm.squareRoot(), 1e-3))
+    }
+    return errors
+  }
+
+  func lit(_ g: inout Graph, _ v: Double) throws -> ValueID { try g.append(.constant(Literal(f32: [v], shape: [])), [])[0] }
+
+  func unary(_ op: Op, _ range: (Float, Float) = (-1, 1)) -> GradCase {
+    GradCase(name: op.name, shapes: [[3, 4]], range: range) { g, p in try g.append(op, [p[0]])[0] }
+  }
+
+  func binary(_ op: Op, _ a: [Int], _ b: [Int], _ range: (Float, Float) = (-1, 1)) -> GradCase {
+    GradCase(name: "\(op.name) \(a) \(b)", shapes: [a, b], range: range) { g, p in try g.append(op, [p[0], p[1]])[0] }
+  }
+
+  func testElementwiseRules() throws {
+    for c in [
+      binary(.add, [2, 3, 4], [3, 1]), binary(.sub, [2, 3], [2, 3]), binary(.sub, [4], [2, 3, 4]),
+      binary(.mul, [2, 3, 4], [4]), binary(.div, [2, 3], [2, 1], (0.5, 2)),
+      unary(.sqrt, (0.5, 2)), unary(.erf), unary(.tanh), unary(.exp), unary(.neg), unary(.sigmoid), unary(.reciprocal, (0.5, 2)),
+      unary(.relu, (0.2, 1)), unary(.gelu(.none)), unary(.gelu(.tanh)), unary(.cast(.f32)),
+    ] {
+      try check(c)
+    }
+    // relu on both sides of the kink (entries never within ε of 0).
+    try check(
+      GradCase(name: "relu both signs", shapes: [[6]], range: (0.2, 1)) { g, p in
+        try g.append(.relu, [try g.append(.mul, [p[0], try g.append(.constant(Literal(f32: [1, -1, 1, -1, 1, -1], shape: [6])), [])[0]])[0]])[0]
+      })
+    try check(
+      GradCase(name: "pow by constant", shapes: [[2, 3]], range: (0.5, 2)) { g, p in
+        try g.append(.pow, [p[0], try self.lit(&g, 3)])[0]
+      })
+    try check(
+      GradCase(name: "select", shapes: [[2, 3], [3]]) { g, p in
+        let c = try g.append(.constant(Literal(type: TensorType(.bool, [2, 3]), elements: .ints([1, 0, 1, 0, 0, 1]))), [])[0]
+        return try g.append(.select, [c, p[0], p[1]])[0]
+      })
+  }
+
+  /// p · stop_gradient(p): autodiff gives p (one path is constant by design) where finite
+  /// differences see 2p, so the harness must report a relative error of 1. This also shows
+  /// the check catches a gradient that is off.
+  func testStopGradientAndTheCheckItself() throws {
+    let errors = try relativeErrors(
+      GradCase(name: "stop_gradient", shapes: [[3]], range: (0.5, 1)) { g, p in
+        try g.append(.mul, [p[0], try g.append(.stopGradient, [p[0]])[0]])[0]
+      })
+    XCTAssertEqual(errors[0], 1, accuracy: 0.02)
+  }
+
+  func testLinearAlgebraRules() throws {
+    try check(binary(.matMul, [2, 3, 4], [4, 5]))
+    try check(binary(.matMul, [2, 1, 3, 4], [3, 4, 2]))
+    for layout in [WeightLayout.outIn, .inOut] {
+      let w = layout == .outIn ? [5, 4] : [4, 5]
+      try check(GradCase(name: "linear last axis \(layout)", shapes: [[2, 3, 4], w, [5]]) { g, p in try g.append(.linear(axis: 2, layout: layout), p)[0] })
+      try check(GradCase(name: "linear axis 1 \(layout)", shapes: [[2, 4, 3, 2], w]) { g, p in try g.append(.linear(axis: 1, layout: layout), p)[0] })
+    }
+    try check(GradCase(name: "linear 1x1 conv weight", shapes: [[2, 4, 3, 3], [5, 4, 1, 1], [5]]) { g, p in try g.append(.linear(axis: 1, layout: .outIn), p)[0] })
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+      try check(
+        GradCase(name: "gemm \(ta) \(tb)", shapes: [ta ? [4, 3] : [3, 4], tb ? [5, 4] : [4, 5], [5]]) { g, p in
+          try g.append(.gemm(transA: ta, transB: tb, alpha: 0.7, beta: 1.3), p)[0]
+        })
+    }
+  }
+
+  func conv(_ name: String, x: [Int], w: [Int], stride: Int, pad: Int, group: Int, dilation: Int = 1, bias: Bool = true) -> GradCase {
+    GradCase(name: name, shapes: [x, w] + (bias ? [[w[0]]] : [])) { g, p in
+      try g.append(.conv(ConvGeometry(strides: [stride, stride], pads: [pad, pad, pad, pad], dilations: [dilation, dilation], group: group)), p)[0]
+    }
+  }
+
+  func testConvolutionRules() throws {
+    try check(conv("conv 3x3 pad 1", x: [2, 3, 5, 5], w: [4, 3, 3, 3], stride: 1, pad: 1, group: 1))
+    try check(conv("conv patchify", x: [1, 3, 8, 8], w: [4, 3, 4, 4], stride: 4, pad: 0, group: 1))
+    try check(conv("conv strided dilated", x: [1, 2, 7, 7], w: [3, 2, 3, 3], stride: 2, pad: 1, group: 1, dilation: 2, bias: false))
+    try check(conv("conv grouped", x: [1, 4, 5, 5], w: [6, 2, 3, 3], stride: 1, pad: 1, group: 2))
+    try check(conv("conv depthwise 7x7", x: [2, 3, 6, 6], w: [3, 1, 7, 7], stride: 1, pad: 3, group: 3))
+  }
+
+  func testNormalizationRules() throws {
+    try check(GradCase(name: "layer_norm", shapes: [[2, 3, 6], [6], [6]]) { g, p in try g.append(.layerNorm(axis: 2, epsilon: 1e-5), p)[0] })
+    try check(GradCase(name: "layer_norm no bias, two axes", shapes: [[2, 3, 4], [3, 4]]) { g, p in try g.append(.layerNorm(axis: 1, epsilon: 1e-5), p)[0] })
+    try check(GradCase(name: "softmax last", shapes: [[2, 5]], range: (-2, 2)) { g, p in try g.append(.softmax(axis: 1), p)[0] })
+    try check(GradCase(name: "softmax middle", shapes: [[2, 4, 3]], range: (-2, 2)) { g, p in try g.append(.softmax(axis: 1), p)[0] })
+    try check(
+      GradCase(name: "softmax cross-entropy", shapes: [[3, 5]], range: (-2, 2)) { g, p in
+        let labels = try g.append(.constant(Literal(i64: [4, 0, 2], shape: [3])), [])[0]
+        return try g.append(.softmaxCrossEntropy, [p[0], labels])[0]
+      })
+  }
+
+  func testDataMovementAndReductionRules() throws {
+    let cases: [GradCase] = [
+      GradCase(name: "reshape", shapes: [[2, 6]]) { g, p in try g.append(.reshape([3, 4]), p)[0] },
+      GradCase(name: "transpose", shapes: [[2, 3, 4]]) { g, p in try g.append(.transpose([2, 0, 1]), p)[0] },
+      GradCase(name: "slice step 2", shapes: [[3, 7]]) { g, p in
+        try g.append(.slice(SliceSpec(starts: [1], ends: [7], axes: [1], steps: [2])), p)[0]
+      },
+      GradCase(name: "slice reversed", shapes: [[5, 2]]) { g, p in
+        try g.append(.slice(SliceSpec(starts: [4], ends: [-1], axes: [0], steps: [-1])), p)[0]
+      },
+      GradCase(name: "gather repeated", shapes: [[2, 5, 3]]) { g, p in
+        let idx = try g.append(.constant(Literal(i64: [0, 3, 3, -1], shape: [2, 2])), [])[0]
+        return try g.append(.gather(axis: 1), [p[0], idx])[0]
+      },
+      GradCase(name: "gather scalar (class token)", shapes: [[2, 5, 3]]) { g, p in
+        let idx = try g.append(.constant(Literal(i64: [0], shape: [])), [])[0]
+        return try g.append(.gather(axis: 1), [p[0], idx])[0]
+      },
+      GradCase(name: "concat", shapes: [[2, 1, 3], [2, 4, 3]]) { g, p in try g.append(.concat(axis: 1), p)[0] },
+      GradCase(name: "split (middle output unused)", shapes: [[2, 6]]) { g, p in
+        let parts = try g.append(.split(axis: 1, sizes: [1, 2, 3]), p)
+        return try g.append(.add, [parts[0], try g.append(.reduceSum(axes: [1], keepDims: true), [parts[2]])[0]])[0]
+      },
+      GradCase(name: "squeeze/unsqueeze", shapes: [[2, 1, 3]]) { g, p in
+        try g.append(.unsqueeze([0]), [try g.append(.squeeze([1]), p)[0]])[0]
+      },
+      GradCase(name: "expand", shapes: [[1, 1, 3]]) { g, p in try g.append(.expand([2, 4, 3]), p)[0] },
+      GradCase(name: "reduce_mean keepdims", shapes: [[2, 3, 4]]) { g, p in try g.append(.reduceMean(axes: [1, 2], keepDims: true), p)[0] },
+      GradCase(name: "reduce_sum", shapes: [[2, 3, 4]]) { g, p in try g.append(.reduceSum(axes: [0], keepDims: false), p)[0] },
+      GradCase(name: "global_average_pool", shapes: [[2, 3, 4, 4]]) { g, p in try g.append(.globalAveragePool, p)[0] },
+    ]
+    for c in cases { try check(c) }
+  }
+}
