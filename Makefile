@@ -7,7 +7,7 @@ DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
 APT_PACKAGES := libopenblas-dev libprotobuf-c-dev pkg-config llvm-14-tools
 
-.PHONY: all build release deps test unit-test golden demo format lint proto clean
+.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch
 
 all: build
 
@@ -45,6 +45,10 @@ demo: build
 	@echo
 	@echo "== sbpc inspect models/convnext_t1131_dynamo/model.onnx (a hierarchical model: blocks by stage)"
 	@$(BIN) inspect models/convnext_t1131_dynamo/model.onnx --batch 8 | sed -n '/^Blocks/,$$p' 
+
+# Full-size ViT-Tiny and ConvNeXt-Tiny, both exporters, against PyTorch (needs models/requirements.txt).
+check-torch: release
+	SBPC=$(RELEASE_BIN) models/check_torch.sh
 
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift

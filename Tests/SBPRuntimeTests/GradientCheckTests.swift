@@ -36,7 +36,8 @@ final class GradientCheckTests: XCTestCase {
 
   func check(_ c: GradCase, file: StaticString = #filePath, line: UInt = #line) throws {
     for (k, rel) in try relativeErrors(c).enumerated() {
-      XCTAssertLessThan(rel, 2e-2, "\(c.name): input \(k) gradient differs from finite differences (relative \(rel))", file: file, line: line)
+      XCTAssertLessThan(
+        rel, 2e-2, "\(c.name): input \(k) gradient differs from finite differences (relative \(rel))", file: file, line: line)
     }
   }
 
@@ -108,7 +109,8 @@ final class GradientCheckTests: XCTestCase {
     // relu on both sides of the kink (entries never within ε of 0).
     try check(
       GradCase(name: "relu both signs", shapes: [[6]], range: (0.2, 1)) { g, p in
-        try g.append(.relu, [try g.append(.mul, [p[0], try g.append(.constant(Literal(f32: [1, -1, 1, -1, 1, -1], shape: [6])), [])[0]])[0]])[0]
+        try g.append(
+          .relu, [try g.append(.mul, [p[0], try g.append(.constant(Literal(f32: [1, -1, 1, -1, 1, -1], shape: [6])), [])[0]])[0]])[0]
       })
     try check(
       GradCase(name: "pow by constant", shapes: [[2, 3]], range: (0.5, 2)) { g, p in
@@ -137,10 +139,18 @@ final class GradientCheckTests: XCTestCase {
     try check(binary(.matMul, [2, 1, 3, 4], [3, 4, 2]))
     for layout in [WeightLayout.outIn, .inOut] {
       let w = layout == .outIn ? [5, 4] : [4, 5]
-      try check(GradCase(name: "linear last axis \(layout)", shapes: [[2, 3, 4], w, [5]]) { g, p in try g.append(.linear(axis: 2, layout: layout), p)[0] })
-      try check(GradCase(name: "linear axis 1 \(layout)", shapes: [[2, 4, 3, 2], w]) { g, p in try g.append(.linear(axis: 1, layout: layout), p)[0] })
+      try check(
+        GradCase(name: "linear last axis \(layout)", shapes: [[2, 3, 4], w, [5]]) { g, p in
+          try g.append(.linear(axis: 2, layout: layout), p)[0]
+        })
+      try check(
+        GradCase(name: "linear axis 1 \(layout)", shapes: [[2, 4, 3, 2], w]) { g, p in try g.append(.linear(axis: 1, layout: layout), p)[0]
+        })
     }
-    try check(GradCase(name: "linear 1x1 conv weight", shapes: [[2, 4, 3, 3], [5, 4, 1, 1], [5]]) { g, p in try g.append(.linear(axis: 1, layout: .outIn), p)[0] })
+    try check(
+      GradCase(name: "linear 1x1 conv weight", shapes: [[2, 4, 3, 3], [5, 4, 1, 1], [5]]) { g, p in
+        try g.append(.linear(axis: 1, layout: .outIn), p)[0]
+      })
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
       try check(
         GradCase(name: "gemm \(ta) \(tb)", shapes: [ta ? [4, 3] : [3, 4], tb ? [5, 4] : [4, 5], [5]]) { g, p in
@@ -151,7 +161,8 @@ final class GradientCheckTests: XCTestCase {
 
   func conv(_ name: String, x: [Int], w: [Int], stride: Int, pad: Int, group: Int, dilation: Int = 1, bias: Bool = true) -> GradCase {
     GradCase(name: name, shapes: [x, w] + (bias ? [[w[0]]] : [])) { g, p in
-      try g.append(.conv(ConvGeometry(strides: [stride, stride], pads: [pad, pad, pad, pad], dilations: [dilation, dilation], group: group)), p)[0]
+      try g.append(
+        .conv(ConvGeometry(strides: [stride, stride], pads: [pad, pad, pad, pad], dilations: [dilation, dilation], group: group)), p)[0]
     }
   }
 
@@ -164,8 +175,12 @@ final class GradientCheckTests: XCTestCase {
   }
 
   func testNormalizationRules() throws {
-    try check(GradCase(name: "layer_norm", shapes: [[2, 3, 6], [6], [6]]) { g, p in try g.append(.layerNorm(axis: 2, epsilon: 1e-5), p)[0] })
-    try check(GradCase(name: "layer_norm no bias, two axes", shapes: [[2, 3, 4], [3, 4]]) { g, p in try g.append(.layerNorm(axis: 1, epsilon: 1e-5), p)[0] })
+    try check(
+      GradCase(name: "layer_norm", shapes: [[2, 3, 6], [6], [6]]) { g, p in try g.append(.layerNorm(axis: 2, epsilon: 1e-5), p)[0] })
+    try check(
+      GradCase(name: "layer_norm no bias, two axes", shapes: [[2, 3, 4], [3, 4]]) { g, p in
+        try g.append(.layerNorm(axis: 1, epsilon: 1e-5), p)[0]
+      })
     try check(GradCase(name: "softmax last", shapes: [[2, 5]], range: (-2, 2)) { g, p in try g.append(.softmax(axis: 1), p)[0] })
     try check(GradCase(name: "softmax middle", shapes: [[2, 4, 3]], range: (-2, 2)) { g, p in try g.append(.softmax(axis: 1), p)[0] })
     try check(

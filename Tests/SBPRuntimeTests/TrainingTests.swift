@@ -57,7 +57,8 @@ final class TrainingTests: XCTestCase {
   }
 
   func testAdamWDecoupledWeightDecay() throws {
-    let r = try runUpdate(.adamw(lr: 0.01, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0.1), p: [1], g: [0.5], state: [[0], [0]], step: 1)
+    let r = try runUpdate(
+      .adamw(lr: 0.01, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0.1), p: [1], g: [0.5], state: [[0], [0]], step: 1)
     // Step 1: m̂ = g, v̂ = g², so the update is lr·g/|g| after decay p·(1 − lr·wd).
     let decayed: Float = 1 - 0.01 * 0.1
     let step: Float = 0.01 * 0.5 / (0.5 + 1e-8)

@@ -86,3 +86,90 @@ final class CLITests: XCTestCase {
     XCTAssertTrue(all.contains("IR after canonicalize") && all.contains("IR after dce"))
   }
 }
+
+final class TrainCLITests: XCTestCase {
+  func tmp() throws -> String {
+    let d = NSTemporaryDirectory() + "sbpc-train-" + UUID().uuidString
+    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+  }
+
+  func testCompileTrainEvalAndDumps() throws {
+    let d = try tmp()
+    let (s1, out1, err1) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/v.plan"])
+    XCTAssertEqual(s1, 0, err1)
+    XCTAssertTrue(out1.contains("batch 2"))
+    let args = [
+      "train", d + "/v.plan", "--steps", "3", "--input", "models/vit_p4_d6.ref/input.npy", "--labels",
+      "models/reference/vit_p4_d6/labels.npy",
+      "--dump-loss", "--dump-logits", d + "/logits.npy", "--dump-grads", d + "/grads", "--threads", "1",
+    ]
+    let (s2, out2, err2) = try sbpc(args)
+    XCTAssertEqual(s2, 0, err2)
+    let losses = out2.split(separator: "\n").compactMap { Float(String($0)) }
+    XCTAssertEqual(losses.count, 3, out2)
+    XCTAssertLessThan(losses[2], losses[0])
+    XCTAssertTrue(FileManager.default.fileExists(atPath: d + "/logits.npy"))
+    let grads = try FileManager.default.contentsOfDirectory(atPath: d + "/grads")
+    XCTAssertEqual(grads.count, 80)
+    XCTAssertTrue(grads.contains("blocks.0.attn.qkv.bias.npy"))
+    let (s3, out3, err3) = try sbpc([
+      "eval", d + "/v.plan", "--input", "models/vit_p4_d6.ref/input.npy", "--labels", "models/reference/vit_p4_d6/labels.npy",
+    ])
+    XCTAssertEqual(s3, 0, err3)
+    XCTAssertTrue(out3.contains("top-1"), out3)
+    // Synthetic data is seeded: the same seed gives the same losses.
+    let (_, a, _) = try sbpc(["train", d + "/v.plan", "--steps", "2", "--seed", "5", "--dump-loss"])
+    let (_, b, _) = try sbpc(["train", d + "/v.plan", "--steps", "2", "--seed", "5", "--dump-loss"])
+    XCTAssertEqual(a, b)
+  }
+
+  func testBadPlansAndFlagsGiveOneLine() throws {
+    let d = try tmp()
+    _ = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/v.plan"])
+    let good = try String(contentsOfFile: d + "/v.plan", encoding: .utf8)
+    try "garbage\n".write(toFile: d + "/garbage.plan", atomically: true, encoding: .utf8)
+    try good.replacingOccurrences(of: "sbpc-plan 1", with: "sbpc-plan 99").write(
+      toFile: d + "/version.plan", atomically: true, encoding: .utf8)
+    try String(good.prefix(good.count / 2)).write(toFile: d + "/truncated.plan", atomically: true, encoding: .utf8)
+    try good.replacingOccurrences(of: "= softmax(", with: "= softmaxx(").write(toFile: d + "/badop.plan", atomically: true, encoding: .utf8)
+    try NPYArray_i64([0, 99]).write(toFile: d + "/badlabels.npy")
+    let cases: [([String], String)] = [
+      (["train", d + "/garbage.plan"], "not an sbpc plan"),
+      (["train", d + "/version.plan"], "not version 1"),
+      (["train", d + "/truncated.plan"], "truncated.plan"),
+      (["train", d + "/badop.plan"], "unknown op 'softmaxx'"),
+      (["train", d + "/missing.plan"], "cannot read"),
+      (["train", d + "/v.plan", "--steps", "0"], "--steps"),
+      (["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/input.npy"], "go together"),
+      (
+        ["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/logits.npy", "--labels", "models/reference/vit_p4_d6/labels.npy"],
+        "expected f32 [N,3,32,32]"
+      ),
+      (["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/input.npy", "--labels", d + "/badlabels.npy"], "label 99"),
+      (["compile", "models/vit_p4_d6_ts17.onnx", "-o", d + "/x.plan", "--keep", "0"], "--keep"),
+      (["compile", "models/vit_p4_d6_ts17.onnx", "-o", d + "/x.plan", "--optimizer", "lbfgs"], "--optimizer"),
+      (["compile", "models/vit_p4_d6_ts17.onnx", "-o", d + "/x.plan", "--lr", "-1"], "--lr"),
+    ]
+    for (args, fragment) in cases {
+      let (status, _, err) = try sbpc(args)
+      XCTAssertEqual(status == 0, false, "\(args)")
+      XCTAssertEqual(err.split(separator: "\n").count, 1, "\(args): \(err)")
+      XCTAssertTrue(err.contains(fragment), "\(args): '\(err)' lacks '\(fragment)'")
+    }
+  }
+}
+
+/// Writes an i64 vector as .npy without depending on the runtime module.
+struct NPYArray_i64 {
+  var values: [Int64]
+  init(_ v: [Int64]) { values = v }
+  func write(toFile path: String) throws {
+    var header = "{'descr': '<i8', 'fortran_order': False, 'shape': (\(values.count),), }"
+    header += String(repeating: " ", count: (64 - (10 + header.utf8.count + 1) % 64) % 64) + "\n"
+    var bytes: [UInt8] =
+      [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count & 0xff), UInt8(header.utf8.count >> 8)] + Array(header.utf8)
+    values.withUnsafeBytes { bytes += $0 }
+    try Data(bytes).write(to: URL(fileURLWithPath: path))
+  }
+}
