@@ -19,7 +19,7 @@ public func appendGradients(_ graph: inout Graph, loss: ValueID, wrt: [ValueID])
     if case .stopGradient = n.op { continue }
     if n.inputs.contains(where: requires.contains) { requires.formUnion(n.outputs.filter { graph.type(of: $0).dtype.isFloat }) }
   }
-  var b = GradBuilder(graph: graph, name: "")
+  var b = GradBuilder(graph: graph, name: "loss.seed")
   var grads: [ValueID: ValueID] = [loss: try b.one(.constant(Literal(f32: [1], shape: [])), [])]
   if b.type(loss).shape != [] { grads[loss] = try b.one(.expand(b.type(loss).shape), [grads[loss]!]) }
   for n in forward.reversed() where n.outputs.contains(where: { grads[$0] != nil }) && n.inputs.contains(where: requires.contains) {
@@ -79,5 +79,7 @@ public struct Autodiff: Pass {
       }
     }
     graph.outputs = outputs
+    // Rules produce every input's gradient; drop those nothing needs (such as the image's).
+    graph.eliminateDeadCode()
   }
 }

@@ -122,7 +122,7 @@ extension GradBuilder {
       var out: [ValueID?] = [dx, dw]
       if x.count == 3 {
         let axes = (0..<type(dy).rank).filter { $0 != axis }
-        out.append(try one(.reshape(type(x[2]).shape), [try one(.reduceSum(axes: axes, keepDims: false), [dy])]))
+        out.append(try reshaped(try one(.reduceSum(axes: axes, keepDims: false), [dy]), type(x[2]).shape))
       }
       return out
     case .gemm(let ta, let tb, let alpha, let beta):
@@ -147,7 +147,7 @@ extension GradBuilder {
       var out: [ValueID?] = [dx, dw]
       if x.count == 3 {
         let axes = (0..<type(dy).rank).filter { $0 != 1 }
-        out.append(try one(.reshape(type(x[2]).shape), [try one(.reduceSum(axes: axes, keepDims: false), [dy])]))
+        out.append(try reshaped(try one(.reduceSum(axes: axes, keepDims: false), [dy]), type(x[2]).shape))
       }
       return out
     case .layerNorm(let axis, let eps):
