@@ -7,7 +7,7 @@ DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
 APT_PACKAGES := libopenblas-dev libprotobuf-c-dev pkg-config llvm-14-tools
 
-.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch
+.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch fuzz fuzz-build
 
 all: build
 
@@ -49,6 +49,24 @@ demo: build
 # Full-size ViT-Tiny and ConvNeXt-Tiny, both exporters, against PyTorch (needs models/requirements.txt).
 check-torch: release
 	SBPC=$(RELEASE_BIN) models/check_torch.sh
+
+# libFuzzer + AddressSanitizer build of the fuzz targets (see Fuzz/README.md).
+FUZZ_SECONDS ?= 60
+FUZZ_BIN := .build-fuzz/release/sbpc-fuzz
+FUZZER_RT = $(firstword $(wildcard $(dir $(shell command -v swiftc))../lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a))
+fuzz-build: deps
+	$(SWIFT) build -c release --scratch-path .build-fuzz --product sbpc-fuzz \
+	  -Xswiftc -DFUZZING -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,trace-cmp,inline-8bit-counters,pc-table \
+	  -Xcc -fsanitize=fuzzer-no-link,address -Xlinker $(FUZZER_RT) -Xlinker -lstdc++
+
+fuzz: fuzz-build
+	@for t in onnx ir plan; do \
+	  mkdir -p .build-fuzz/corpus-$$t .build-fuzz/findings; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  SBPC_FUZZ_TARGET=$$t $(FUZZ_BIN) .build-fuzz/corpus-$$t Fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
+	    -artifact_prefix=.build-fuzz/findings/$$t- 2>&1 | grep -E "^#[0-9]+.*(DONE|pulse)|ERROR|stat::number_of_executed_units|SUMMARY|Test unit written" || exit 1; \
+	done
 
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift

@@ -5,7 +5,8 @@ import PackageDescription
 let package = Package(
   name: "sbpc",
   products: [
-    .executable(name: "sbpc", targets: ["sbpc"])
+    .executable(name: "sbpc", targets: ["sbpc"]),
+    .executable(name: "sbpc-fuzz", targets: ["sbpc-fuzz"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
@@ -34,6 +35,9 @@ let package = Package(
         "SBPIR", "SBPONNX", "SBPPasses", "SBPPlan", "SBPRuntime",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
+    // Fuzz targets (make fuzz); a plain build replays inputs.
+    .target(name: "CFuzzerDriver"),
+    .executableTarget(name: "sbpc-fuzz", dependencies: ["CFuzzerDriver", "SBPIR", "SBPONNX", "SBPPasses", "SBPPlan"]),
     .testTarget(name: "SBPIRTests", dependencies: ["SBPIR"]),
     .testTarget(name: "SBPONNXTests", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
     .testTarget(name: "SBPPassesTests", dependencies: ["SBPIR", "SBPPasses"]),

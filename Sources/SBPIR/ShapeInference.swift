@@ -153,10 +153,11 @@ extension Op {
       }
       if t.count == 3, t[2].elementCount != w.shape[0] { throw fail("bias \(t[2]) does not match \(w.shape[0]) output channels") }
       var s = [x.shape[0], w.shape[0]]
-      for i in 0..<sp {
-        guard g.strides[i] >= 1, g.dilations[i] >= 1, g.pads[i] >= 0, g.pads[i + sp] >= 0 else {
-          throw fail("strides and dilations must be >= 1, pads >= 0")
-        }
+      for i in 0..<sp {  // Attributes come from files: bound them so no arithmetic below can overflow.
+        let limit = 1 << 20
+        guard (1...limit).contains(g.strides[i]), (1...limit).contains(g.dilations[i]), (0...limit).contains(g.pads[i]),
+          (0...limit).contains(g.pads[i + sp])
+        else { throw fail("strides and dilations must be in 1...\(limit), pads in 0...\(limit)") }
         let span = g.dilations[i] * (w.shape[2 + i] - 1) + 1
         let padded = x.shape[2 + i] + g.pads[i] + g.pads[i + sp]
         guard padded >= span else { throw fail("kernel \(w) larger than padded input \(x)") }
@@ -208,7 +209,7 @@ extension Op {
     case .split(let ax, let sizes):
       try arity(1)
       let a = try axis(ax, t[0].rank)
-      guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 0 }), sizes.reduce(0, +) == t[0].shape[a] else {
+      guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 0 && $0 <= t[0].shape[a] }), sizes.reduce(0, +) == t[0].shape[a] else {
         throw fail("sizes \(sizes) do not sum to \(t[0].shape[a]) on axis \(a)")
       }
       return sizes.map { n in

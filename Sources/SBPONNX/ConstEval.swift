@@ -31,7 +31,7 @@ struct ConstTensor {
 
   /// Elements as Ints (for shapes and axes); floats are truncated.
   var intValues: [Int] {
-    dtype.isFloat ? floats.map { $0.isFinite ? Int(clamping: Int64($0.rounded(.towardZero))) : 0 } : ints.map { Int(clamping: $0) }
+    dtype.isFloat ? floats.map(saturatingInt) : ints.map { Int(clamping: $0) }
   }
 
   var doubleValues: [Double] { dtype.isFloat ? floats : ints.map(Double.init) }
@@ -87,7 +87,7 @@ struct ConstTensor {
       let v = doubleValues
       return ConstTensor(dtype: d, shape: shape, floats: d == .f64 ? v : v.map { Double(Float($0)) })
     }
-    let v: [Int64] = dtype.isFloat ? floats.map { $0.isFinite ? Int64(clamping: Int(exactly: $0.rounded(.towardZero)) ?? 0) : 0 } : ints
+    let v: [Int64] = dtype.isFloat ? floats.map { Int64(saturatingInt($0)) } : ints
     return ConstTensor(dtype: d, shape: shape, ints: d == .bool ? v.map { $0 != 0 ? 1 : 0 } : v)
   }
 }
@@ -104,6 +104,14 @@ extension Float {
     }
   }
   var halfBits: UInt16 { Float16(self).bitPattern }
+}
+
+/// A double as Int, truncated toward zero; NaN gives 0 and out-of-range values saturate.
+func saturatingInt(_ d: Double) -> Int {
+  guard !d.isNaN else { return 0 }
+  if d >= 9.2e18 { return Int.max }
+  if d <= -9.2e18 { return Int.min }
+  return Int(d.rounded(.towardZero))
 }
 
 /// Row-major strides of `shape`.
@@ -159,7 +167,7 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
       if op == .equal { return ConstTensor(dtype: .bool, shape: shape, ints: v.map { Int64($0) }) }
       return ConstTensor(dtype: x[0].dtype, shape: shape, floats: x[0].dtype == .f64 ? v : v.map { Double(Float($0)) })
     }
-    let a = x[0].ints, b = x[1].ints.isEmpty ? x[1].doubleValues.map { Int64($0) } : x[1].ints
+    let a = x[0].ints, b = x[1].ints.isEmpty ? x[1].doubleValues.map { Int64(saturatingInt($0)) } : x[1].ints
     var v = [Int64](repeating: 0, count: n)
     for i in 0..<n {
       let p = a[ia[i]], q = b[ib[i]]
@@ -167,8 +175,8 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
       case .add: v[i] = p &+ q
       case .sub: v[i] = p &- q
       case .mul: v[i] = p &* q
-      case .div: v[i] = q == 0 ? 0 : p / q
-      case .pow: v[i] = Int64(clamping: Int(exactly: powD(Double(p), Double(q)).rounded()) ?? 0)
+      case .div: v[i] = q == 0 ? 0 : p.dividedReportingOverflow(by: q).partialValue
+      case .pow: v[i] = Int64(saturatingInt(powD(Double(p), Double(q)).rounded()))
       default: v[i] = p == q ? 1 : 0
       }
     }

@@ -28,6 +28,10 @@ public struct ImportedModel: Sendable {
   public var onnxHistogram: [String: Int]
 }
 
+/// Largest node (and initializer) count the importer accepts, so a hostile file cannot make it
+/// build an unbounded graph.
+public let maxGraphNodes = 1_000_000
+
 /// Opsets of the default domain the importer understands.
 public let supportedOpsets = 13...21
 
@@ -92,7 +96,9 @@ private struct Importer {
 
   mutating func tensorData(_ t: OTensor, _ what: String) throws -> (TensorType, TensorBytes) {
     guard let dt = dtype(onnx: t.onnxType) else { throw err("\(what) '\(t.name)' has unsupported data type \(t.onnxType)") }
-    guard let n = checkedElementCount(t.dims) else { throw err("\(what) '\(t.name)' has an invalid or too large shape \(t.dims)") }
+    guard let n = checkedElementCount(t.dims) else {
+      throw err("\(what) '\(t.name)' has an invalid or too large shape [\(t.dims.map(String.init).joined(separator: ","))]")
+    }
     let need = n * dt.byteSize
     let bytes: TensorBytes
     switch t.data {
@@ -164,6 +170,10 @@ private struct Importer {
   /// ONNX requires a topological order but exporters do not always give one; sort, and name a
   /// node on any cycle.
   func sortedNodes() throws -> [ONode] {
+    guard model.nodes.count <= maxGraphNodes, model.initializers.count <= maxGraphNodes else {
+      throw err(
+        "graph has \(model.nodes.count) nodes and \(model.initializers.count) initializers; sbpc accepts at most \(maxGraphNodes) of each")
+    }
     var producer: [String: Int] = [:]
     for (i, n) in model.nodes.enumerated() {
       for o in n.outputs where !o.isEmpty {
@@ -403,9 +413,10 @@ private struct Importer {
         guard let s = try const(0, "start"), let l = try const(1, "limit"), let d = try const(2, "delta") else {
           throw err("start, limit and delta must be constant")
         }
+        guard s.count == 1, l.count == 1, d.count == 1 else { throw err("start, limit and delta must be scalars") }
         let a = s.doubleValues[0], b = l.doubleValues[0], st = d.doubleValues[0]
-        guard st != 0 else { throw err("delta is 0") }
-        let n = max(0, Int(((b - a) / st).rounded(.up)))
+        guard st != 0, a.isFinite, b.isFinite, st.isFinite else { throw err("start, limit and delta must be finite and delta non-zero") }
+        let n = max(0, saturatingInt(((b - a) / st).rounded(.up)))
         guard n <= maxFoldElements else { throw err("range of \(n) elements is too large") }
         let v = (0..<n).map { a + Double($0) * st }
         return [.const(ConstTensor(dtype: s.dtype, shape: [n]).filled(v))]
@@ -544,11 +555,11 @@ private struct Importer {
       let minus = out.indices.filter { out[$0] == -1 }
       guard minus.count <= 1, out.allSatisfy({ $0 >= -1 }) else { throw err("bad reshape target \(spec)") }
       if let m = minus.first {
-        let known = out.enumerated().filter { $0.offset != m }.reduce(1) { $0 * $1.element }
-        guard known > 0, total % known == 0 else { throw err("cannot reshape \(inShape) to \(spec)") }
+        guard let known = checkedElementCount(out.enumerated().filter { $0.offset != m }.map(\.element)), known > 0, total % known == 0
+        else { throw err("cannot reshape \(inShape) to \(spec)") }
         out[m] = total / known
       }
-      guard out.reduce(1, *) == total else { throw err("cannot reshape \(inShape) to \(spec)") }
+      guard checkedElementCount(out) == total else { throw err("cannot reshape \(inShape) to \(spec)") }
       return out
     }
 
@@ -563,6 +574,10 @@ private struct Importer {
       var pads = try ints("pads") ?? [Int](repeating: 0, count: 2 * sp)
       guard kernel.count == sp, strides.count == sp, dil.count == sp, pads.count == 2 * sp else {
         throw err("attributes do not match \(sp) spatial dimensions")
+      }
+      let limit = 1 << 20
+      guard (strides + dil).allSatisfy({ (1...limit).contains($0) }), kernel.allSatisfy({ (0...limit).contains($0) }) else {
+        throw err("strides, dilations and kernel_shape must be in 1...\(limit)")
       }
       switch try string("auto_pad", "NOTSET") {
       case "NOTSET": break
@@ -590,7 +605,9 @@ private struct Importer {
       var sizes = try const(1, "split")?.intValues ?? (try ints("split"))
       if sizes == nil {
         let parts = try int("num_outputs", node.outputs.count)
-        guard parts > 0 else { throw err("num_outputs must be positive") }
+        guard parts == node.outputs.count, parts > 0 else {
+          throw err("num_outputs \(parts) does not match the \(node.outputs.count) outputs")
+        }
         let chunk = (s[a] + parts - 1) / parts
         sizes = (0..<parts).map { min(chunk, max(0, s[a] - $0 * chunk)) }
       }

@@ -10,8 +10,32 @@ public final class Executor {
   private var buffers: [Buffer?]
   private let scratch: UnsafeMutablePointer<Float>
   private let scratchCount: Int
+  /// Bytes the executor will allocate for `graph`: every buffer once (in-place results share
+  /// their input's) plus the convolution workspace.
+  public static func plannedBytes(_ graph: Graph) -> Int {
+    var total = 0
+    for p in graph.params { total += graph.type(of: p.value).byteCount }
+    for i in graph.inputs { total += graph.type(of: i.value).byteCount }
+    var scratch = 0
+    for n in graph.nodes {
+      switch n.op {
+      case .sgd, .adamw: continue
+      case .conv(let g), .convGradInput(let g, _), .convGradWeight(let g, _):
+        let (x, w, y) = convShapes(n, graph)
+        if x.count == 4 { scratch = max(scratch, Conv2D(g, input: x, weight: w, output: y).colCount * 4) }
+      default: break
+      }
+      for o in n.outputs { total += graph.type(of: o).byteCount }
+    }
+    return total + scratch
+  }
 
-  public init(graph: Graph, threads: Int = 1) throws {
+  /// - Parameter maxMemory: refuse, before allocating anything, a graph needing more bytes.
+  public init(graph: Graph, threads: Int = 1, maxMemory: Int? = nil) throws {
+    let need = Executor.plannedBytes(graph)
+    if let maxMemory, need > maxMemory {
+      throw RuntimeError("the plan needs \(byteText(need)), more than the limit of \(byteText(maxMemory))")
+    }
     self.graph = graph
     GEMM.setThreads(max(threads, 1))
     var buffers = [Buffer?](repeating: nil, count: graph.valueCount)
@@ -75,12 +99,25 @@ public final class Executor {
 
   /// Buffer of the graph output named `name`.
   public func output(_ name: String) -> Buffer? { graph.outputs.first { $0.name == name }.map { buffer($0.value) } }
-
-  /// Runs every node once, in order.
-  public func run() throws {
+  /// Runs every node once, in order. With `checkNumerics`, stops at the first node that
+  /// produces a NaN or an infinity, naming the op, the node and its block.
+  public func run(checkNumerics: Bool = false) throws {
     for n in graph.nodes {
       do { try execute(n) } catch let e as RuntimeError { throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)") }
+      if checkNumerics, let bad = firstNonFinite(n) {
+        var block = ""
+        if case .int(let b)? = n.attrs["sbp.block"] { block = " in block \(b)" }
+        throw NumericError(description: "\(n.op.name) at node '\(n.name)'\(block) produced \(bad)")
+      }
     }
+  }
+
+  private func firstNonFinite(_ n: Node) -> String? {
+    for o in n.outputs where graph.type(of: o).dtype == .f32 {
+      let b = buffers[o.raw]!
+      for i in 0..<b.count where !b.f32[i].isFinite { return b.f32[i].isNaN ? "NaN" : "\(b.f32[i])" }
+    }
+    return nil
   }
 
   private func execute(_ n: Node) throws {
@@ -144,4 +181,22 @@ public final class Executor {
         lr: Float(lr), b1: Float(b1), b2: Float(b2), eps: Float(eps), wd: Float(wd), step: ins[4].f32[0], ins[0], ins[1], ins[2], ins[3])
     }
   }
+}
+
+/// A NaN or infinity found by `run(checkNumerics: true)`.
+public struct NumericError: Error, CustomStringConvertible {
+  public let description: String
+}
+
+/// "284 B", "20.2 MiB", "1.5 GiB".
+public func byteText(_ b: Int) -> String {
+  if b < 1024 { return "\(b) B" }
+  let units = ["KiB", "MiB", "GiB", "TiB"]
+  var v = Double(b) / 1024
+  var u = 0
+  while v >= 1024 && u < units.count - 1 {
+    v /= 1024
+    u += 1
+  }
+  return "\((v * 10).rounded() / 10) \(units[u])"
 }

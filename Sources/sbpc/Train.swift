@@ -78,10 +78,10 @@ struct Feeder {
   static func check(_ x: NPYArray, _ y: NPYArray, input: Buffer, labels: Buffer, classes: Int, xName: String, yName: String) throws {
     let want = Array(input.type.shape.dropFirst())
     guard x.dtype == .f32, x.shape.count == want.count + 1, Array(x.shape.dropFirst()) == want else {
-      throw RuntimeError("\(xName): expected f32 [N,\(want.map(String.init).joined(separator: ","))], got \(x.dtype.rawValue) \(x.shape)")
+      throw RuntimeError("\(xName): expected f32[N,\(want.map(String.init).joined(separator: ","))], got \(TensorType(x.dtype, x.shape))")
     }
     guard y.dtype == .i64, y.shape == [x.shape[0]] else {
-      throw RuntimeError("\(yName): expected i64 [\(x.shape[0])], got \(y.dtype.rawValue) \(y.shape)")
+      throw RuntimeError("\(yName): expected i64[\(x.shape[0])], got \(TensorType(y.dtype, y.shape))")
     }
     guard x.shape[0] % input.type.shape[0] == 0, x.shape[0] > 0 else {
       throw RuntimeError("\(xName): \(x.shape[0]) samples is not a multiple of the plan's batch \(input.type.shape[0])")
@@ -124,6 +124,10 @@ struct Train: ParsableCommand {
   @Option(
     name: .customLong("dump-grads"), help: "Write the last step's gradients (before its update) into this folder, one .npy per parameter.")
   var dumpGrads: String?
+  @Flag(
+    name: .customLong("check-numerics"), help: "Stop at the first op that produces a NaN or Inf, naming the op, the block and the step.")
+  var checkNumerics = false
+  @OptionGroup var memory: MemoryOptions
 
   func validate() throws {
     guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") }
@@ -134,7 +138,7 @@ struct Train: ParsableCommand {
   func run() throws {
     try reportingErrors {
       let p = try Plan.load(plan)
-      let ex = try Executor(graph: p.train, threads: threads)
+      let ex = try Executor(graph: p.train, threads: threads, maxMemory: memory.limit)
       guard let img = p.train.inputs.first(where: { $0.name != "labels" && $0.name != "step" }), let lab = ex.input("labels") else {
         throw PlanError("\(plan): the training graph has no image or labels input")
       }
@@ -151,7 +155,7 @@ struct Train: ParsableCommand {
       for s in 0..<steps {
         if let (x, y) = data { feed.load(x, y, batch: s % batches) } else { feed.synthetic(seed: seed, step: s) }
         ex.input("step")?.f32[0] = Float(s + 1)
-        try ex.run()
+        do { try ex.run(checkNumerics: checkNumerics) } catch let e as NumericError { throw RuntimeError("step \(s + 1): \(e)") }
         let loss = ex.output("loss")!.f32[0]
         guard loss.isFinite else { throw RuntimeError("step \(s + 1): the loss is \(loss); training diverged (lower --lr?)") }
         if dumpLoss { print(loss) } else { print("step \(s + 1)/\(steps)  loss \(String(format: "%.5f", loss))") }
@@ -190,6 +194,7 @@ struct Eval: ParsableCommand {
   @Option(help: "Images, f32 [N,C,H,W] .npy; N a multiple of the batch.") var input: String
   @Option(help: "Labels, i64 [N] .npy.") var labels: String
   @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+  @OptionGroup var memory: MemoryOptions
 
   func run() throws {
     try reportingErrors {
@@ -200,7 +205,7 @@ struct Eval: ParsableCommand {
       let lab = g.addInput("labels", TensorType(.i64, [p.batch]))
       let loss = try g.append(.softmaxCrossEntropy, [logits, lab], name: "loss")[0]
       g.outputs.append(GraphInput(value: loss, name: "loss"))
-      let ex = try Executor(graph: g, threads: threads)
+      let ex = try Executor(graph: g, threads: threads, maxMemory: memory.limit)
       let classes = g.type(of: logits).shape[1]
       let feed = Feeder(input: ex.buffer(g.inputs[0].value), labels: ex.buffer(lab), classes: classes)
       let x = try NPYArray.read(input), y = try NPYArray.read(labels)
@@ -222,5 +227,36 @@ struct Eval: ParsableCommand {
           format: "loss %.5f  top-1 %.2f%% (%d/%d)", total / Double(batches), 100 * Double(correct) / Double(x.shape[0]), correct,
           x.shape[0]))
     }
+  }
+}
+
+/// `--max-memory`: a plan needing more is refused before anything is allocated.
+struct MemoryOptions: ParsableArguments {
+  @Option(
+    name: .customLong("max-memory"),
+    help: ArgumentHelp("Refuse plans needing more memory than this, e.g. 512M or 8G (default: the machine's memory).", valueName: "SIZE"))
+  var maxMemory: String?
+
+  func validate() throws {
+    if let maxMemory, MemoryOptions.parse(maxMemory) == nil {
+      throw ValidationError("--max-memory expects a size such as 512M, 8G or a byte count, got '\(maxMemory)'")
+    }
+  }
+
+  /// The limit in bytes: the flag, or the machine's physical memory.
+  var limit: Int { maxMemory.flatMap(MemoryOptions.parse) ?? Int(clamping: ProcessInfo.processInfo.physicalMemory) }
+
+  /// "512M", "8G", "8GB", "1.5G" or a plain byte count.
+  static func parse(_ s: String) -> Int? {
+    let units: [Character: Double] = ["K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024, "T": 1024 * 1024 * 1024 * 1024]
+    var text = s.uppercased()
+    if text.count > 1, text.hasSuffix("B"), units[text[text.index(text.endIndex, offsetBy: -2)]] != nil { text.removeLast() }
+    var unit = 1.0
+    if let u = text.last.flatMap({ units[$0] }) {
+      unit = u
+      text.removeLast()
+    }
+    guard let n = Double(text), n > 0, n.isFinite, n * unit < 9e18 else { return nil }
+    return Int(n * unit)
   }
 }

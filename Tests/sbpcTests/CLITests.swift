@@ -144,7 +144,7 @@ final class TrainCLITests: XCTestCase {
       (["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/input.npy"], "go together"),
       (
         ["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/logits.npy", "--labels", "models/reference/vit_p4_d6/labels.npy"],
-        "expected f32 [N,3,32,32]"
+        "expected f32[N,3,32,32]"
       ),
       (["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/input.npy", "--labels", d + "/badlabels.npy"], "label 99"),
       (["compile", "models/vit_p4_d6_ts17.onnx", "-o", d + "/x.plan", "--keep", "0"], "--keep"),
@@ -171,5 +171,46 @@ struct NPYArray_i64 {
       [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count & 0xff), UInt8(header.utf8.count >> 8)] + Array(header.utf8)
     values.withUnsafeBytes { bytes += $0 }
     try Data(bytes).write(to: URL(fileURLWithPath: path))
+  }
+}
+
+/// Replays every row of README.md's bad-input table: same message, same exit code.
+final class BadInputTableTests: XCTestCase {
+  func testEveryRowOfTheREADMETableHolds() throws {
+    let readme = try String(contentsOfFile: root + "/README.md", encoding: .utf8)
+    guard let start = readme.range(of: "<!-- bad-inputs:begin"), let end = readme.range(of: "<!-- bad-inputs:end -->") else {
+      return XCTFail("README.md has no bad-input table")
+    }
+    let rows = readme[start.upperBound..<end.lowerBound].split(separator: "\n").filter {
+      $0.hasPrefix("| ") && !$0.hasPrefix("| input") && !$0.hasPrefix("| ---")
+    }
+    XCTAssertGreaterThanOrEqual(rows.count, 20)
+    var kinds = Set<String>()
+    for row in rows {
+      // | what | `sbpc ARGS` | `MESSAGE` | EXIT |
+      let cells = row.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+      guard cells.count >= 6 else { XCTFail("malformed row: \(row)"); continue }
+      kinds.insert(String(cells[1].prefix { $0 != ":" }))
+      let command = cells[2].trimmingCharacters(in: CharacterSet(charactersIn: "`"))
+      let message = cells[3].trimmingCharacters(in: CharacterSet(charactersIn: "`"))
+      let args = command.split(separator: " ").dropFirst().map(String.init)
+      let (status, _, err) = try sbpc(args)
+      XCTAssertEqual(String(status), cells[4], "\(command)")
+      let lines = err.split(separator: "\n")
+      XCTAssertEqual(lines.count, 1, "\(command): \(err)")
+      let got = err.hasPrefix("sbpc: error: ") ? String(err.dropFirst("sbpc: error: ".count).dropLast()) : err
+      // "…" stands for the checkout's absolute path.
+      let pieces = message.components(separatedBy: "…")
+      var rest = Substring(got)
+      for (i, piece) in pieces.enumerated() {
+        guard let r = rest.range(of: piece), i > 0 || r.lowerBound == rest.startIndex else {
+          XCTFail("\(command): message '\(got)' differs from the table's '\(message)'")
+          break
+        }
+        rest = rest[r.upperBound...]
+      }
+      if pieces.count == 1 { XCTAssertEqual(got, message, command) }
+    }
+    XCTAssertEqual(kinds, ["ONNX", "external data", "text IR", "plan", ".npy", "flag"])
   }
 }

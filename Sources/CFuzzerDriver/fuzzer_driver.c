@@ -1,0 +1,2 @@
+// fuzzer_driver.c: empty; the declaration in include/ is all this target provides.
+#include "fuzzer_driver.h"
