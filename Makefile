@@ -7,7 +7,7 @@ DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
 APT_PACKAGES := libopenblas-dev libprotobuf-c-dev pkg-config llvm-14-tools
 
-.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch fuzz fuzz-build
+.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch fuzz fuzz-build test-asan
 
 all: build
 
@@ -49,6 +49,22 @@ demo: build
 # Full-size ViT-Tiny and ConvNeXt-Tiny, both exporters, against PyTorch (needs models/requirements.txt).
 check-torch: release
 	SBPC=$(RELEASE_BIN) models/check_torch.sh
+
+# Sanitizers. AddressSanitizer on every unit test (leak reports off there: XCTest and
+# Foundation's Process keep objects alive at exit, which is theirs), LeakSanitizer on real
+# sbpc runs (import, compile, train, eval, a bad command line), then ThreadSanitizer.
+LSAN := LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan.supp:print_suppressions=0
+test-asan: deps
+	ASAN_OPTIONS=detect_leaks=0 $(SWIFT) test --scratch-path .build-asan --sanitize=address 2>&1 | grep -E "Executed [0-9]+ tests|error:|ERROR|SUMMARY" | tail -n 3; test $${PIPESTATUS[0]} -eq 0
+	@d=$$(mktemp -d); A=.build-asan/debug/sbpc; set -e; \
+	$(LSAN) $$A inspect models/convnext_t1131_dynamo/model.onnx > /dev/null; \
+	$(LSAN) $$A compile models/vit_p4_d6_ts17.onnx --batch 2 -o $$d/v.plan > /dev/null; \
+	$(LSAN) $$A train $$d/v.plan --steps 2 --threads 2 --input models/vit_p4_d6.ref/input.npy --labels models/reference/vit_p4_d6/labels.npy > /dev/null; \
+	$(LSAN) $$A eval $$d/v.plan --input models/vit_p4_d6.ref/input.npy --labels models/reference/vit_p4_d6/labels.npy > /dev/null; \
+	$(LSAN) $$A inspect Tests/Fixtures/ext_symlink/model.onnx 2> /dev/null && exit 1 || [ $$? = 1 ]; \
+	$(LSAN) $$A inspect models/vit_p4_d6_ts17.onnx --batch abc 2> /dev/null || [ $$? = 64 ]; \
+	rm -rf $$d; echo "LeakSanitizer: sbpc inspect/compile/train/eval and two bad inputs ran clean"
+	$(SWIFT) test --scratch-path .build-tsan --sanitize=thread 2>&1 | grep -E "Executed [0-9]+ tests|error:|WARNING: ThreadSanitizer" | tail -n 3; test $${PIPESTATUS[0]} -eq 0
 
 # libFuzzer + AddressSanitizer build of the fuzz targets (see Fuzz/README.md).
 FUZZ_SECONDS ?= 60

@@ -32,7 +32,8 @@ private struct IRParser {
   mutating func parse(_ text: String) throws -> Graph {
     var opened = false, closed = false
     var lastLine = 1
-    for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+    // Split on the scalar "\n": as Characters, "\r\n" (or "\n" plus a combining mark) is one unit.
+    for raw in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map(Substring.init) {
       line += 1
       let s = trimmed(raw)
       if s.isEmpty || s.hasPrefix("//") { continue }
@@ -243,57 +244,63 @@ private struct IRParser {
     guard t.isEmpty else { throw fail("unexpected text at end of line") }
   }
 
-  func tokenize(_ s: Substring) throws -> [Token] {
+  /// Splits a line into tokens. It works on Unicode scalars, not Characters: a combining mark
+  /// after a quote or brace would otherwise merge with it into one grapheme and hide it.
+  func tokenize(_ line: Substring) throws -> [Token] {
+    let s = Array(line.unicodeScalars)
     var out: [Token] = []
-    var i = s.startIndex
-    func isWordChar(_ c: Character) -> Bool { c.isLetter || c.isNumber || c == "_" || c == "." || c == "-" || c == "+" }
-    while i < s.endIndex {
+    var i = 0
+    func isWord(_ c: Unicode.Scalar) -> Bool {
+      c.properties.isAlphabetic || c.properties.numericType != nil || c == "_" || c == "." || c == "-" || c == "+"
+    }
+    func word(from start: Int) -> (String, Int) {
+      var j = start
+      while j < s.count, isWord(s[j]) { j += 1 }
+      var w = String.UnicodeScalarView()
+      w.append(contentsOf: s[start..<j])
+      return (String(w), j)
+    }
+    while i < s.count {
       let c = s[i]
       if c == " " || c == "\t" {
-        i = s.index(after: i)
-      } else if "(){}[],=:".contains(c) {
-        out.append(.punct(c))
-        i = s.index(after: i)
+        i += 1
+      } else if "(){}[],=:".unicodeScalars.contains(c) {
+        out.append(.punct(Character(c)))
+        i += 1
       } else if c == "\"" {
         let (str, next) = try readString(s, from: i)
         out.append(.string(str))
         i = next
       } else if c == "%" || c == "@" {
-        let start = s.index(after: i)
         var name: String
-        if start < s.endIndex, s[start] == "\"" {
-          let (str, next) = try readString(s, from: start)
-          name = str
-          i = next
+        if i + 1 < s.count, s[i + 1] == "\"" {
+          (name, i) = try readString(s, from: i + 1)
         } else {
-          var j = start
-          while j < s.endIndex, isWordChar(s[j]) { j = s.index(after: j) }
-          name = String(s[start..<j])
-          i = j
+          (name, i) = word(from: i + 1)
         }
         guard !name.isEmpty else { throw fail("empty name after '\(c)'") }
         out.append(c == "%" ? .local(name) : .symbol(name))
-      } else if isWordChar(c) {
-        var j = i
-        while j < s.endIndex, isWordChar(s[j]) { j = s.index(after: j) }
-        out.append(.word(String(s[i..<j])))
-        i = j
+      } else if isWord(c) {
+        let (w, next) = word(from: i)
+        out.append(.word(w))
+        i = next
       } else {
-        throw fail("unexpected character '\(c)'")
+        throw fail("unexpected character '\(c.escaped(asASCII: true))'")
       }
     }
     return out
   }
 
-  func readString(_ s: Substring, from q: Substring.Index) throws -> (String, Substring.Index) {
-    var i = s.index(after: q)
-    var out = ""
-    while i < s.endIndex {
+  /// Reads the quoted string starting at `s[q]`; returns it and the index after the closing quote.
+  func readString(_ s: [Unicode.Scalar], from q: Int) throws -> (String, Int) {
+    var i = q + 1
+    var out = String.UnicodeScalarView()
+    while i < s.count {
       let c = s[i]
-      if c == "\"" { return (out, s.index(after: i)) }
+      if c == "\"" { return (String(out), i + 1) }
       if c == "\\" {
-        i = s.index(after: i)
-        guard i < s.endIndex else { break }
+        i += 1
+        guard i < s.count else { break }
         switch s[i] {
         case "n": out.append("\n")
         case "t": out.append("\t")
@@ -301,17 +308,20 @@ private struct IRParser {
         case "\\": out.append("\\")
         case "u":
           // \u{hex}
-          guard let open = s[i...].firstIndex(of: "{"), let close = s[open...].firstIndex(of: "}"),
-            let v = UInt32(s[s.index(after: open)..<close], radix: 16), let sc = Unicode.Scalar(v)
-          else { throw fail("bad \\u escape in string") }
-          out.unicodeScalars.append(sc)
+          guard i + 1 < s.count, s[i + 1] == "{", let close = s[(i + 1)...].firstIndex(of: "}") else {
+            throw fail("bad \\u escape in string")
+          }
+          var hex = String.UnicodeScalarView()
+          hex.append(contentsOf: s[(i + 2)..<close])
+          guard let v = UInt32(String(hex), radix: 16), let sc = Unicode.Scalar(v) else { throw fail("bad \\u escape in string") }
+          out.append(sc)
           i = close
         default: throw fail("unknown escape '\\\(s[i])' in string")
         }
-        i = s.index(after: i)
+        i += 1
       } else {
         out.append(c)
-        i = s.index(after: i)
+        i += 1
       }
     }
     throw fail("unterminated string")

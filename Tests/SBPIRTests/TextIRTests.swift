@@ -80,3 +80,23 @@ final class TextIRTests: XCTestCase {
     XCTAssertEqual(try parseGraph(text).printed(), text)
   }
 }
+
+final class TextIRUnicodeTests: XCTestCase {
+  /// Found by the ir fuzz target: a combining mark right after an escape or a quote.
+  func testCombiningMarksAndControlCharactersRoundTrip() throws {
+    for name in ["a\u{0}\u{0364}b", "\"\u{0301}", "tab\there\u{1b}", "x}\u{0301}y", "\u{2028}line"] {
+      var g = Graph(name: "g")
+      let v = g.addInput(name, TensorType(.f32, [1]))
+      g.outputs = [GraphInput(value: v, name: name)]
+      let text = g.printed()
+      let back = try parseGraph(text)
+      XCTAssertEqual(back.inputs[0].name, name)
+      XCTAssertEqual(back.printed(), text)
+    }
+  }
+
+  func testWindowsLineEndingsParse() throws {
+    let g = try parseGraph("graph @g {\r\n  input %0 : f32[2]\r\n  %1 = relu(%0) : f32[2]\r\n  output %1\r\n}\r\n")
+    XCTAssertEqual(g.nodes.count, 1)
+  }
+}

@@ -2,9 +2,12 @@
 //
 // The second oracle, sharing no code with the PyTorch references. Each case builds one op (or a
 // short chain) on random trainable inputs, takes loss = Σ out·R for a fixed random R, and compares
-// autodiff's gradient with central differences in float32: ε = 1e-2, at up to 12 coordinates per
-// input, passing when ‖fd − g‖₂ ≤ 2e-2 · max(‖g‖₂, 1e-3). That tolerance covers float32 rounding
-// (about 1e-7·|loss|/ε) and the O(ε²) truncation error of central differences.
+// autodiff's gradient with central differences in float32: ε = 2e-3, at up to 12 coordinates per
+// input, passing when ‖fd − g‖₂ ≤ 2e-2 · max(‖g‖₂, 1e-3). float32 rounding adds about
+// 6e-8·|loss|/ε ≈ 1e-4 (absolute) and the O(ε²) truncation error stays far below the bound even
+// when a gradient's terms nearly cancel (with ε = 1e-2 about 3% of random graphs failed that way;
+// with 2e-3, none of 121 did: SBPC_GRADCHECK_SALT=N draws other graphs).
+import Foundation
 import XCTest
 
 @testable import SBPIR
@@ -29,6 +32,9 @@ struct GradCase {
   var build: (inout Graph, [ValueID]) throws -> ValueID
 }
 
+/// Extra seed bits; SBPC_GRADCHECK_SALT lets the check be rerun on other random graphs.
+let seedSalt = UInt64(ProcessInfo.processInfo.environment["SBPC_GRADCHECK_SALT"] ?? "") ?? 0
+
 final class GradientCheckTests: XCTestCase {
   func constParam(_ g: inout Graph, _ name: String, _ t: TensorType, _ bytes: [UInt8]) -> ValueID {
     bytes.withUnsafeBytes { g.addParam(name, t, trainable: false, data: TensorBytes(copying: $0)) }
@@ -43,7 +49,8 @@ final class GradientCheckTests: XCTestCase {
 
   /// ‖fd − g‖₂ / max(‖g‖₂, 1e-3) per input, over the sampled coordinates.
   func relativeErrors(_ c: GradCase) throws -> [Float] {
-    var rng = LCG(s: UInt64(abs(c.name.hashValue % 1_000_003)) &+ 17)
+    // FNV-1a of the name: String.hashValue is randomized per process, and the check must be repeatable.
+    var rng = LCG(s: c.name.utf8.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 } ^ seedSalt)
     var g = Graph(name: c.name)
     var params: [ValueID] = []
     for (i, s) in c.shapes.enumerated() {
@@ -70,7 +77,7 @@ final class GradientCheckTests: XCTestCase {
       var diff: Float = 0, norm: Float = 0
       for j in coords {
         let x = buf.f32[j]
-        let eps: Float = 1e-2
+        let eps: Float = 2e-3
         buf.f32[j] = x + eps
         try ex.run()
         let up = ex.buffer(loss).f32[0]

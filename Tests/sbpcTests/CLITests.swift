@@ -214,3 +214,34 @@ final class BadInputTableTests: XCTestCase {
     XCTAssertEqual(kinds, ["ONNX", "external data", "text IR", "plan", ".npy", "flag"])
   }
 }
+
+/// Replays the fuzz seeds and every past finding (Tests/Fixtures/fuzz/<target>/) through the
+/// fuzz targets' checks, so a fixed crash stays fixed.
+final class FuzzRegressionTests: XCTestCase {
+  func testSeedsAndFindingsReplayCleanly() throws {
+    let fuzz = Bundle(for: CLITests.self).bundleURL
+    let bin = [fuzz.appendingPathComponent("sbpc-fuzz"), fuzz.deletingLastPathComponent().appendingPathComponent("sbpc-fuzz")]
+      .first { FileManager.default.isExecutableFile(atPath: $0.path) }
+    let exe = try XCTUnwrap(bin, "sbpc-fuzz is not built")
+    for target in ["onnx", "ir", "plan"] {
+      var files: [String] = []
+      for dir in ["Fuzz/corpus/\(target)", "Tests/Fixtures/fuzz/\(target)"] {
+        let d = root + "/" + dir
+        for f in ((try? FileManager.default.contentsOfDirectory(atPath: d)) ?? []).sorted() { files.append(d + "/" + f) }
+      }
+      XCTAssertFalse(files.isEmpty, target)
+      let p = Process()
+      p.executableURL = exe
+      p.arguments = [target] + files
+      p.currentDirectoryURL = URL(fileURLWithPath: root)
+      let out = Pipe()
+      p.standardOutput = out
+      p.standardError = out
+      try p.run()
+      let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      p.waitUntilExit()
+      XCTAssertEqual(p.terminationStatus, 0, "\(target): \(text)")
+      XCTAssertTrue(text.contains("replayed \(files.count) input(s): no crash"), text)
+    }
+  }
+}
