@@ -81,7 +81,8 @@ fuzz: fuzz-build
 	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
 	  SBPC_FUZZ_TARGET=$$t $(FUZZ_BIN) .build-fuzz/corpus-$$t Fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
 	    -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
-	    -artifact_prefix=.build-fuzz/findings/$$t- 2>&1 | grep -E "^#[0-9]+.*(DONE|pulse)|ERROR|stat::number_of_executed_units|SUMMARY|Test unit written" || exit 1; \
+	    -artifact_prefix=.build-fuzz/findings/$$t- 2>&1 | grep -E "^#[0-9]+.*(DONE|pulse)|ERROR|stat::number_of_executed_units|SUMMARY|Test unit written"; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || { echo "fuzz $$t: finding in .build-fuzz/findings/ (replay: .build/debug/sbpc-fuzz $$t FILE)"; exit 1; }; \
 	done
 
 format:
