@@ -1,0 +1,122 @@
+// Mask.swift: SBP keep masks over a token grid: grid and random sampling, kept counts, replication across stages.
+
+/// How the kept tokens are chosen at each step (DESIGN.md, "SBP semantics").
+public enum MaskMode: String, Sendable, CaseIterable {
+  /// keep ≤ 0.5: stride s = round(1/keep), keep (i + j) mod s == phase; keep > 0.5:
+  /// s = round(1/(1 − keep)), drop (i + j) mod s == phase. The phase is drawn each step.
+  case grid
+  /// Drop ⌊(1 − keep)·H·W⌋ patches chosen uniformly without replacement.
+  case random
+}
+
+/// One step's keep mask over an H×W grid (row-major, true = kept). Non-spatial tokens are
+/// not part of it: they are always kept.
+public struct KeepMask: Sendable, Equatable {
+  public var height: Int
+  public var width: Int
+  public var keep: [Bool]
+
+  public var keptCount: Int { keep.reduce(0) { $0 + ($1 ? 1 : 0) } }
+
+  /// Row-major indices of the kept patches, ascending.
+  public var keptIndices: [Int] { keep.indices.filter { keep[$0] } }
+
+  /// Replicates each patch into an f×f block, for a stage whose grid is f times larger, so the
+  /// same image region is dropped at every scale.
+  public func replicated(to h: Int, _ w: Int) throws -> KeepMask {
+    guard h % height == 0, w % width == 0, h / height == w / width, h >= height else {
+      throw MaskError("cannot replicate a \(height)x\(width) mask onto a \(h)x\(w) grid (needs an integer factor)")
+    }
+    let f = h / height
+    var out = [Bool](repeating: false, count: h * w)
+    for i in 0..<h { for j in 0..<w { out[i * w + j] = keep[(i / f) * width + j / f] } }
+    return KeepMask(height: h, width: w, keep: out)
+  }
+}
+
+/// An invalid mask request.
+public struct MaskError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ m: String) { description = m }
+}
+
+/// What to sample: keep ratio, mode and the base grid (the deepest SBP stage's).
+public struct MaskSpec: Sendable, Equatable {
+  public var keep: Double
+  public var mode: MaskMode
+  public var height: Int
+  public var width: Int
+
+  public init(keep: Double, mode: MaskMode, height: Int, width: Int) throws {
+    guard keep > 0, keep <= 1, keep.isFinite else { throw MaskError("keep ratio must be in (0, 1], got \(keep)") }
+    guard height > 0, width > 0 else { throw MaskError("the token grid must be non-empty, got \(height)x\(width)") }
+    self.keep = keep
+    self.mode = mode
+    self.height = height
+    self.width = width
+  }
+
+  /// The grid stride s and whether the phase marks kept (true) or dropped (false) patches;
+  /// nil when nothing is dropped. `round` is half-to-even, as NumPy's, so 1/0.4 = 2.5 gives 2.
+  public var gridStride: (stride: Int, phaseKeeps: Bool)? {
+    if keep >= 1 { return nil }
+    if keep <= 0.5 { return (Int((1 / keep).rounded(.toNearestOrEven)), true) }
+    return (Int((1 / (1 - keep)).rounded(.toNearestOrEven)), false)
+  }
+
+  /// Number of distinct grid phases (1 when nothing is dropped).
+  public var phases: Int { gridStride?.stride ?? 1 }
+
+  /// The grid mask for `phase` in 0..<phases.
+  public func gridMask(phase: Int) -> KeepMask {
+    guard let (s, keeps) = gridStride else {
+      return KeepMask(height: height, width: width, keep: .init(repeating: true, count: height * width))
+    }
+    var m = [Bool](repeating: false, count: height * width)
+    for i in 0..<height { for j in 0..<width { m[i * width + j] = ((i + j) % s == phase) == keeps } }
+    return KeepMask(height: height, width: width, keep: m)
+  }
+
+  /// Patches a random mask drops.
+  public var randomDropCount: Int { Int(((1 - keep) * Double(height * width)).rounded(.down)) }
+
+  /// Draws one step's mask: a uniform phase for grid, a uniform subset for random.
+  public func sample<R: RandomNumberGenerator>(using rng: inout R) -> KeepMask {
+    switch mode {
+    case .grid:
+      return gridMask(phase: Int.random(in: 0..<phases, using: &rng))
+    case .random:
+      // Partial Fisher–Yates: the first `drop` entries of a uniform permutation are dropped.
+      var idx = Array(0..<(height * width))
+      let drop = randomDropCount
+      for k in 0..<drop { idx.swapAt(k, Int.random(in: k..<idx.count, using: &rng)) }
+      var m = [Bool](repeating: true, count: height * width)
+      for k in 0..<drop { m[idx[k]] = false }
+      return KeepMask(height: height, width: width, keep: m)
+    }
+  }
+
+  /// Smallest and largest kept count over every mask this spec can draw; buffers are sized for
+  /// the largest.
+  public var keptRange: ClosedRange<Int> {
+    switch mode {
+    case .grid:
+      let counts = (0..<phases).map { gridMask(phase: $0).keptCount }
+      return counts.min()!...counts.max()!
+    case .random:
+      let n = height * width - randomDropCount
+      return n...n
+    }
+  }
+
+  /// Mean kept fraction over the masks this spec draws (phases are equally likely).
+  public var effectiveKeep: Double {
+    switch mode {
+    case .grid:
+      let total = (0..<phases).reduce(0) { $0 + gridMask(phase: $1).keptCount }
+      return Double(total) / Double(phases * height * width)
+    case .random:
+      return Double(height * width - randomDropCount) / Double(height * width)
+    }
+  }
+}
