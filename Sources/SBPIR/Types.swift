@@ -53,6 +53,17 @@ public func checkedElementCount(_ shape: [Int]) -> Int? {
   return n
 }
 
+/// Row-major strides of `shape`.
+public func rowMajorStrides(_ shape: [Int]) -> [Int] {
+  var s = [Int](repeating: 1, count: shape.count)
+  var acc = 1
+  for i in shape.indices.reversed() {
+    s[i] = acc
+    acc *= shape[i]
+  }
+  return s
+}
+
 /// Normalizes a possibly negative axis against `rank`, or nil when out of range.
 public func normalizeAxis(_ axis: Int, rank: Int) -> Int? {
   let a = axis < 0 ? axis + rank : axis

@@ -114,23 +114,12 @@ func saturatingInt(_ d: Double) -> Int {
   return Int(d.rounded(.towardZero))
 }
 
-/// Row-major strides of `shape`.
-func strides(_ shape: [Int]) -> [Int] {
-  var s = [Int](repeating: 1, count: shape.count)
-  var acc = 1
-  for i in shape.indices.reversed() {
-    s[i] = acc
-    acc *= shape[i]
-  }
-  return s
-}
-
 /// For each flat index of `out`, the flat index into a tensor of shape `inp` broadcast to it.
 func broadcastIndex(out: [Int], inp: [Int]) -> [Int] {
   let n = out.reduce(1, *)
   let pad = out.count - inp.count
-  let inStr = strides(inp)
-  let outStr = strides(out)
+  let inStr = rowMajorStrides(inp)
+  let outStr = rowMajorStrides(out)
   return (0..<n).map { flat in
     var r = 0
     for d in 0..<out.count {
@@ -213,7 +202,7 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
   case .expand:
     return x[0].gathered(broadcastIndex(out: shape, inp: x[0].shape), shape: shape)
   case .transpose(let perm):
-    let inStr = strides(x[0].shape), outStr = strides(shape)
+    let inStr = rowMajorStrides(x[0].shape), outStr = rowMajorStrides(shape)
     let idx = (0..<n).map { flat in
       var r = 0
       for d in 0..<shape.count { r += ((flat / outStr[d]) % shape[d]) * inStr[perm[d]] }
@@ -221,7 +210,7 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     }
     return x[0].gathered(idx, shape: shape)
   case .slice(let spec):
-    let inStr = strides(x[0].shape), outStr = strides(shape)
+    let inStr = rowMajorStrides(x[0].shape), outStr = rowMajorStrides(shape)
     var start = [Int](repeating: 0, count: shape.count), step = [Int](repeating: 1, count: shape.count)
     for (i, a) in spec.axes.enumerated() {
       start[a] = spec.starts[i]

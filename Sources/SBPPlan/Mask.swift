@@ -1,4 +1,5 @@
 // Mask.swift: SBP keep masks over a token grid: grid and random sampling, kept counts, replication across stages.
+import Foundation
 
 /// How the kept tokens are chosen at each step (DESIGN.md, "SBP semantics").
 public enum MaskMode: String, Sendable, CaseIterable {
@@ -118,5 +119,24 @@ public struct MaskSpec: Sendable, Equatable {
     case .random:
       return Double(height * width - randomDropCount) / Double(height * width)
     }
+  }
+}
+
+/// SplitMix64: a small seeded generator, so masks and synthetic data repeat for a seed.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+  public var state: UInt64
+  public init(seed: UInt64) { state = seed }
+  public mutating func next() -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+  }
+
+  /// A standard normal draw (Box–Muller).
+  public mutating func normal() -> Float {
+    let u1 = Double(next() >> 11 + 1) / Double(1 << 53), u2 = Double(next() >> 11) / Double(1 << 53)
+    return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
   }
 }

@@ -108,18 +108,18 @@ struct Conv2D {
   var colCount: Int { colRows * oh * ow }
   var depthwise: Bool { groups == c && o == c }
 
-  /// col[(ci, ki, kj), (y, x)] = x[ci, y·sh − ph + ki·dh, x·sw − pw + kj·dw] (zero outside).
-  func im2col(_ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>) {
+  /// Walks the im2col matrix: body(column offset, image offset or nil where the tap falls in
+  /// the padding). col[(ci, ki, kj), (y, x)] pairs with x[ci, y·sh − ph + ki·dh, x·sw − pw + kj·dw].
+  @inline(__always) func forEachColumnEntry(_ body: (_ colOffset: Int, _ imageOffset: Int?) -> Void) {
     var r = 0
     for ci in 0..<cg {
       for ki in 0..<kh {
         for kj in 0..<kw {
-          let row = col + r * oh * ow
           for y in 0..<oh {
             let iy = y * sh - ph + ki * dh
             for xx in 0..<ow {
               let ix = xx * sw - pw + kj * dw
-              row[y * ow + xx] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[(ci * h + iy) * w + ix] : 0
+              body((r * oh + y) * ow + xx, iy >= 0 && iy < h && ix >= 0 && ix < w ? (ci * h + iy) * w + ix : nil)
             }
           }
           r += 1
@@ -128,25 +128,13 @@ struct Conv2D {
     }
   }
 
+  func im2col(_ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>) {
+    forEachColumnEntry { c, i in col[c] = i.map { x[$0] } ?? 0 }
+  }
+
   /// The adjoint of im2col: accumulates col back into dx.
   func col2im(_ col: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>) {
-    var r = 0
-    for ci in 0..<cg {
-      for ki in 0..<kh {
-        for kj in 0..<kw {
-          let row = col + r * oh * ow
-          for y in 0..<oh {
-            let iy = y * sh - ph + ki * dh
-            guard iy >= 0 && iy < h else { continue }
-            for xx in 0..<ow {
-              let ix = xx * sw - pw + kj * dw
-              if ix >= 0 && ix < w { dx[(ci * h + iy) * w + ix] += row[y * ow + xx] }
-            }
-          }
-          r += 1
-        }
-      }
-    }
+    forEachColumnEntry { c, i in if let i { dx[i] += col[c] } }
   }
 
   /// Calls body(channel plane offset in x, weight offset, output plane offset) for depthwise taps.

@@ -3,17 +3,22 @@ import Glibc
 import SBPIR
 
 enum Norm {
+  /// Mean and 1/sqrt(variance + eps) of one row (population variance, as PyTorch).
+  @inline(__always) static func rowStats(_ xr: UnsafeMutablePointer<Float>, _ n: Int, _ eps: Float) -> (mean: Float, inv: Float) {
+    var mean: Float = 0
+    for i in 0..<n { mean += xr[i] }
+    mean /= Float(n)
+    var v: Float = 0
+    for i in 0..<n { v += (xr[i] - mean) * (xr[i] - mean) }
+    return (mean, 1 / (v / Float(n) + eps).squareRoot())
+  }
+
   static func layerNorm(axis: Int, eps: Float, _ x: Buffer, _ g: Buffer, _ b: Buffer?, _ out: Buffer) {
     let s = x.type.shape
     let rows = s[..<axis].reduce(1, *), n = s[axis...].reduce(1, *)
     for r in 0..<rows {
       let xr = x.f32 + r * n, yr = out.f32 + r * n
-      var mean: Float = 0
-      for i in 0..<n { mean += xr[i] }
-      mean /= Float(n)
-      var v: Float = 0
-      for i in 0..<n { v += (xr[i] - mean) * (xr[i] - mean) }
-      let inv = 1 / (v / Float(n) + eps).squareRoot()
+      let (mean, inv) = rowStats(xr, n, eps)
       for i in 0..<n { yr[i] = (xr[i] - mean) * inv * g.f32[i] + (b?.f32[i] ?? 0) }
     }
   }
@@ -25,12 +30,7 @@ enum Norm {
     db.f32.update(repeating: 0, count: n)
     for r in 0..<rows {
       let xr = x.f32 + r * n, dyr = dy.f32 + r * n, dxr = dx.f32 + r * n
-      var mean: Float = 0
-      for i in 0..<n { mean += xr[i] }
-      mean /= Float(n)
-      var v: Float = 0
-      for i in 0..<n { v += (xr[i] - mean) * (xr[i] - mean) }
-      let inv = 1 / (v / Float(n) + eps).squareRoot()
+      let (mean, inv) = rowStats(xr, n, eps)
       var sumD: Float = 0, sumDX: Float = 0
       for i in 0..<n {
         let xh = (xr[i] - mean) * inv

@@ -1,15 +1,5 @@
 // Strided.swift: shape and stride helpers shared by the kernels.
-
-/// Row-major strides of `shape`.
-@inlinable func rowMajorStrides(_ shape: [Int]) -> [Int] {
-  var s = [Int](repeating: 1, count: shape.count)
-  var acc = 1
-  for i in shape.indices.reversed() {
-    s[i] = acc
-    acc *= shape[i]
-  }
-  return s
-}
+import SBPIR
 
 /// Strides of an input of `shape` read as if broadcast to `out` (0 on broadcast axes).
 @inlinable func broadcastStrides(_ shape: [Int], to out: [Int]) -> [Int] {

@@ -92,23 +92,6 @@ struct Feeder {
   }
 }
 
-/// SplitMix64, for reproducible synthetic data and masks.
-struct SplitMix64 {
-  var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-  mutating func normal() -> Float {
-    let u1 = Double(next() >> 11 + 1) / Double(1 << 53), u2 = Double(next() >> 11) / Double(1 << 53)
-    return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
-  }
-}
-
 struct Train: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Run training steps of a plan on the CPU runtime.")
 

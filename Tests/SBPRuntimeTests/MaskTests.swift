@@ -3,17 +3,6 @@ import XCTest
 
 @testable import SBPPlan
 
-struct TestRNG: RandomNumberGenerator {
-  var s: UInt64
-  mutating func next() -> UInt64 {
-    s &+= 0x9E37_79B9_7F4A_7C15
-    var z = s
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-}
-
 final class MaskTests: XCTestCase {
   func testGridStridesRoundHalfToEven() throws {
     XCTAssertEqual(try MaskSpec(keep: 0.5, mode: .grid, height: 14, width: 14).gridStride?.stride, 2)
@@ -46,7 +35,7 @@ final class MaskTests: XCTestCase {
 
   func testSamplingIsSeededAndCoversEveryPhase() throws {
     let spec = try MaskSpec(keep: 0.25, mode: .grid, height: 14, width: 14)
-    var a = TestRNG(s: 7), b = TestRNG(s: 7)
+    var a = SplitMix64(seed: 7), b = SplitMix64(seed: 7)
     var seen = Set<[Bool]>()
     for _ in 0..<200 {
       let m = spec.sample(using: &a)
@@ -55,7 +44,7 @@ final class MaskTests: XCTestCase {
     }
     XCTAssertEqual(seen.count, 4, "200 steps should draw all 4 phases")
     let random = try MaskSpec(keep: 0.5, mode: .random, height: 14, width: 14)
-    var r = TestRNG(s: 1)
+    var r = SplitMix64(seed: 1)
     let masks = (0..<50).map { _ in random.sample(using: &r) }
     XCTAssertTrue(masks.allSatisfy { $0.keptCount == 98 })
     XCTAssertGreaterThan(Set(masks.map(\.keep)).count, 45, "random masks should differ from step to step")
