@@ -2,6 +2,7 @@
 import Glibc
 import SBPIR
 
+/// Elementwise kernels: broadcasting binary ops, unary ops and activation gradients (f32).
 enum Elementwise {
   /// out = a ∘ b with numpy broadcasting, for f32 operands.
   static func binary(_ op: Op, _ a: Buffer, _ b: Buffer, _ out: Buffer) {

@@ -1,6 +1,7 @@
 // LinearAlgebraKernels.swift: matmul, linear, gemm and convolution, all through OpenBLAS sgemm.
 import SBPIR
 
+/// GEMM-backed kernels: batched matmul, linear and its weight gradient, gemm.
 enum LinearAlgebra {
   /// Batched matmul with broadcast batch axes.
   static func matMul(_ a: Buffer, _ b: Buffer, _ out: Buffer) {

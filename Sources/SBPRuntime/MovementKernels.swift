@@ -1,6 +1,7 @@
 // MovementKernels.swift: data movement (transpose, slice, gather, concat, split, expand) and reductions.
 import SBPIR
 
+/// Data movement and reductions, for any element size where the op allows it.
 enum Movement {
   /// Copies elements of any dtype: out[o] = x[offset(o)] with x read through `strides` from `base`.
   static func strided(_ x: Buffer, base: Int, strides: [Int], _ out: Buffer) {

@@ -2,6 +2,7 @@
 import Glibc
 import SBPIR
 
+/// Row-wise kernels: layer_norm, softmax and the cross-entropy loss, forward and backward.
 enum Norm {
   /// Mean and 1/sqrt(variance + eps) of one row (population variance, as PyTorch).
   @inline(__always) static func rowStats(_ xr: UnsafeMutablePointer<Float>, _ n: Int, _ eps: Float) -> (mean: Float, inv: Float) {
@@ -124,6 +125,7 @@ enum Norm {
   }
 }
 
+/// Optimizer updates, in place on the parameter and its state (PyTorch's SGD and AdamW).
 enum Optimizer {
   static func sgd(lr: Float, momentum: Float, wd: Float, _ p: Buffer, _ g: Buffer, _ v: Buffer) {
     let pp = p.f32, pg = g.f32, pv = v.f32

@@ -5,6 +5,7 @@ import SBPIR
 import SBPONNX
 import SBPPasses
 
+/// `sbpc inspect`: what sbpc makes of a model.
 struct Inspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Summarize a model: inputs, outputs, op histograms, parameters, and the blocks SBP can apply to.",

@@ -4,6 +4,7 @@ import Foundation
 import SBPIR
 import SBPPasses
 
+/// `sbpc opt`: runs registered passes on text IR or an imported model.
 struct Opt: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Run compiler passes on a text IR file (.sbpir) or an ONNX model and print the result.",
