@@ -44,7 +44,11 @@ demo: build
 	@$(BIN) opt $(DEMO_MODEL) --passes canonicalize,mark --batch 8 | grep -v '^  param' | sed -n '2,36p'
 	@echo
 	@echo "== sbpc inspect models/convnext_t1131_dynamo/model.onnx (a hierarchical model: blocks by stage)"
-	@$(BIN) inspect models/convnext_t1131_dynamo/model.onnx --batch 8 | sed -n '/^Blocks/,$$p' 
+	@$(BIN) inspect models/convnext_t1131_dynamo/model.onnx --batch 8 | sed -n '/^Blocks/,$$p'
+	@echo
+	@echo "== sbpc compile $(DEMO_MODEL) --batch 2 -o .build/demo.plan, then 5 training steps on a fixed batch"
+	@$(BIN) compile $(DEMO_MODEL) --batch 2 -o .build/demo.plan
+	@$(BIN) train .build/demo.plan --steps 5 --input models/vit_p4_d6.ref/input.npy --labels models/reference/vit_p4_d6/labels.npy
 
 # Full-size ViT-Tiny and ConvNeXt-Tiny, both exporters, against PyTorch (needs models/requirements.txt).
 check-torch: release
