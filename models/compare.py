@@ -75,6 +75,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     mpath = os.path.join(args.ref_dir, f"{args.stem}.params.json")
+    if not os.path.exists(mpath):
+        # SBP references (<model>/sbp/<config>/) share their model's parameter maps.
+        parent = os.path.join(args.ref_dir, os.pardir, os.pardir, f"{args.stem}.params.json")
+        if os.path.exists(parent):
+            mpath = parent
     if not os.path.isfile(mpath):
         ap.error(f"no {mpath}")
     with open(mpath) as f:
