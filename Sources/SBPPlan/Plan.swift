@@ -50,8 +50,9 @@ public struct Plan: Sendable {
   /// naming the plan file and what is wrong.
   public static func load(_ path: String) throws -> Plan {
     func bad(_ m: String) -> PlanError { PlanError("\(path): \(m)") }
-    guard let data = FileManager.default.contents(atPath: path) else { throw bad("cannot read the plan file") }
-    guard let text = String(data: data, encoding: .utf8) else { throw bad("not a plan file (not UTF-8 text)") }
+    let data: [UInt8]
+    do { data = try readFileBytes(path) } catch { throw bad("cannot read the plan file") }
+    guard let text = String(validating: data, as: UTF8.self) else { throw bad("not a plan file (not UTF-8 text)") }
     let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
     guard lines.count > 4, lines[0].hasPrefix("sbpc-plan ") else { throw bad("not an sbpc plan file (no 'sbpc-plan' header)") }
     guard Int(lines[0].dropFirst("sbpc-plan ".count)) == formatVersion else {

@@ -35,8 +35,9 @@ public struct NPYArray: Sendable, Equatable {
 
   /// Reads `path`; errors name the file and what is wrong with it.
   public static func read(_ path: String) throws -> NPYArray {
-    guard let d = FileManager.default.contents(atPath: path) else { throw RuntimeError("\(path): cannot read") }
-    return try parse([UInt8](d), name: path)
+    let d: [UInt8]
+    do { d = try readFileBytes(path) } catch { throw RuntimeError("\(path): cannot read") }
+    return try parse(d, name: path)
   }
 
   public static func parse(_ b: [UInt8], name: String) throws -> NPYArray {

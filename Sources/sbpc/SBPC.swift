@@ -91,8 +91,9 @@ func loadGraph(_ path: String, shape: ShapeOptions, notes: inout [String]) throw
     notes += m.notes
     return m.graph
   }
-  guard let data = FileManager.default.contents(atPath: path) else { throw PassError("\(path): cannot read file") }
-  guard let text = String(data: data, encoding: .utf8) else { throw PassError("\(path): not UTF-8 text") }
+  let data: [UInt8]
+  do { data = try readFileBytes(path) } catch { throw PassError("\(path): cannot read file") }
+  guard let text = String(validating: data, as: UTF8.self) else { throw PassError("\(path): not UTF-8 text") }
   do { return try parseGraph(text) } catch let e as IRError { throw PassError("\(path): \(e)") }
 }
 
