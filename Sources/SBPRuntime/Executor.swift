@@ -8,6 +8,8 @@ import SBPIR
 public final class Executor {
   public let graph: Graph
   private var buffers: [Buffer?]
+  /// Per node, resolved once: its operand and result buffers and, for convolutions, the geometry.
+  private var steps: [(node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?)] = []
   private let scratch: UnsafeMutablePointer<Float>
   private let scratchCount: Int
   /// Bytes the executor will allocate for `graph`: every buffer once (in-place results share
@@ -77,6 +79,16 @@ public final class Executor {
       }
     }
     self.buffers = buffers
+    steps = graph.nodes.map { n in
+      var conv: Conv2D?
+      switch n.op {
+      case .conv(let g), .convGradInput(let g, _), .convGradWeight(let g, _):
+        let (x, w, y) = Executor.convShapes(n, graph)
+        conv = Conv2D(g, input: x, weight: w, output: y)
+      default: break
+      }
+      return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv)
+    }
     scratchCount = scratch
     self.scratch = .allocate(capacity: scratch)
   }
@@ -102,8 +114,11 @@ public final class Executor {
   /// Runs every node once, in order. With `checkNumerics`, stops at the first node that
   /// produces a NaN or an infinity, naming the op, the node and its block.
   public func run(checkNumerics: Bool = false) throws {
-    for n in graph.nodes {
-      do { try execute(n) } catch let e as RuntimeError { throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)") }
+    for step in steps {
+      let n = step.node
+      do { try execute(n, step.ins, step.outs, step.conv) } catch let e as RuntimeError {
+        throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)")
+      }
       if checkNumerics, let bad = firstNonFinite(n) {
         var block = ""
         if case .int(let b)? = n.attrs["sbp.block"] { block = " in block \(b)" }
@@ -120,9 +135,7 @@ public final class Executor {
     return nil
   }
 
-  private func execute(_ n: Node) throws {
-    let ins = n.inputs.map { buffers[$0.raw]! }
-    let outs = n.outputs.map { buffers[$0.raw]! }
+  private func execute(_ n: Node, _ ins: [Buffer], _ outs: [Buffer], _ conv: Conv2D?) throws {
     let y = outs.first
     switch n.op {
     case .constant(let lit):
@@ -144,9 +157,8 @@ public final class Executor {
     case .linear(let axis, let layout): LinearAlgebra.linear(axis: axis, layout: layout, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .gemm(let ta, let tb, let alpha, let beta):
       LinearAlgebra.gemm(transA: ta, transB: tb, alpha: Float(alpha), beta: Float(beta), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
-    case .conv(let g):
-      let (x, w, o) = Executor.convShapes(n, graph)
-      Conv2D(g, input: x, weight: w, output: o).forward(ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!, scratch: scratch)
+    case .conv:
+      conv!.forward(ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!, scratch: scratch)
     case .layerNorm(let axis, let eps): Norm.layerNorm(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .softmax(let axis): Norm.softmax(axis: axis, ins[0], y!)
     case .reshape, .squeeze, .unsqueeze, .stopGradient: Movement.copy(ins[0], y!)
@@ -166,12 +178,10 @@ public final class Executor {
     case .softmaxGrad(let axis): Norm.softmaxGrad(axis: axis, ins[0], ins[1], y!)
     case .layerNormGrad(let axis, let eps):
       Norm.layerNormGrad(axis: axis, eps: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])
-    case .convGradInput(let g, _):
-      let (x, w, o) = Executor.convShapes(n, graph)
-      Conv2D(g, input: x, weight: w, output: o).gradInput(ins[0], ins[1], y!, scratch: scratch)
-    case .convGradWeight(let g, _):
-      let (x, w, o) = Executor.convShapes(n, graph)
-      Conv2D(g, input: x, weight: w, output: o).gradWeight(ins[0], ins[1], y!, scratch: scratch)
+    case .convGradInput:
+      conv!.gradInput(ins[0], ins[1], y!, scratch: scratch)
+    case .convGradWeight:
+      conv!.gradWeight(ins[0], ins[1], y!, scratch: scratch)
     case .linearGradWeight(let axis, let layout, _): LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!)
     case .sliceGrad(let spec, _): Movement.sliceGrad(spec, ins[0], y!)
     case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
