@@ -28,7 +28,7 @@ let package = Package(
     .target(name: "SBPONNX", dependencies: ["SBPIR", "CONNXProto", "CProtobufC"]),
     .target(name: "SBPPasses", dependencies: ["SBPIR"]),
     .target(name: "SBPPlan", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
-    .target(name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS"]),
+    .target(name: "SBPRuntime", dependencies: ["SBPIR", "SBPPasses", "SBPPlan", "COpenBLAS"]),
     .executableTarget(
       name: "sbpc",
       dependencies: [

@@ -74,6 +74,12 @@ public enum Op: Sendable, Hashable {
   case gather(axis: Int)
   case concat(axis: Int)
   case split(axis: Int, sizes: [Int])
+  /// Rows of x along `axis` at i64 indices; index −1 gives a row of zeros. SBP pads its index
+  /// vectors with −1 when a step keeps fewer rows than the buffers hold. Inputs: x, indices.
+  case gatherRows(axis: Int)
+  /// `size` rows along `axis`: row idx_k[i] is row i of data_k. Rows no index names are zero,
+  /// and index −1 is skipped. Inputs: data0, idx0, [data1, idx1, …].
+  case scatterRows(axis: Int, size: Int)
   case squeeze([Int])
   case unsqueeze([Int])
   case expand([Int])
@@ -146,6 +152,8 @@ public enum Op: Sendable, Hashable {
     case .gather: return "gather"
     case .concat: return "concat"
     case .split: return "split"
+    case .gatherRows: return "gather_rows"
+    case .scatterRows: return "scatter_rows"
     case .squeeze: return "squeeze"
     case .unsqueeze: return "unsqueeze"
     case .expand: return "expand"
@@ -219,6 +227,8 @@ public enum Op: Sendable, Hashable {
     case .gather(let axis): return ["axis": .int(axis)]
     case .concat(let axis): return ["axis": .int(axis)]
     case .split(let axis, let sizes): return ["axis": .int(axis), "sizes": .ints(sizes)]
+    case .gatherRows(let axis): return ["axis": .int(axis)]
+    case .scatterRows(let axis, let size): return ["axis": .int(axis), "size": .int(size)]
     case .squeeze(let a): return ["axes": .ints(a)]
     case .unsqueeze(let a): return ["axes": .ints(a)]
     case .expand(let s): return ["shape": .ints(s)]
@@ -231,7 +241,7 @@ public enum Op: Sendable, Hashable {
   public static let allNames: [String] = [
     "constant", "add", "sub", "mul", "div", "pow", "equal", "select", "sqrt", "erf", "tanh", "exp", "neg",
     "relu", "sigmoid", "reciprocal", "cast", "matmul", "linear", "gemm", "conv", "layer_norm", "gelu",
-    "softmax", "reshape", "transpose", "slice", "gather", "concat", "split", "squeeze", "unsqueeze",
+    "softmax", "reshape", "transpose", "slice", "gather", "concat", "split", "gather_rows", "scatter_rows", "squeeze", "unsqueeze",
     "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
     "softmax_cross_entropy_grad", "gelu_grad", "relu_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input",
     "conv_grad_weight", "linear_grad_weight", "slice_grad", "gather_grad", "sgd", "adamw",
@@ -299,6 +309,8 @@ public enum Op: Sendable, Hashable {
     case "gather": self = .gather(axis: try a.int("axis"))
     case "concat": self = .concat(axis: try a.int("axis"))
     case "split": self = .split(axis: try a.int("axis"), sizes: try a.ints("sizes"))
+    case "gather_rows": self = .gatherRows(axis: try a.int("axis"))
+    case "scatter_rows": self = .scatterRows(axis: try a.int("axis"), size: try a.int("size"))
     case "squeeze": self = .squeeze(try a.ints("axes"))
     case "unsqueeze": self = .unsqueeze(try a.ints("axes"))
     case "expand": self = .expand(try a.ints("shape"))
@@ -354,7 +366,7 @@ public enum Op: Sendable, Hashable {
     case .reluGrad, .geluGrad:
       return true
     case .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose, .slice,
-      .gather, .concat, .split, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool,
+      .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool,
       .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .convGradInput,
       .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
       return false

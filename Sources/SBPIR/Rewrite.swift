@@ -110,9 +110,10 @@ extension Graph {
     nodes[index].attrs[key] = value
   }
 
-  /// Replaces every read of `old` (node operands and graph outputs) by `new`.
-  public mutating func replaceUses(of old: ValueID, with new: ValueID) {
-    for i in nodes.indices {
+  /// Replaces every read of `old` (node operands and graph outputs) by `new`, except in the
+  /// nodes at indices `except` (those that build `new` from `old`).
+  public mutating func replaceUses(of old: ValueID, with new: ValueID, except: Set<Int> = []) {
+    for i in nodes.indices where !except.contains(i) {
       for k in nodes[i].inputs.indices where nodes[i].inputs[k] == old { nodes[i].inputs[k] = new }
     }
     for i in outputs.indices where outputs[i].value == old { outputs[i].value = new }

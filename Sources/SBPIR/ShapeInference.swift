@@ -195,6 +195,29 @@ extension Op {
       let a = try axis(ax, t[0].rank)
       guard t[1].dtype == .i64 || t[1].dtype == .i32 else { throw fail("indices must be i64 or i32, got \(t[1].dtype)") }
       return [try checked(Array(t[0].shape[..<a]) + t[1].shape + Array(t[0].shape[(a + 1)...]), t[0].dtype)]
+    case .gatherRows(let ax):
+      try arity(2)
+      guard ax >= 0, ax < t[0].rank else { throw fail("axis \(ax) out of range for rank \(t[0].rank)") }
+      guard t[1].dtype == .i64, t[1].rank == 1 else { throw fail("indices must be a 1-D i64 vector, got \(t[1])") }
+      var s = t[0].shape
+      s[ax] = t[1].shape[0]
+      return [TensorType(t[0].dtype, s)]
+    case .scatterRows(let ax, let size):
+      guard t.count >= 2, t.count % 2 == 0 else { throw fail("expects (data, indices) pairs, got \(t.count) operands") }
+      guard ax >= 0, ax < t[0].rank else { throw fail("axis \(ax) out of range for rank \(t[0].rank)") }
+      guard size >= 0 else { throw fail("size \(size) is negative") }
+      var s = t[0].shape
+      s[ax] = size
+      for k in stride(from: 0, to: t.count, by: 2) {
+        var d = t[k].shape
+        guard d.count == s.count, t[k].dtype == t[0].dtype else { throw fail("data \(t[k]) does not match \(t[0])") }
+        guard t[k + 1].dtype == .i64, t[k + 1].shape == [d[ax]] else {
+          throw fail("indices \(t[k + 1]) must be i64[\(d[ax])] for data \(t[k])")
+        }
+        d[ax] = size
+        guard d == s else { throw fail("data \(t[k]) does not match \(t[0]) outside axis \(ax)") }
+      }
+      return [try checked(s, t[0].dtype)]
     case .concat(let ax):
       guard !t.isEmpty else { throw fail("needs at least one operand") }
       let a = try axis(ax, t[0].rank)

@@ -167,6 +167,10 @@ extension GradBuilder {
       return [try one(.transpose(inv), [dy])]
     case .slice(let spec):
       return [try one(.sliceGrad(spec, inputShape: type(x[0]).shape), [dy])]
+    case .gatherRows(let axis):
+      return [try one(.scatterRows(axis: axis, size: type(x[0]).shape[axis]), [dy, x[1]]), nil]
+    case .scatterRows(let axis, _):
+      return try x.indices.map { k in k % 2 == 1 ? nil : try one(.gatherRows(axis: axis), [dy, x[k + 1]]) }
     case .gather(let axis):
       return [try one(.gatherGrad(axis: axis, inputShape: type(x[0]).shape), [x[1], dy]), nil]
     case .concat(let axis):

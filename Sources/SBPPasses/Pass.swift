@@ -20,6 +20,7 @@ public enum PassRegistry {
   public static let all: [any Pass] = [
     Canonicalize(),
     Mark(),
+    InsertSBP(),
     Autodiff(),
     DeadCodeElimination(),
   ]

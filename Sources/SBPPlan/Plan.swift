@@ -8,21 +8,27 @@ import SBPPasses
 /// plus where the weights come from. The weights are not copied into the plan; loading
 /// re-reads them from the ONNX model (mapped, not copied).
 public struct Plan: Sendable {
-  public static let formatVersion = 1
+  public static let formatVersion = 2
 
   public var model: String
   public var batch: Int
+  /// SBP settings the training step was compiled with (`.off` for plain backpropagation).
+  public var sbp: SBPOptions
   public var train: Graph
   public var eval: Graph
+  /// The masks the training step reads each step; nil when SBP drops nothing.
+  public var layout: SBPLayout?
 
   public struct Options: Sendable {
     public var batch: Int?
     public var dims: [String: Int]
     public var optimizer: OptimizerConfig
-    public init(batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD) {
+    public var sbp: SBPOptions
+    public init(batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off) {
       self.batch = batch
       self.dims = dims
       self.optimizer = optimizer
+      self.sbp = sbp
     }
   }
 
@@ -32,14 +38,15 @@ public struct Plan: Sendable {
     var eval = imported.graph
     try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&eval)
     var train = eval
-    try PassPipeline(passes: [Autodiff(optimizer: options.optimizer)], verifyEach: true).run(&train)
+    try PassPipeline(passes: [InsertSBP(options.sbp), Autodiff(optimizer: options.optimizer)], verifyEach: true).run(&train)
     let path = URL(fileURLWithPath: model).standardizedFileURL.path
-    return (Plan(model: path, batch: imported.batch, train: train, eval: eval), imported.notes)
+    let layout = try SBPLayout.make(eval, options: options.sbp)
+    return (Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout), imported.notes)
   }
 
   /// The plan file: a header, then the two graphs in the text IR.
   public func serialized() -> String {
-    "sbpc-plan \(Plan.formatVersion)\nmodel \(quoted(model))\nbatch \(batch)\n== train\n\(train.printed())== eval\n\(eval.printed())"
+    "sbpc-plan \(Plan.formatVersion)\nmodel \(quoted(model))\nbatch \(batch)\nsbp \(sbp.text)\n== train\n\(train.printed())== eval\n\(eval.printed())"
   }
 
   func quoted(_ s: String) -> String {
@@ -54,7 +61,7 @@ public struct Plan: Sendable {
     do { data = try readFileBytes(path) } catch { throw bad("cannot read the plan file") }
     guard let text = String(validating: data, as: UTF8.self) else { throw bad("not a plan file (not UTF-8 text)") }
     let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-    guard lines.count > 4, lines[0].hasPrefix("sbpc-plan ") else { throw bad("not an sbpc plan file (no 'sbpc-plan' header)") }
+    guard lines.count > 5, lines[0].hasPrefix("sbpc-plan ") else { throw bad("not an sbpc plan file (no 'sbpc-plan' header)") }
     guard Int(lines[0].dropFirst("sbpc-plan ".count)) == formatVersion else {
       throw bad("plan format '\(lines[0].dropFirst("sbpc-plan ".count))' is not version \(formatVersion); recompile the model")
     }
@@ -66,7 +73,10 @@ public struct Plan: Sendable {
     guard lines[2].hasPrefix("batch "), let batch = Int(lines[2].dropFirst("batch ".count)), batch > 0 else {
       throw bad("line 3: expected batch N")
     }
-    guard lines[3] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
+    guard lines[3].hasPrefix("sbp "), let sbp = SBPOptions(text: String(lines[3].dropFirst(4))) else {
+      throw bad("line 4: expected sbp keep R mask grid|random attention qkv|query|none blocks SPEC")
+    }
+    guard lines[4] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
       throw bad("missing '== train' or '== eval' section")
     }
     func graph(_ range: Range<Int>, _ what: String) throws -> Graph {
@@ -79,7 +89,7 @@ public struct Plan: Sendable {
         throw bad("\(what) graph: \(e)")
       }
     }
-    var train = try graph(4..<evalStart, "train")
+    var train = try graph(5..<evalStart, "train")
     var eval = try graph((evalStart + 1)..<lines.count, "eval")
     // Weights come from the model the plan was compiled from, matched by initializer name.
     let weights: Graph
@@ -103,7 +113,16 @@ public struct Plan: Sendable {
       }
       if g == 0 { train = graph } else { eval = graph }
     }
-    return Plan(model: model, batch: batch, train: train, eval: eval)
+    let layout: SBPLayout?
+    do { layout = try SBPLayout.make(eval, options: sbp) } catch { throw bad("sbp settings: \(error)") }
+    for st in layout?.stages ?? [] {
+      for (name, rows) in [(st.keptInput, st.keptRows), (st.droppedInput, st.droppedRows)] {
+        guard let i = train.inputs.first(where: { $0.name == name }), train.type(of: i.value) == TensorType(.i64, [rows]) else {
+          throw bad("the train graph has no i64[\(rows)] input \(name), which its sbp settings need; recompile")
+        }
+      }
+    }
+    return Plan(model: model, batch: batch, sbp: sbp, train: train, eval: eval, layout: layout)
   }
 }
 

@@ -165,6 +165,8 @@ public final class Executor {
     case .transpose(let perm): Movement.transpose(perm, ins[0], y!)
     case .slice(let spec): Movement.slice(spec, ins[0], y!)
     case .gather(let axis): try Movement.gather(axis: axis, ins[0], ins[1], y!)
+    case .gatherRows(let axis): try Movement.gatherRows(axis: axis, ins[0], ins[1], y!)
+    case .scatterRows(let axis, _): try Movement.scatterRows(axis: axis, ins, y!)
     case .concat(let axis): Movement.concat(axis: axis, ins, y!)
     case .split(let axis, _): Movement.split(axis: axis, ins[0], outs)
     case .expand: Movement.expand(ins[0], y!)

@@ -87,6 +87,43 @@ enum Movement {
     }
   }
 
+  /// SBP row gather (f32): out row j = x row idx[j], zeros for idx −1.
+  static func gatherRows(axis: Int, _ x: Buffer, _ idx: Buffer, _ out: Buffer) throws {
+    let s = x.type.shape
+    let outer = s[..<axis].reduce(1, *), dim = s[axis], inner = s[(axis + 1)...].reduce(1, *)
+    let k = idx.count
+    for j in 0..<k where idx.i64[j] < -1 || idx.i64[j] >= Int64(dim) {
+      throw RuntimeError("gather_rows: index \(idx.i64[j]) is out of range for \(dim) rows")
+    }
+    let px = x.f32, po = out.f32
+    for o in 0..<outer {
+      for j in 0..<k {
+        let t = Int(idx.i64[j])
+        let dst = po + (o * k + j) * inner
+        if t < 0 { dst.update(repeating: 0, count: inner) } else { dst.update(from: px + (o * dim + t) * inner, count: inner) }
+      }
+    }
+  }
+
+  /// SBP row scatter (f32): every row zero, then row idx_k[j] = data_k row j; −1 skipped.
+  static func scatterRows(axis: Int, _ ins: [Buffer], _ out: Buffer) throws {
+    let s = out.type.shape
+    let outer = s[..<axis].reduce(1, *), dim = s[axis], inner = s[(axis + 1)...].reduce(1, *)
+    out.f32.update(repeating: 0, count: out.count)
+    for p in stride(from: 0, to: ins.count, by: 2) {
+      let data = ins[p].f32, idx = ins[p + 1]
+      let k = idx.count
+      for j in 0..<k where idx.i64[j] < -1 || idx.i64[j] >= Int64(dim) {
+        throw RuntimeError("scatter_rows: index \(idx.i64[j]) is out of range for \(dim) rows")
+      }
+      for o in 0..<outer {
+        for j in 0..<k where idx.i64[j] >= 0 {
+          (out.f32 + (o * dim + Int(idx.i64[j])) * inner).update(from: data + (o * k + j) * inner, count: inner)
+        }
+      }
+    }
+  }
+
   /// Concatenation along `axis` (any dtype).
   static func concat(axis: Int, _ xs: [Buffer], _ out: Buffer) {
     let s = out.type.shape

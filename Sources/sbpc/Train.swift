@@ -13,11 +13,22 @@ struct Compile: ParsableCommand {
       The plan holds the training step (forward, mean softmax cross-entropy against integer
       labels, backward, one optimizer update per parameter) and the plain forward for
       evaluation. Weights stay in the ONNX file; the plan refers to it.
+
+      Stochastic backpropagation (SBP) is on by default at keep 0.5 on the paper's blocks:
+      each step, one mask over the token grid picks the kept tokens; the selected blocks'
+      MLP/PW-Conv branches and attention cores pass gradient only through them. --keep 1 or
+      --blocks none compile plain backpropagation. `sbpc inspect` lists the blocks.
       """)
 
   @Argument(help: "The ONNX model.") var model: String
   @Option(name: .shortAndLong, help: "Where to write the plan.") var output: String
-  @Option(help: "Keep ratio for SBP, 0 < R <= 1. Only 1 (no SBP) is available so far.") var keep: Double = 1
+  @Option(help: "SBP keep ratio, 0 < R <= 1; 1 turns SBP off.") var keep: Double = 0.5
+  @Option(help: "SBP blocks, e.g. last:8, 4-11, stage:0,stage:2[0-5], all or none (default: the paper's rule for the model).")
+  var blocks: String?
+  @Option(help: "Mask sampling: grid (a strided grid with a random phase each step) or random (patches drawn without replacement).")
+  var mask: String = "grid"
+  @Option(help: "Attention split: qkv (kept queries see kept keys; the paper's), query (kept queries see all keys) or none.")
+  var attention: String = "qkv"
   @Option(help: "Optimizer: sgd or adamw.") var optimizer: String = "sgd"
   @Option(help: "Learning rate.") var lr: Double = 0.01
   @Option(help: "SGD momentum.") var momentum: Double = 0.9
@@ -26,7 +37,11 @@ struct Compile: ParsableCommand {
 
   func validate() throws {
     guard keep > 0, keep <= 1 else { throw ValidationError("--keep must be in (0, 1], got \(keep)") }
-    guard keep == 1 else { throw ValidationError("--keep \(keep): SBP is not available yet in this build; use --keep 1") }
+    guard MaskMode(rawValue: mask) != nil else { throw ValidationError("--mask must be grid or random, got '\(mask)'") }
+    guard AttentionSplit(rawValue: attention) != nil else {
+      throw ValidationError("--attention must be qkv, query or none, got '\(attention)'")
+    }
+    if let blocks, blocks.trimmingCharacters(in: .whitespaces).isEmpty { throw ValidationError("--blocks is empty; use none to select no block") }
     guard ["sgd", "adamw"].contains(optimizer) else { throw ValidationError("--optimizer must be sgd or adamw, got '\(optimizer)'") }
     guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive, got \(lr)") }
     guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
@@ -39,8 +54,11 @@ struct Compile: ParsableCommand {
         optimizer == "sgd"
         ? .sgd(lr: lr, momentum: momentum, weightDecay: weightDecay)
         : .adamw(lr: lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: weightDecay)
+      let sbp = SBPOptions(
+        keep: keep, mask: MaskMode(rawValue: mask)!, attention: AttentionSplit(rawValue: attention)!,
+        blocks: blocks?.replacingOccurrences(of: " ", with: ""))
       let (plan, notes) = try Plan.compile(
-        model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt))
+        model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp))
       printNotes(notes)
       guard FileManager.default.createFile(atPath: output, contents: Data(plan.serialized().utf8)) else {
         throw PlanError("\(output): cannot write")
@@ -49,6 +67,12 @@ struct Compile: ParsableCommand {
       print(
         "compiled \(model) -> \(output): batch \(plan.batch), \(plan.train.nodes.count) training ops, \(t.blocks.count) blocks, optimizer \(optimizer)"
       )
+      if let l = plan.layout {
+        print(l.summary)
+        print("SBP blocks: \(l.blocks.map(String.init).joined(separator: ","))")
+      } else {
+        print("SBP: off (\(keep >= 1 ? "--keep 1" : "no block selected")); plain backpropagation")
+      }
     }
   }
 }
@@ -99,7 +123,15 @@ struct Train: ParsableCommand {
   @Option(help: "Number of steps.") var steps: Int = 10
   @Option(help: "Images, f32 [N,C,H,W] .npy; N a multiple of the batch. Without it, seeded synthetic data.") var input: String?
   @Option(help: "Labels, i64 [N] .npy.") var labels: String?
-  @Option(help: "Seed for synthetic data.") var seed: UInt64 = 0
+  @Option(help: "Seed for the SBP masks and for synthetic data.") var seed: UInt64 = 0
+  @Option(name: .customLong("mask-phase"), help: "Use this grid phase at every step instead of drawing one (SBP plans with grid masks).")
+  var maskPhase: Int?
+  @Option(name: .customLong("mask-file"), help: "Use this keep mask at every step: .npy [H, W] over the base grid, nonzero = kept.")
+  var maskFile: String?
+  @Option(
+    name: .customLong("dump-mask"),
+    help: "Write each step's masks into this folder: step<N>.npy (base grid) and step<N>.stage<S>.npy (what each stage read).")
+  var dumpMask: String?
   @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
   @Option(name: .customLong("dump-logits"), help: "Write the last step's logits to this .npy file.") var dumpLogits: String?
   @Flag(name: .customLong("dump-loss"), help: "Print each step's loss (before its update) alone on a line, in full precision.")
@@ -116,13 +148,37 @@ struct Train: ParsableCommand {
     guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") }
     guard threads >= 1, threads <= 256 else { throw ValidationError("--threads must be between 1 and 256, got \(threads)") }
     guard (input == nil) == (labels == nil) else { throw ValidationError("--input and --labels go together") }
+    guard maskPhase == nil || maskFile == nil else { throw ValidationError("--mask-phase and --mask-file exclude each other") }
+  }
+
+  /// The mask source the flags ask for; nil for a plan without SBP (flags then are errors).
+  func maskFeed(_ p: Plan, _ ex: Executor) throws -> MaskFeed? {
+    guard let layout = p.layout else {
+      if maskPhase != nil || maskFile != nil || dumpMask != nil {
+        throw RuntimeError("\(plan) was compiled without SBP (\(p.sbp.keep >= 1 ? "keep 1" : "no blocks")); --mask-phase, --mask-file and --dump-mask need an SBP plan")
+      }
+      return nil
+    }
+    let source: MaskFeed.Source
+    if let maskPhase {
+      source = .phase(maskPhase)
+    } else if let maskFile {
+      source = .explicit(try KeepMask(npy: try NPYArray.read(maskFile), name: maskFile))
+    } else {
+      source = .sampled(seed: seed)
+    }
+    do { return try MaskFeed(layout: layout, source: source, executor: ex) } catch let e as MaskError {
+      throw RuntimeError(maskFile.map { "\($0): \(e)" } ?? "\(e)")
+    }
   }
 
   func run() throws {
     try reportingErrors {
       let p = try Plan.load(plan)
       let ex = try Executor(graph: p.train, threads: threads, maxMemory: memory.limit)
-      guard let img = p.train.inputs.first(where: { $0.name != "labels" && $0.name != "step" }), let lab = ex.input("labels") else {
+      guard let img = p.train.inputs.first(where: { $0.name != "labels" && $0.name != "step" && !$0.name.hasPrefix("sbp.") }),
+        let lab = ex.input("labels")
+      else {
         throw PlanError("\(plan): the training graph has no image or labels input")
       }
       let classes = p.train.type(of: p.train.outputs[0].value).shape[1]
@@ -134,8 +190,14 @@ struct Train: ParsableCommand {
         data = (x, y)
       }
       let batches = data.map { $0.0.shape[0] / p.batch } ?? 1
+      var masks = try maskFeed(p, ex)
+      if let dumpMask { try FileManager.default.createDirectory(atPath: dumpMask, withIntermediateDirectories: true) }
       let start = Date()
       for s in 0..<steps {
+        if let m = masks?.next() {
+          try masks!.feed(m)
+          if let dumpMask { try writeMasks(m, masks!, step: s + 1, to: dumpMask) }
+        }
         if let (x, y) = data { feed.load(x, y, batch: s % batches) } else { feed.synthetic(seed: seed, step: s) }
         ex.input("step")?.f32[0] = Float(s + 1)
         do { try ex.run(checkNumerics: checkNumerics) } catch let e as NumericError { throw RuntimeError("step \(s + 1): \(e)") }
@@ -163,6 +225,12 @@ struct Train: ParsableCommand {
         }
       }
     }
+  }
+
+  func writeMasks(_ m: KeepMask, _ feed: MaskFeed, step: Int, to dir: String) throws {
+    let stem = dir + "/step" + String(format: "%06d", step)
+    try NPYArray(dtype: .u8, shape: [m.height, m.width], data: m.keep.map { $0 ? 1 : 0 }).write(stem + ".npy")
+    for (st, data) in feed.stageMasks() { try NPYArray(dtype: .u8, shape: st.grid, data: data).write(stem + ".stage\(st.stage).npy") }
   }
 
   func write(_ b: Buffer, to path: String) throws {

@@ -17,6 +17,12 @@ public struct KeepMask: Sendable, Equatable {
   public var width: Int
   public var keep: [Bool]
 
+  public init(height: Int, width: Int, keep: [Bool]) {
+    self.height = height
+    self.width = width
+    self.keep = keep
+  }
+
   public var keptCount: Int { keep.reduce(0) { $0 + ($1 ? 1 : 0) } }
 
   /// Row-major indices of the kept patches, ascending.

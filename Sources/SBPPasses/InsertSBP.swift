@@ -1,0 +1,316 @@
+// InsertSBP.swift: rewrites each selected block as the paper's Algorithm 1: kept rows with gradient, dropped rows without, reassembled.
+import SBPIR
+
+/// Splits the selected blocks (DESIGN.md, "SBP semantics"). For each token-wise branch (MLP,
+/// PW-Conv) and, per `--attention`, each attention core, it gathers the kept token rows and
+/// computes the branch on them with gradient, computes the dropped rows from a clone whose
+/// result passes through `stop_gradient`, and scatters both back. A patch-wise downsampler
+/// keeps its forward and passes gradient only at kept output positions. The step's indices
+/// arrive as graph inputs `sbp.kept.<stage>` and `sbp.dropped.<stage>` (i64, −1 padded).
+public struct InsertSBP: Pass {
+  public var options: SBPOptions
+  public init(_ options: SBPOptions = SBPOptions()) { self.options = options }
+  public let name = "insert-sbp"
+  public let summary = "split the selected blocks into kept rows (with gradient) and dropped rows (without); needs mark"
+
+  public func run(_ graph: inout Graph) throws {
+    guard let layout = try SBPLayout.make(graph, options: options) else { return }
+    var r = SBPRewriter(graph: graph, layout: layout)
+    try r.rewrite()
+    graph = r.graph
+    try graph.sortTopologically()
+    graph.eliminateDeadCode()
+  }
+}
+
+/// Token rows of a value: the axes that hold the stage's tokens (one, or H and W).
+typealias TokenAxes = [Int]
+
+struct SBPRewriter {
+  var graph: Graph
+  let layout: SBPLayout
+  var producer: [ValueID: Int] = [:]
+  var indexInputs: [Int: (kept: ValueID, dropped: ValueID)] = [:]
+  var keyBias: [Int: ValueID] = [:]
+
+  init(graph: Graph, layout: SBPLayout) {
+    self.graph = graph
+    self.layout = layout
+    for (i, n) in graph.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+  }
+
+  func fail(_ block: Int, _ m: String) -> PassError { PassError("insert-sbp: block \(block): \(m)") }
+
+  mutating func rewrite() throws {
+    for st in layout.stages {
+      let k = graph.addInput(st.keptInput, TensorType(.i64, [st.keptRows]))
+      let d = graph.addInput(st.droppedInput, TensorType(.i64, [st.droppedRows]))
+      indexInputs[st.stage] = (k, d)
+    }
+    let original = graph.nodes
+    let table = BlockTable(graph)
+    let selected = Set(layout.blocks)
+    var blockNodes: [Int: [Int]] = [:]
+    for (i, n) in original.enumerated() {
+      if case .int(let b)? = n.attrs["sbp.block"], selected.contains(b) { blockNodes[b, default: []].append(i) }
+    }
+    for b in layout.blocks {
+      let nodes = blockNodes[b] ?? []
+      guard let res = nodes.first(where: { original[$0].attrs["sbp.role"] == .string("residual") }),
+        case .int(let stage)? = original[res].attrs["sbp.stage"], case .ints(let axes)? = original[res].attrs["sbp.token_axes"]
+      else { throw fail(b, "has no residual annotation; run mark first") }
+      let roles = nodes.compactMap { i -> (Int, String)? in
+        if case .string(let r)? = original[i].attrs["sbp.role"] { return (i, r) } else { return nil }
+      }
+      let chain = roles.filter { $0.1.hasPrefix("mlp.") || $0.1.hasPrefix("pwconv") }.map(\.0)
+      if !chain.isEmpty { try splitTokenwise(block: b, stage: stage, chain: chain, blockAxes: axes) }
+      if layout.options.attention != .none, let scores = roles.first(where: { $0.1 == "mhsa.scores" })?.0,
+        let context = roles.first(where: { $0.1 == "mhsa.context" })?.0
+      {
+        try splitAttention(block: b, stage: stage, scores: scores, context: context)
+      }
+    }
+    // Downsamplers feeding a stage whose first block is selected.
+    for n in original where n.attrs["sbp.role"] == .string("downsample") {
+      guard case .int(let s)? = n.attrs["sbp.stage"], let first = table.blocks(inStage: s).first, selected.contains(first.index) else {
+        continue
+      }
+      try maskGradient(of: n.outputs[0], axes: [2, 3], stage: s, name: n.name)
+    }
+  }
+
+  // MARK: Token-wise branches
+
+  /// Token axes of every value in `region` (and of its input), following transposes; throws
+  /// when an op is not token-wise.
+  func tokenAxes(region: [Int], input: ValueID, inputAxes: TokenAxes, block: Int) throws -> [ValueID: TokenAxes] {
+    var axes: [ValueID: TokenAxes] = [input: inputAxes]
+    for i in region {
+      let n = graph.nodes[i]
+      let acts = n.inputs.filter { axes[$0] != nil }
+      guard let t = acts.first.flatMap({ axes[$0] }), acts.allSatisfy({ axes[$0] == t }) else {
+        throw fail(block, "\(n.op.name) '\(n.name)' mixes token layouts")
+      }
+      let out: TokenAxes
+      switch n.op {
+      case .linear(let a, _) where !t.contains(a): out = t
+      case .layerNorm(let a, _) where a > t.last!: out = t
+      case .transpose(let p):
+        let pos = t.map { p.firstIndex(of: $0)! }
+        guard pos == Array(pos[0]..<(pos[0] + pos.count)) else { throw fail(block, "transpose '\(n.name)' separates the token axes") }
+        out = pos
+      case _ where n.op.isElementwise && n.outputs.count == 1:
+        for v in n.inputs where axes[v] == nil {
+          let s = graph.type(of: v).shape, r = graph.type(of: n.outputs[0]).rank
+          let aligned = [Int](repeating: 1, count: r - s.count) + s
+          guard t.allSatisfy({ aligned[$0] == 1 }) else { throw fail(block, "\(n.op.name) '\(n.name)' reads a per-token constant") }
+        }
+        out = t
+      default:
+        throw fail(block, "\(n.op.name) '\(n.name)' is not token-wise, so the branch cannot be split by rows")
+      }
+      axes[n.outputs[0]] = out
+    }
+    return axes
+  }
+
+  /// Token axes of `v`, found by following transposes back to a value in the block's layout.
+  func axesOf(_ v: ValueID, blockAxes: TokenAxes, rank: Int) -> TokenAxes {
+    var perm: [Int]?
+    var cur = v
+    while let p = producer[cur], case .transpose(let pp) = graph.nodes[p].op {
+      perm = perm.map { $0.map { pp[$0] } } ?? pp
+      cur = graph.nodes[p].inputs[0]
+    }
+    guard let perm, graph.type(of: cur).rank == rank else { return blockAxes }
+    return blockAxes.map { perm.firstIndex(of: $0)! }
+  }
+
+  /// Shape with the token axes merged into one (at the first token axis).
+  static func merged(_ shape: [Int], _ t: TokenAxes) -> [Int] {
+    Array(shape[..<t[0]]) + [t.reduce(1) { $0 * shape[$1] }] + Array(shape[(t.last! + 1)...])
+  }
+
+  static func mergedAxis(_ a: Int, _ t: TokenAxes) -> Int { a < t[0] ? a : a - (t.count - 1) }
+
+  mutating func splitTokenwise(block: Int, stage: Int, chain: [Int], blockAxes: TokenAxes) throws {
+    let first = chain.min()!, last = chain.max()!
+    let x = graph.nodes[first].inputs[0], y = graph.nodes[last].outputs[0]
+    let region = nodesBetween(sources: [x], sink: y)
+    let xAxes = axesOf(x, blockAxes: blockAxes, rank: blockAxes.count == 1 ? 3 : 4)
+    let axes = try tokenAxes(region: region, input: x, inputAxes: xAxes, block: block)
+    let (kept, dropped) = indexInputs[stage]!
+    let name = graph.nodes[first].name
+    let xm = try reshape(x, to: Self.merged(graph.type(of: x).shape, xAxes), name: name + ".sbp.merge")
+    let tAxis = xAxes[0]
+    var halves: [ValueID] = []
+    for (idx, suffix) in [(kept, "kept"), (dropped, "dropped")] {
+      let rows = try graph.append(.gatherRows(axis: tAxis), [xm, idx], name: "\(name).sbp.\(suffix)")[0]
+      var map: [ValueID: ValueID] = [x: rows]
+      for i in region {
+        let n = graph.nodes[i]
+        let t = axes[n.inputs.first { axes[$0] != nil }!]!
+        var ins: [ValueID] = []
+        for v in n.inputs {
+          if let m = map[v] {
+            ins.append(m)
+          } else if !n.op.isElementwise {
+            ins.append(v)
+          } else {
+            // A broadcast operand: right-align it, then drop the token axes it spans (all 1).
+            let s = graph.type(of: v).shape, r = graph.type(of: n.outputs[0]).rank
+            let aligned = [Int](repeating: 1, count: r - s.count) + s
+            let want = s.count > r - 1 - t.last! ? Self.merged(aligned, t) : s
+            ins.append(try reshape(v, to: want, name: "\(n.name).sbp.\(suffix).operand"))
+          }
+        }
+        let op: Op
+        switch n.op {
+        case .linear(let a, let l): op = .linear(axis: Self.mergedAxis(a, t), layout: l)
+        case .layerNorm(let a, let e): op = .layerNorm(axis: Self.mergedAxis(a, t), epsilon: e)
+        case .transpose(let p):
+          // The permutation over merged axes: token axes move as one.
+          var mp: [Int] = []
+          for a in p {
+            let m = a < t[0] ? a : (a <= t.last! ? t[0] : a - (t.count - 1))
+            if !mp.contains(m) { mp.append(m) }
+          }
+          op = .transpose(mp)
+        default: op = n.op
+        }
+        let outs = try graph.append(op, ins, name: "\(n.name).sbp.\(suffix)", attrs: n.attrs)
+        map[n.outputs[0]] = outs[0]
+      }
+      var h = map[y]!
+      if suffix == "dropped" { h = try graph.append(.stopGradient, [h], name: "\(name).sbp.dropped.stop")[0] }
+      halves.append(h)
+    }
+    let yAxes = axes[y]!
+    let ym = Self.merged(graph.type(of: y).shape, yAxes)
+    let sc = try graph.append(
+      .scatterRows(axis: yAxes[0], size: ym[yAxes[0]]), [halves[0], kept, halves[1], dropped], name: "\(name).sbp.scatter",
+      attrs: ["sbp.block": .int(block)])[0]
+    graph.replaceUses(of: y, with: try reshape(sc, to: graph.type(of: y).shape, name: "\(name).sbp.unmerge"))
+  }
+
+  // MARK: Attention
+
+  mutating func splitAttention(block: Int, stage: Int, scores: Int, context: Int) throws {
+    let mode = layout.options.attention
+    func throughScaling(_ v: ValueID) -> ValueID {
+      var v = v
+      while let p = producer[v], [.mul, .div].contains(graph.nodes[p].op),
+        graph.nodes[p].inputs.count == 2, graph.type(of: graph.nodes[p].inputs[1]).elementCount == 1,
+        graph.type(of: graph.nodes[p].inputs[0]) == graph.type(of: v)
+      {
+        v = graph.nodes[p].inputs[0]
+      }
+      return v
+    }
+    let q = throughScaling(graph.nodes[scores].inputs[0]), kt = throughScaling(graph.nodes[scores].inputs[1])
+    let v = graph.nodes[context].inputs[1], ctx = graph.nodes[context].outputs[0]
+    let region = nodesBetween(sources: [q, kt, v], sink: ctx)
+    for i in region {
+      let n = graph.nodes[i]
+      if case .softmax(let a) = n.op, a != graph.type(of: n.outputs[0]).rank - 1 {
+        throw fail(block, "the attention softmax '\(n.name)' is not over the last axis")
+      }
+      for x in n.inputs where !region.contains(where: { graph.nodes[$0].outputs.contains(x) }) && ![q, kt, v].contains(x) {
+        guard graph.type(of: x).elementCount == 1 else { throw fail(block, "the attention core reads a non-scalar operand at '\(n.name)'") }
+      }
+    }
+    let (kept, dropped) = indexInputs[stage]!
+    let rq = graph.type(of: q).rank, rk = graph.type(of: kt).rank, rv = graph.type(of: v).rank
+    let name = graph.nodes[scores].name
+    // Kept half.
+    var sub: [ValueID: ValueID] = [q: try graph.append(.gatherRows(axis: rq - 2), [q, kept], name: name + ".sbp.kept.q")[0]]
+    var bias: ValueID?
+    if mode == .qkv {
+      sub[kt] = try graph.append(.gatherRows(axis: rk - 1), [kt, kept], name: name + ".sbp.kept.k")[0]
+      sub[v] = try graph.append(.gatherRows(axis: rv - 2), [v, kept], name: name + ".sbp.kept.v")[0]
+      bias = try paddingBias(stage: stage, kept: kept)
+    }
+    let keptCtx = try clone(region, substituting: sub, suffix: "sbp.kept", keyBias: bias)[ctx]!
+    // Dropped half: dropped queries attend to every key, without gradient.
+    let dq = try graph.append(.gatherRows(axis: rq - 2), [q, dropped], name: name + ".sbp.dropped.q")[0]
+    let dropCtx = try clone(region, substituting: [q: dq], suffix: "sbp.dropped", keyBias: nil)[ctx]!
+    let stopped = try graph.append(.stopGradient, [dropCtx], name: name + ".sbp.dropped.stop")[0]
+    let rc = graph.type(of: ctx).rank
+    let sc = try graph.append(
+      .scatterRows(axis: rc - 2, size: graph.type(of: ctx).shape[rc - 2]), [keptCtx, kept, stopped, dropped], name: name + ".sbp.scatter",
+      attrs: ["sbp.block": .int(block)])[0]
+    graph.replaceUses(of: ctx, with: sc)
+  }
+
+  /// 0 for a real kept row, −1e9 for a padding row: added to attention scores so that no query
+  /// attends to a padding key.
+  mutating func paddingBias(stage: Int, kept: ValueID) throws -> ValueID {
+    if let b = keyBias[stage] { return b }
+    let n = "sbp.key_bias.\(stage)"
+    let minus1 = try graph.append(.constant(Literal(type: TensorType(.i64, []), elements: .ints([-1]))), [], name: n)[0]
+    let pad = try graph.append(.equal, [kept, minus1], name: n)[0]
+    let big = try graph.append(.constant(Literal(f32: [-1e9], shape: [])), [], name: n)[0]
+    let zero = try graph.append(.constant(Literal(f32: [0], shape: [])), [], name: n)[0]
+    let b = try graph.append(.select, [pad, big, zero], name: n)[0]
+    keyBias[stage] = b
+    return b
+  }
+
+  /// Appends a copy of every node of `region` that depends on a substituted value; nodes that do
+  /// not are shared. With `keyBias`, the bias is added to the softmax's operand.
+  mutating func clone(_ region: [Int], substituting sub: [ValueID: ValueID], suffix: String, keyBias: ValueID?) throws -> [ValueID: ValueID] {
+    var map = sub
+    for i in region {
+      let n = graph.nodes[i]
+      guard n.inputs.contains(where: { map[$0] != nil }) else { continue }
+      var ins = n.inputs.map { map[$0] ?? $0 }
+      if case .softmax = n.op, let keyBias {
+        ins[0] = try graph.append(.add, [ins[0], keyBias], name: "\(n.name).\(suffix).key_bias")[0]
+      }
+      let outs = try graph.append(n.op, ins, name: "\(n.name).\(suffix)", attrs: n.attrs)
+      for (o, c) in zip(n.outputs, outs) { map[o] = c }
+    }
+    return map
+  }
+
+  // MARK: Downsamplers and helpers
+
+  /// Keeps `y`'s forward and lets gradient through only at kept positions of token axes `axes`.
+  mutating func maskGradient(of y: ValueID, axes: TokenAxes, stage: Int, name: String) throws {
+    guard let (kept, dropped) = indexInputs[stage] else { return }
+    let shape = graph.type(of: y).shape
+    let ym = try reshape(y, to: Self.merged(shape, axes), name: name + ".sbp.merge")
+    let k = try graph.append(.gatherRows(axis: axes[0]), [ym, kept], name: name + ".sbp.kept")[0]
+    let d = try graph.append(.gatherRows(axis: axes[0]), [ym, dropped], name: name + ".sbp.dropped")[0]
+    let ds = try graph.append(.stopGradient, [d], name: name + ".sbp.dropped.stop")[0]
+    let sc = try graph.append(
+      .scatterRows(axis: axes[0], size: Self.merged(shape, axes)[axes[0]]), [k, kept, ds, dropped], name: name + ".sbp.scatter",
+      attrs: ["sbp.role": .string("downsample"), "sbp.stage": .int(stage)])[0]
+    let out = try reshape(sc, to: shape, name: name + ".sbp.unmerge")
+    let merge = graph.nodes.indices.filter { graph.nodes[$0].outputs == [ym] }
+    graph.replaceUses(of: y, with: out, except: Set(merge))
+  }
+
+  mutating func reshape(_ v: ValueID, to shape: [Int], name: String) throws -> ValueID {
+    graph.type(of: v).shape == shape ? v : try graph.append(.reshape(shape), [v], name: name)[0]
+  }
+
+  /// Nodes on a path from any of `sources` to `sink`, in graph order.
+  func nodesBetween(sources: Set<ValueID>, sink: ValueID) -> [Int] {
+    guard let end = producer[sink] else { return [] }
+    var ancestors = Set<Int>()
+    var stack = [end]
+    while let i = stack.popLast() {
+      guard ancestors.insert(i).inserted else { continue }
+      for v in graph.nodes[i].inputs where !sources.contains(v) { if let p = producer[v] { stack.append(p) } }
+    }
+    var reached = sources
+    var out: [Int] = []
+    for i in ancestors.sorted() where graph.nodes[i].inputs.contains(where: reached.contains) {
+      out.append(i)
+      reached.formUnion(graph.nodes[i].outputs)
+    }
+    return out
+  }
+}
+
