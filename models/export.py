@@ -167,6 +167,13 @@ FULL = {
         "deit_tiny_distilled_patch16_224",
     )
 }
+# ViT-Tiny with an average-pool head and no class token: SBP's dropped rows stay live there.
+FULL["vit_tiny_avg_patch16_224"] = Spec(
+    lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool="avg", class_token=False),
+    (3, 224, 224),
+    (17,),
+    True,
+)
 
 NORMS = (
     torch.nn.LayerNorm,

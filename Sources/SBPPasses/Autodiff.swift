@@ -24,6 +24,8 @@ public func appendGradients(_ graph: inout Graph, loss: ValueID, wrt: [ValueID])
   if b.type(loss).shape != [] { grads[loss] = try b.one(.expand(b.type(loss).shape), [grads[loss]!]) }
   for n in forward.reversed() where n.outputs.contains(where: { grads[$0] != nil }) && n.inputs.contains(where: requires.contains) {
     var nb = GradBuilder(graph: b.graph, name: n.name)
+    if let block = n.attrs["sbp.block"] { nb.attrs["sbp.block"] = block }
+    if let role = n.attrs["sbp.role"] { nb.attrs["sbp.from"] = role }
     let dxs = try nb.gradients(of: n, n.outputs.map { grads[$0] })
     b.graph = nb.graph
     for (v, d) in zip(n.inputs, dxs) {
@@ -81,5 +83,19 @@ public struct Autodiff: Pass {
     graph.outputs = outputs
     // Rules produce every input's gradient; drop those nothing needs (such as the image's).
     graph.eliminateDeadCode()
+  }
+}
+
+extension Graph {
+  /// Optimizer updates overwrite parameters in place, so every reader of a parameter must run
+  /// before its update; passes that add readers after autodiff call this to put updates last.
+  public mutating func moveUpdatesLast() {
+    let isUpdate: (Node) -> Bool = {
+      switch $0.op {
+      case .sgd, .adamw: return true
+      default: return false
+      }
+    }
+    nodes = nodes.filter { !isUpdate($0) } + nodes.filter(isUpdate)
   }
 }

@@ -5,9 +5,11 @@ import SBPIR
 struct GradBuilder {
   var graph: Graph
   let name: String
+  /// Stamped on every node emitted: the forward node's block, so costs and errors name it.
+  var attrs: [String: AttrValue] = [:]
 
   mutating func emit(_ op: Op, _ inputs: [ValueID], _ suffix: String = "") throws -> [ValueID] {
-    try graph.append(op, inputs, name: name + ".grad" + suffix)
+    try graph.append(op, inputs, name: name + ".grad" + suffix, attrs: attrs)
   }
   mutating func one(_ op: Op, _ inputs: [ValueID]) throws -> ValueID { try emit(op, inputs)[0] }
 

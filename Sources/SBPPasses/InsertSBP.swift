@@ -32,6 +32,12 @@ struct SBPRewriter {
   var producer: [ValueID: Int] = [:]
   var indexInputs: [Int: (kept: ValueID, dropped: ValueID)] = [:]
   var keyBias: [Int: ValueID] = [:]
+  /// Annotations every node made for the current block carries (its block and stage).
+  var stamp: [String: AttrValue] = [:]
+
+  mutating func emit(_ op: Op, _ inputs: [ValueID], name: String, attrs: [String: AttrValue] = [:]) throws -> [ValueID] {
+    try graph.append(op, inputs, name: name, attrs: stamp.merging(attrs) { _, new in new })
+  }
 
   init(graph: Graph, layout: SBPLayout) {
     self.graph = graph
@@ -62,6 +68,7 @@ struct SBPRewriter {
       let roles = nodes.compactMap { i -> (Int, String)? in
         if case .string(let r)? = original[i].attrs["sbp.role"] { return (i, r) } else { return nil }
       }
+      stamp = ["sbp.block": .int(b), "sbp.stage": .int(stage)]
       let chain = roles.filter { $0.1.hasPrefix("mlp.") || $0.1.hasPrefix("pwconv") }.map(\.0)
       if !chain.isEmpty { try splitTokenwise(block: b, stage: stage, chain: chain, blockAxes: axes) }
       if layout.options.attention != .none, let scores = roles.first(where: { $0.1 == "mhsa.scores" })?.0,
@@ -71,6 +78,7 @@ struct SBPRewriter {
       }
     }
     // Downsamplers feeding a stage whose first block is selected.
+    stamp = [:]
     for n in original where n.attrs["sbp.role"] == .string("downsample") {
       guard case .int(let s)? = n.attrs["sbp.stage"], let first = table.blocks(inStage: s).first, selected.contains(first.index) else {
         continue
@@ -145,7 +153,7 @@ struct SBPRewriter {
     let tAxis = xAxes[0]
     var halves: [ValueID] = []
     for (idx, suffix) in [(kept, "kept"), (dropped, "dropped")] {
-      let rows = try graph.append(.gatherRows(axis: tAxis), [xm, idx], name: "\(name).sbp.\(suffix)")[0]
+      let rows = try emit(.gatherRows(axis: tAxis), [xm, idx], name: "\(name).sbp.\(suffix)")[0]
       var map: [ValueID: ValueID] = [x: rows]
       for i in region {
         let n = graph.nodes[i]
@@ -178,16 +186,16 @@ struct SBPRewriter {
           op = .transpose(mp)
         default: op = n.op
         }
-        let outs = try graph.append(op, ins, name: "\(n.name).sbp.\(suffix)", attrs: n.attrs)
+        let outs = try emit(op, ins, name: "\(n.name).sbp.\(suffix)", attrs: n.attrs)
         map[n.outputs[0]] = outs[0]
       }
       var h = map[y]!
-      if suffix == "dropped" { h = try graph.append(.stopGradient, [h], name: "\(name).sbp.dropped.stop")[0] }
+      if suffix == "dropped" { h = try emit(.stopGradient, [h], name: "\(name).sbp.dropped.stop")[0] }
       halves.append(h)
     }
     let yAxes = axes[y]!
     let ym = Self.merged(graph.type(of: y).shape, yAxes)
-    let sc = try graph.append(
+    let sc = try emit(
       .scatterRows(axis: yAxes[0], size: ym[yAxes[0]]), [halves[0], kept, halves[1], dropped], name: "\(name).sbp.scatter",
       attrs: ["sbp.block": .int(block)])[0]
     graph.replaceUses(of: y, with: try reshape(sc, to: graph.type(of: y).shape, name: "\(name).sbp.unmerge"))
@@ -223,20 +231,20 @@ struct SBPRewriter {
     let rq = graph.type(of: q).rank, rk = graph.type(of: kt).rank, rv = graph.type(of: v).rank
     let name = graph.nodes[scores].name
     // Kept half.
-    var sub: [ValueID: ValueID] = [q: try graph.append(.gatherRows(axis: rq - 2), [q, kept], name: name + ".sbp.kept.q")[0]]
+    var sub: [ValueID: ValueID] = [q: try emit(.gatherRows(axis: rq - 2), [q, kept], name: name + ".sbp.kept.q")[0]]
     var bias: ValueID?
     if mode == .qkv {
-      sub[kt] = try graph.append(.gatherRows(axis: rk - 1), [kt, kept], name: name + ".sbp.kept.k")[0]
-      sub[v] = try graph.append(.gatherRows(axis: rv - 2), [v, kept], name: name + ".sbp.kept.v")[0]
+      sub[kt] = try emit(.gatherRows(axis: rk - 1), [kt, kept], name: name + ".sbp.kept.k")[0]
+      sub[v] = try emit(.gatherRows(axis: rv - 2), [v, kept], name: name + ".sbp.kept.v")[0]
       bias = try paddingBias(stage: stage, kept: kept)
     }
     let keptCtx = try clone(region, substituting: sub, suffix: "sbp.kept", keyBias: bias)[ctx]!
     // Dropped half: dropped queries attend to every key, without gradient.
-    let dq = try graph.append(.gatherRows(axis: rq - 2), [q, dropped], name: name + ".sbp.dropped.q")[0]
+    let dq = try emit(.gatherRows(axis: rq - 2), [q, dropped], name: name + ".sbp.dropped.q")[0]
     let dropCtx = try clone(region, substituting: [q: dq], suffix: "sbp.dropped", keyBias: nil)[ctx]!
-    let stopped = try graph.append(.stopGradient, [dropCtx], name: name + ".sbp.dropped.stop")[0]
+    let stopped = try emit(.stopGradient, [dropCtx], name: name + ".sbp.dropped.stop")[0]
     let rc = graph.type(of: ctx).rank
-    let sc = try graph.append(
+    let sc = try emit(
       .scatterRows(axis: rc - 2, size: graph.type(of: ctx).shape[rc - 2]), [keptCtx, kept, stopped, dropped], name: name + ".sbp.scatter",
       attrs: ["sbp.block": .int(block)])[0]
     graph.replaceUses(of: ctx, with: sc)
@@ -247,11 +255,11 @@ struct SBPRewriter {
   mutating func paddingBias(stage: Int, kept: ValueID) throws -> ValueID {
     if let b = keyBias[stage] { return b }
     let n = "sbp.key_bias.\(stage)"
-    let minus1 = try graph.append(.constant(Literal(type: TensorType(.i64, []), elements: .ints([-1]))), [], name: n)[0]
-    let pad = try graph.append(.equal, [kept, minus1], name: n)[0]
-    let big = try graph.append(.constant(Literal(f32: [-1e9], shape: [])), [], name: n)[0]
-    let zero = try graph.append(.constant(Literal(f32: [0], shape: [])), [], name: n)[0]
-    let b = try graph.append(.select, [pad, big, zero], name: n)[0]
+    let minus1 = try emit(.constant(Literal(type: TensorType(.i64, []), elements: .ints([-1]))), [], name: n)[0]
+    let pad = try emit(.equal, [kept, minus1], name: n)[0]
+    let big = try emit(.constant(Literal(f32: [-1e9], shape: [])), [], name: n)[0]
+    let zero = try emit(.constant(Literal(f32: [0], shape: [])), [], name: n)[0]
+    let b = try emit(.select, [pad, big, zero], name: n)[0]
     keyBias[stage] = b
     return b
   }
@@ -265,9 +273,9 @@ struct SBPRewriter {
       guard n.inputs.contains(where: { map[$0] != nil }) else { continue }
       var ins = n.inputs.map { map[$0] ?? $0 }
       if case .softmax = n.op, let keyBias {
-        ins[0] = try graph.append(.add, [ins[0], keyBias], name: "\(n.name).\(suffix).key_bias")[0]
+        ins[0] = try emit(.add, [ins[0], keyBias], name: "\(n.name).\(suffix).key_bias")[0]
       }
-      let outs = try graph.append(n.op, ins, name: "\(n.name).\(suffix)", attrs: n.attrs)
+      let outs = try emit(n.op, ins, name: "\(n.name).\(suffix)", attrs: n.attrs)
       for (o, c) in zip(n.outputs, outs) { map[o] = c }
     }
     return map
@@ -280,10 +288,10 @@ struct SBPRewriter {
     guard let (kept, dropped) = indexInputs[stage] else { return }
     let shape = graph.type(of: y).shape
     let ym = try reshape(y, to: Self.merged(shape, axes), name: name + ".sbp.merge")
-    let k = try graph.append(.gatherRows(axis: axes[0]), [ym, kept], name: name + ".sbp.kept")[0]
-    let d = try graph.append(.gatherRows(axis: axes[0]), [ym, dropped], name: name + ".sbp.dropped")[0]
-    let ds = try graph.append(.stopGradient, [d], name: name + ".sbp.dropped.stop")[0]
-    let sc = try graph.append(
+    let k = try emit(.gatherRows(axis: axes[0]), [ym, kept], name: name + ".sbp.kept")[0]
+    let d = try emit(.gatherRows(axis: axes[0]), [ym, dropped], name: name + ".sbp.dropped")[0]
+    let ds = try emit(.stopGradient, [d], name: name + ".sbp.dropped.stop")[0]
+    let sc = try emit(
       .scatterRows(axis: axes[0], size: Self.merged(shape, axes)[axes[0]]), [k, kept, ds, dropped], name: name + ".sbp.scatter",
       attrs: ["sbp.role": .string("downsample"), "sbp.stage": .int(stage)])[0]
     let out = try reshape(sc, to: shape, name: name + ".sbp.unmerge")
@@ -292,7 +300,7 @@ struct SBPRewriter {
   }
 
   mutating func reshape(_ v: ValueID, to shape: [Int], name: String) throws -> ValueID {
-    graph.type(of: v).shape == shape ? v : try graph.append(.reshape(shape), [v], name: name)[0]
+    graph.type(of: v).shape == shape ? v : try emit(.reshape(shape), [v], name: name)[0]
   }
 
   /// Nodes on a path from any of `sources` to `sink`, in graph order.

@@ -21,7 +21,10 @@ public enum PassRegistry {
     Canonicalize(),
     Mark(),
     InsertSBP(),
+    DeadRows(),
     Autodiff(),
+    PruneBackward(),
+    Rematerialize(),
     DeadCodeElimination(),
   ]
 

@@ -10,6 +10,9 @@ public final class Executor {
   private var buffers: [Buffer?]
   /// Per node, resolved once: its operand and result buffers and, for convolutions, the geometry.
   private var steps: [(node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?)] = []
+  /// FLOPs of the last `run()`: Σ2MNK over its sgemm calls plus the own kernels' counts.
+  public private(set) var lastRunFlops = 0
+  private let otherFlops: Int
   private let scratch: UnsafeMutablePointer<Float>
   private let scratchCount: Int
   /// Bytes the executor will allocate for `graph`: every buffer once (in-place results share
@@ -90,6 +93,7 @@ public final class Executor {
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv)
     }
     scratchCount = scratch
+    otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
     self.scratch = .allocate(capacity: scratch)
   }
 
@@ -114,6 +118,8 @@ public final class Executor {
   /// Runs every node once, in order. With `checkNumerics`, stops at the first node that
   /// produces a NaN or an infinity, naming the op, the node and its block.
   public func run(checkNumerics: Bool = false) throws {
+    let gemmStart = GEMM.flops
+    defer { lastRunFlops = GEMM.flops - gemmStart + otherFlops }
     for step in steps {
       let n = step.node
       do { try execute(n, step.ins, step.outs, step.conv) } catch let e as RuntimeError {

@@ -22,13 +22,7 @@ struct Compile: ParsableCommand {
 
   @Argument(help: "The ONNX model.") var model: String
   @Option(name: .shortAndLong, help: "Where to write the plan.") var output: String
-  @Option(help: "SBP keep ratio, 0 < R <= 1; 1 turns SBP off.") var keep: Double = 0.5
-  @Option(help: "SBP blocks, e.g. last:8, 4-11, stage:0,stage:2[0-5], all or none (default: the paper's rule for the model).")
-  var blocks: String?
-  @Option(help: "Mask sampling: grid (a strided grid with a random phase each step) or random (patches drawn without replacement).")
-  var mask: String = "grid"
-  @Option(help: "Attention split: qkv (kept queries see kept keys; the paper's), query (kept queries see all keys) or none.")
-  var attention: String = "qkv"
+  @OptionGroup var sbp: SBPFlags
   @Option(help: "Optimizer: sgd or adamw.") var optimizer: String = "sgd"
   @Option(help: "Learning rate.") var lr: Double = 0.01
   @Option(help: "SGD momentum.") var momentum: Double = 0.9
@@ -36,12 +30,6 @@ struct Compile: ParsableCommand {
   @OptionGroup var shape: ShapeOptions
 
   func validate() throws {
-    guard keep > 0, keep <= 1 else { throw ValidationError("--keep must be in (0, 1], got \(keep)") }
-    guard MaskMode(rawValue: mask) != nil else { throw ValidationError("--mask must be grid or random, got '\(mask)'") }
-    guard AttentionSplit(rawValue: attention) != nil else {
-      throw ValidationError("--attention must be qkv, query or none, got '\(attention)'")
-    }
-    if let blocks, blocks.trimmingCharacters(in: .whitespaces).isEmpty { throw ValidationError("--blocks is empty; use none to select no block") }
     guard ["sgd", "adamw"].contains(optimizer) else { throw ValidationError("--optimizer must be sgd or adamw, got '\(optimizer)'") }
     guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive, got \(lr)") }
     guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
@@ -54,11 +42,8 @@ struct Compile: ParsableCommand {
         optimizer == "sgd"
         ? .sgd(lr: lr, momentum: momentum, weightDecay: weightDecay)
         : .adamw(lr: lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: weightDecay)
-      let sbp = SBPOptions(
-        keep: keep, mask: MaskMode(rawValue: mask)!, attention: AttentionSplit(rawValue: attention)!,
-        blocks: blocks?.replacingOccurrences(of: " ", with: ""))
       let (plan, notes) = try Plan.compile(
-        model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp))
+        model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options))
       printNotes(notes)
       guard FileManager.default.createFile(atPath: output, contents: Data(plan.serialized().utf8)) else {
         throw PlanError("\(output): cannot write")
@@ -71,9 +56,38 @@ struct Compile: ParsableCommand {
         print(l.summary)
         print("SBP blocks: \(l.blocks.map(String.init).joined(separator: ","))")
       } else {
-        print("SBP: off (\(keep >= 1 ? "--keep 1" : "no block selected")); plain backpropagation")
+        print("SBP: off (\(sbp.options.keep >= 1 ? "--keep 1" : "no block selected")); plain backpropagation")
       }
     }
+  }
+}
+
+/// The SBP flags of `compile`, `memory` and `bench`. Each is optional so a command can tell a
+/// flag given from its default.
+struct SBPFlags: ParsableArguments {
+  @Option(help: "SBP keep ratio, 0 < R <= 1; 1 turns SBP off (default 0.5).") var keep: Double?
+  @Option(help: "SBP blocks, e.g. last:8, 4-11, stage:0,stage:2[0-5], all or none (default: the paper's rule for the model).")
+  var blocks: String?
+  @Option(help: "Mask sampling: grid (a strided grid, its phase drawn each step; default) or random (patches drawn without replacement).")
+  var mask: String?
+  @Option(help: "Attention split: qkv (kept queries see only kept keys; the paper's, default), query (they see all keys) or none.")
+  var attention: String?
+
+  var given: Bool { keep != nil || blocks != nil || mask != nil || attention != nil }
+
+  func validate() throws {
+    if let keep { guard keep > 0, keep <= 1 else { throw ValidationError("--keep must be in (0, 1], got \(keep)") } }
+    if let mask, MaskMode(rawValue: mask) == nil { throw ValidationError("--mask must be grid or random, got '\(mask)'") }
+    if let attention, AttentionSplit(rawValue: attention) == nil {
+      throw ValidationError("--attention must be qkv, query or none, got '\(attention)'")
+    }
+    if let blocks, blocks.trimmingCharacters(in: .whitespaces).isEmpty { throw ValidationError("--blocks is empty; use none to select no block") }
+  }
+
+  var options: SBPOptions {
+    SBPOptions(
+      keep: keep ?? 0.5, mask: mask.flatMap(MaskMode.init) ?? .grid, attention: attention.flatMap(AttentionSplit.init) ?? .qkv,
+      blocks: blocks?.replacingOccurrences(of: " ", with: ""))
   }
 }
 

@@ -1,0 +1,220 @@
+// DeadRows.swift: row liveness on the forward graph: token rows that cannot reach the loss are never computed.
+import SBPIR
+
+/// Generalises dead-code elimination to token rows (DESIGN.md, "Dead rows"). A `gather_rows`
+/// says that only those rows of its operand are read. When every reader of a value gathers
+/// the same rows, the value's producer can compute just those rows: the gather sinks through
+/// it to the producer's own operands, as long as the producer treats rows independently
+/// (elementwise ops, `linear`, `layer_norm` and `softmax` over other axes, data movement that
+/// keeps the token axis, the row operand of a `matmul`). A gather of SBP's own reassembly
+/// takes the half it names, so the other half dies. The class-token head seeds the analysis:
+/// it reads only prefix rows, which every kept-index vector lists first.
+///
+/// With a class-token head and `--attention qkv`, every dropped row of the SBP blocks dies,
+/// and so do the dropped rows of the queries and MLP of the block before them. With an
+/// average-pool head or `--attention query` the rows stay live and nothing changes. Runs on
+/// the forward graph, after insert-sbp and before autodiff, so the dead rows' backward is never built.
+public struct DeadRows: Pass {
+  public init() {}
+  public let name = "dead-rows"
+  public let summary = "row liveness: compute only the token rows that can reach the loss (after insert-sbp, before autodiff)"
+
+  public func run(_ graph: inout Graph) throws {
+    let stages = graph.inputs.compactMap { i -> (kept: ValueID, rows: Int)? in
+      i.name.hasPrefix("sbp.kept.") ? (i.value, graph.type(of: i.value).shape[0]) : nil
+    }
+    guard !stages.isEmpty else { return }
+    var r = RowSinker(graph: graph)
+    try r.seedHead(stages: stages)
+    while try r.sweep() {}
+    graph = r.graph
+  }
+}
+
+struct RowSinker {
+  var graph: Graph
+
+  /// Prefix tokens per kept-index input: how many leading entries are fixed (0, 1, …).
+  func prefix(of kept: ValueID) -> Int {
+    guard let name = graph.inputs.first(where: { $0.value == kept })?.name,
+      let stage = Int(name.dropFirst("sbp.kept.".count))
+    else { return 0 }
+    for n in graph.nodes where n.attrs["sbp.role"] == .string("residual") && n.attrs["sbp.stage"] == .int(stage) {
+      if case .int(let p)? = n.attrs["sbp.prefix"] { return p }
+    }
+    return 0
+  }
+
+  /// A slice (or constant gather) of prefix rows on the token axis of a [B, N, C] value reads
+  /// the same rows from the kept rows, so it reads a gather of them instead.
+  mutating func seedHead(stages: [(kept: ValueID, rows: Int)]) throws {
+    let ud = graph.index()
+    var producer: [ValueID: Int] = [:]
+    for (i, n) in graph.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    for i in graph.nodes.indices {
+      let n = graph.nodes[i]
+      let v = n.inputs.first
+      guard let v, graph.type(of: v).rank == 3 else { continue }
+      let tokens = graph.type(of: v).shape[1]
+      var end: Int?
+      switch n.op {
+      case .slice(let s) where s.axes == [1] && s.steps == [1]: end = s.ends[0]
+      case .gather(1):
+        if let lit = ud.literal(n.inputs[1]), case .ints(let idx) = lit.elements, idx.allSatisfy({ $0 >= 0 }) {
+          end = Int(idx.max() ?? 0) + 1
+        }
+      default: break
+      }
+      guard let end else { continue }
+      if let p = producer[v], case .gatherRows = graph.nodes[p].op { continue }
+      // The stage whose token count this is, with enough prefix tokens to cover the rows read.
+      for st in stages {
+        let pre = prefix(of: st.kept)
+        guard end <= pre, stageTokens(st.kept) == tokens else { continue }
+        let g = try graph.append(.gatherRows(axis: 1), [v, st.kept], name: n.name + ".sbp.live")[0]
+        graph.nodes[i].inputs[0] = g
+        break
+      }
+    }
+    try graph.sortTopologically()
+  }
+
+  /// Tokens (prefix + patches) of the stage whose kept indices `kept` holds.
+  func stageTokens(_ kept: ValueID) -> Int? {
+    for n in graph.nodes {
+      if case .scatterRows(_, let size) = n.op, n.inputs.count > 1, n.inputs[1] == kept { return size }
+    }
+    return nil
+  }
+
+  /// For `op`, producing token axis `t` on output, the axis to gather on each operand (nil:
+  /// the operand is read whole); nil when the op does not treat rows independently.
+  func operandAxes(_ n: Node, t: Int) -> (axes: [Int?], op: Op)? {
+    let g = graph
+    let outType = g.type(of: n.outputs[0])
+    let r = outType.rank
+    func full(_ i: Int) -> Bool { g.type(of: n.inputs[i]).dtype.isFloat || g.type(of: n.inputs[i]).dtype == .bool }
+    switch n.op {
+    case _ where n.op.isElementwise:
+      var axes: [Int?] = []
+      for (i, v) in n.inputs.enumerated() {
+        let s = g.type(of: v).shape
+        let aligned = [Int](repeating: 1, count: r - s.count) + s
+        guard full(i) else { return nil }
+        if aligned[t] == 1 && outType.shape[t] != 1 {
+          axes.append(nil)
+        } else if t - (r - s.count) >= 0 {
+          axes.append(t - (r - s.count))
+        } else {
+          return nil
+        }
+      }
+      return (axes, n.op)
+    case .stopGradient: return ([t], n.op)
+    case .linear(let a, _) where a != t: return ([t] + n.inputs.dropFirst().map { _ in nil }, n.op)
+    case .layerNorm(let a, _) where t < a: return ([t] + n.inputs.dropFirst().map { _ in nil }, n.op)
+    case .softmax(let a) where a != t: return ([t], n.op)
+    case .transpose(let p): return ([p[t]], n.op)
+    case .split(let a, _) where a != t: return ([t], n.op)
+    case .concat(let a) where a != t: return (n.inputs.map { _ in t }, n.op)
+    case .squeeze(let axes):
+      let kept = (0..<g.type(of: n.inputs[0]).rank).filter { !axes.contains($0) }
+      return ([kept[t]], n.op)
+    case .unsqueeze(let axes):
+      guard !axes.contains(t) else { return nil }
+      return ([t - axes.filter { $0 < t }.count], n.op)
+    case .reshape(let shape):
+      let s = g.type(of: n.inputs[0]).shape
+      let before = shape[..<t].reduce(1, *)
+      var acc = 1
+      for (i, d) in s.enumerated() {
+        if acc == before && d == shape[t] {
+          return ([i], .reshape(shape))
+        }
+        acc *= d
+        if acc > before { break }
+      }
+      return nil
+    case .matMul:
+      let ra = g.type(of: n.inputs[0]).rank, rb = g.type(of: n.inputs[1]).rank
+      if t == r - 2, ra >= 2, g.type(of: n.inputs[0]).shape[ra - 2] == outType.shape[t] { return ([ra - 2, nil], n.op) }
+      if t == r - 1, rb >= 2, g.type(of: n.inputs[1]).shape[rb - 1] == outType.shape[t] { return ([nil, rb - 1], n.op) }
+      return nil
+    default:
+      return nil
+    }
+  }
+
+  /// One pass over the gathers: merges duplicates, takes halves of reassemblies, and sinks
+  /// gathers through producers whose every reader gathers the same rows. Returns whether
+  /// anything changed.
+  mutating func sweep() throws -> Bool {
+    var changed = false
+    // Duplicate gathers (same operand, rows and axis) become one.
+    var seen: [String: ValueID] = [:]
+    for i in graph.nodes.indices {
+      let n = graph.nodes[i]
+      guard case .gatherRows(let a) = n.op else { continue }
+      let key = "\(n.inputs[0].raw):\(n.inputs[1].raw):\(a)"
+      if let first = seen[key] {
+        graph.replaceUses(of: n.outputs[0], with: first)
+        changed = true
+      } else {
+        seen[key] = n.outputs[0]
+      }
+    }
+    if changed { graph.eliminateDeadCode() }
+    let ud = graph.index()
+    var producer: [ValueID: Int] = [:]
+    for (i, n) in graph.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    var done = Set<Int>()
+    var touched = Set<ValueID>()
+    let snapshot = graph.nodes
+    for n in snapshot {
+      guard case .gatherRows(let t) = n.op, let p = producer[n.inputs[0]], !done.contains(p), !touched.contains(n.inputs[0]) else {
+        continue
+      }
+      let idx = n.inputs[1]
+      let src = snapshot[p]
+      // A gather of SBP's reassembly at the rows one half filled is that half.
+      if case .scatterRows(let a, _) = src.op, a == t {
+        if let k = stride(from: 1, to: src.inputs.count, by: 2).first(where: { src.inputs[$0] == idx }) {
+          graph.replaceUses(of: n.outputs[0], with: src.inputs[k - 1])
+          changed = true
+        }
+        continue
+      }
+      // Every reader of every result must gather these rows on this axis.
+      let readers = src.outputs.map { ud.users($0) }
+      let allGather = readers.allSatisfy { us in
+        us.allSatisfy { u in snapshot[u].op == .gatherRows(axis: t) && snapshot[u].inputs[1] == idx }
+      }
+      guard allGather, !graph.outputs.contains(where: { src.outputs.contains($0.value) }), let (axes, op) = operandAxes(src, t: t) else {
+        continue
+      }
+      var ins: [ValueID] = []
+      for (v, a) in zip(src.inputs, axes) {
+        if let a {
+          ins.append(try graph.append(.gatherRows(axis: a), [v, idx], name: src.name + ".sbp.live", attrs: src.attrs)[0])
+          touched.insert(v)
+        } else {
+          ins.append(v)
+        }
+      }
+      var newOp = op
+      if case .reshape(var shape) = op {
+        shape[t] = graph.type(of: idx).shape[0]
+        newOp = .reshape(shape)
+      }
+      let outs = try graph.append(newOp, ins, name: src.name, attrs: src.attrs)
+      for (o, readersOf) in zip(outs.indices, readers) {
+        for u in readersOf { graph.replaceUses(of: snapshot[u].outputs[0], with: outs[o]) }
+      }
+      done.insert(p)
+      changed = true
+    }
+    try graph.sortTopologically()
+    graph.eliminateDeadCode()
+    return changed
+  }
+}

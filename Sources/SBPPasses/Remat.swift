@@ -1,0 +1,71 @@
+// Remat.swift: recomputes cheap forward results in the backward instead of saving them.
+import SBPIR
+
+/// Rematerialization. A forward value the backward reads is recomputed in the backward when
+/// it comes from cheap ops (GELU, LayerNorm, data movement) whose operands the backward
+/// saves anyway: GELU's input is kept for its own gradient, LayerNorm's for its gradient, a
+/// residual stream for the depthwise conv reading it. The value then no longer lives from the
+/// forward to the backward. PyTorch's compiler partitioner makes the same trade (DESIGN.md):
+/// a few FLOPs per element buy 4·n·C (GELU) and n·C (LayerNorm) bytes per block.
+public struct Rematerialize: Pass {
+  public init() {}
+  public let name = "remat"
+  public let summary = "recompute cheap forward values (GELU, LayerNorm, data movement) in the backward from values it saves anyway"
+
+  static func isCheap(_ op: Op) -> Bool {
+    switch op {
+    case .gelu, .relu, .sigmoid, .tanh, .layerNorm, .transpose, .reshape, .squeeze, .unsqueeze, .stopGradient, .gatherRows, .slice:
+      return true
+    default: return false
+    }
+  }
+
+  public func run(_ graph: inout Graph) throws {
+    guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
+    var producer: [ValueID: Int] = [:]
+    for (i, n) in graph.nodes.enumerated() where i <= loss { for o in n.outputs { producer[o] = i } }
+    var readers: [ValueID: [Int]] = [:]
+    for i in graph.nodes.indices where i > loss {
+      for v in graph.nodes[i].inputs where producer[v] != nil { readers[v, default: []].append(i) }
+    }
+    let saved = Set(readers.keys)
+    var clones: [ValueID: ValueID] = [:]
+    var failed = Set<ValueID>()
+
+    /// The backward's version of forward value `v`: a saved original, or a recomputation
+    /// from saved values; nil when that would need a value that is neither.
+    func recompute(_ v: ValueID, depth: Int, root: Bool) throws -> ValueID? {
+      if let c = clones[v] { return c }
+      guard let p = producer[v] else { return v }  // inputs, parameters
+      if saved.contains(v) && !root { return v }
+      if failed.contains(v) || depth > 4 { return nil }
+      let n = graph.nodes[p]
+      guard Rematerialize.isCheap(n.op), n.outputs.count == 1 else {
+        failed.insert(v)
+        return nil
+      }
+      var ins: [ValueID] = []
+      for x in n.inputs {
+        guard let c = try recompute(x, depth: depth + 1, root: false) else {
+          failed.insert(v)
+          return nil
+        }
+        ins.append(c)
+      }
+      let c = try graph.append(n.op, ins, name: n.name + ".remat", attrs: n.attrs)[0]
+      clones[v] = c
+      return c
+    }
+
+    // In forward order, so a recomputed value's operands are decided before it.
+    for v in saved.sorted(by: { producer[$0]! < producer[$1]! }) {
+      guard let c = try recompute(v, depth: 0, root: true), c != v else { continue }
+      for u in readers[v]! {
+        for k in graph.nodes[u].inputs.indices where graph.nodes[u].inputs[k] == v { graph.nodes[u].inputs[k] = c }
+      }
+    }
+    try graph.sortTopologically()
+    graph.eliminateDeadCode()
+    graph.moveUpdatesLast()
+  }
+}

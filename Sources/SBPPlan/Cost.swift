@@ -1,0 +1,117 @@
+// Cost.swift: what a training step saves for backward and how many FLOPs it runs, per block, from the graph alone.
+import SBPIR
+
+/// The static cost of one training step. "Saved bytes" are the forward values, other than
+/// parameters and inputs, that some backward op reads, so they are live where the forward
+/// ends; views (reshape, squeeze, unsqueeze, stop_gradient) count once, as their source.
+public struct StepCost: Sendable, Encodable, Equatable {
+  /// One row of the breakdown: a block, or the parts outside blocks.
+  public struct Part: Sendable, Encodable, Equatable {
+    public var name: String
+    public var savedBytes: Int
+    /// Of `savedBytes`, what the attention core's backward (scores, softmax, context) reads.
+    public var attentionSavedBytes: Int
+    public var forwardFlops: Int
+    public var backwardFlops: Int
+  }
+
+  /// One saved value: where it comes from and its size.
+  public struct Saved: Sendable, Encodable, Equatable {
+    public var part: String
+    public var node: String
+    public var op: String
+    public var type: String
+    public var bytes: Int
+  }
+
+  public var parts: [Part]
+  /// Every saved value, largest first.
+  public var values: [Saved]
+  public var savedBytes: Int
+  public var forwardFlops: Int
+  public var backwardFlops: Int
+  public var optimizerFlops: Int
+  public var stepFlops: Int { forwardFlops + backwardFlops + optimizerFlops }
+
+  /// Bytes of f32 elements, so the same graph can be costed at another activation dtype.
+  public init(train g: Graph, bytesPerElement: Int? = nil) {
+    let lossIndex = g.nodes.lastIndex { $0.op == .softmaxCrossEntropy } ?? g.nodes.count - 1
+    var producer: [ValueID: Int] = [:]
+    for (i, n) in g.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    func root(_ v: ValueID) -> ValueID {
+      var v = v
+      while let p = producer[v] {
+        switch g.nodes[p].op {
+        case .reshape, .squeeze, .unsqueeze, .stopGradient: v = g.nodes[p].inputs[0]
+        default: return v
+        }
+      }
+      return v
+    }
+    func partName(_ n: Node) -> String {
+      if case .int(let b)? = n.attrs["sbp.block"] { return "block \(b)" }
+      return "outside blocks"
+    }
+    var byName: [String: Part] = [:]
+    var order: [String] = []
+    func touch(_ name: String) {
+      if byName[name] == nil {
+        byName[name] = Part(name: name, savedBytes: 0, attentionSavedBytes: 0, forwardFlops: 0, backwardFlops: 0)
+        order.append(name)
+      }
+    }
+    var saved = Set<ValueID>()
+    var attention = Set<ValueID>()
+    let core: Set<AttrValue> = [.string("mhsa.scores"), .string("mhsa.softmax"), .string("mhsa.context")]
+    var fwd = 0, bwd = 0, opt = 0
+    for (i, n) in g.nodes.enumerated() {
+      let f = g.flops(n)
+      let total = f.gemm + f.other
+      switch n.op {
+      case .sgd, .adamw:
+        opt += total
+        continue
+      default: break
+      }
+      let name = partName(n)
+      touch(name)
+      if i <= lossIndex {
+        fwd += total
+        byName[name]!.forwardFlops += total
+      } else {
+        bwd += total
+        byName[name]!.backwardFlops += total
+        for v in n.inputs {
+          let r = root(v)
+          if let p = producer[r], p <= lossIndex {
+            saved.insert(r)
+            if let from = n.attrs["sbp.from"], core.contains(from) { attention.insert(r) }
+          }
+        }
+      }
+    }
+    var savedTotal = 0
+    var values: [Saved] = []
+    for v in saved {
+      let t = g.type(of: v)
+      let bytes = bytesPerElement.map { t.dtype == .f32 ? t.elementCount * $0 : t.byteCount } ?? t.byteCount
+      let name = partName(g.nodes[producer[v]!])
+      touch(name)
+      byName[name]!.savedBytes += bytes
+      let p = g.nodes[producer[v]!]
+      values.append(Saved(part: name, node: p.name, op: p.op.name, type: t.description, bytes: bytes))
+      if attention.contains(v) { byName[name]!.attentionSavedBytes += bytes }
+      savedTotal += bytes
+    }
+    // Blocks in index order, then everything outside them.
+    parts = order.sorted { a, b in
+      let ia = a.hasPrefix("block ") ? Int(a.dropFirst(6))! : Int.max, ib = b.hasPrefix("block ") ? Int(b.dropFirst(6))! : Int.max
+      return ia < ib
+    }.map { byName[$0]! }
+    self.values = values.sorted { ($0.bytes, $1.node) > ($1.bytes, $0.node) }
+    savedBytes = savedTotal
+    forwardFlops = fwd
+    backwardFlops = bwd
+    optimizerFlops = opt
+  }
+}

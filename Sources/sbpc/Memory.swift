@@ -1,0 +1,147 @@
+// Memory.swift: `sbpc memory`, the bytes a training step saves for backward and its FLOPs, per block, and what SBP changes.
+import ArgumentParser
+import Foundation
+import SBPIR
+import SBPPasses
+import SBPPlan
+
+struct Memory: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Report what a training step saves for backward and the FLOPs it runs, per block.",
+    discussion: """
+      The input is a plan file, or an ONNX model plus compile flags. "Saved" bytes are the
+      forward values, other than parameters and inputs, that a backward op reads: they are
+      live where the forward ends. FLOPs count 2·M·N·K per matrix multiply plus the runtime's
+      own kernels, exactly as `sbpc train` counts them. --compare adds plain backpropagation
+      (--keep 1) and the ratio. For attention blocks it also prints the paper's Eq. 13 for
+      Drop QKV, corrected (DESIGN.md), beside the measured attention-core ratio.
+      """)
+
+  @Argument(help: "A plan file or an ONNX model.") var input: String
+  @OptionGroup var sbp: SBPFlags
+  @Flag(help: "Also cost plain backpropagation (--keep 1) and show the ratio.") var compare = false
+  @Flag(help: "Print JSON instead of a table.") var json = false
+  @Flag(help: "Also list every saved value: its part, producing node, op, type and size.") var values = false
+  @OptionGroup var shape: ShapeOptions
+
+  struct Report: Encodable {
+    var model: String
+    var batch: Int
+    var sbp: String
+    var blocks: [Int]
+    var cost: StepCost
+    var plain: StepCost?
+    var savedRatio: Double?
+    var flopRatio: Double?
+    var attention: [AttentionRow]
+  }
+
+  struct AttentionRow: Encodable {
+    var block: Int
+    var tokens: Int
+    var headDim: Int
+    var keptFraction: Double
+    var eq13Corrected: Double
+    var measured: Double?
+  }
+
+  func run() throws {
+    try reportingErrors {
+      let plan: Plan
+      if input.hasSuffix(".onnx") {
+        plan = try Plan.compile(model: input, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, sbp: sbp.options)).0
+      } else {
+        guard !sbp.given, shape.batch == nil else {
+          throw PlanError("\(input): a plan already fixes its SBP flags and batch; pass the ONNX model to try others")
+        }
+        plan = try Plan.load(input)
+      }
+      let cost = StepCost(train: plan.train)
+      var plain: StepCost?
+      if compare {
+        let p = try Plan.compile(model: plan.model, options: Plan.Options(batch: plan.batch, dims: shape.importOptions.dims, sbp: .off)).0
+        plain = StepCost(train: p.train)
+      }
+      let rows = attentionRows(plan, cost, plain)
+      let report = Report(
+        model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text, blocks: plan.layout?.blocks ?? [], cost: cost,
+        plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
+        flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: rows)
+      if json {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try enc.encode(report), as: UTF8.self))
+      } else {
+        printTable(report)
+      }
+    }
+  }
+
+  /// Corrected Eq. 13 per SBP attention block, beside the measured attention-core ratio.
+  func attentionRows(_ plan: Plan, _ cost: StepCost, _ plain: StepCost?) -> [AttentionRow] {
+    guard let layout = plan.layout, layout.options.attention == .qkv else { return [] }
+    var out: [AttentionRow] = []
+    for n in plan.eval.nodes where n.attrs["sbp.role"] == .string("mhsa.scores") {
+      guard case .int(let b)? = n.attrs["sbp.block"], layout.blocks.contains(b), case .int(let s)? = n.attrs["sbp.stage"],
+        let st = layout.stage(s)
+      else { continue }
+      let tokens = plan.eval.type(of: n.outputs[0]).shape.last ?? 0
+      let d = plan.eval.type(of: n.inputs[0]).shape.last ?? 0
+      let patches = Double(layout.spec.height * layout.spec.width * st.factor * st.factor)
+      let r = (Double(st.prefix) + layout.spec.effectiveKeep * patches) / Double(tokens)
+      let dn = Double(d) / Double(tokens)
+      let eq13 = r * (3 * dn + 2 * r) / (3 * dn + 2)
+      let name = "block \(b)"
+      let measured = plain.flatMap { p -> Double? in
+        guard let a = cost.parts.first(where: { $0.name == name }), let q = p.parts.first(where: { $0.name == name }),
+          q.attentionSavedBytes > 0
+        else { return nil }
+        return Double(a.attentionSavedBytes) / Double(q.attentionSavedBytes)
+      }
+      out.append(AttentionRow(block: b, tokens: tokens, headDim: d, keptFraction: r, eq13Corrected: eq13, measured: measured))
+    }
+    return out
+  }
+
+  func printTable(_ r: Report) {
+    func mb(_ b: Int) -> String { String(format: "%.2f", Double(b) / 1_048_576) }
+    func gf(_ f: Int) -> String { String(format: "%.3f", Double(f) / 1e9) }
+    func ratio(_ a: Int, _ b: Int) -> String { b == 0 ? "-" : String(format: "%.3f", Double(a) / Double(b)) }
+    print("\(r.model): batch \(r.batch); SBP \(r.sbp == "off" ? "off" : r.sbp)")
+    if !r.blocks.isEmpty { print("SBP blocks: \(r.blocks.map(String.init).joined(separator: ","))") }
+    var header = "part".padding(toLength: 16, withPad: " ", startingAt: 0) + "saved MiB".leftPad(11) + "fwd GFLOP".leftPad(11) + "bwd GFLOP".leftPad(11)
+    if r.plain != nil { header += "keep-1 MiB".leftPad(12) + "ratio".leftPad(8) + "keep-1 GFLOP".leftPad(14) + "ratio".leftPad(8) }
+    print(header)
+    for p in r.cost.parts {
+      var line = p.name.padding(toLength: 16, withPad: " ", startingAt: 0) + mb(p.savedBytes).leftPad(11) + gf(p.forwardFlops).leftPad(11)
+        + gf(p.backwardFlops).leftPad(11)
+      if let plain = r.plain, let q = plain.parts.first(where: { $0.name == p.name }) {
+        line += mb(q.savedBytes).leftPad(12) + ratio(p.savedBytes, q.savedBytes).leftPad(8)
+        line += gf(q.forwardFlops + q.backwardFlops).leftPad(14) + ratio(p.forwardFlops + p.backwardFlops, q.forwardFlops + q.backwardFlops).leftPad(8)
+      }
+      print(line)
+    }
+    var total = "total".padding(toLength: 16, withPad: " ", startingAt: 0) + mb(r.cost.savedBytes).leftPad(11)
+      + gf(r.cost.forwardFlops).leftPad(11) + gf(r.cost.backwardFlops).leftPad(11)
+    if let plain = r.plain {
+      total += mb(plain.savedBytes).leftPad(12) + ratio(r.cost.savedBytes, plain.savedBytes).leftPad(8)
+      total += gf(plain.forwardFlops + plain.backwardFlops).leftPad(14)
+        + ratio(r.cost.forwardFlops + r.cost.backwardFlops, plain.forwardFlops + plain.backwardFlops).leftPad(8)
+    }
+    print(total)
+    var steps = "step FLOPs (with the optimizer): \(gf(r.cost.stepFlops)) GFLOP"
+    if let plain = r.plain { steps += ", keep 1: \(gf(plain.stepFlops)) GFLOP, ratio \(ratio(r.cost.stepFlops, plain.stepFlops))" }
+    print(steps)
+    if values {
+      print("saved values, largest first:")
+      for v in r.cost.values { print("  \(v.part.padding(toLength: 15, withPad: " ", startingAt: 0)) \(mb(v.bytes).leftPad(9)) MiB  \(v.op) \(v.type)  \(v.node)") }
+    }
+    for a in r.attention {
+      var line = String(
+        format: "block %d attention core: Eq. 13 (corrected, r = %.3f, n = %d, d = %d) %.3f", a.block, a.keptFraction, a.tokens, a.headDim,
+        a.eq13Corrected)
+      if let m = a.measured { line += String(format: "; measured %.3f", m) }
+      print(line)
+    }
+  }
+}
