@@ -29,20 +29,25 @@ public struct PruneBackward: Pass {
       if try rewrite(&graph, at: i, support: &support) { rewrites += 1 }
       i += 1
     }
-    // What the analysis found, for --print-after: each row-sparse gradient names its rows.
-    let names = Dictionary(uniqueKeysWithValues: graph.inputs.map { ($0.value, $0.name) })
-    for k in graph.nodes.indices {
-      if let s = graph.nodes[k].outputs.first.flatMap({ support[$0] }), let name = names[s.idx] {
-        graph.annotate(node: k, "sbp.sparse_rows", .string("\(name)@\(s.axis)"))
-      }
+    if rewrites > 0 {
+      try graph.sortTopologically()
+      var sinker = RowSinker(graph: graph)
+      while try sinker.sweep() {}
+      graph = sinker.graph
+      hoistForwardGathers(&graph)
+      graph.moveUpdatesLast()
     }
-    guard rewrites > 0 else { return }
-    try graph.sortTopologically()
-    var sinker = RowSinker(graph: graph)
-    while try sinker.sweep() {}
-    graph = sinker.graph
-    hoistForwardGathers(&graph)
-    graph.moveUpdatesLast()
+    // What the analysis finds in the result, for --print-after: each gradient that is still
+    // zero outside some rows names them (index input @ axis).
+    let names = Dictionary(uniqueKeysWithValues: graph.inputs.map { ($0.value, $0.name) })
+    let end = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) ?? 0
+    var found: [ValueID: (idx: ValueID, axis: Int)] = [:]
+    for k in graph.nodes.indices {
+      graph.annotate(node: k, "sbp.sparse_rows", nil)
+      guard k > end, let s = RowSparsity.outputSupport(graph.nodes[k], graph, found) else { continue }
+      found[graph.nodes[k].outputs[0]] = s
+      if let name = names[s.idx] { graph.annotate(node: k, "sbp.sparse_rows", .string("\(name)@\(s.axis)")) }
+    }
   }
 
   /// Rewrites the node at `i` to read kept rows when its gradient operand is row-sparse.

@@ -29,10 +29,14 @@ struct Opt: ParsableCommand {
   var output: String?
 
   @OptionGroup var shape: ShapeOptions
+  @OptionGroup(title: "insert-sbp") var sbp: SBPFlags
 
   func run() throws {
     try reportingErrors {
-      let list = passes.isEmpty ? [] : try PassRegistry.pipeline(passes)
+      // insert-sbp takes its settings from the SBP flags (default: keep 0.5, grid, qkv, default blocks).
+      let list = (passes.isEmpty ? [] : try PassRegistry.pipeline(passes)).map { p -> any Pass in
+        p.name == "insert-sbp" ? InsertSBP(sbp.options) : p
+      }
       for p in printAfter where PassRegistry.named(p) == nil {
         throw PassError("--print-after: unknown pass '\(p)'")
       }

@@ -2,7 +2,7 @@
 # run.sh: golden-test runner; runs the RUN lines of every passes/<pass>/<case>.sbpir through LLVM FileCheck.
 #
 # A case opens with `// RUN: <pipeline>` (one or more) and a line `// PROVES: <what it shows>`.
-# In RUN lines, %s is the case file, %S its folder, %models the models/ folder; `sbpc` and
+# In RUN lines, %s is the case file, %S its folder, %t a scratch file, %models the models/ folder; `sbpc` and
 # `FileCheck` resolve to the built binary and LLVM's FileCheck.
 # Cases with `// GOLDEN: whole-output` compare the whole output; UPDATE_GOLDEN=1 rewrites
 # their CHECK lines from the current output (review the diff before committing).
