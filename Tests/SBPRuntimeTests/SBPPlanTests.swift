@@ -1,0 +1,82 @@
+// SBPPlanTests.swift: SBP plans: the off switches give plain backpropagation, row liveness finds what DESIGN.md says, and the runtime's FLOP count agrees with the static one.
+import Foundation
+import XCTest
+
+@testable import SBPIR
+@testable import SBPPasses
+@testable import SBPPlan
+@testable import SBPRuntime
+
+final class SBPPlanTests: XCTestCase {
+  let vit = "\(repoRoot)/models/vit_p4_d6_ts17.onnx"
+  let avg = "\(repoRoot)/models/vit_avg_p4_d4_ts17.onnx"
+  let convnext = "\(repoRoot)/models/convnext_t1131_ts17.onnx"
+
+  func compile(_ model: String, _ sbp: SBPOptions, batch: Int = 2) throws -> Plan {
+    try Plan.compile(model: model, options: Plan.Options(batch: batch, sbp: sbp)).0
+  }
+
+  func testKeepOneAndNoBlocksCompileThePlainStep() throws {
+    for model in [vit, convnext] {
+      let plain = try compile(model, .off)
+      XCTAssertNil(plain.layout)
+      for options in [SBPOptions(keep: 1), SBPOptions(keep: 1, attention: .query), SBPOptions(keep: 0.5, blocks: "none")] {
+        let p = try compile(model, options)
+        XCTAssertNil(p.layout, "\(options)")
+        XCTAssertEqual(p.train.printed(), plain.train.printed(), "\(model) \(options)")
+        XCTAssertEqual(p.eval.printed(), plain.eval.printed(), "\(model) \(options)")
+      }
+      // And SBP does change it.
+      XCTAssertNotEqual(try compile(model, SBPOptions()).train.printed(), plain.train.printed())
+    }
+  }
+
+  /// Class-token head with qkv: every dropped row of the SBP blocks is dead, so the dropped
+  /// index vector is read by nothing. With an average-pool head or query attention the
+  /// dropped rows are live and the analysis must keep them.
+  func testRowLivenessFindsTheDeadDroppedRows() throws {
+    func readersOfDropped(_ p: Plan) -> Int {
+      guard let d = p.train.inputs.first(where: { $0.name == "sbp.dropped.0" }) else { return -1 }
+      return p.train.nodes.filter { $0.inputs.contains(d.value) }.count
+    }
+    XCTAssertEqual(readersOfDropped(try compile(vit, SBPOptions())), 0)
+    XCTAssertGreaterThan(readersOfDropped(try compile(vit, SBPOptions(attention: .query))), 0)
+    XCTAssertGreaterThan(readersOfDropped(try compile(avg, SBPOptions())), 0)
+    // The dead rows take their FLOPs with them.
+    let dead = StepCost(train: try compile(vit, SBPOptions()).train), live = StepCost(train: try compile(vit, SBPOptions(attention: .query)).train)
+    XCTAssertLessThan(dead.forwardFlops, live.forwardFlops)
+  }
+
+  /// Row sparsity: with an average-pool head and qkv, the qkv weight gradient of an SBP block
+  /// reads the kept rows only (32 of 64), and memory and FLOPs fall below plain backpropagation.
+  func testRowSparsityShrinksTheQKVBackward() throws {
+    let p = try compile(avg, SBPOptions())
+    let dw = p.train.nodes.filter {
+      if case .linearGradWeight = $0.op { return $0.attrs["sbp.from"] == .string("mhsa.qkv") && $0.attrs["sbp.block"] == .int(3) }
+      return false
+    }
+    XCTAssertEqual(dw.count, 1)
+    XCTAssertEqual(p.train.type(of: dw[0].inputs[0]).shape, [2, 32, 64])
+    let sbp = StepCost(train: p.train), plain = StepCost(train: try compile(avg, .off).train)
+    XCTAssertLessThan(sbp.savedBytes, plain.savedBytes)
+    XCTAssertLessThan(sbp.backwardFlops, plain.backwardFlops)
+  }
+
+  /// `sbpc memory`'s FLOPs are what the runtime executes: Σ2MNK of its real sgemm calls plus
+  /// its own kernels, within 2%.
+  func testStaticFLOPsMatchTheRuntimeCount() throws {
+    for (model, options) in [(vit, SBPOptions.off), (vit, SBPOptions()), (avg, SBPOptions(attention: .query)), (convnext, SBPOptions())] {
+      let p = try compile(model, options)
+      let ex = try Executor(graph: p.train, threads: 1)
+      if let layout = p.layout {
+        let feed = try MaskFeed(layout: layout, source: .sampled(seed: 1), executor: ex)
+        try feed.feed(layout.spec.gridMask(phase: 0))
+      }
+      try ex.run()
+      let counted = Double(ex.lastRunFlops), planned = Double(StepCost(train: p.train).stepFlops)
+      XCTAssertEqual(counted / planned, 1, accuracy: 0.02, "\(model) \(options.text): runtime \(counted), plan \(planned)")
+      XCTAssertGreaterThan(counted, 1e6)
+      print("flops: \(URL(fileURLWithPath: model).lastPathComponent) \(options.text): runtime/plan = \(counted / planned)")
+    }
+  }
+}

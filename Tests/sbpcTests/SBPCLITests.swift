@@ -1,0 +1,86 @@
+// SBPCLITests.swift: the SBP flags end to end: compile prints the mask it will draw, train draws it every step as DESIGN.md says.
+import Foundation
+import XCTest
+
+/// The [H, W] bytes of a uint8 mask .npy written by `--dump-mask` (the data is the file's tail).
+func maskBytes(_ path: String, count: Int) throws -> [UInt8] {
+  let d = try Data(contentsOf: URL(fileURLWithPath: path))
+  XCTAssertTrue(String(decoding: d.prefix(80), as: UTF8.self).contains("'|u1'"), path)
+  return Array(d.suffix(count))
+}
+
+final class SBPCLITests: XCTestCase {
+  func tmp() throws -> String {
+    let d = NSTemporaryDirectory() + "sbpc-sbp-" + UUID().uuidString
+    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+  }
+
+  func testCompilePrintsEffectiveKeepAndKeptRange() throws {
+    let d = try tmp()
+    let (s, out, err) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "1", "--keep", "0.3", "-o", d + "/v.plan"])
+    XCTAssertEqual(s, 0, err)
+    // Stride round(1/0.3) = 3 on 8x8: phases keep 22, 21, 21 patches.
+    XCTAssertTrue(out.contains("SBP: keep 0.3 (grid), effective 0.3333; 21–22 of 64 patches kept per step"), out)
+    XCTAssertTrue(out.contains("SBP blocks: 2,3,4,5"), out)
+    let (s2, out2, _) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "1", "--keep", "1", "-o", d + "/p.plan"])
+    XCTAssertEqual(s2, 0)
+    XCTAssertTrue(out2.contains("SBP: off (--keep 1)"), out2)
+  }
+
+  /// 200 steps of a grid mask at keep 0.25 on the tiny ViT's 8x8 grid: every phase of stride 4
+  /// turns up, each step's mask is one phase's grid, and 16 patches are kept every time.
+  func testDumpMaskShowsEveryPhaseAndTheKeptCounts() throws {
+    let d = try tmp()
+    _ = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "1", "--keep", "0.25", "-o", d + "/v.plan"])
+    let (s, _, err) = try sbpc(["train", d + "/v.plan", "--steps", "200", "--seed", "3", "--dump-mask", d + "/m"])
+    XCTAssertEqual(s, 0, err)
+    var phases = [Int: Int]()
+    for step in 1...200 {
+      let base = try maskBytes(d + "/m/step" + String(format: "%06d", step) + ".npy", count: 64)
+      XCTAssertEqual(base.reduce(0) { $0 + Int($1) }, 16, "step \(step)")
+      let phase = (0..<4).first { p in (0..<64).allSatisfy { i in (base[i] == 1) == ((i / 8 + i % 8) % 4 == p) } }
+      XCTAssertNotNil(phase, "step \(step): not a stride-4 grid mask")
+      phases[phase ?? -1, default: 0] += 1
+      // The one stage's index input encodes the same mask.
+      XCTAssertEqual(try maskBytes(d + "/m/step" + String(format: "%06d", step) + ".stage0.npy", count: 64), base)
+    }
+    XCTAssertEqual(Set(phases.keys), [0, 1, 2, 3], "\(phases)")
+    XCTAssertTrue(phases.values.allSatisfy { $0 > 25 }, "phases are not drawn uniformly: \(phases)")
+  }
+
+  /// ConvNeXt: the mask is drawn on the deepest SBP stage (4x4) and every stage reads its block
+  /// replication (16x16, 8x8, 4x4), so the same image region is dropped at every scale.
+  func testConvNeXtStagesReadTheReplicatedMask() throws {
+    let d = try tmp()
+    _ = try sbpc(["compile", "models/convnext_t1131_ts17.onnx", "--batch", "1", "-o", d + "/c.plan"])
+    let (s, _, err) = try sbpc(["train", d + "/c.plan", "--steps", "20", "--dump-mask", d + "/m"])
+    XCTAssertEqual(s, 0, err)
+    var phases = Set<Int>()
+    for step in 1...20 {
+      let stem = d + "/m/step" + String(format: "%06d", step)
+      let base = try maskBytes(stem + ".npy", count: 16)
+      XCTAssertEqual(base.reduce(0) { $0 + Int($1) }, 8)
+      phases.insert(Int(base[0] == 1 ? 0 : 1))
+      for (stage, side) in [(0, 16), (1, 8), (2, 4)] {
+        let m = try maskBytes(stem + ".stage\(stage).npy", count: side * side)
+        let f = side / 4
+        for i in 0..<side { for j in 0..<side { XCTAssertEqual(m[i * side + j], base[(i / f) * 4 + j / f], "step \(step) stage \(stage)") } }
+      }
+    }
+    XCTAssertEqual(phases, [0, 1])
+  }
+
+  func testMaskPhaseAndMaskFileFixTheMask() throws {
+    let d = try tmp()
+    _ = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "1", "-o", d + "/v.plan"])
+    let (s, _, err) = try sbpc(["train", d + "/v.plan", "--steps", "3", "--mask-phase", "1", "--dump-mask", d + "/p"])
+    XCTAssertEqual(s, 0, err)
+    let ref = "models/reference/vit_p4_d6/sbp/qkv_grid0.5_p1/mask.npy"
+    let want = try maskBytes(ref, count: 64)
+    for step in 1...3 { XCTAssertEqual(try maskBytes(d + "/p/step00000\(step).npy", count: 64), want) }
+    let (s2, _, err2) = try sbpc(["train", d + "/v.plan", "--steps", "2", "--mask-file", ref, "--dump-mask", d + "/f"])
+    XCTAssertEqual(s2, 0, err2)
+    XCTAssertEqual(try maskBytes(d + "/f/step000002.npy", count: 64), want)
+  }
+}
