@@ -37,17 +37,19 @@ golden: build
 	FILECHECK=$(FILECHECK) SBPC=$(BIN) Tests/golden/run.sh
 
 demo: build
-	@echo "== sbpc inspect $(DEMO_MODEL) --batch 8"
-	@$(BIN) inspect $(DEMO_MODEL) --batch 8
-	@echo
-	@echo "== sbpc opt $(DEMO_MODEL) --passes canonicalize,mark --batch 8 (block 0 of the canonical, marked IR)"
-	@$(BIN) opt $(DEMO_MODEL) --passes canonicalize,mark --batch 8 | grep -v '^  param' | sed -n '2,36p'
+	@echo "== sbpc inspect $(DEMO_MODEL) --batch 8 (the blocks SBP can use)"
+	@$(BIN) inspect $(DEMO_MODEL) --batch 8 | sed -n '/^Blocks/,$$p'
 	@echo
 	@echo "== sbpc inspect models/convnext_t1131_dynamo/model.onnx (a hierarchical model: blocks by stage)"
 	@$(BIN) inspect models/convnext_t1131_dynamo/model.onnx --batch 8 | sed -n '/^Blocks/,$$p'
 	@echo
-	@echo "== sbpc compile $(DEMO_MODEL) --batch 2 -o .build/demo.plan, then 5 training steps on a fixed batch"
-	@$(BIN) compile $(DEMO_MODEL) --batch 2 -o .build/demo.plan
+	@echo "== sbpc compile $(DEMO_MODEL) --keep 0.5 --blocks last:4 --batch 2 -o .build/demo.plan"
+	@$(BIN) compile $(DEMO_MODEL) --keep 0.5 --blocks last:4 --batch 2 -o .build/demo.plan
+	@echo
+	@echo "== sbpc memory .build/demo.plan --compare (saved activations and FLOPs, SBP against --keep 1)"
+	@$(BIN) memory .build/demo.plan --compare
+	@echo
+	@echo "== sbpc train .build/demo.plan: 5 SBP steps on a fixed batch, a fresh mask each step"
 	@$(BIN) train .build/demo.plan --steps 5 --input models/vit_p4_d6.ref/input.npy --labels models/reference/vit_p4_d6/labels.npy
 
 # Full-size ViT-Tiny and ConvNeXt-Tiny, both exporters, against PyTorch (needs models/requirements.txt).

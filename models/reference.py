@@ -64,7 +64,7 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 HERE = export.HERE
 TINY_BATCH = export.REF_BATCH
-FULL_BATCH = {"vit_tiny_patch16_224": 4, "convnext_tiny": 2}
+FULL_BATCH = {"vit_tiny_patch16_224": 4, "vit_tiny_avg_patch16_224": 4, "convnext_tiny": 2}
 LOGITS_ATOL = 1e-5  # our forward vs the committed <name>.ref/logits.npy
 
 

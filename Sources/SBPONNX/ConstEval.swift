@@ -252,7 +252,8 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     }
     return t
   case .constant, .erf, .tanh, .exp, .relu, .sigmoid, .matMul, .linear, .gemm, .conv, .layerNorm, .gelu, .softmax,
-    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
+    .softmaxCrossEntropyGrad,
     .geluGrad, .reluGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad,
     .gatherGrad, .sgd, .adamw:
     // Only shape arithmetic folds; training ops never appear in an imported graph.

@@ -266,7 +266,8 @@ struct SBPRewriter {
 
   /// Appends a copy of every node of `region` that depends on a substituted value; nodes that do
   /// not are shared. With `keyBias`, the bias is added to the softmax's operand.
-  mutating func clone(_ region: [Int], substituting sub: [ValueID: ValueID], suffix: String, keyBias: ValueID?) throws -> [ValueID: ValueID] {
+  mutating func clone(_ region: [Int], substituting sub: [ValueID: ValueID], suffix: String, keyBias: ValueID?) throws -> [ValueID: ValueID]
+  {
     var map = sub
     for i in region {
       let n = graph.nodes[i]
@@ -321,4 +322,3 @@ struct SBPRewriter {
     return out
   }
 }
-

@@ -79,7 +79,9 @@ public struct SBPLayout: Sendable, Equatable {
     let selected = try options.blocks.map { try BlockSelector.parse($0, table: table) } ?? table.defaultSelection
     let chosen = table.blocks.filter { selected.contains($0.index) }
     guard let deepest = chosen.max(by: { $0.stage < $1.stage }) else { return nil }
-    guard deepest.grid.count == 2 else { throw PassError("insert-sbp: block \(deepest.index) has a \(deepest.grid.count)-D token grid; SBP needs 2-D") }
+    guard deepest.grid.count == 2 else {
+      throw PassError("insert-sbp: block \(deepest.index) has a \(deepest.grid.count)-D token grid; SBP needs 2-D")
+    }
     let spec: MaskSpec
     do { spec = try MaskSpec(keep: options.keep, mode: options.mask, height: deepest.grid[0], width: deepest.grid[1]) } catch {
       throw PassError("insert-sbp: \(error)")
@@ -128,7 +130,8 @@ public struct SBPLayout: Sendable, Equatable {
         let range = spec.keptRange
         throw MaskError(
           "the mask keeps \(m.keptCount) of \(m.keep.count) patches; this plan holds \(range.lowerBound)"
-            + (range.count > 1 ? " to \(range.upperBound)" : "") + " kept patches per step (keep \(options.keep), \(options.mask.rawValue))")
+            + (range.count > 1 ? " to \(range.upperBound)" : "") + " kept patches per step (keep \(options.keep), \(options.mask.rawValue))"
+        )
       }
       kept += [Int64](repeating: -1, count: st.keptRows - kept.count)
       dropped += [Int64](repeating: -1, count: st.droppedRows - dropped.count)

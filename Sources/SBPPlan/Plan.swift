@@ -38,7 +38,10 @@ public struct Plan: Sendable {
     var eval = imported.graph
     try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&eval)
     var train = eval
-    try PassPipeline(passes: [InsertSBP(options.sbp), DeadRows(), Autodiff(optimizer: options.optimizer), PruneBackward(), Rematerialize()], verifyEach: true).run(&train)
+    try PassPipeline(
+      passes: [InsertSBP(options.sbp), DeadRows(), Autodiff(optimizer: options.optimizer), PruneBackward(), Rematerialize()],
+      verifyEach: true
+    ).run(&train)
     let path = URL(fileURLWithPath: model).standardizedFileURL.path
     let layout = try SBPLayout.make(eval, options: options.sbp)
     return (Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout), imported.notes)

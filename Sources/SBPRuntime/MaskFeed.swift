@@ -25,7 +25,8 @@ public struct MaskFeed {
     case .phase(let p):
       guard layout.spec.mode == .grid else { throw MaskError("--mask-phase needs a grid mask; this plan draws random masks") }
       guard p >= 0, p < layout.spec.phases else {
-        throw MaskError("--mask-phase \(p) is out of range: this plan's grid has \(layout.spec.phases) phases (0–\(layout.spec.phases - 1))")
+        throw MaskError(
+          "--mask-phase \(p) is out of range: this plan's grid has \(layout.spec.phases) phases (0–\(layout.spec.phases - 1))")
       }
       rng = SplitMix64(seed: 0)
     case .explicit(let m):

@@ -64,7 +64,8 @@ struct Memory: ParsableCommand {
       }
       let rows = attentionRows(plan, cost, plain)
       let report = Report(
-        model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text, blocks: plan.layout?.blocks ?? [], cost: cost,
+        model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text, blocks: plan.layout?.blocks ?? [],
+        cost: cost,
         plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
         flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: rows)
       if json {
@@ -109,23 +110,30 @@ struct Memory: ParsableCommand {
     func ratio(_ a: Int, _ b: Int) -> String { b == 0 ? "-" : String(format: "%.3f", Double(a) / Double(b)) }
     print("\(r.model): batch \(r.batch); SBP \(r.sbp == "off" ? "off" : r.sbp)")
     if !r.blocks.isEmpty { print("SBP blocks: \(r.blocks.map(String.init).joined(separator: ","))") }
-    var header = "part".padding(toLength: 16, withPad: " ", startingAt: 0) + "saved MiB".leftPad(11) + "fwd GFLOP".leftPad(11) + "bwd GFLOP".leftPad(11)
+    var header =
+      "part".padding(toLength: 16, withPad: " ", startingAt: 0) + "saved MiB".leftPad(11) + "fwd GFLOP".leftPad(11)
+      + "bwd GFLOP".leftPad(11)
     if r.plain != nil { header += "keep-1 MiB".leftPad(12) + "ratio".leftPad(8) + "keep-1 GFLOP".leftPad(14) + "ratio".leftPad(8) }
     print(header)
     for p in r.cost.parts {
-      var line = p.name.padding(toLength: 16, withPad: " ", startingAt: 0) + mb(p.savedBytes).leftPad(11) + gf(p.forwardFlops).leftPad(11)
+      var line =
+        p.name.padding(toLength: 16, withPad: " ", startingAt: 0) + mb(p.savedBytes).leftPad(11) + gf(p.forwardFlops).leftPad(11)
         + gf(p.backwardFlops).leftPad(11)
       if let plain = r.plain, let q = plain.parts.first(where: { $0.name == p.name }) {
         line += mb(q.savedBytes).leftPad(12) + ratio(p.savedBytes, q.savedBytes).leftPad(8)
-        line += gf(q.forwardFlops + q.backwardFlops).leftPad(14) + ratio(p.forwardFlops + p.backwardFlops, q.forwardFlops + q.backwardFlops).leftPad(8)
+        line +=
+          gf(q.forwardFlops + q.backwardFlops).leftPad(14)
+          + ratio(p.forwardFlops + p.backwardFlops, q.forwardFlops + q.backwardFlops).leftPad(8)
       }
       print(line)
     }
-    var total = "total".padding(toLength: 16, withPad: " ", startingAt: 0) + mb(r.cost.savedBytes).leftPad(11)
+    var total =
+      "total".padding(toLength: 16, withPad: " ", startingAt: 0) + mb(r.cost.savedBytes).leftPad(11)
       + gf(r.cost.forwardFlops).leftPad(11) + gf(r.cost.backwardFlops).leftPad(11)
     if let plain = r.plain {
       total += mb(plain.savedBytes).leftPad(12) + ratio(r.cost.savedBytes, plain.savedBytes).leftPad(8)
-      total += gf(plain.forwardFlops + plain.backwardFlops).leftPad(14)
+      total +=
+        gf(plain.forwardFlops + plain.backwardFlops).leftPad(14)
         + ratio(r.cost.forwardFlops + r.cost.backwardFlops, plain.forwardFlops + plain.backwardFlops).leftPad(8)
     }
     print(total)
@@ -134,7 +142,9 @@ struct Memory: ParsableCommand {
     print(steps)
     if values {
       print("saved values, largest first:")
-      for v in r.cost.values { print("  \(v.part.padding(toLength: 15, withPad: " ", startingAt: 0)) \(mb(v.bytes).leftPad(9)) MiB  \(v.op) \(v.type)  \(v.node)") }
+      for v in r.cost.values {
+        print("  \(v.part.padding(toLength: 15, withPad: " ", startingAt: 0)) \(mb(v.bytes).leftPad(9)) MiB  \(v.op) \(v.type)  \(v.node)")
+      }
     }
     for a in r.attention {
       var line = String(

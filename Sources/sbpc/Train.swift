@@ -81,7 +81,9 @@ struct SBPFlags: ParsableArguments {
     if let attention, AttentionSplit(rawValue: attention) == nil {
       throw ValidationError("--attention must be qkv, query or none, got '\(attention)'")
     }
-    if let blocks, blocks.trimmingCharacters(in: .whitespaces).isEmpty { throw ValidationError("--blocks is empty; use none to select no block") }
+    if let blocks, blocks.trimmingCharacters(in: .whitespaces).isEmpty {
+      throw ValidationError("--blocks is empty; use none to select no block")
+    }
   }
 
   var options: SBPOptions {
@@ -169,7 +171,9 @@ struct Train: ParsableCommand {
   func maskFeed(_ p: Plan, _ ex: Executor) throws -> MaskFeed? {
     guard let layout = p.layout else {
       if maskPhase != nil || maskFile != nil || dumpMask != nil {
-        throw RuntimeError("\(plan) was compiled without SBP (\(p.sbp.keep >= 1 ? "keep 1" : "no blocks")); --mask-phase, --mask-file and --dump-mask need an SBP plan")
+        throw RuntimeError(
+          "\(plan) was compiled without SBP (\(p.sbp.keep >= 1 ? "keep 1" : "no blocks")); --mask-phase, --mask-file and --dump-mask need an SBP plan"
+        )
       }
       return nil
     }

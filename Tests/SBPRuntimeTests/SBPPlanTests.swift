@@ -43,7 +43,8 @@ final class SBPPlanTests: XCTestCase {
     XCTAssertGreaterThan(readersOfDropped(try compile(vit, SBPOptions(attention: .query))), 0)
     XCTAssertGreaterThan(readersOfDropped(try compile(avg, SBPOptions())), 0)
     // The dead rows take their FLOPs with them.
-    let dead = StepCost(train: try compile(vit, SBPOptions()).train), live = StepCost(train: try compile(vit, SBPOptions(attention: .query)).train)
+    let dead = StepCost(train: try compile(vit, SBPOptions()).train),
+      live = StepCost(train: try compile(vit, SBPOptions(attention: .query)).train)
     XCTAssertLessThan(dead.forwardFlops, live.forwardFlops)
   }
 

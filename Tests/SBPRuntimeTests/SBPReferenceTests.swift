@@ -56,7 +56,8 @@ final class SBPReferenceTests: XCTestCase {
         worst.logits = max(worst.logits, lrel)
         XCTAssertEqual(ex.output("loss")!.f32[0], try NPYArray.read(ref + "/loss.npy").floats[0], accuracy: 1e-5, "\(what): loss")
         let map = try JSONDecoder().decode(
-          [String: ParamMap].self, from: Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/models/reference/\(model)/\(stem).params.json")))
+          [String: ParamMap].self, from: Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/models/reference/\(model)/\(stem).params.json"))
+        )
         let grads = gradients(ex)
         XCTAssertEqual(Set(grads.keys), Set(map.keys), "\(what): trained parameters differ from PyTorch's")
         for (name, m) in map {

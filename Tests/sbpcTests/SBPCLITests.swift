@@ -65,7 +65,9 @@ final class SBPCLITests: XCTestCase {
       for (stage, side) in [(0, 16), (1, 8), (2, 4)] {
         let m = try maskBytes(stem + ".stage\(stage).npy", count: side * side)
         let f = side / 4
-        for i in 0..<side { for j in 0..<side { XCTAssertEqual(m[i * side + j], base[(i / f) * 4 + j / f], "step \(step) stage \(stage)") } }
+        for i in 0..<side {
+          for j in 0..<side { XCTAssertEqual(m[i * side + j], base[(i / f) * 4 + j / f], "step \(step) stage \(stage)") }
+        }
       }
     }
     XCTAssertEqual(phases, [0, 1])
