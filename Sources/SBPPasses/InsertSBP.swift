@@ -9,6 +9,9 @@ import SBPIR
 /// arrive as graph inputs `sbp.kept.<stage>` and `sbp.dropped.<stage>` (i64, −1 padded).
 public struct InsertSBP: Pass {
   public var options: SBPOptions
+  /// Split norm-then-conv downsamplers as patch rows (the default); false keeps every
+  /// downsampler's forward and masks its output gradient instead, the general fallback.
+  public var patchDownsamplers = true
   public init(_ options: SBPOptions = SBPOptions()) { self.options = options }
   public let name = "insert-sbp"
   public let summary = "split the selected blocks into kept rows (with gradient) and dropped rows (without); needs mark"
@@ -16,6 +19,7 @@ public struct InsertSBP: Pass {
   public func run(_ graph: inout Graph) throws {
     guard let layout = try SBPLayout.make(graph, options: options) else { return }
     var r = SBPRewriter(graph: graph, layout: layout)
+    r.patchDownsamplers = patchDownsamplers
     try r.rewrite()
     graph = r.graph
     try graph.sortTopologically()
@@ -32,6 +36,7 @@ struct SBPRewriter {
   var producer: [ValueID: Int] = [:]
   var indexInputs: [Int: (kept: ValueID, dropped: ValueID)] = [:]
   var keyBias: [Int: ValueID] = [:]
+  var patchDownsamplers = true
   /// Annotations every node made for the current block carries (its block and stage).
   var stamp: [String: AttrValue] = [:]
 
@@ -83,7 +88,7 @@ struct SBPRewriter {
       guard case .int(let s)? = n.attrs["sbp.stage"], let first = table.blocks(inStage: s).first, selected.contains(first.index) else {
         continue
       }
-      try maskGradient(of: n.outputs[0], axes: [2, 3], stage: s, name: n.name)
+      if try !(patchDownsamplers && splitPatchDownsampler(n, stage: s)) { try maskGradient(of: n.outputs[0], axes: [2, 3], stage: s, name: n.name) }
     }
   }
 
@@ -298,6 +303,53 @@ struct SBPRewriter {
     let out = try reshape(sc, to: shape, name: name + ".sbp.unmerge")
     let merge = graph.nodes.indices.filter { graph.nodes[$0].outputs == [ym] }
     graph.replaceUses(of: y, with: out, except: Set(merge))
+  }
+
+  /// A downsampler `conv(transpose(layer_norm(t)))` whose stride equals its kernel maps each
+  /// non-overlapping f×f patch on its own: rows are patches. Split as Algorithm 1 splits the
+  /// conv, with the per-pixel norm inside each patch row (its dropped pixels reach the loss
+  /// only through dropped patches): kept patches through norm and conv-as-linear with
+  /// gradient, dropped ones under stop_gradient. The backward then keeps only the kept
+  /// patches' norm input. Returns false when the pattern does not hold.
+  mutating func splitPatchDownsampler(_ conv: Node, stage: Int) throws -> Bool {
+    guard case .conv(let geo) = conv.op, geo.group == 1, geo.pads.allSatisfy({ $0 == 0 }), geo.dilations.allSatisfy({ $0 == 1 }),
+      let (kept, dropped) = indexInputs[stage]
+    else { return false }
+    let w = graph.type(of: conv.inputs[1]).shape
+    guard w.count == 4, w[2] == w[3], geo.strides == [w[2], w[3]], let tp = producer[conv.inputs[0]],
+      graph.nodes[tp].op == .transpose([0, 3, 1, 2]), let lp = producer[graph.nodes[tp].inputs[0]],
+      case .layerNorm(3, let eps) = graph.nodes[lp].op
+    else { return false }
+    let norm = graph.nodes[lp]
+    let t = norm.inputs[0]
+    let (b, h, wd, c) = (graph.type(of: t).shape[0], graph.type(of: t).shape[1], graph.type(of: t).shape[2], graph.type(of: t).shape[3])
+    let f = w[2], co = w[0]
+    guard graph.type(of: t).rank == 4, h % f == 0, wd % f == 0, graph.type(of: conv.outputs[0]).shape == [b, co, h / f, wd / f] else {
+      return false
+    }
+    let (ho, wo) = (h / f, wd / f)
+    let name = conv.name
+    let r1 = try reshape(t, to: [b, ho, f, wo, f, c], name: name + ".sbp.patches")
+    let r2 = try emit(.transpose([0, 1, 3, 2, 4, 5]), [r1], name: name + ".sbp.patches")[0]
+    let rows = try reshape(r2, to: [b, ho * wo, f, f, c], name: name + ".sbp.patches")
+    let wf = try reshape(conv.inputs[1], to: [co, c * f * f], name: name + ".sbp.weight")
+    var halves: [ValueID] = []
+    for (idx, suffix) in [(kept, "kept"), (dropped, "dropped")] {
+      let g = try emit(.gatherRows(axis: 1), [rows, idx], name: "\(name).sbp.\(suffix)")[0]
+      let ln = try emit(.layerNorm(axis: 4, epsilon: eps), [g] + norm.inputs.dropFirst(), name: "\(norm.name).sbp.\(suffix)", attrs: norm.attrs)[0]
+      let k = graph.type(of: idx).shape[0]
+      let pt = try emit(.transpose([0, 1, 4, 2, 3]), [ln], name: "\(name).sbp.\(suffix)")[0]
+      let pf = try reshape(pt, to: [b, k, c * f * f], name: "\(name).sbp.\(suffix)")
+      var y = try emit(.linear(axis: 2, layout: .outIn), [pf, wf] + conv.inputs.dropFirst(2), name: "\(name).sbp.\(suffix)", attrs: conv.attrs)[0]
+      if suffix == "dropped" { y = try emit(.stopGradient, [y], name: name + ".sbp.dropped.stop")[0] }
+      halves.append(y)
+    }
+    let sc = try emit(
+      .scatterRows(axis: 1, size: ho * wo), [halves[0], kept, halves[1], dropped], name: name + ".sbp.scatter",
+      attrs: ["sbp.role": .string("downsample"), "sbp.stage": .int(stage)])[0]
+    let back = try emit(.transpose([0, 2, 1]), [sc], name: name + ".sbp.unpatch")[0]
+    graph.replaceUses(of: conv.outputs[0], with: try reshape(back, to: [b, co, ho, wo], name: name + ".sbp.unpatch"))
+    return true
   }
 
   mutating func reshape(_ v: ValueID, to shape: [Int], name: String) throws -> ValueID {

@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 
 @testable import SBPIR
+import SBPONNX
 @testable import SBPPasses
 @testable import SBPPlan
 @testable import SBPRuntime
@@ -116,5 +117,34 @@ final class SBPReferenceTests: XCTestCase {
 
   func compiledEval(_ onnx: String) throws -> Graph {
     try Plan.compile(model: onnx, options: Plan.Options(batch: 2)).0.eval
+  }
+
+  /// The fallback for downsamplers (forward kept, output gradient masked) computes the same
+  /// gradients as the patch-row split the compiler prefers.
+  func testDownsamplerFallbackMatchesPyTorchToo() throws {
+    let model = "convnext_t1131", config = "none_grid0.5_p0"
+    let dir = repoRoot + "/models/reference/\(model)/sbp/\(config)"
+    let x = try NPYArray.read(repoRoot + "/models/\(model).ref/input.npy")
+    var g = try importONNX(path: "\(repoRoot)/models/\(model)_ts17.onnx", options: ImportOptions(batch: x.shape[0])).graph
+    var split = InsertSBP(try sbpOptions(config: config))
+    split.patchDownsamplers = false
+    try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&g)
+    let layout = try XCTUnwrap(try SBPLayout.make(g, options: split.options))
+    try PassPipeline(passes: [split, DeadRows(), Autodiff(), PruneBackward(), Rematerialize()], verifyEach: true).run(&g)
+    XCTAssertTrue(g.nodes.contains { $0.op == .conv(ConvGeometry(strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1)) })
+    let ex = try Executor(graph: g, threads: 1)
+    x.data.withUnsafeBytes { ex.buffer(g.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    try NPYArray.read(dir + "/labels.npy").data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    let mask = try KeepMask(npy: try NPYArray.read(dir + "/mask.npy"), name: "mask.npy")
+    try MaskFeed(layout: layout, source: .explicit(mask), executor: ex).feed(mask)
+    try ex.run()
+    let map = try JSONDecoder().decode(
+      [String: ParamMap].self, from: Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/models/reference/\(model)/ts17.params.json")))
+    let grads = gradients(ex)
+    for (name, m) in map {
+      let (rel, cos) = compare(Array(try XCTUnwrap(grads[name]).floats), toONNXLayout(try NPYArray.read("\(dir)/grads/\(m.param).npy"), m))
+      XCTAssertGreaterThan(cos, 0.9999, m.param)
+      XCTAssertLessThan(rel, 1e-3, m.param)
+    }
   }
 }
