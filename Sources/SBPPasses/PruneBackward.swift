@@ -20,6 +20,8 @@ public struct PruneBackward: Pass {
     guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }),
       graph.inputs.contains(where: { $0.name.hasPrefix("sbp.kept.") })
     else { return }
+    try mergeForwardHalves(&graph)
+    guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
     var support: [ValueID: (idx: ValueID, axis: Int)] = [:]
     var rewrites = 0
     var i = loss + 1
@@ -49,6 +51,110 @@ public struct PruneBackward: Pass {
       if let name = names[s.idx] { graph.annotate(node: k, "sbp.sparse_rows", .string("\(name)@\(s.axis)")) }
     }
   }
+
+  /// Merges the two forward halves of each split computation back into one. After autodiff
+  /// the split has done its work: the backward reads only the kept half. Where the dropped
+  /// half is a clone of the kept one over other rows (an MLP, a patch downsampler, the
+  /// attention core under `query`), their reassembly equals one computation over every row;
+  /// that computation replaces both, and what the backward read from the kept half it now
+  /// reads as the kept rows of the whole. (Under `qkv` the halves differ and stay split.)
+  func mergeForwardHalves(_ g: inout Graph) throws {
+    var candidates: [ValueID] = []
+    guard let loss = g.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
+    for n in g.nodes[...loss] where n.inputs.count == 4 {
+      if case .scatterRows = n.op { candidates.append(n.outputs[0]) }
+    }
+    for out in candidates {
+      guard let si = g.nodes.firstIndex(where: { $0.outputs.first == out }) else { continue }
+      try mergeHalves(&g, scatterAt: si)
+    }
+  }
+
+  func mergeHalves(_ g: inout Graph, scatterAt si: Int) throws {
+    let s = g.nodes[si]
+    let (a, ik, sgOut, id) = (s.inputs[0], s.inputs[1], s.inputs[2], s.inputs[3])
+    var producer: [ValueID: Int] = [:]
+    for (i, n) in g.nodes.enumerated() where i < si { for o in n.outputs { producer[o] = i } }
+    guard let sp = producer[sgOut], g.nodes[sp].op == .stopGradient else { return }
+    let b = g.nodes[sp].inputs[0]
+    // The kept half starts at a gather of the kept rows; the dropped half must gather the same
+    // value on the same axis.
+    func sources(from v: ValueID, idx: ValueID) -> [Int] {
+      var out: [Int] = []
+      var seen = Set<Int>()
+      var stack = [v]
+      while let x = stack.popLast(), seen.count < 256 {
+        guard let p = producer[x], seen.insert(p).inserted else { continue }
+        if case .gatherRows = g.nodes[p].op, g.nodes[p].inputs[1] == idx { out.append(p) } else { stack += g.nodes[p].inputs }
+      }
+      return out
+    }
+    let ks = sources(from: a, idx: ik), ds = sources(from: b, idx: id)
+    guard ks.count == 1, ds.count == 1, case .gatherRows(let t) = g.nodes[ks[0]].op, g.nodes[ds[0]].op == .gatherRows(axis: t),
+      g.nodes[ks[0]].inputs[0] == g.nodes[ds[0]].inputs[0]
+    else { return }
+    let x = g.nodes[ks[0]].inputs[0], gk = g.nodes[ks[0]].outputs[0], gd = g.nodes[ds[0]].outputs[0]
+    let rk = RowSinker(graph: g).nodesBetween(sources: [gk], sink: a, producer: producer)
+    let rd = RowSinker(graph: g).nodesBetween(sources: [gd], sink: b, producer: producer)
+    guard rk.count == rd.count else { return }
+    // Clones: the same ops (reshapes up to their row count) reading the same outside values.
+    var pos: [ValueID: ValueID] = [gd: gk]
+    for (ki, di) in zip(rk, rd) {
+      let kn = g.nodes[ki], dn = g.nodes[di]
+      let sameOp: Bool
+      if case .reshape = kn.op, case .reshape = dn.op { sameOp = true } else { sameOp = kn.op == dn.op }
+      guard sameOp, kn.inputs.count == dn.inputs.count, zip(kn.inputs, dn.inputs).allSatisfy({ pos[$1] ?? $1 == $0 }) else { return }
+      for (o, p) in zip(kn.outputs, dn.outputs) { pos[p] = o }
+    }
+    guard pos[b] == a else { return }
+    // One computation over every row, with each value's token axis followed through it.
+    let sinker = RowSinker(graph: g)
+    let rows = g.type(of: x).shape[t]
+    var full: [ValueID: ValueID] = [gk: x]
+    var axis: [ValueID: Int] = [gk: t]
+    let start = g.nodes.count
+    for ki in rk {
+      let n = g.nodes[ki]
+      let rank = g.type(of: n.outputs[0]).rank
+      guard let out = (0..<rank).first(where: { cand in
+        guard let m = sinker.operandAxes(n, t: cand) else { return false }
+        return zip(n.inputs, m.axes).allSatisfy { v, ax in axis[v] == nil ? ax == nil : ax == axis[v] }
+      }) else {
+        g.nodes.removeSubrange(start...)
+        return
+      }
+      var op = n.op
+      if case .reshape(var shape) = op {
+        shape[out] = rows
+        op = .reshape(shape)
+      }
+      let base = n.name.hasSuffix(".sbp.kept") ? String(n.name.dropLast(".sbp.kept".count)) : n.name
+      let made = try g.append(op, n.inputs.map { full[$0] ?? $0 }, name: base, attrs: n.attrs)
+      for (o, m) in zip(n.outputs, made) {
+        full[o] = m
+        axis[o] = out
+      }
+    }
+    // The backward's reads of the kept half become gathers of the kept rows of the whole.
+    let region = Set(rk)
+    var gathers: [ValueID: ValueID] = [gk: gk]
+    for v in rk.flatMap({ g.nodes[$0].outputs }) {
+      let f = full[v]!
+      for u in g.nodes.indices where u < start && u != si && !region.contains(u) && g.nodes[u].inputs.contains(v) {
+        if gathers[v] == nil {
+          gathers[v] = try g.append(.gatherRows(axis: axis[v]!), [f, ik], name: g.nodes[ki(of: v, g)].name, attrs: [:])[0]
+        }
+        for k in g.nodes[u].inputs.indices where g.nodes[u].inputs[k] == v { g.nodes[u].inputs[k] = gathers[v]! }
+      }
+    }
+    let made = Array(g.nodes[start...])
+    g.nodes.removeSubrange(start...)
+    g.nodes.insert(contentsOf: made, at: si)
+    g.replaceUses(of: s.outputs[0], with: full[a]!)
+    g.eliminateDeadCode()
+  }
+
+  private func ki(of v: ValueID, _ g: Graph) -> Int { g.nodes.firstIndex { $0.outputs.contains(v) } ?? 0 }
 
   /// Rewrites the node at `i` to read kept rows when its gradient operand is row-sparse.
   /// New nodes are appended; the graph is re-sorted by the caller's final sweep.

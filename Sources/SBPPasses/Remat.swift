@@ -31,6 +31,37 @@ public struct Rematerialize: Pass {
     let saved = Set(readers.keys)
     var clones: [ValueID: ValueID] = [:]
     var failed = Set<ValueID>()
+    // Gathers the forward already makes, by (value, indices, axis): the kept rows of a value.
+    var gathered: [String: ValueID] = [:]
+    for n in graph.nodes[...loss] {
+      if case .gatherRows(let a) = n.op { gathered["\(n.inputs[0].raw):\(n.inputs[1].raw):\(a)"] = n.outputs[0] }
+    }
+    let sinker = RowSinker(graph: graph)
+
+    /// Rows `idx` (axis `t`) of forward value `x`, recomputed: a gather the forward keeps, or a
+    /// cheap row-wise op applied to those rows of its operands (a gather commutes with it).
+    func rows(of x: ValueID, _ idx: ValueID, _ t: Int, depth: Int, top: Bool = false) throws -> ValueID? {
+      if !top, let k = gathered["\(x.raw):\(idx.raw):\(t)"], saved.contains(k) || clones[k] != nil { return clones[k] ?? k }
+      guard depth <= 6, let q = producer[x], Rematerialize.isCheap(graph.nodes[q].op), graph.nodes[q].outputs.count == 1,
+        let m = sinker.operandAxes(graph.nodes[q], t: t)
+      else { return nil }
+      let f = graph.nodes[q]
+      var ins: [ValueID] = []
+      for (y, a) in zip(f.inputs, m.axes) {
+        if let a {
+          guard let c = try rows(of: y, idx, a, depth: depth + 1) else { return nil }
+          ins.append(c)
+        } else {
+          ins.append(y)
+        }
+      }
+      var op = m.op
+      if case .reshape(var shape) = op {
+        shape[t] = graph.type(of: idx).shape[0]
+        op = .reshape(shape)
+      }
+      return try graph.append(op, ins, name: f.name + ".remat", attrs: f.attrs)[0]
+    }
 
     /// The backward's version of forward value `v`: a saved original, or a recomputation
     /// from saved values; nil when that would need a value that is neither.
@@ -40,6 +71,11 @@ public struct Rematerialize: Pass {
       if saved.contains(v) && !root { return v }
       if failed.contains(v) || depth > 4 { return nil }
       let n = graph.nodes[p]
+      // Kept rows of a row-wise result: recomputed from the kept rows of its operands.
+      if case .gatherRows(let t) = n.op, let c = try rows(of: n.inputs[0], n.inputs[1], t, depth: depth, top: true) {
+        clones[v] = c
+        return c
+      }
       guard Rematerialize.isCheap(n.op), n.outputs.count == 1 else {
         failed.insert(v)
         return nil
@@ -58,7 +94,7 @@ public struct Rematerialize: Pass {
     }
 
     // In forward order, so a recomputed value's operands are decided before it.
-    for v in saved.sorted(by: { producer[$0]! < producer[$1]! }) {
+    for v in saved.sorted(by: { (producer[$0]!, $0.raw) < (producer[$1]!, $1.raw) }) {
       guard let c = try recompute(v, depth: 0, root: true), c != v else { continue }
       for u in readers[v]! {
         for k in graph.nodes[u].inputs.indices where graph.nodes[u].inputs[k] == v { graph.nodes[u].inputs[k] = c }

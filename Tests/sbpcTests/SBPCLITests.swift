@@ -85,4 +85,19 @@ final class SBPCLITests: XCTestCase {
     XCTAssertEqual(s2, 0, err2)
     XCTAssertEqual(try maskBytes(d + "/f/step000002.npy", count: 64), want)
   }
+
+  /// Swift seeds its hashing per process: a pass that walked a dictionary would print a
+  /// different plan in another process. Two compiles must write the same bytes.
+  func testCompileIsDeterministicAcrossProcesses() throws {
+    let d = try tmp()
+    for model in ["models/vit_avg_p4_d4_ts17.onnx", "models/convnext_t1131_dynamo/model.onnx"] {
+      var texts: [String] = []
+      for k in 0..<2 {
+        let (s, _, err) = try sbpc(["compile", model, "--batch", "2", "--attention", "query", "-o", d + "/p\(k).plan"])
+        XCTAssertEqual(s, 0, err)
+        texts.append(try String(contentsOfFile: d + "/p\(k).plan", encoding: .utf8))
+      }
+      XCTAssertEqual(texts[0], texts[1], model)
+    }
+  }
 }
