@@ -56,11 +56,25 @@ public struct MaskSpec: Sendable, Equatable {
 
   public init(keep: Double, mode: MaskMode, height: Int, width: Int) throws {
     guard keep > 0, keep <= 1, keep.isFinite else { throw MaskError("keep ratio must be in (0, 1], got \(keep)") }
-    guard height > 0, width > 0 else { throw MaskError("the token grid must be non-empty, got \(height)x\(width)") }
+    guard height > 0, width > 0, height <= 1 << 12, width <= 1 << 12 else {
+      throw MaskError("the token grid must be 1x1 to 4096x4096, got \(height)x\(width)")
+    }
+    // Strides beyond the grid would mean phases that keep nothing (and loops over them).
+    let patches = Double(height * width)
+    guard keep * patches >= 1 else {
+      throw MaskError("keep \(keep) keeps less than one of the \(height)x\(width) grid's \(height * width) patches")
+    }
+    guard keep == 1 || (1 - keep) * patches >= 1 else {
+      throw MaskError("keep \(keep) drops less than one of the \(height)x\(width) grid's \(height * width) patches; use --keep 1 for no SBP")
+    }
     self.keep = keep
     self.mode = mode
     self.height = height
     self.width = width
+    if mode == .grid, let (stride, _) = gridStride, stride > height + width - 1 {
+      throw MaskError(
+        "keep \(keep) gives a grid stride of \(stride), more than the \(height + width - 1) diagonals of the \(height)x\(width) grid, so some phases would drop everything; use --mask random")
+    }
   }
 
   /// The grid stride s and whether the phase marks kept (true) or dropped (false) patches;

@@ -92,6 +92,7 @@ public struct SBPLayout: Sendable, Equatable {
     for s in Set(chosen.map(\.stage)).sorted() {
       let inStage = chosen.filter { $0.stage == s }
       let b = inStage[0]
+      guard b.prefix >= 0, b.prefix <= 1 << 16 else { throw PassError("insert-sbp: stage \(s) has \(b.prefix) prefix tokens") }
       guard inStage.allSatisfy({ $0.grid == b.grid && $0.prefix == b.prefix }) else {
         throw PassError("insert-sbp: the selected blocks of stage \(s) disagree on their token grid")
       }

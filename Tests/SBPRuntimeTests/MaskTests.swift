@@ -63,4 +63,19 @@ final class MaskTests: XCTestCase {
     for k in [0, -0.5, 1.5, .nan, .infinity] { XCTAssertThrowsError(try MaskSpec(keep: k, mode: .grid, height: 4, width: 4)) }
     XCTAssertThrowsError(try MaskSpec(keep: 0.5, mode: .grid, height: 0, width: 4))
   }
+
+  /// Ratios that would keep or drop nothing, or whose grid stride outgrows the grid, are refused
+  /// with the reason instead of looping over empty phases (or trapping on 1/1e-300).
+  func testDegenerateKeepRatiosAreRefused() {
+    for (keep, mode, fragment) in [
+      (1e-300, MaskMode.grid, "keeps less than one"), (0.999, .grid, "drops less than one"), (0.02, .grid, "grid stride of 50"),
+      (1e-9, .random, "keeps less than one"),
+    ] {
+      XCTAssertThrowsError(try MaskSpec(keep: keep, mode: mode, height: 8, width: 8)) { e in
+        XCTAssertTrue("\(e)".contains(fragment), "\(keep): \(e)")
+      }
+    }
+    XCTAssertNoThrow(try MaskSpec(keep: 0.02, mode: .random, height: 8, width: 8))
+    XCTAssertThrowsError(try MaskSpec(keep: 0.5, mode: .grid, height: 1 << 20, width: 2))
+  }
 }

@@ -44,6 +44,8 @@ CASES=(
 "flag: unknown pass|opt Tests/Fixtures/ok_linear.onnx --passes canonicalize,nosuch"
 "flag: --keep out of range|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --keep 0"
 "flag: --keep above 1|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --keep 1.5"
+"flag: --keep keeps less than one patch|compile models/vit_p4_d6_ts17.onnx -o /dev/null --keep 1e-9"
+"flag: --keep too small for a grid mask|compile models/vit_p4_d6_ts17.onnx -o /dev/null --keep 0.02"
 "flag: unknown --mask|compile models/vit_p4_d6_ts17.onnx -o /dev/null --mask stripes"
 "flag: unknown --attention|compile models/vit_p4_d6_ts17.onnx -o /dev/null --attention key"
 "flag: SBP --blocks out of range|compile models/vit_p4_d6_ts17.onnx -o /dev/null --blocks 7"
