@@ -227,7 +227,8 @@ struct Train: ParsableCommand {
         let dt = Date().timeIntervalSince(start)
         print(
           String(
-            format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s)", steps, dt, 1000 * dt / Double(steps), Double(steps * p.batch) / dt))
+            format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s); %.3f GFLOP per step, counted by the runtime", steps, dt,
+            1000 * dt / Double(steps), Double(steps * p.batch) / dt, Double(ex.lastRunFlops) / 1e9))
       }
       if let dumpLogits { try write(ex.buffer(p.train.outputs[0].value), to: dumpLogits) }
       if let dumpGrads {
