@@ -25,6 +25,8 @@ public enum PassRegistry {
     Autodiff(),
     PruneBackward(),
     Rematerialize(),
+    Schedule(),
+    PlanMemory(),
     DeadCodeElimination(),
   ]
 

@@ -24,11 +24,16 @@ public struct Plan: Sendable {
     public var dims: [String: Int]
     public var optimizer: OptimizerConfig
     public var sbp: SBPOptions
-    public init(batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off) {
+    /// Run each optimizer update as soon as its gradient is complete (the gradient dies there).
+    public var fuseOptimizer: Bool
+    public init(
+      batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off, fuseOptimizer: Bool = true
+    ) {
       self.batch = batch
       self.dims = dims
       self.optimizer = optimizer
       self.sbp = sbp
+      self.fuseOptimizer = fuseOptimizer
     }
   }
 
@@ -39,7 +44,9 @@ public struct Plan: Sendable {
     try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&eval)
     var train = eval
     try PassPipeline(
-      passes: [InsertSBP(options.sbp), DeadRows(), Autodiff(optimizer: options.optimizer), PruneBackward(), Rematerialize()],
+      passes: [InsertSBP(options.sbp), DeadRows(), Autodiff(optimizer: options.optimizer), PruneBackward(), Rematerialize(),
+        Schedule(fuseOptimizer: options.fuseOptimizer), PlanMemory(),
+      ],
       verifyEach: true
     ).run(&train)
     let path = URL(fileURLWithPath: model).standardizedFileURL.path

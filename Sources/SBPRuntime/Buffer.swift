@@ -7,14 +7,31 @@ public final class Buffer: @unchecked Sendable {
   public let byteCount: Int
   public let type: TensorType
 
+  /// Whether this buffer allocated `raw` (and frees it), or views memory that another owns
+  /// (the executor's arena, or the buffer a view or in-place result shares).
+  public let owned: Bool
+  /// Keeps the memory a view points into alive.
+  private let base: AnyObject?
+
   public init(_ type: TensorType) {
     self.type = type
     byteCount = type.byteCount
     raw = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
     raw.initializeMemory(as: UInt8.self, repeating: 0, count: max(byteCount, 1))
+    owned = true
+    base = nil
   }
 
-  deinit { raw.deallocate() }
+  /// A buffer of `type` over memory at `raw` that `base` keeps alive.
+  public init(viewing raw: UnsafeMutableRawPointer, _ type: TensorType, base: AnyObject) {
+    self.type = type
+    byteCount = type.byteCount
+    self.raw = raw
+    owned = false
+    self.base = base
+  }
+
+  deinit { if owned { raw.deallocate() } }
 
   public var count: Int { type.elementCount }
   public var f32: UnsafeMutablePointer<Float> { raw.assumingMemoryBound(to: Float.self) }

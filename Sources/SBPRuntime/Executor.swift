@@ -1,6 +1,7 @@
 // Executor.swift: runs a graph on the CPU, one kernel per node, over buffers allocated once.
 import COpenBLAS
 import SBPIR
+import SBPPasses
 
 /// Executes a graph: parameters are copied in once (the optimizer updates them in place),
 /// every other value gets its own buffer at construction, and `run()` walks the nodes in
@@ -15,34 +16,45 @@ public final class Executor {
   private let otherFlops: Int
   private let scratch: UnsafeMutablePointer<Float>
   private let scratchCount: Int
-  /// Bytes the executor will allocate for `graph`: every buffer once (in-place results share
-  /// their input's) plus the convolution workspace.
-  public static func plannedBytes(_ graph: Graph) -> Int {
-    var total = 0
-    for p in graph.params { total += graph.type(of: p.value).byteCount }
-    for i in graph.inputs { total += graph.type(of: i.value).byteCount }
-    var scratch = 0
-    for n in graph.nodes {
-      switch n.op {
-      case .sgd, .adamw: continue
-      case .conv(let g), .convGradInput(let g, _), .convGradWeight(let g, _):
-        let (x, w, y) = convShapes(n, graph)
-        if x.count == 4 { scratch = max(scratch, Conv2D(g, input: x, weight: w, output: y).colCount * 4) }
-      default: break
-      }
-      for o in n.outputs { total += graph.type(of: o).byteCount }
-    }
-    return total + scratch
+  /// Bytes the executor will allocate for `graph`: its memory plan's arena, parameters,
+  /// optimizer state, inputs and convolution workspace.
+  public static func plannedBytes(_ graph: Graph) -> Int { MemoryPlan(graph).totalBytes }
+
+  /// The memory plan the executor lays its buffers out by.
+  public let memory: MemoryPlan
+  private let arena: Arena
+
+  /// The gradient each optimizer update reads (`--dump-grads` and tests retain them).
+  public static func gradientValues(_ g: Graph) -> Set<ValueID> {
+    Set(g.nodes.compactMap { n in Schedule.isUpdate(n.op) ? n.inputs[1] : nil })
   }
 
   /// - Parameter maxMemory: refuse, before allocating anything, a graph needing more bytes.
-  public init(graph: Graph, threads: Int = 1, maxMemory: Int? = nil) throws {
-    let need = Executor.plannedBytes(graph)
+  /// - Parameter retaining: values to keep readable after `run()` (they get arena space to
+  ///   the end of the step instead of dying at their last reader).
+  public init(graph: Graph, threads: Int = 1, maxMemory: Int? = nil, retaining: Set<ValueID> = []) throws {
+    let plan = MemoryPlan(graph, retaining: retaining)
+    let need = plan.totalBytes
     if let maxMemory, need > maxMemory {
       throw RuntimeError("the plan needs \(byteText(need)), more than the limit of \(byteText(maxMemory))")
     }
+    if retaining.isEmpty { try Executor.checkAnnotations(graph, plan) }
     self.graph = graph
+    memory = plan
     GEMM.setThreads(max(threads, 1))
+    for n in graph.nodes {
+      for o in n.outputs {
+        let t = graph.type(of: o)
+        guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .bool || t.dtype == .i32 else {
+          throw RuntimeError("node '\(n.name)' (\(n.op.name)) produces \(t.dtype); the CPU runtime runs f32")
+        }
+      }
+      if case .conv = n.op, Executor.convShapes(n, graph).x.count != 4 {
+        throw RuntimeError("node '\(n.name)': the CPU runtime supports 2-D convolutions only, got input \(Executor.convShapes(n, graph).x)")
+      }
+    }
+    let arena = Arena(bytes: plan.arenaBytes)
+    self.arena = arena
     var buffers = [Buffer?](repeating: nil, count: graph.valueCount)
     for p in graph.params {
       let t = graph.type(of: p.value)
@@ -57,28 +69,18 @@ public final class Executor {
       buffers[p.value.raw] = b
     }
     for i in graph.inputs { buffers[i.value.raw] = Buffer(graph.type(of: i.value)) }
-    var scratch = 1
+    var offsetOf: [ValueID: Int] = [:]
+    for s in plan.slots { offsetOf[s.value] = s.offset }
     for n in graph.nodes {
-      switch n.op {
-      case .sgd:
-        buffers[n.outputs[0].raw] = buffers[n.inputs[0].raw]
-        buffers[n.outputs[1].raw] = buffers[n.inputs[2].raw]
-        continue
-      case .adamw:
-        for k in 0..<3 { buffers[n.outputs[k].raw] = buffers[n.inputs[k == 0 ? 0 : k + 1].raw] }
-        continue
-      case .conv(let g), .convGradInput(let g, _), .convGradWeight(let g, _):
-        let (x, w, y) = Executor.convShapes(n, graph)
-        guard x.count == 4 else { throw RuntimeError("node '\(n.name)': the CPU runtime supports 2-D convolutions only, got input \(x)") }
-        scratch = max(scratch, Conv2D(g, input: x, weight: w, output: y).colCount)
-      default: break
-      }
       for o in n.outputs {
         let t = graph.type(of: o)
-        guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .bool || t.dtype == .i32 else {
-          throw RuntimeError("node '\(n.name)' (\(n.op.name)) produces \(t.dtype); the CPU runtime runs f32")
+        if let owner = plan.owner[o], let b = buffers[owner.raw] {
+          buffers[o.raw] = Buffer(viewing: b.raw, t, base: b)
+        } else if let off = offsetOf[o] {
+          buffers[o.raw] = Buffer(viewing: arena.base + off, t, base: arena)
+        } else {
+          buffers[o.raw] = Buffer(t)
         }
-        buffers[o.raw] = Buffer(t)
       }
     }
     self.buffers = buffers
@@ -92,12 +94,36 @@ public final class Executor {
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv)
     }
-    scratchCount = scratch
+    scratchCount = max(plan.workspaceBytes / 4, 1)
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
-    self.scratch = .allocate(capacity: scratch)
+    scratch = .allocate(capacity: scratchCount)
+  }
+
+  /// A plan's `mem.offsets` must be exactly what its graph's liveness gives, or the plan was
+  /// edited or made by another compiler: running it could overwrite live values.
+  static func checkAnnotations(_ graph: Graph, _ plan: MemoryPlan) throws {
+    var offsetOf: [ValueID: Int] = [:]
+    for s in plan.slots { offsetOf[s.value] = s.offset }
+    for n in graph.nodes {
+      guard case .ints(let offs)? = n.attrs["mem.offsets"] else { continue }
+      let want = n.outputs.map { offsetOf[$0] ?? -1 }
+      guard offs == want else {
+        throw RuntimeError("node '\(n.name)': its mem.offsets \(offs) are not the graph's memory plan \(want); recompile the plan")
+      }
+    }
   }
 
   deinit { scratch.deallocate() }
+
+  /// The one allocation every transient buffer lives in.
+  final class Arena {
+    let base: UnsafeMutableRawPointer
+    init(bytes: Int) {
+      base = .allocate(byteCount: max(bytes, 1), alignment: MemoryPlan.alignment)
+      base.initializeMemory(as: UInt8.self, repeating: 0, count: max(bytes, 1))
+    }
+    deinit { base.deallocate() }
+  }
 
   static func convShapes(_ n: Node, _ g: Graph) -> (x: [Int], w: [Int], y: [Int]) {
     switch n.op {
@@ -167,7 +193,7 @@ public final class Executor {
       conv!.forward(ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!, scratch: scratch)
     case .layerNorm(let axis, let eps): Norm.layerNorm(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .softmax(let axis): Norm.softmax(axis: axis, ins[0], y!)
-    case .reshape, .squeeze, .unsqueeze, .stopGradient: Movement.copy(ins[0], y!)
+    case .reshape, .squeeze, .unsqueeze, .stopGradient: if ins[0].raw != y!.raw { Movement.copy(ins[0], y!) }
     case .transpose(let perm): Movement.transpose(perm, ins[0], y!)
     case .slice(let spec): Movement.slice(spec, ins[0], y!)
     case .gather(let axis): try Movement.gather(axis: axis, ins[0], ins[1], y!)

@@ -34,6 +34,29 @@ struct Memory: ParsableCommand {
     var savedRatio: Double?
     var flopRatio: Double?
     var attention: [AttentionRow]
+    var memory: MemoryRow
+    var plainMemory: MemoryRow?
+  }
+
+  /// The memory plan's totals: the arena against its lower bound, and the persistent parts.
+  struct MemoryRow: Encodable {
+    var arenaBytes: Int
+    var lowerBound: Int
+    var parameterBytes: Int
+    var optimizerStateBytes: Int
+    var inputBytes: Int
+    var workspaceBytes: Int
+    var totalBytes: Int
+
+    init(_ m: MemoryPlan) {
+      arenaBytes = m.arenaBytes
+      lowerBound = m.lowerBound
+      parameterBytes = m.parameterBytes
+      optimizerStateBytes = m.optimizerStateBytes
+      inputBytes = m.inputBytes
+      workspaceBytes = m.workspaceBytes
+      totalBytes = m.totalBytes
+    }
   }
 
   struct AttentionRow: Encodable {
@@ -58,16 +81,19 @@ struct Memory: ParsableCommand {
       }
       let cost = StepCost(train: plan.train)
       var plain: StepCost?
+      var plainMemory: MemoryRow?
       if compare {
         let p = try Plan.compile(model: plan.model, options: Plan.Options(batch: plan.batch, dims: shape.importOptions.dims, sbp: .off)).0
         plain = StepCost(train: p.train)
+        plainMemory = MemoryRow(MemoryPlan(p.train))
       }
       let rows = attentionRows(plan, cost, plain)
       let report = Report(
         model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text, blocks: plan.layout?.blocks ?? [],
         cost: cost,
         plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
-        flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: rows)
+        flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: rows,
+        memory: MemoryRow(MemoryPlan(plan.train)), plainMemory: plainMemory)
       if json {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -140,6 +166,16 @@ struct Memory: ParsableCommand {
     var steps = "step FLOPs (with the optimizer): \(gf(r.cost.stepFlops)) GFLOP"
     if let plain = r.plain { steps += ", keep 1: \(gf(plain.stepFlops)) GFLOP, ratio \(ratio(r.cost.stepFlops, plain.stepFlops))" }
     print(steps)
+    func memoryLine(_ m: MemoryRow) -> String {
+      String(
+        format: "arena %@ MiB (lower bound %@ MiB, %.3f×); parameters %@, optimizer state %@, inputs %@, conv workspace %@; total %@ MiB",
+        mb(m.arenaBytes), mb(m.lowerBound), Double(m.arenaBytes) / Double(max(m.lowerBound, 1)), mb(m.parameterBytes),
+        mb(m.optimizerStateBytes), mb(m.inputBytes), mb(m.workspaceBytes), mb(m.totalBytes))
+    }
+    print("memory plan: " + memoryLine(r.memory))
+    if let p = r.plainMemory {
+      print("keep 1:      " + memoryLine(p) + String(format: "; ratio %.3f", Double(r.memory.totalBytes) / Double(max(p.totalBytes, 1))))
+    }
     if values {
       print("saved values, largest first:")
       for v in r.cost.values {

@@ -193,7 +193,8 @@ struct Train: ParsableCommand {
   func run() throws {
     try reportingErrors {
       let p = try Plan.load(plan)
-      let ex = try Executor(graph: p.train, threads: threads, maxMemory: memory.limit)
+      let ex = try Executor(
+        graph: p.train, threads: threads, maxMemory: memory.limit, retaining: dumpGrads == nil ? [] : Executor.gradientValues(p.train))
       guard let img = p.train.inputs.first(where: { $0.name != "labels" && $0.name != "step" && !$0.name.hasPrefix("sbp.") }),
         let lab = ex.input("labels")
       else {

@@ -36,7 +36,7 @@ func runReferenceStep(_ model: String, _ onnx: String, threads: Int = 1) throws 
   let x = try NPYArray.read(repoRoot + "/models/\(model).ref/input.npy")
   let labels = try NPYArray.read(ref + "/labels.npy")
   let (plan, _) = try Plan.compile(model: onnx, options: Plan.Options(batch: x.shape[0]))
-  let ex = try Executor(graph: plan.train, threads: threads)
+  let ex = try Executor(graph: plan.train, threads: threads, retaining: Executor.gradientValues(plan.train))
   let inp = try XCTUnwrap(plan.train.inputs.first { $0.name != "labels" && $0.name != "step" })
   x.data.withUnsafeBytes { ex.buffer(inp.value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
   labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }

@@ -25,7 +25,7 @@ func runSBPStep(_ model: String, _ onnx: String, config: String, options: SBPOpt
   let x = try NPYArray.read(repoRoot + "/models/\(model).ref/input.npy")
   let labels = try NPYArray.read(dir + "/labels.npy")
   let (plan, _) = try Plan.compile(model: onnx, options: Plan.Options(batch: x.shape[0], sbp: try options ?? sbpOptions(config: config)))
-  let ex = try Executor(graph: plan.train, threads: 1)
+  let ex = try Executor(graph: plan.train, threads: 1, retaining: Executor.gradientValues(plan.train))
   let inp = plan.train.inputs[0]
   x.data.withUnsafeBytes { ex.buffer(inp.value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
   labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -132,7 +132,7 @@ final class SBPReferenceTests: XCTestCase {
     let layout = try XCTUnwrap(try SBPLayout.make(g, options: split.options))
     try PassPipeline(passes: [split, DeadRows(), Autodiff(), PruneBackward(), Rematerialize()], verifyEach: true).run(&g)
     XCTAssertTrue(g.nodes.contains { $0.op == .conv(ConvGeometry(strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1)) })
-    let ex = try Executor(graph: g, threads: 1)
+    let ex = try Executor(graph: g, threads: 1, retaining: Executor.gradientValues(g))
     x.data.withUnsafeBytes { ex.buffer(g.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     try NPYArray.read(dir + "/labels.npy").data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     let mask = try KeepMask(npy: try NPYArray.read(dir + "/mask.npy"), name: "mask.npy")

@@ -1,0 +1,197 @@
+// PlanMemory.swift: live intervals, in-place reuse and arena offsets for every transient buffer of a scheduled graph.
+import SBPIR
+
+/// Where every value of a scheduled graph lives. Parameters, optimizer state and graph inputs
+/// are persistent; views (reshape, squeeze, unsqueeze, stop_gradient) and optimizer results
+/// share the memory they come from; an elementwise op whose operand dies there writes over
+/// it. Everything else gets an interval [made, last read] and an offset in one arena,
+/// assigned greedily by size with best fit.
+public struct MemoryPlan: Sendable, Equatable {
+  /// One arena buffer: a value (and the views and in-place results that share it).
+  public struct Slot: Sendable, Equatable {
+    public var value: ValueID
+    public var offset: Int
+    public var bytes: Int
+    /// Schedule positions of its first write and its last read.
+    public var start: Int
+    public var end: Int
+  }
+
+  public static let alignment = 64
+
+  public var slots: [Slot]
+  /// Each value that shares another's memory, mapped to the value that owns it.
+  public var owner: [ValueID: ValueID]
+  public var arenaBytes: Int
+  /// The largest sum of bytes live at any one step: no arena can be smaller.
+  public var lowerBound: Int
+  public var parameterBytes: Int
+  public var optimizerStateBytes: Int
+  public var inputBytes: Int
+  /// The im2col workspace of the largest convolution, allocated once beside the arena.
+  public var workspaceBytes: Int
+
+  public var totalBytes: Int { arenaBytes + parameterBytes + optimizerStateBytes + inputBytes + workspaceBytes }
+
+  static func aligned(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
+
+  /// Ops whose result may overwrite an operand of the same type that dies there.
+  static func inPlace(_ op: Op) -> Bool {
+    switch op {
+    case .add, .sub, .mul, .div, .pow, .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu, .reluGrad, .geluGrad:
+      return true
+    default: return false
+    }
+  }
+
+  /// Ops whose result is its operand's bytes under another shape.
+  static func isView(_ op: Op) -> Bool {
+    switch op {
+    case .reshape, .squeeze, .unsqueeze, .stopGradient: return true
+    default: return false
+    }
+  }
+
+  /// - Parameter retaining: values kept readable after the step (as graph outputs are), for
+  ///   tools that dump them; a plan file's offsets are made without any.
+  public init(_ g: Graph, retaining: Set<ValueID> = []) {
+    let n = g.nodes.count
+    var persistent = Set(g.inputs.map(\.value)).union(g.params.map(\.value))
+    var owner: [ValueID: ValueID] = [:]
+    func root(_ v: ValueID) -> ValueID {
+      var v = v
+      while let o = owner[v] { v = o }
+      return v
+    }
+    var lastUse: [ValueID: Int] = [:]
+    for (i, node) in g.nodes.enumerated() { for v in node.inputs { lastUse[v] = i } }
+    for o in g.outputs { lastUse[o.value] = n }
+    for v in retaining { lastUse[v] = n }
+    var start: [ValueID: Int] = [:]
+    var end: [ValueID: Int] = [:]  // per root, over everything sharing it
+    var workspace = 0
+    for (i, node) in g.nodes.enumerated() {
+      switch node.op {
+      case .sgd:
+        owner[node.outputs[0]] = node.inputs[0]
+        owner[node.outputs[1]] = node.inputs[2]
+        persistent.formUnion(node.outputs)
+        continue
+      case .adamw:
+        for k in 0..<3 { owner[node.outputs[k]] = node.inputs[k == 0 ? 0 : k + 1] }
+        persistent.formUnion(node.outputs)
+        continue
+      case .conv(let geo), .convGradInput(let geo, _), .convGradWeight(let geo, _):
+        workspace = max(workspace, MemoryPlan.im2colBytes(node, g, geo))
+      default: break
+      }
+      let y = node.outputs[0]
+      if MemoryPlan.isView(node.op) {
+        owner[y] = node.inputs[0]
+      } else if MemoryPlan.inPlace(node.op), node.outputs.count == 1,
+        let x = node.inputs.first(where: { x in
+          let r = root(x)
+          return !persistent.contains(r) && g.type(of: x) == g.type(of: y) && end[r] == i && lastUse[x] == i
+            && !g.outputs.contains(where: { $0.value == x })
+        })
+      {
+        owner[y] = x
+      }
+      for o in node.outputs {
+        let r = root(o)
+        if r == o { start[o] = i }
+        end[r] = max(end[r] ?? i, lastUse[o] ?? i)
+      }
+      // Views extend the life of what they show.
+      for x in node.inputs where !persistent.contains(root(x)) {
+        end[root(x)] = max(end[root(x)] ?? i, i)
+      }
+    }
+    var slots: [Slot] = []
+    for (v, s) in start where !persistent.contains(v) && owner[v] == nil {
+      slots.append(Slot(value: v, offset: 0, bytes: MemoryPlan.aligned(max(g.type(of: v).byteCount, 1)), start: s, end: end[v] ?? s))
+    }
+    // Lower bound: the most bytes live at once.
+    var delta = [Int](repeating: 0, count: n + 2)
+    for s in slots {
+      delta[s.start] += s.bytes
+      delta[s.end + 1] -= s.bytes
+    }
+    var live = 0, bound = 0
+    for d in delta {
+      live += d
+      bound = max(bound, live)
+    }
+    // Greedy by size, best fit among the gaps left by buffers that overlap in time.
+    slots.sort { ($0.bytes, $1.start, $1.value.raw) > ($1.bytes, $0.start, $0.value.raw) }
+    var placed: [Slot] = []
+    var top = 0
+    for var s in slots {
+      let busy = placed.filter { $0.start <= s.end && s.start <= $0.end }.sorted { $0.offset < $1.offset }
+      var best: (offset: Int, gap: Int)?
+      var cursor = 0
+      for b in busy {
+        if b.offset - cursor >= s.bytes, best == nil || b.offset - cursor < best!.gap { best = (cursor, b.offset - cursor) }
+        cursor = max(cursor, b.offset + b.bytes)
+      }
+      s.offset = best?.offset ?? cursor
+      top = max(top, s.offset + s.bytes)
+      placed.append(s)
+    }
+    self.slots = placed.sorted { ($0.start, $0.value.raw) < ($1.start, $1.value.raw) }
+    self.owner = owner
+    arenaBytes = top
+    lowerBound = bound
+    var params = 0, state = 0
+    for p in g.params {
+      if p.name.hasPrefix("opt.") { state += g.type(of: p.value).byteCount } else { params += g.type(of: p.value).byteCount }
+    }
+    parameterBytes = params
+    optimizerStateBytes = state
+    inputBytes = g.inputs.reduce(0) { $0 + g.type(of: $1.value).byteCount }
+    workspaceBytes = workspace
+  }
+
+  /// Bytes of the im2col buffer a convolution node needs: (C/group)·kh·kw rows by the output's
+  /// H·W columns.
+  static func im2colBytes(_ node: Node, _ g: Graph, _ geo: ConvGeometry) -> Int {
+    let w: [Int], y: [Int]
+    switch node.op {
+    case .convGradInput: (w, y) = (g.type(of: node.inputs[1]).shape, g.type(of: node.inputs[0]).shape)
+    case .convGradWeight(_, let ws): (w, y) = (ws, g.type(of: node.inputs[1]).shape)
+    default: (w, y) = (g.type(of: node.inputs[1]).shape, g.type(of: node.outputs[0]).shape)
+    }
+    guard w.count == 4, y.count == 4 else { return 0 }
+    return w[1] * w[2] * w[3] * y[2] * y[3] * 4
+  }
+
+  /// The arena offset of each value that lives in the arena (views and in-place results
+  /// report their owner's offset).
+  public func offset(of v: ValueID) -> Int? {
+    var r = v
+    while let o = owner[r] { r = o }
+    return slots.first { $0.value == r }?.offset
+  }
+}
+
+/// The plan-memory pass: computes the `MemoryPlan` and writes it onto the nodes, so the plan
+/// file names every kernel's buffers: `mem.offsets` (arena offset per result, −1 when the
+/// result lives elsewhere) and `mem.shares` (the operand whose memory a result reuses, −1 if none).
+public struct PlanMemory: Pass {
+  public init() {}
+  public let name = "plan-memory"
+  public let summary = "live intervals, in-place reuse and best-fit arena offsets for every buffer (after schedule)"
+
+  public func run(_ graph: inout Graph) throws {
+    let plan = MemoryPlan(graph)
+    var offsetOf: [ValueID: Int] = [:]
+    for s in plan.slots { offsetOf[s.value] = s.offset }
+    for i in graph.nodes.indices {
+      let node = graph.nodes[i]
+      let offsets = node.outputs.map { offsetOf[$0] ?? -1 }
+      let shares = node.outputs.map { o in plan.owner[o].flatMap { node.inputs.firstIndex(of: $0) } ?? -1 }
+      graph.annotate(node: i, "mem.offsets", .ints(offsets))
+      graph.annotate(node: i, "mem.shares", .ints(shares))
+    }
+  }
+}

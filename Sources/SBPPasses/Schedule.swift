@@ -1,0 +1,90 @@
+// Schedule.swift: fixes the op order of a training step: forward, a memory-aware backward, and optimizer updates fused in.
+import SBPIR
+
+/// The schedule pass. The forward keeps its order. The backward is list-scheduled: among the
+/// ops whose operands are ready it runs first the one that frees the most bytes (net of what
+/// it allocates), so a weight gradient runs as soon as it can and the activation it reads
+/// dies. With `fuseOptimizer` each update runs as soon as its gradient is complete and every
+/// other reader of its parameter has run (updates overwrite parameters in place), so the
+/// gradient dies there; without it, updates run after the whole backward.
+public struct Schedule: Pass {
+  public var fuseOptimizer: Bool
+  public init(fuseOptimizer: Bool = true) { self.fuseOptimizer = fuseOptimizer }
+  public let name = "schedule"
+  public let summary = "order the step: forward, a backward that frees memory early, optimizer updates as soon as their gradient is done"
+
+  public static func isUpdate(_ op: Op) -> Bool {
+    switch op {
+    case .sgd, .adamw: return true
+    default: return false
+    }
+  }
+
+  public func run(_ graph: inout Graph) throws {
+    guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
+    let nodes = graph.nodes
+    let persistent = Set(graph.inputs.map(\.value)).union(graph.params.map(\.value))
+    var producer: [ValueID: Int] = [:]
+    for (i, n) in nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    var remaining: [ValueID: Int] = [:]  // readers not yet scheduled
+    for n in nodes { for v in n.inputs { remaining[v, default: 0] += 1 } }
+    let outputs = Set(graph.outputs.map(\.value))
+    var done = [Bool](repeating: false, count: nodes.count)
+    var order: [Int] = Array(0...loss)
+    for i in 0...loss {
+      done[i] = true
+      for v in nodes[i].inputs { remaining[v, default: 0] -= 1 }
+    }
+    var pending = Set((loss + 1)..<nodes.count)
+    func ready(_ i: Int) -> Bool {
+      nodes[i].inputs.allSatisfy { v in producer[v].map { done[$0] } ?? true }
+    }
+    // Views of a parameter (a reshaped weight) share its memory: their readers read it too.
+    var views: [ValueID: [ValueID]] = [:]
+    for n in nodes where MemoryPlan.isView(n.op) {
+      var r = n.inputs[0]
+      while let p = producer[r], MemoryPlan.isView(nodes[p].op) { r = nodes[p].inputs[0] }
+      views[r, default: []].append(n.outputs[0])
+    }
+    /// An update may run once its operands are ready and nothing else still reads its
+    /// parameter, directly or through a view.
+    func updateReady(_ i: Int) -> Bool {
+      let p = nodes[i].inputs[0]
+      return ready(i) && remaining[p, default: 0] <= 1 && (views[p] ?? []).allSatisfy { remaining[$0, default: 0] == 0 }
+    }
+    func run(_ i: Int) {
+      done[i] = true
+      pending.remove(i)
+      order.append(i)
+      for v in nodes[i].inputs { remaining[v, default: 0] -= 1 }
+    }
+    func score(_ i: Int) -> Int {
+      var freed = 0
+      for v in Set(nodes[i].inputs) where !persistent.contains(v) && !outputs.contains(v) {
+        if remaining[v, default: 0] == nodes[i].inputs.filter({ $0 == v }).count { freed += graph.type(of: v).byteCount }
+      }
+      return freed - nodes[i].outputs.reduce(0) { $0 + graph.type(of: $1).byteCount }
+    }
+    while !pending.isEmpty {
+      if fuseOptimizer {
+        var fused = true
+        while fused {
+          fused = false
+          for i in pending.sorted() where Schedule.isUpdate(nodes[i].op) && updateReady(i) {
+            run(i)
+            fused = true
+          }
+        }
+        if pending.isEmpty { break }
+      }
+      let candidates = pending.filter { !Schedule.isUpdate(nodes[$0].op) && ready($0) }
+      guard let best = candidates.max(by: { (score($0), -$0) < (score($1), -$1) }) else {
+        // Only updates are left (unfused, or waiting on nothing but each other).
+        for i in pending.sorted() where ready(i) { run(i) }
+        continue
+      }
+      run(best)
+    }
+    graph.nodes = order.map { nodes[$0] }
+  }
+}
