@@ -15,13 +15,17 @@ public final class TensorBytes: @unchecked Sendable {
   public let count: Int
   /// What keeps `base` alive (a mapped file, a decoded message), or nil when this object owns it.
   public let owner: AnyObject?
+  /// True when `base` points into a read-only file mapping: a consumer that has copied the
+  /// bytes may drop those pages from memory (they are read back from the file if touched again).
+  public let fileBacked: Bool
   private let deallocate: Bool
 
   /// Wraps memory that `owner` keeps alive.
-  public init(borrowing base: UnsafeRawPointer, count: Int, owner: AnyObject) {
+  public init(borrowing base: UnsafeRawPointer, count: Int, owner: AnyObject, fileBacked: Bool = false) {
     self.base = base
     self.count = count
     self.owner = owner
+    self.fileBacked = fileBacked
     self.deallocate = false
   }
 
@@ -32,6 +36,7 @@ public final class TensorBytes: @unchecked Sendable {
     self.base = UnsafeRawPointer(p)
     self.count = bytes.count
     self.owner = nil
+    self.fileBacked = false
     self.deallocate = true
   }
 

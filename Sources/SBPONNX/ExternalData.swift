@@ -32,7 +32,7 @@ final class ExternalStore {
       throw ImportError("\(what): length \(len) bytes does not match its shape, which needs \(expected) bytes")
     }
     guard let base = file.base else { return TensorBytes(copying: UnsafeRawBufferPointer(start: nil, count: 0)) }
-    return TensorBytes(borrowing: base + offset, count: len, owner: file)
+    return TensorBytes(borrowing: base + offset, count: len, owner: file, fileBacked: true)
   }
 
   private func mapped(_ location: String, what: String) throws -> MappedFile {

@@ -152,7 +152,8 @@ func readONNX(path: String) throws -> OModel {
     }
     if let r = rawInFile {
       return OTensor(
-        name: name, onnxType: type, dims: dims, data: .bytes(TensorBytes(borrowing: base + r.lowerBound, count: r.count, owner: file)))
+        name: name, onnxType: type, dims: dims,
+        data: .bytes(TensorBytes(borrowing: base + r.lowerBound, count: r.count, owner: file, fileBacked: true)))
     }
     if p.has_raw_data != 0 {
       let raw = p.raw_data

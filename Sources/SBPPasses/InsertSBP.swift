@@ -37,6 +37,7 @@ struct SBPRewriter {
   var indexInputs: [Int: (kept: ValueID, dropped: ValueID)] = [:]
   var keyBias: [Int: ValueID] = [:]
   var patchDownsamplers = true
+  var operandViews: [String: ValueID] = [:]
   /// Annotations every node made for the current block carries (its block and stage).
   var stamp: [String: AttrValue] = [:]
 
@@ -88,7 +89,9 @@ struct SBPRewriter {
       guard case .int(let s)? = n.attrs["sbp.stage"], let first = table.blocks(inStage: s).first, selected.contains(first.index) else {
         continue
       }
-      if try !(patchDownsamplers && splitPatchDownsampler(n, stage: s)) { try maskGradient(of: n.outputs[0], axes: [2, 3], stage: s, name: n.name) }
+      if try !(patchDownsamplers && splitPatchDownsampler(n, stage: s)) {
+        try maskGradient(of: n.outputs[0], axes: [2, 3], stage: s, name: n.name)
+      }
     }
   }
 
@@ -174,7 +177,10 @@ struct SBPRewriter {
             let s = graph.type(of: v).shape, r = graph.type(of: n.outputs[0]).rank
             let aligned = [Int](repeating: 1, count: r - s.count) + s
             let want = s.count > r - 1 - t.last! ? Self.merged(aligned, t) : s
-            ins.append(try reshape(v, to: want, name: "\(n.name).sbp.\(suffix).operand"))
+            // One reshape for both halves: the halves read the same operand, so they stay clones.
+            let key = "\(v.raw):\(want)"
+            if operandViews[key] == nil { operandViews[key] = try reshape(v, to: want, name: "\(n.name).sbp.operand") }
+            ins.append(operandViews[key]!)
           }
         }
         let op: Op
@@ -336,11 +342,13 @@ struct SBPRewriter {
     var halves: [ValueID] = []
     for (idx, suffix) in [(kept, "kept"), (dropped, "dropped")] {
       let g = try emit(.gatherRows(axis: 1), [rows, idx], name: "\(name).sbp.\(suffix)")[0]
-      let ln = try emit(.layerNorm(axis: 4, epsilon: eps), [g] + norm.inputs.dropFirst(), name: "\(norm.name).sbp.\(suffix)", attrs: norm.attrs)[0]
+      let ln = try emit(
+        .layerNorm(axis: 4, epsilon: eps), [g] + norm.inputs.dropFirst(), name: "\(norm.name).sbp.\(suffix)", attrs: norm.attrs)[0]
       let k = graph.type(of: idx).shape[0]
       let pt = try emit(.transpose([0, 1, 4, 2, 3]), [ln], name: "\(name).sbp.\(suffix)")[0]
       let pf = try reshape(pt, to: [b, k, c * f * f], name: "\(name).sbp.\(suffix)")
-      var y = try emit(.linear(axis: 2, layout: .outIn), [pf, wf] + conv.inputs.dropFirst(2), name: "\(name).sbp.\(suffix)", attrs: conv.attrs)[0]
+      var y = try emit(
+        .linear(axis: 2, layout: .outIn), [pf, wf] + conv.inputs.dropFirst(2), name: "\(name).sbp.\(suffix)", attrs: conv.attrs)[0]
       if suffix == "dropped" { y = try emit(.stopGradient, [y], name: name + ".sbp.dropped.stop")[0] }
       halves.append(y)
     }

@@ -65,7 +65,8 @@ public struct MaskSpec: Sendable, Equatable {
       throw MaskError("keep \(keep) keeps less than one of the \(height)x\(width) grid's \(height * width) patches")
     }
     guard keep == 1 || (1 - keep) * patches >= 1 else {
-      throw MaskError("keep \(keep) drops less than one of the \(height)x\(width) grid's \(height * width) patches; use --keep 1 for no SBP")
+      throw MaskError(
+        "keep \(keep) drops less than one of the \(height)x\(width) grid's \(height * width) patches; use --keep 1 for no SBP")
     }
     self.keep = keep
     self.mode = mode
@@ -73,7 +74,8 @@ public struct MaskSpec: Sendable, Equatable {
     self.width = width
     if mode == .grid, let (stride, _) = gridStride, stride > height + width - 1 {
       throw MaskError(
-        "keep \(keep) gives a grid stride of \(stride), more than the \(height + width - 1) diagonals of the \(height)x\(width) grid, so some phases would drop everything; use --mask random")
+        "keep \(keep) gives a grid stride of \(stride), more than the \(height + width - 1) diagonals of the \(height)x\(width) grid, so some phases would drop everything; use --mask random"
+      )
     }
   }
 

@@ -116,10 +116,12 @@ public struct PruneBackward: Pass {
     for ki in rk {
       let n = g.nodes[ki]
       let rank = g.type(of: n.outputs[0]).rank
-      guard let out = (0..<rank).first(where: { cand in
-        guard let m = sinker.operandAxes(n, t: cand) else { return false }
-        return zip(n.inputs, m.axes).allSatisfy { v, ax in axis[v] == nil ? ax == nil : ax == axis[v] }
-      }) else {
+      guard
+        let out = (0..<rank).first(where: { cand in
+          guard let m = sinker.operandAxes(n, t: cand) else { return false }
+          return zip(n.inputs, m.axes).allSatisfy { v, ax in axis[v] == nil ? ax == nil : ax == axis[v] }
+        })
+      else {
         g.nodes.removeSubrange(start...)
         return
       }
@@ -147,7 +149,14 @@ public struct PruneBackward: Pass {
         for k in g.nodes[u].inputs.indices where g.nodes[u].inputs[k] == v { g.nodes[u].inputs[k] = gathers[v]! }
       }
     }
-    let made = Array(g.nodes[start...])
+    // Each gather right after the value it reads, so a wide value (fc1's output) can die at
+    // its next reader (GELU, which then writes over it) instead of living to the chain's end.
+    let chain = Array(g.nodes[start..<(start + rk.count)]), taken = Array(g.nodes[(start + rk.count)...])
+    var made: [Node] = taken.filter { !chain.flatMap(\.outputs).contains($0.inputs[0]) }
+    for c in chain {
+      made.append(c)
+      made += taken.filter { c.outputs.contains($0.inputs[0]) }
+    }
     g.nodes.removeSubrange(start...)
     g.nodes.insert(contentsOf: made, at: si)
     g.replaceUses(of: s.outputs[0], with: full[a]!)

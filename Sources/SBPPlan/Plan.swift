@@ -8,7 +8,7 @@ import SBPPasses
 /// plus where the weights come from. The weights are not copied into the plan; loading
 /// re-reads them from the ONNX model (mapped, not copied).
 public struct Plan: Sendable {
-  public static let formatVersion = 2
+  public static let formatVersion = 3
 
   public var model: String
   public var batch: Int
@@ -27,7 +27,8 @@ public struct Plan: Sendable {
     /// Run each optimizer update as soon as its gradient is complete (the gradient dies there).
     public var fuseOptimizer: Bool
     public init(
-      batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off, fuseOptimizer: Bool = true
+      batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
+      fuseOptimizer: Bool = true
     ) {
       self.batch = batch
       self.dims = dims
@@ -44,7 +45,8 @@ public struct Plan: Sendable {
     try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&eval)
     var train = eval
     try PassPipeline(
-      passes: [InsertSBP(options.sbp), DeadRows(), Autodiff(optimizer: options.optimizer), PruneBackward(), Rematerialize(),
+      passes: [
+        InsertSBP(options.sbp), DeadRows(), Autodiff(optimizer: options.optimizer), PruneBackward(), Rematerialize(),
         Schedule(fuseOptimizer: options.fuseOptimizer), PlanMemory(),
       ],
       verifyEach: true
@@ -56,8 +58,21 @@ public struct Plan: Sendable {
 
   /// The plan file: a header, then the two graphs in the text IR.
   public func serialized() -> String {
-    "sbpc-plan \(Plan.formatVersion)\nmodel \(quoted(model))\nbatch \(batch)\nsbp \(sbp.text)\n== train\n\(train.printed())== eval\n\(eval.printed())"
+    let body = "== train\n\(train.printed())== eval\n\(eval.printed())"
+    return "sbpc-plan \(Plan.formatVersion)\nmodel \(quoted(model))\nbatch \(batch)\nsbp \(sbp.text)\nchecksum \(Plan.checksum(body))\n"
+      + body
   }
+
+  /// FNV-1a over the plan's graphs, as 16 hex digits: an edited or truncated plan is refused
+  /// before anything is parsed or run.
+  static func checksum<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    let hex = String(h, radix: 16)
+    return String(repeating: "0", count: 16 - hex.count) + hex
+  }
+
+  static func checksum(_ text: String) -> String { checksum(text.utf8) }
 
   func quoted(_ s: String) -> String {
     "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
@@ -71,7 +86,7 @@ public struct Plan: Sendable {
     do { data = try readFileBytes(path) } catch { throw bad("cannot read the plan file") }
     guard let text = String(validating: data, as: UTF8.self) else { throw bad("not a plan file (not UTF-8 text)") }
     let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-    guard lines.count > 5, lines[0].hasPrefix("sbpc-plan ") else { throw bad("not an sbpc plan file (no 'sbpc-plan' header)") }
+    guard lines.count > 6, lines[0].hasPrefix("sbpc-plan ") else { throw bad("not an sbpc plan file (no 'sbpc-plan' header)") }
     guard Int(lines[0].dropFirst("sbpc-plan ".count)) == formatVersion else {
       throw bad("plan format '\(lines[0].dropFirst("sbpc-plan ".count))' is not version \(formatVersion); recompile the model")
     }
@@ -86,7 +101,14 @@ public struct Plan: Sendable {
     guard lines[3].hasPrefix("sbp "), let sbp = SBPOptions(text: String(lines[3].dropFirst(4))) else {
       throw bad("line 4: expected sbp keep R mask grid|random attention qkv|query|none blocks SPEC")
     }
-    guard lines[4] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
+    guard lines[4].hasPrefix("checksum "), lines[4].count == "checksum ".count + 16 else {
+      throw bad("line 5: expected checksum followed by 16 hex digits")
+    }
+    let bodyStart = lines[...4].reduce(0) { $0 + $1.utf8.count + 1 }
+    guard Plan.checksum(data[bodyStart...]) == lines[4].dropFirst("checksum ".count) else {
+      throw bad("checksum mismatch: the plan was edited, truncated or damaged; recompile it")
+    }
+    guard lines[5] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
       throw bad("missing '== train' or '== eval' section")
     }
     func graph(_ range: Range<Int>, _ what: String) throws -> Graph {
@@ -99,7 +121,7 @@ public struct Plan: Sendable {
         throw bad("\(what) graph: \(e)")
       }
     }
-    var train = try graph(5..<evalStart, "train")
+    var train = try graph(6..<evalStart, "train")
     var eval = try graph((evalStart + 1)..<lines.count, "eval")
     // Weights come from the model the plan was compiled from, matched by initializer name.
     let weights: Graph

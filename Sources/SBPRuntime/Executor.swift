@@ -1,5 +1,6 @@
 // Executor.swift: runs a graph on the CPU, one kernel per node, over buffers allocated once.
 import COpenBLAS
+import Glibc
 import SBPIR
 import SBPPasses
 
@@ -65,6 +66,9 @@ public final class Executor {
           throw RuntimeError("parameter @\(p.name) is \(t.dtype); the CPU runtime runs f32")
         }
         b.raw.copyMemory(from: d.base, byteCount: d.count)
+        // The weights now live in the executor: drop the mapped file's pages so they are not
+        // resident twice (the mapping stays valid; pages come back from the file if read).
+        if d.fileBacked { Executor.releasePages(d.base, d.count) }
       }
       buffers[p.value.raw] = b
     }
@@ -97,6 +101,16 @@ public final class Executor {
     scratchCount = max(plan.workspaceBytes / 4, 1)
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
     scratch = .allocate(capacity: scratchCount)
+  }
+
+  static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+  /// madvise(DONTNEED) on the whole pages inside [base, base + count).
+  static func releasePages(_ base: UnsafeRawPointer, _ count: Int) {
+    let start = (Int(bitPattern: base) + pageSize - 1) / pageSize * pageSize
+    let end = (Int(bitPattern: base) + count) / pageSize * pageSize
+    guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
+    _ = madvise(p, end - start, MADV_DONTNEED)
   }
 
   /// A plan's `mem.offsets` must be exactly what its graph's liveness gives, or the plan was

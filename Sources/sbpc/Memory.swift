@@ -23,6 +23,9 @@ struct Memory: ParsableCommand {
   @Flag(help: "Print JSON instead of a table.") var json = false
   @Flag(help: "Also list every saved value: its part, producing node, op, type and size.") var values = false
   @OptionGroup var shape: ShapeOptions
+  var loadedPlan: Plan?
+
+  enum CodingKeys: CodingKey { case input, sbp, compare, json, values, shape }
 
   struct Report: Encodable {
     var model: String
@@ -68,7 +71,7 @@ struct Memory: ParsableCommand {
     var measured: Double?
   }
 
-  func run() throws {
+  mutating func run() throws {
     try reportingErrors {
       let plan: Plan
       if input.hasSuffix(".onnx") {
@@ -79,6 +82,7 @@ struct Memory: ParsableCommand {
         }
         plan = try Plan.load(input)
       }
+      loadedPlan = plan
       let cost = StepCost(train: plan.train)
       var plain: StepCost?
       var plainMemory: MemoryRow?
@@ -130,6 +134,27 @@ struct Memory: ParsableCommand {
     return out
   }
 
+  /// What is live at the arena's busiest step, for `--values`.
+  var peakReport: String? {
+    guard let plan = loadedPlan else { return nil }
+    let m = MemoryPlan(plan.train)
+    var best = (step: 0, bytes: -1)
+    for t in 0..<plan.train.nodes.count {
+      let b = m.slots.reduce(0) { $0 + ($1.start <= t && t <= $1.end ? $1.bytes : 0) }
+      if b > best.bytes { best = (t, b) }
+    }
+    let live = m.slots.filter { $0.start <= best.step && best.step <= $0.end }.sorted { $0.bytes > $1.bytes }
+    let names = Dictionary(plan.train.nodes.flatMap { n in n.outputs.map { ($0, n) } }, uniquingKeysWith: { a, _ in a })
+    var out = "busiest step \(best.step) of \(plan.train.nodes.count) ('\(plan.train.nodes[best.step].name)'): "
+    out += String(format: "%.2f MiB live in %d buffers; the largest:", Double(best.bytes) / 1_048_576, live.count)
+    for s in live.prefix(12) {
+      let n = names[s.value]
+      out +=
+        String(format: "\n  %9.2f MiB  [%d, %d]  ", Double(s.bytes) / 1_048_576, s.start, s.end) + "\(n?.op.name ?? "?") \(n?.name ?? "")"
+    }
+    return out
+  }
+
   func printTable(_ r: Report) {
     func mb(_ b: Int) -> String { String(format: "%.2f", Double(b) / 1_048_576) }
     func gf(_ f: Int) -> String { String(format: "%.3f", Double(f) / 1e9) }
@@ -175,6 +200,9 @@ struct Memory: ParsableCommand {
     print("memory plan: " + memoryLine(r.memory))
     if let p = r.plainMemory {
       print("keep 1:      " + memoryLine(p) + String(format: "; ratio %.3f", Double(r.memory.totalBytes) / Double(max(p.totalBytes, 1))))
+    }
+    if values, let peak = peakReport {
+      print(peak)
     }
     if values {
       print("saved values, largest first:")

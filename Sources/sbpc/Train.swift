@@ -23,6 +23,10 @@ struct Compile: ParsableCommand {
   @Argument(help: "The ONNX model.") var model: String
   @Option(name: .shortAndLong, help: "Where to write the plan.") var output: String
   @OptionGroup var sbp: SBPFlags
+  @Flag(
+    inversion: .prefixedNo,
+    help: "Run each optimizer update as soon as its gradient is complete, so the gradient dies there (default on).")
+  var fuseOptimizer = true
   @Option(help: "Optimizer: sgd or adamw.") var optimizer: String = "sgd"
   @Option(help: "Learning rate.") var lr: Double = 0.01
   @Option(help: "SGD momentum.") var momentum: Double = 0.9
@@ -43,7 +47,9 @@ struct Compile: ParsableCommand {
         ? .sgd(lr: lr, momentum: momentum, weightDecay: weightDecay)
         : .adamw(lr: lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: weightDecay)
       let (plan, notes) = try Plan.compile(
-        model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options))
+        model: model,
+        options: Plan.Options(
+          batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer))
       printNotes(notes)
       guard FileManager.default.createFile(atPath: output, contents: Data(plan.serialized().utf8)) else {
         throw PlanError("\(output): cannot write")

@@ -45,7 +45,8 @@ final class SBPPlanTests: XCTestCase {
     XCTAssertGreaterThan(try readersOfDropped(vit, SBPOptions(attention: .query)), 0)
     XCTAssertGreaterThan(try readersOfDropped(avg, SBPOptions()), 0)
     // The dead rows take their FLOPs with them.
-    let dead = StepCost(train: try compile(vit, SBPOptions()).train), live = StepCost(train: try compile(vit, SBPOptions(attention: .query)).train)
+    let dead = StepCost(train: try compile(vit, SBPOptions()).train),
+      live = StepCost(train: try compile(vit, SBPOptions(attention: .query)).train)
     XCTAssertLessThan(dead.forwardFlops, live.forwardFlops)
   }
 

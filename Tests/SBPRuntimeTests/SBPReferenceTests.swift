@@ -1,9 +1,9 @@
 // SBPReferenceTests.swift: SBP training steps match PyTorch's Algorithm 1 (models/reference/<model>/sbp/<config>) for the same mask.
 import Foundation
+import SBPONNX
 import XCTest
 
 @testable import SBPIR
-import SBPONNX
 @testable import SBPPasses
 @testable import SBPPlan
 @testable import SBPRuntime
@@ -134,7 +134,9 @@ final class SBPReferenceTests: XCTestCase {
     XCTAssertTrue(g.nodes.contains { $0.op == .conv(ConvGeometry(strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1)) })
     let ex = try Executor(graph: g, threads: 1, retaining: Executor.gradientValues(g))
     x.data.withUnsafeBytes { ex.buffer(g.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-    try NPYArray.read(dir + "/labels.npy").data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    try NPYArray.read(dir + "/labels.npy").data.withUnsafeBytes {
+      ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count)
+    }
     let mask = try KeepMask(npy: try NPYArray.read(dir + "/mask.npy"), name: "mask.npy")
     try MaskFeed(layout: layout, source: .explicit(mask), executor: ex).feed(mask)
     try ex.run()

@@ -31,6 +31,7 @@ CASES=(
 "plan: not a plan|train Tests/Fixtures/bad/garbage.plan"
 "plan: other format version|train Tests/Fixtures/bad/version.plan"
 "plan: its model is missing|train Tests/Fixtures/bad/missing-model.plan"
+"plan: edited after compile (checksum)|train Tests/Fixtures/bad/edited.plan"
 "plan: corrupt graph|train Tests/Fixtures/bad/bad-op.plan"
 "plan: needs more than --max-memory|train Fuzz/corpus/plan/linear-sgd.plan --max-memory 64"
 ".npy: not a .npy file|train Fuzz/corpus/plan/linear-sgd.plan --input Tests/Fixtures/bad/not-npy.npy --labels Tests/Fixtures/bad/labels.npy"
