@@ -54,7 +54,10 @@ public struct MemoryPlan: Sendable, Equatable {
 
   /// - Parameter retaining: values kept readable after the step (as graph outputs are), for
   ///   tools that dump them; a plan file's offsets are made without any.
-  public init(_ g: Graph, retaining: Set<ValueID> = []) {
+  /// - Parameter activationBytes: bytes per element of f32 activations (2 for a bf16/fp16
+  ///   estimate); parameters and optimizer state stay f32, as under mixed precision.
+  public init(_ g: Graph, retaining: Set<ValueID> = [], activationBytes: Int? = nil) {
+    func bytes(_ t: TensorType) -> Int { t.dtype == .f32 ? t.elementCount * (activationBytes ?? 4) : t.byteCount }
     let n = g.nodes.count
     var persistent = Set(g.inputs.map(\.value)).union(g.params.map(\.value))
     var owner: [ValueID: ValueID] = [:]
@@ -109,7 +112,7 @@ public struct MemoryPlan: Sendable, Equatable {
     }
     var slots: [Slot] = []
     for (v, s) in start where !persistent.contains(v) && owner[v] == nil {
-      slots.append(Slot(value: v, offset: 0, bytes: MemoryPlan.aligned(max(g.type(of: v).byteCount, 1)), start: s, end: end[v] ?? s))
+      slots.append(Slot(value: v, offset: 0, bytes: MemoryPlan.aligned(max(bytes(g.type(of: v)), 1)), start: s, end: end[v] ?? s))
     }
     // Lower bound: the most bytes live at once.
     var delta = [Int](repeating: 0, count: n + 2)
@@ -149,7 +152,7 @@ public struct MemoryPlan: Sendable, Equatable {
     parameterBytes = params
     optimizerStateBytes = state
     inputBytes = g.inputs.reduce(0) { $0 + g.type(of: $1.value).byteCount }
-    workspaceBytes = workspace
+    workspaceBytes = workspace / 4 * (activationBytes ?? 4)
   }
 
   /// Bytes of the im2col buffer a convolution node needs: (C/group)·kh·kw rows by the output's

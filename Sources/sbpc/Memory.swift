@@ -22,10 +22,18 @@ struct Memory: ParsableCommand {
   @Flag(help: "Also cost plain backpropagation (--keep 1) and show the ratio.") var compare = false
   @Flag(help: "Print JSON instead of a table.") var json = false
   @Flag(help: "Also list every saved value: its part, producing node, op, type and size.") var values = false
+  @Option(help: "Activation precision for an estimate of another device: fp32, bf16 or fp16 (parameters and optimizer state stay fp32).")
+  var dtype: String = "fp32"
+
+  var activationBytes: Int { dtype == "fp32" ? 4 : 2 }
+
+  func validate() throws {
+    guard ["fp32", "bf16", "fp16"].contains(dtype) else { throw ValidationError("--dtype must be fp32, bf16 or fp16, got '\(dtype)'") }
+  }
   @OptionGroup var shape: ShapeOptions
   var loadedPlan: Plan?
 
-  enum CodingKeys: CodingKey { case input, sbp, compare, json, values, shape }
+  enum CodingKeys: CodingKey { case input, sbp, compare, json, values, dtype, shape }
 
   struct Report: Encodable {
     var model: String
@@ -83,13 +91,13 @@ struct Memory: ParsableCommand {
         plan = try Plan.load(input)
       }
       loadedPlan = plan
-      let cost = StepCost(train: plan.train)
+      let cost = StepCost(train: plan.train, bytesPerElement: activationBytes)
       var plain: StepCost?
       var plainMemory: MemoryRow?
       if compare {
         let p = try Plan.compile(model: plan.model, options: Plan.Options(batch: plan.batch, dims: shape.importOptions.dims, sbp: .off)).0
-        plain = StepCost(train: p.train)
-        plainMemory = MemoryRow(MemoryPlan(p.train))
+        plain = StepCost(train: p.train, bytesPerElement: activationBytes)
+        plainMemory = MemoryRow(MemoryPlan(p.train, activationBytes: activationBytes))
       }
       let rows = attentionRows(plan, cost, plain)
       let report = Report(
@@ -97,7 +105,7 @@ struct Memory: ParsableCommand {
         cost: cost,
         plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
         flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: rows,
-        memory: MemoryRow(MemoryPlan(plan.train)), plainMemory: plainMemory)
+        memory: MemoryRow(MemoryPlan(plan.train, activationBytes: activationBytes)), plainMemory: plainMemory)
       if json {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -159,7 +167,7 @@ struct Memory: ParsableCommand {
     func mb(_ b: Int) -> String { String(format: "%.2f", Double(b) / 1_048_576) }
     func gf(_ f: Int) -> String { String(format: "%.3f", Double(f) / 1e9) }
     func ratio(_ a: Int, _ b: Int) -> String { b == 0 ? "-" : String(format: "%.3f", Double(a) / Double(b)) }
-    print("\(r.model): batch \(r.batch); SBP \(r.sbp == "off" ? "off" : r.sbp)")
+    print("\(r.model): batch \(r.batch); SBP \(r.sbp == "off" ? "off" : r.sbp)" + (dtype == "fp32" ? "" : "; activations in \(dtype)"))
     if !r.blocks.isEmpty { print("SBP blocks: \(r.blocks.map(String.init).joined(separator: ","))") }
     var header =
       "part".padding(toLength: 16, withPad: " ", startingAt: 0) + "saved MiB".leftPad(11) + "fwd GFLOP".leftPad(11)

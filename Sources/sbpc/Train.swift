@@ -23,6 +23,10 @@ struct Compile: ParsableCommand {
   @Argument(help: "The ONNX model.") var model: String
   @Option(name: .shortAndLong, help: "Where to write the plan.") var output: String
   @OptionGroup var sbp: SBPFlags
+  @Option(
+    name: .customLong("max-memory"),
+    help: ArgumentHelp("Fail when the plan needs more than SIZE (e.g. 2G), and say which keep ratio or blocks would fit.", valueName: "SIZE"))
+  var maxMemory: String?
   @Flag(
     inversion: .prefixedNo,
     help: "Run each optimizer update as soon as its gradient is complete, so the gradient dies there (default on).")
@@ -34,6 +38,9 @@ struct Compile: ParsableCommand {
   @OptionGroup var shape: ShapeOptions
 
   func validate() throws {
+    if let maxMemory, MemoryOptions.parse(maxMemory) == nil {
+      throw ValidationError("--max-memory expects a size such as 512M, 8G or a byte count, got '\(maxMemory)'")
+    }
     guard ["sgd", "adamw"].contains(optimizer) else { throw ValidationError("--optimizer must be sgd or adamw, got '\(optimizer)'") }
     guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive, got \(lr)") }
     guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
@@ -51,6 +58,10 @@ struct Compile: ParsableCommand {
         options: Plan.Options(
           batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer))
       printNotes(notes)
+      if let limit = maxMemory.flatMap(MemoryOptions.parse) {
+        let need = MemoryPlan(plan.train).totalBytes
+        if need > limit { throw PlanError(try fitting(need: need, limit: limit, options: plan.sbp, opt: opt)) }
+      }
       guard FileManager.default.createFile(atPath: output, contents: Data(plan.serialized().utf8)) else {
         throw PlanError("\(output): cannot write")
       }
@@ -65,6 +76,31 @@ struct Compile: ParsableCommand {
         print("SBP: off (\(sbp.options.keep >= 1 ? "--keep 1" : "no block selected")); plain backpropagation")
       }
     }
+  }
+}
+
+extension Compile {
+  /// The message for a plan over --max-memory: the first smaller keep ratio (then the same
+  /// with every block) that fits, found by compiling each (compiling is cheap).
+  func fitting(need: Int, limit: Int, options: SBPOptions, opt: OptimizerConfig) throws -> String {
+    let head = "\(model): the plan needs \(byteText(need)), more than --max-memory \(byteText(limit))"
+    var tried: [(SBPOptions, Int)] = []
+    for keep in [0.5, 0.4, 0.3, 0.25, 0.2] where keep < options.keep {
+      for blocks in [options.blocks, "all"] {
+        var o = options
+        o.keep = keep
+        o.blocks = blocks
+        let p = try Plan.compile(
+          model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: o, fuseOptimizer: fuseOptimizer)
+        ).0
+        let bytes = MemoryPlan(p.train).totalBytes
+        let flags = "--keep \(keep)" + (blocks == options.blocks ? "" : " --blocks all")
+        if bytes <= limit { return "\(head); \(flags) fits (\(byteText(bytes)))" }
+        tried.append((o, bytes))
+      }
+    }
+    guard let best = tried.min(by: { $0.1 < $1.1 }) else { return "\(head); lower --batch" }
+    return "\(head); even --keep \(best.0.keep) --blocks \(best.0.blocks ?? "default") needs \(byteText(best.1)); lower --batch"
   }
 }
 

@@ -55,6 +55,8 @@ CASES=(
 "mask: not 2-D over the base grid|train Tests/Fixtures/sbp-vit.plan --steps 1 --mask-file Tests/Fixtures/bad/mask-shape.npy"
 "mask: keeps more than the plan holds|train Tests/Fixtures/sbp-vit.plan --steps 1 --mask-file Tests/Fixtures/bad/mask-too-many.npy"
 "mask: wrong dtype|train Tests/Fixtures/sbp-vit.plan --steps 1 --mask-file Tests/Fixtures/bad/mask-f32.npy"
+"flag: compile --max-memory too small|compile models/vit_p4_d6_ts17.onnx -o /dev/null --batch 8 --max-memory 2M"
+"flag: memory --dtype unknown|memory models/vit_p4_d6_ts17.onnx --dtype int8"
 "flag: unknown optimizer|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --optimizer lbfgs"
 "flag: --steps below 1|train Fuzz/corpus/plan/linear-sgd.plan --steps 0"
 "flag: --max-memory not a size|train Fuzz/corpus/plan/linear-sgd.plan --max-memory lots"
