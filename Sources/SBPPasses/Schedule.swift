@@ -27,7 +27,13 @@ public struct Schedule: Pass {
     var producer: [ValueID: Int] = [:]
     for (i, n) in nodes.enumerated() { for o in n.outputs { producer[o] = i } }
     var remaining: [ValueID: Int] = [:]  // readers not yet scheduled
-    for n in nodes { for v in n.inputs { remaining[v, default: 0] += 1 } }
+    var readers: [ValueID: [Int]] = [:]
+    for (i, n) in nodes.enumerated() {
+      for v in n.inputs {
+        remaining[v, default: 0] += 1
+        readers[v, default: []].append(i)
+      }
+    }
     let outputs = Set(graph.outputs.map(\.value))
     var done = [Bool](repeating: false, count: nodes.count)
     var order: [Int] = Array(0...loss)
@@ -78,7 +84,19 @@ public struct Schedule: Pass {
         if pending.isEmpty { break }
       }
       let candidates = pending.filter { !Schedule.isUpdate(nodes[$0].op) && ready($0) }
-      guard let best = candidates.max(by: { (score($0), -$0) < (score($1), -$1) }) else {
+      // A node is wanted now when some reader of its results would become ready with it; a
+      // recomputation that only reads forward values waits until its reader is close, so it
+      // does not hold its result across the backward.
+      func wanted(_ i: Int) -> Bool {
+        nodes[i].outputs.contains { o in
+          (readers[o] ?? []).contains { r in
+            pending.contains(r)
+              && nodes[r].inputs.allSatisfy { v in nodes[i].outputs.contains(v) || (producer[v].map { done[$0] } ?? true) }
+          }
+        }
+      }
+      let pool = candidates.filter(wanted)
+      guard let best = (pool.isEmpty ? candidates : pool).max(by: { (score($0), -$0) < (score($1), -$1) }) else {
         // Only updates are left (unfused, or waiting on nothing but each other).
         for i in pending.sorted() where ready(i) { run(i) }
         continue

@@ -25,6 +25,8 @@ struct Memory: ParsableCommand {
   @Option(help: "Activation precision for an estimate of another device: fp32, bf16 or fp16 (parameters and optimizer state stay fp32).")
   var dtype: String = "fp32"
 
+  @Option(help: "Also write a timeline of live bytes over the op sequence, stacked by category, as SVG.") var svg: String?
+
   var activationBytes: Int { dtype == "fp32" ? 4 : 2 }
 
   func validate() throws {
@@ -33,7 +35,7 @@ struct Memory: ParsableCommand {
   @OptionGroup var shape: ShapeOptions
   var loadedPlan: Plan?
 
-  enum CodingKeys: CodingKey { case input, sbp, compare, json, values, dtype, shape }
+  enum CodingKeys: CodingKey { case input, sbp, compare, json, values, dtype, svg, shape }
 
   struct Report: Encodable {
     var model: String
@@ -106,6 +108,14 @@ struct Memory: ParsableCommand {
         plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
         flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: rows,
         memory: MemoryRow(MemoryPlan(plan.train, activationBytes: activationBytes)), plainMemory: plainMemory)
+      if let svg {
+        let m = MemoryPlan(plan.train, activationBytes: activationBytes)
+        let name = URL(fileURLWithPath: plan.model).lastPathComponent
+        let title = "\(name), batch \(plan.batch), SBP \(plan.layout == nil ? "off" : "keep \(plan.sbp.keep)"): live bytes per op"
+        guard FileManager.default.createFile(atPath: svg, contents: Data(MemoryTimeline(plan.train, plan: m).svg(title: title).utf8)) else {
+          throw PlanError("\(svg): cannot write")
+        }
+      }
       if json {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -25,7 +25,8 @@ struct Compile: ParsableCommand {
   @OptionGroup var sbp: SBPFlags
   @Option(
     name: .customLong("max-memory"),
-    help: ArgumentHelp("Fail when the plan needs more than SIZE (e.g. 2G), and say which keep ratio or blocks would fit.", valueName: "SIZE"))
+    help: ArgumentHelp(
+      "Fail when the plan needs more than SIZE (e.g. 2G), and say which keep ratio or blocks would fit.", valueName: "SIZE"))
   var maxMemory: String?
   @Flag(
     inversion: .prefixedNo,
@@ -91,7 +92,8 @@ extension Compile {
         o.keep = keep
         o.blocks = blocks
         let p = try Plan.compile(
-          model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: o, fuseOptimizer: fuseOptimizer)
+          model: model,
+          options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: o, fuseOptimizer: fuseOptimizer)
         ).0
         let bytes = MemoryPlan(p.train).totalBytes
         let flags = "--keep \(keep)" + (blocks == options.blocks ? "" : " --blocks all")
