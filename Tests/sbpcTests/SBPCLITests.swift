@@ -120,4 +120,16 @@ final class SBPCLITests: XCTestCase {
     let fp32 = try total([]), bf16 = try total(["--dtype", "bf16"])
     XCTAssertLessThan(bf16, 0.75 * fp32)
   }
+
+  /// `memory --svg` writes the timeline: one band per category present, the boundary, the peak.
+  func testMemoryTimelineSVG() throws {
+    let d = try tmp()
+    let (s, _, err) = try sbpc(["memory", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "--svg", d + "/t.svg"])
+    XCTAssertEqual(s, 0, err)
+    let svg = try String(contentsOfFile: d + "/t.svg", encoding: .utf8)
+    XCTAssertTrue(svg.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
+    XCTAssertTrue(svg.hasSuffix("</svg>\n"))
+    XCTAssertGreaterThanOrEqual(svg.components(separatedBy: "<polygon").count - 1, 4)
+    for label in ["saved for backward", "transient", "parameters", "forward", "backward", "peak "] { XCTAssertTrue(svg.contains(label), label) }
+  }
 }
