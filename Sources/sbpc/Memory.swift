@@ -60,6 +60,9 @@ struct Memory: ParsableCommand {
     var inputBytes: Int
     var workspaceBytes: Int
     var totalBytes: Int
+    /// At the busiest step: activations kept for the backward, and everything else in the arena.
+    var peakSavedBytes = 0
+    var peakTransientBytes = 0
 
     init(_ m: MemoryPlan) {
       arenaBytes = m.arenaBytes
@@ -93,37 +96,42 @@ struct Memory: ParsableCommand {
         plan = try Plan.load(input)
       }
       loadedPlan = plan
-      let cost = StepCost(train: plan.train, bytesPerElement: activationBytes)
-      var plain: StepCost?
-      var plainMemory: MemoryRow?
-      if compare {
-        let p = try Plan.compile(model: plan.model, options: Plan.Options(batch: plan.batch, dims: shape.importOptions.dims, sbp: .off)).0
-        plain = StepCost(train: p.train, bytesPerElement: activationBytes)
-        plainMemory = MemoryRow(MemoryPlan(p.train, activationBytes: activationBytes))
-      }
-      let rows = attentionRows(plan, cost, plain)
-      let report = Report(
-        model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text, blocks: plan.layout?.blocks ?? [],
-        cost: cost,
-        plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
-        flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: rows,
-        memory: MemoryRow(MemoryPlan(plan.train, activationBytes: activationBytes)), plainMemory: plainMemory)
-      if let svg {
-        let m = MemoryPlan(plan.train, activationBytes: activationBytes)
-        let name = URL(fileURLWithPath: plan.model).lastPathComponent
-        let title = "\(name), batch \(plan.batch), SBP \(plan.layout == nil ? "off" : "keep \(plan.sbp.keep)"): live bytes per op"
-        guard FileManager.default.createFile(atPath: svg, contents: Data(MemoryTimeline(plan.train, plan: m).svg(title: title).utf8)) else {
-          throw PlanError("\(svg): cannot write")
-        }
-      }
-      if json {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        print(String(decoding: try enc.encode(report), as: UTF8.self))
-      } else {
-        printTable(report)
-      }
+      let out = try render(plan)
+      if let svg { try write(out.svg, to: svg) }
+      print(json ? out.json : out.table, terminator: "")
     }
+  }
+
+  /// The report on `plan`: the table, the same as JSON, and the SVG timeline.
+  func render(_ plan: Plan) throws -> (table: String, json: String, svg: String) {
+    let cost = StepCost(train: plan.train, bytesPerElement: activationBytes)
+    var plain: StepCost?
+    var plainMemory: MemoryRow?
+    if compare {
+      let p = try Plan.compile(model: plan.model, options: Plan.Options(batch: plan.batch, dims: shape.importOptions.dims, sbp: .off)).0
+      plain = StepCost(train: p.train, bytesPerElement: activationBytes)
+      plainMemory = MemoryRow(MemoryPlan(p.train, activationBytes: activationBytes))
+    }
+    let m = MemoryPlan(plan.train, activationBytes: activationBytes)
+    let timeline = MemoryTimeline(plan.train, plan: m)
+    var row = MemoryRow(m)
+    row.peakSavedBytes = timeline.bytes[timeline.peakStep][3]
+    row.peakTransientBytes = timeline.bytes[timeline.peakStep][4]
+    let report = Report(
+      model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text, blocks: plan.layout?.blocks ?? [],
+      cost: cost,
+      plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
+      flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: attentionRows(plan, cost, plain),
+      memory: row, plainMemory: plainMemory)
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    let name = URL(fileURLWithPath: plan.model).lastPathComponent
+    let title = "\(name), batch \(plan.batch), SBP \(plan.layout == nil ? "off" : "keep \(plan.sbp.keep)"): live bytes per op"
+    return (table(report), String(decoding: try enc.encode(report), as: UTF8.self) + "\n", timeline.svg(title: title))
+  }
+
+  func write(_ text: String, to path: String) throws {
+    guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) else { throw PlanError("\(path): cannot write") }
   }
 
   /// Corrected Eq. 13 per SBP attention block, beside the measured attention-core ratio.
@@ -173,7 +181,9 @@ struct Memory: ParsableCommand {
     return out
   }
 
-  func printTable(_ r: Report) {
+  func table(_ r: Report) -> String {
+    var lines: [String] = []
+    func print(_ s: String) { lines.append(s) }
     func mb(_ b: Int) -> String { String(format: "%.2f", Double(b) / 1_048_576) }
     func gf(_ f: Int) -> String { String(format: "%.3f", Double(f) / 1e9) }
     func ratio(_ a: Int, _ b: Int) -> String { b == 0 ? "-" : String(format: "%.3f", Double(a) / Double(b)) }
@@ -216,6 +226,9 @@ struct Memory: ParsableCommand {
         mb(m.optimizerStateBytes), mb(m.inputBytes), mb(m.workspaceBytes), mb(m.totalBytes))
     }
     print("memory plan: " + memoryLine(r.memory))
+    print(
+      "at the peak: saved for backward \(mb(r.memory.peakSavedBytes)) MiB, transient \(mb(r.memory.peakTransientBytes)) MiB; "
+        + "gradients live in the arena until their update")
     if let p = r.plainMemory {
       print("keep 1:      " + memoryLine(p) + String(format: "; ratio %.3f", Double(r.memory.totalBytes) / Double(max(p.totalBytes, 1))))
     }
@@ -235,5 +248,7 @@ struct Memory: ParsableCommand {
       if let m = a.measured { line += String(format: "; measured %.3f", m) }
       print(line)
     }
+    return lines.joined(separator: "\n") + "\n"
   }
+
 }

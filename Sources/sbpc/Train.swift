@@ -28,6 +28,11 @@ struct Compile: ParsableCommand {
     help: ArgumentHelp(
       "Fail when the plan needs more than SIZE (e.g. 2G), and say which keep ratio or blocks would fit.", valueName: "SIZE"))
   var maxMemory: String?
+  @Option(
+    name: .customLong("memory-plan"),
+    help: ArgumentHelp(
+      "Also write the memory-plan dump: FILE.svg (timeline), FILE.json, or anything else for the table.", valueName: "FILE"))
+  var memoryPlan: String?
   @Flag(
     inversion: .prefixedNo,
     help: "Run each optimizer update as soon as its gradient is complete, so the gradient dies there (default on).")
@@ -65,6 +70,11 @@ struct Compile: ParsableCommand {
       }
       guard FileManager.default.createFile(atPath: output, contents: Data(plan.serialized().utf8)) else {
         throw PlanError("\(output): cannot write")
+      }
+      if let memoryPlan {
+        let m = try Memory.parse([output])
+        let out = try m.render(plan)
+        try m.write(memoryPlan.hasSuffix(".svg") ? out.svg : memoryPlan.hasSuffix(".json") ? out.json : out.table, to: memoryPlan)
       }
       let t = BlockTable(plan.eval)
       print(

@@ -130,6 +130,23 @@ final class SBPCLITests: XCTestCase {
     XCTAssertTrue(svg.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
     XCTAssertTrue(svg.hasSuffix("</svg>\n"))
     XCTAssertGreaterThanOrEqual(svg.components(separatedBy: "<polygon").count - 1, 4)
-    for label in ["saved for backward", "transient", "parameters", "forward", "backward", "peak "] { XCTAssertTrue(svg.contains(label), label) }
+    for label in ["saved for backward", "transient", "parameters", "forward", "backward", "peak "] {
+      XCTAssertTrue(svg.contains(label), label)
+    }
+  }
+
+  /// `compile --memory-plan FILE` writes the dump by extension: .svg, .json, or the table.
+  func testCompileWritesTheMemoryPlanDump() throws {
+    let d = try tmp()
+    for (file, start) in [("m.svg", "<svg "), ("m.json", "{"), ("m.txt", "/")] {
+      let (s, _, err) = try sbpc([
+        "compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/v.plan", "--memory-plan", d + "/" + file,
+      ])
+      XCTAssertEqual(s, 0, err)
+      let text = try String(contentsOfFile: d + "/" + file, encoding: .utf8)
+      XCTAssertTrue(text.hasPrefix(start), "\(file): \(text.prefix(40))")
+    }
+    let table = try String(contentsOfFile: d + "/m.txt", encoding: .utf8)
+    XCTAssertTrue(table.contains("memory plan: arena") && table.contains("at the peak: saved for backward"), table)
   }
 }
