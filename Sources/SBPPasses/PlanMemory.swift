@@ -27,11 +27,14 @@ public struct MemoryPlan: Sendable, Equatable {
   public var lowerBound: Int
   public var parameterBytes: Int
   public var optimizerStateBytes: Int
+  /// Gradients held from the backward to updates that all run at the end (an unfused
+  /// optimizer); 0 when each update runs as soon as its gradient is done (they are arena values).
+  public var gradientBytes: Int
   public var inputBytes: Int
   /// The im2col workspace of the largest convolution, allocated once beside the arena.
   public var workspaceBytes: Int
 
-  public var totalBytes: Int { arenaBytes + parameterBytes + optimizerStateBytes + inputBytes + workspaceBytes }
+  public var totalBytes: Int { arenaBytes + parameterBytes + optimizerStateBytes + gradientBytes + inputBytes + workspaceBytes }
 
   static func aligned(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
 
@@ -60,6 +63,17 @@ public struct MemoryPlan: Sendable, Equatable {
     func bytes(_ t: TensorType) -> Int { t.dtype == .f32 ? t.elementCount * (activationBytes ?? 4) : t.byteCount }
     let n = g.nodes.count
     var persistent = Set(g.inputs.map(\.value)).union(g.params.map(\.value))
+    // Updates all at the end: the gradients form their own persistent region.
+    let isUpdate: (Node) -> Bool = {
+      switch $0.op {
+      case .sgd, .adamw: return true
+      default: return false
+      }
+    }
+    let firstUpdate = g.nodes.firstIndex(where: isUpdate) ?? n
+    let unfused = firstUpdate < n && g.nodes[firstUpdate...].allSatisfy(isUpdate) && g.nodes.filter(isUpdate).count > 1
+    let gradients = unfused ? Set(g.nodes.filter(isUpdate).map { $0.inputs[1] }) : []
+    persistent.formUnion(gradients)
     var owner: [ValueID: ValueID] = [:]
     func root(_ v: ValueID) -> ValueID {
       var v = v
@@ -152,6 +166,7 @@ public struct MemoryPlan: Sendable, Equatable {
     parameterBytes = params
     optimizerStateBytes = state
     inputBytes = g.inputs.reduce(0) { $0 + g.type(of: $1.value).byteCount }
+    gradientBytes = gradients.reduce(0) { $0 + g.type(of: $1).byteCount }
     workspaceBytes = workspace / 4 * (activationBytes ?? 4)
   }
 

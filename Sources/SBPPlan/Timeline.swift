@@ -6,7 +6,9 @@ import SBPPasses
 /// state and inputs (persistent), activations saved for the backward, transient buffers, and
 /// the convolution workspace.
 public struct MemoryTimeline: Sendable {
-  public static let categories = ["parameters", "optimizer state", "inputs", "saved for backward", "transient", "conv workspace"]
+  public static let categories = [
+    "parameters", "optimizer state", "inputs", "saved for backward", "transient", "conv workspace", "gradients",
+  ]
 
   /// bytes[step][category]
   public var bytes: [[Int]]
@@ -21,7 +23,8 @@ public struct MemoryTimeline: Sendable {
     var saved = Set<ValueID>()
     for s in plan.slots where s.start <= loss && s.end > loss { saved.insert(s.value) }
     var rows = [[Int]](
-      repeating: [plan.parameterBytes, plan.optimizerStateBytes, plan.inputBytes, 0, 0, plan.workspaceBytes], count: max(n, 1))
+      repeating: [plan.parameterBytes, plan.optimizerStateBytes, plan.inputBytes, 0, 0, plan.workspaceBytes, plan.gradientBytes],
+      count: max(n, 1))
     for s in plan.slots {
       let c = saved.contains(s.value) ? 3 : 4
       for t in s.start...min(s.end, n - 1) { rows[t][c] += s.bytes }
@@ -42,7 +45,7 @@ public struct MemoryTimeline: Sendable {
     func x(_ t: Int) -> Double { left + pw * Double(t) / Double(max(steps - 1, 1)) }
     func y(_ b: Int) -> Double { top + ph * (1 - Double(b) / maxY) }
     func f(_ v: Double) -> String { String(Int((v * 10).rounded())).withDecimal }
-    let colors = ["#4c72b0", "#8172b2", "#937860", "#dd8452", "#55a868", "#c44e52"]
+    let colors = ["#4c72b0", "#8172b2", "#937860", "#dd8452", "#55a868", "#c44e52", "#da8bc3"]
     var out =
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"
     out += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"

@@ -57,6 +57,7 @@ struct Memory: ParsableCommand {
     var lowerBound: Int
     var parameterBytes: Int
     var optimizerStateBytes: Int
+    var gradientBytes: Int
     var inputBytes: Int
     var workspaceBytes: Int
     var totalBytes: Int
@@ -69,6 +70,7 @@ struct Memory: ParsableCommand {
       lowerBound = m.lowerBound
       parameterBytes = m.parameterBytes
       optimizerStateBytes = m.optimizerStateBytes
+      gradientBytes = m.gradientBytes
       inputBytes = m.inputBytes
       workspaceBytes = m.workspaceBytes
       totalBytes = m.totalBytes
@@ -221,14 +223,16 @@ struct Memory: ParsableCommand {
     print(steps)
     func memoryLine(_ m: MemoryRow) -> String {
       String(
-        format: "arena %@ MiB (lower bound %@ MiB, %.3f×); parameters %@, optimizer state %@, inputs %@, conv workspace %@; total %@ MiB",
+        format: "arena %@ MiB (lower bound %@ MiB, %.3f×); parameters %@, optimizer state %@, %@inputs %@, conv workspace %@; total %@ MiB",
         mb(m.arenaBytes), mb(m.lowerBound), Double(m.arenaBytes) / Double(max(m.lowerBound, 1)), mb(m.parameterBytes),
-        mb(m.optimizerStateBytes), mb(m.inputBytes), mb(m.workspaceBytes), mb(m.totalBytes))
+        mb(m.optimizerStateBytes), m.gradientBytes > 0 ? "gradients \(mb(m.gradientBytes)), " : "", mb(m.inputBytes), mb(m.workspaceBytes),
+        mb(m.totalBytes))
     }
     print("memory plan: " + memoryLine(r.memory))
     print(
       "at the peak: saved for backward \(mb(r.memory.peakSavedBytes)) MiB, transient \(mb(r.memory.peakTransientBytes)) MiB; "
-        + "gradients live in the arena until their update")
+        + (r.memory.gradientBytes > 0
+          ? "gradients are held to the updates at the end (--no-fuse-optimizer)" : "gradients live in the arena until their update"))
     if let p = r.plainMemory {
       print("keep 1:      " + memoryLine(p) + String(format: "; ratio %.3f", Double(r.memory.totalBytes) / Double(max(p.totalBytes, 1))))
     }

@@ -82,4 +82,28 @@ final class SBPPlanTests: XCTestCase {
       print("flops: \(URL(fileURLWithPath: model).lastPathComponent) \(options.text): runtime/plan = \(counted / planned)")
     }
   }
+
+  /// Fused and unfused updates train identically; unfused ones hold the gradients in their own
+  /// region, so the plan needs more memory.
+  func testFusedAndUnfusedOptimizerAgree() throws {
+    var losses: [[Float]] = []
+    var totals: [Int] = []
+    for fuse in [true, false] {
+      let p = try Plan.compile(model: vit, options: Plan.Options(batch: 2, sbp: SBPOptions(), fuseOptimizer: fuse)).0
+      let ex = try Executor(graph: p.train, threads: 1)
+      let feed = try MaskFeed(layout: p.layout!, source: .phase(1), executor: ex)
+      try feed.feed(feed.layout.spec.gridMask(phase: 1))
+      for i in 0..<ex.buffer(p.train.inputs[0].value).count { ex.buffer(p.train.inputs[0].value).f32[i] = Float(i % 7) * 0.1 }
+      var l: [Float] = []
+      for _ in 0..<3 {
+        try ex.run()
+        l.append(ex.output("loss")!.f32[0])
+      }
+      losses.append(l)
+      totals.append(ex.memory.totalBytes)
+      XCTAssertEqual(ex.memory.gradientBytes > 0, !fuse)
+    }
+    XCTAssertEqual(losses[0], losses[1])
+    XCTAssertLessThan(totals[0], totals[1])
+  }
 }
