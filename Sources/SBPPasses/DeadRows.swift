@@ -87,25 +87,6 @@ struct RowSinker {
     return nil
   }
 
-  /// Nodes on a path from any of `sources` to `sink`, in graph order (`producer` maps values
-  /// to the nodes that make them).
-  func nodesBetween(sources: Set<ValueID>, sink: ValueID, producer: [ValueID: Int]) -> [Int] {
-    guard let end = producer[sink] else { return [] }
-    var ancestors = Set<Int>()
-    var stack = [end]
-    while let i = stack.popLast() {
-      guard ancestors.insert(i).inserted else { continue }
-      for v in graph.nodes[i].inputs where !sources.contains(v) { if let p = producer[v] { stack.append(p) } }
-    }
-    var reached = sources
-    var out: [Int] = []
-    for i in ancestors.sorted() where graph.nodes[i].inputs.contains(where: reached.contains) {
-      out.append(i)
-      reached.formUnion(graph.nodes[i].outputs)
-    }
-    return out
-  }
-
   /// For `op`, producing token axis `t` on output, the axis to gather on each operand (nil:
   /// the operand is read whole); nil when the op does not treat rows independently.
   func operandAxes(_ n: Node, t: Int) -> (axes: [Int?], op: Op)? {
@@ -235,5 +216,26 @@ struct RowSinker {
     try graph.sortTopologically()
     graph.eliminateDeadCode()
     return changed
+  }
+}
+
+extension Graph {
+  /// Nodes on a path from any of `sources` to `sink`, in graph order (`producer` maps each
+  /// value to the index of the node that makes it): the region a rewrite clones or replaces.
+  func nodesBetween(sources: Set<ValueID>, sink: ValueID, producer: [ValueID: Int]) -> [Int] {
+    guard let end = producer[sink] else { return [] }
+    var ancestors = Set<Int>()
+    var stack = [end]
+    while let i = stack.popLast() {
+      guard ancestors.insert(i).inserted else { continue }
+      for v in nodes[i].inputs where !sources.contains(v) { if let p = producer[v] { stack.append(p) } }
+    }
+    var reached = sources
+    var out: [Int] = []
+    for i in ancestors.sorted() where nodes[i].inputs.contains(where: reached.contains) {
+      out.append(i)
+      reached.formUnion(nodes[i].outputs)
+    }
+    return out
   }
 }

@@ -152,7 +152,7 @@ struct SBPRewriter {
   mutating func splitTokenwise(block: Int, stage: Int, chain: [Int], blockAxes: TokenAxes) throws {
     let first = chain.min()!, last = chain.max()!
     let x = graph.nodes[first].inputs[0], y = graph.nodes[last].outputs[0]
-    let region = nodesBetween(sources: [x], sink: y)
+    let region = graph.nodesBetween(sources: [x], sink: y, producer: producer)
     let xAxes = axesOf(x, blockAxes: blockAxes, rank: blockAxes.count == 1 ? 3 : 4)
     let axes = try tokenAxes(region: region, input: x, inputAxes: xAxes, block: block)
     let (kept, dropped) = indexInputs[stage]!
@@ -228,7 +228,7 @@ struct SBPRewriter {
     }
     let q = throughScaling(graph.nodes[scores].inputs[0]), kt = throughScaling(graph.nodes[scores].inputs[1])
     let v = graph.nodes[context].inputs[1], ctx = graph.nodes[context].outputs[0]
-    let region = nodesBetween(sources: [q, kt, v], sink: ctx)
+    let region = graph.nodesBetween(sources: [q, kt, v], sink: ctx, producer: producer)
     for i in region {
       let n = graph.nodes[i]
       if case .softmax(let a) = n.op, a != graph.type(of: n.outputs[0]).rank - 1 {
@@ -364,21 +364,4 @@ struct SBPRewriter {
     graph.type(of: v).shape == shape ? v : try emit(.reshape(shape), [v], name: name)[0]
   }
 
-  /// Nodes on a path from any of `sources` to `sink`, in graph order.
-  func nodesBetween(sources: Set<ValueID>, sink: ValueID) -> [Int] {
-    guard let end = producer[sink] else { return [] }
-    var ancestors = Set<Int>()
-    var stack = [end]
-    while let i = stack.popLast() {
-      guard ancestors.insert(i).inserted else { continue }
-      for v in graph.nodes[i].inputs where !sources.contains(v) { if let p = producer[v] { stack.append(p) } }
-    }
-    var reached = sources
-    var out: [Int] = []
-    for i in ancestors.sorted() where graph.nodes[i].inputs.contains(where: reached.contains) {
-      out.append(i)
-      reached.formUnion(graph.nodes[i].outputs)
-    }
-    return out
-  }
 }

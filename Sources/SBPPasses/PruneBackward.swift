@@ -94,8 +94,8 @@ public struct PruneBackward: Pass {
       g.nodes[ks[0]].inputs[0] == g.nodes[ds[0]].inputs[0]
     else { return }
     let x = g.nodes[ks[0]].inputs[0], gk = g.nodes[ks[0]].outputs[0], gd = g.nodes[ds[0]].outputs[0]
-    let rk = RowSinker(graph: g).nodesBetween(sources: [gk], sink: a, producer: producer)
-    let rd = RowSinker(graph: g).nodesBetween(sources: [gd], sink: b, producer: producer)
+    let rk = g.nodesBetween(sources: [gk], sink: a, producer: producer)
+    let rd = g.nodesBetween(sources: [gd], sink: b, producer: producer)
     guard rk.count == rd.count else { return }
     // Clones: the same ops (reshapes up to their row count) reading the same outside values.
     var pos: [ValueID: ValueID] = [gd: gk]
@@ -144,7 +144,7 @@ public struct PruneBackward: Pass {
       let f = full[v]!
       for u in g.nodes.indices where u < start && u != si && !region.contains(u) && g.nodes[u].inputs.contains(v) {
         if gathers[v] == nil {
-          gathers[v] = try g.append(.gatherRows(axis: axis[v]!), [f, ik], name: g.nodes[ki(of: v, g)].name, attrs: [:])[0]
+          gathers[v] = try g.append(.gatherRows(axis: axis[v]!), [f, ik], name: g.nodes[producerIndex(of: v, g)].name, attrs: [:])[0]
         }
         for k in g.nodes[u].inputs.indices where g.nodes[u].inputs[k] == v { g.nodes[u].inputs[k] = gathers[v]! }
       }
@@ -163,7 +163,7 @@ public struct PruneBackward: Pass {
     g.eliminateDeadCode()
   }
 
-  private func ki(of v: ValueID, _ g: Graph) -> Int { g.nodes.firstIndex { $0.outputs.contains(v) } ?? 0 }
+  private func producerIndex(of v: ValueID, _ g: Graph) -> Int { g.nodes.firstIndex { $0.outputs.contains(v) } ?? 0 }
 
   /// Rewrites the node at `i` to read kept rows when its gradient operand is row-sparse.
   /// New nodes are appended; the graph is re-sorted by the caller's final sweep.

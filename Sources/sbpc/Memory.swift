@@ -33,6 +33,8 @@ struct Memory: ParsableCommand {
     guard ["fp32", "bf16", "fp16"].contains(dtype) else { throw ValidationError("--dtype must be fp32, bf16 or fp16, got '\(dtype)'") }
   }
   @OptionGroup var shape: ShapeOptions
+  /// The plan `run` reports on, kept for `--values`' busiest-step listing; not a flag, so the
+  /// coding keys below leave it out of argument parsing.
   var loadedPlan: Plan?
 
   enum CodingKeys: CodingKey { case input, sbp, compare, json, values, dtype, svg, shape }
