@@ -5,7 +5,8 @@ import SBPIR
 /// Elementwise kernels: broadcasting binary ops, unary ops and activation gradients (f32).
 enum Elementwise {
   /// out = a ∘ b with numpy broadcasting, for f32 operands.
-  static func binary(_ op: Op, _ a: Buffer, _ b: Buffer, _ out: Buffer) {
+  /// `strides`: each operand's broadcast strides (prepared once by the executor).
+  static func binary(_ op: Op, _ a: Buffer, _ b: Buffer, _ out: Buffer, strides: [[Int]]) {
     let shape = out.type.shape
     let pa = a.f32, pb = b.f32, po = out.f32
     @inline(__always) func f(_ x: Float, _ y: Float) -> Float {
@@ -26,18 +27,18 @@ enum Elementwise {
       for i in 0..<out.count { po[i] = f(pa[i], y) }
       return
     }
-    forEachRow(shape, [broadcastStrides(a.type.shape, to: shape), broadcastStrides(b.type.shape, to: shape)]) { o, base, n, st in
+    forEachRow(shape, strides) { o, base, n, st in
       let (ba, bb, sa, sb) = (base[0], base[1], st[0], st[1])
       for i in 0..<n { po[o + i] = f(pa[ba + i * sa], pb[bb + i * sb]) }
     }
   }
 
   /// Equality into a bool (u8) result, for f32 or integer operands.
-  static func equal(_ a: Buffer, _ b: Buffer, _ out: Buffer) {
+  static func equal(_ a: Buffer, _ b: Buffer, _ out: Buffer, strides: [[Int]]) {
     let shape = out.type.shape
     let po = out.u8
     let isFloat = a.type.dtype.isFloat
-    forEachRow(shape, [broadcastStrides(a.type.shape, to: shape), broadcastStrides(b.type.shape, to: shape)]) { o, base, n, st in
+    forEachRow(shape, strides) { o, base, n, st in
       for i in 0..<n {
         let ia = base[0] + i * st[0], ib = base[1] + i * st[1]
         po[o + i] = (isFloat ? a.f32[ia] == b.f32[ib] : a.index(ia) == b.index(ib)) ? 1 : 0
@@ -46,10 +47,10 @@ enum Elementwise {
   }
 
   /// out = cond ? x : y with broadcasting; x and y share a dtype of 4 or 8 bytes.
-  static func select(_ c: Buffer, _ x: Buffer, _ y: Buffer, _ out: Buffer) {
+  static func select(_ c: Buffer, _ x: Buffer, _ y: Buffer, _ out: Buffer, strides: [[Int]]) {
     let shape = out.type.shape
     let size = out.type.dtype.byteSize
-    forEachRow(shape, [c.type.shape, x.type.shape, y.type.shape].map { broadcastStrides($0, to: shape) }) { o, base, n, st in
+    forEachRow(shape, strides) { o, base, n, st in
       for i in 0..<n {
         let pick = c.u8[base[0] + i * st[0]] != 0
         let src = pick ? x.raw + (base[1] + i * st[1]) * size : y.raw + (base[2] + i * st[2]) * size

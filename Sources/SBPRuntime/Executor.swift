@@ -11,7 +11,35 @@ public final class Executor {
   public let graph: Graph
   private var buffers: [Buffer?]
   /// Per node, resolved once: its operand and result buffers and, for convolutions, the geometry.
-  private var steps: [(node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?)] = []
+  private var steps: [(node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?, pre: Prepared)] = []
+
+  /// What a kernel needs beyond its buffers, computed once so a step allocates nothing:
+  /// operand strides (broadcast, transposed, sliced, reduced) and a base offset.
+  struct Prepared {
+    var base = 0
+    var strides: [[Int]] = []
+  }
+
+  static func prepare(_ n: Node, _ g: Graph) -> Prepared {
+    let ins = n.inputs.map { g.type(of: $0).shape }
+    let out = n.outputs.first.map { g.type(of: $0).shape } ?? []
+    switch n.op {
+    case .add, .sub, .mul, .div, .pow, .equal, .select: return Prepared(strides: ins.map { broadcastStrides($0, to: out) })
+    case .expand: return Prepared(strides: [broadcastStrides(ins[0], to: out)])
+    case .gemm where ins.count > 2: return Prepared(strides: [broadcastStrides(ins[2], to: out)])
+    case .transpose(let perm): return Prepared(strides: [Movement.transposeStrides(perm, ins[0])])
+    case .slice(let spec):
+      let (base, st) = Movement.sliceStrides(spec, ins[0])
+      return Prepared(base: base, strides: [st])
+    case .sliceGrad(let spec, let shape):
+      let (base, st) = Movement.sliceStrides(spec, shape)
+      return Prepared(base: base, strides: [st])
+    case .reduceMean(let axes, _), .reduceSum(let axes, _): return Prepared(strides: [Movement.reduceStrides(axes: axes, ins[0])])
+    case .globalAveragePool: return Prepared(strides: [Movement.reduceStrides(axes: Array(2..<ins[0].count), ins[0])])
+    case .matMul: return Prepared(strides: LinearAlgebra.matMulBatch(ins[0], ins[1], out))
+    default: return Prepared()
+    }
+  }
   /// FLOPs of the last `run()`: Σ2MNK over its sgemm calls plus the own kernels' counts.
   public private(set) var lastRunFlops = 0
   private let otherFlops: Int
@@ -96,7 +124,7 @@ public final class Executor {
         conv = Conv2D(g, input: x, weight: w, output: y)
       default: break
       }
-      return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv)
+      return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, Executor.prepare(n, graph))
     }
     scratchCount = max(plan.workspaceBytes / 4, 1)
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
@@ -162,7 +190,7 @@ public final class Executor {
     defer { lastRunFlops = GEMM.flops - gemmStart + otherFlops }
     for step in steps {
       let n = step.node
-      do { try execute(n, step.ins, step.outs, step.conv) } catch let e as RuntimeError {
+      do { try execute(n, step.ins, step.outs, step.conv, step.pre) } catch let e as RuntimeError {
         throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)")
       }
       if checkNumerics, let bad = firstNonFinite(n) {
@@ -181,7 +209,7 @@ public final class Executor {
     return nil
   }
 
-  private func execute(_ n: Node, _ ins: [Buffer], _ outs: [Buffer], _ conv: Conv2D?) throws {
+  private func execute(_ n: Node, _ ins: [Buffer], _ outs: [Buffer], _ conv: Conv2D?, _ pre: Prepared) throws {
     let y = outs.first
     switch n.op {
     case .constant(let lit):
@@ -194,31 +222,30 @@ public final class Executor {
           for (i, x) in v.enumerated() { y!.u8[i] = UInt8(truncatingIfNeeded: x) }
         }
       }
-    case .add, .sub, .mul, .div, .pow: Elementwise.binary(n.op, ins[0], ins[1], y!)
-    case .equal: Elementwise.equal(ins[0], ins[1], y!)
-    case .select: Elementwise.select(ins[0], ins[1], ins[2], y!)
+    case .add, .sub, .mul, .div, .pow: Elementwise.binary(n.op, ins[0], ins[1], y!, strides: pre.strides)
+    case .equal: Elementwise.equal(ins[0], ins[1], y!, strides: pre.strides)
+    case .select: Elementwise.select(ins[0], ins[1], ins[2], y!, strides: pre.strides)
     case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu: Elementwise.unary(n.op, ins[0], y!)
     case .cast: Elementwise.cast(ins[0], y!)
-    case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!)
+    case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!, batch: pre.strides)
     case .linear(let axis, let layout): LinearAlgebra.linear(axis: axis, layout: layout, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .gemm(let ta, let tb, let alpha, let beta):
-      LinearAlgebra.gemm(transA: ta, transB: tb, alpha: Float(alpha), beta: Float(beta), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
+      LinearAlgebra.gemm(
+        transA: ta, transB: tb, alpha: Float(alpha), beta: Float(beta), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!,
+        cStrides: pre.strides)
     case .conv:
       conv!.forward(ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!, scratch: scratch)
     case .layerNorm(let axis, let eps): Norm.layerNorm(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .softmax(let axis): Norm.softmax(axis: axis, ins[0], y!)
     case .reshape, .squeeze, .unsqueeze, .stopGradient: if ins[0].raw != y!.raw { Movement.copy(ins[0], y!) }
-    case .transpose(let perm): Movement.transpose(perm, ins[0], y!)
-    case .slice(let spec): Movement.slice(spec, ins[0], y!)
+    case .transpose, .slice, .expand: Movement.strided(ins[0], base: pre.base, strides: pre.strides, y!)
     case .gather(let axis): try Movement.gather(axis: axis, ins[0], ins[1], y!)
     case .gatherRows(let axis): try Movement.gatherRows(axis: axis, ins[0], ins[1], y!)
     case .scatterRows(let axis, _): try Movement.scatterRows(axis: axis, ins, y!)
     case .concat(let axis): Movement.concat(axis: axis, ins, y!)
     case .split(let axis, _): Movement.split(axis: axis, ins[0], outs)
-    case .expand: Movement.expand(ins[0], y!)
-    case .reduceMean(let axes, _): Movement.reduce(axes: axes, mean: true, ins[0], y!)
-    case .reduceSum(let axes, _): Movement.reduce(axes: axes, mean: false, ins[0], y!)
-    case .globalAveragePool: Movement.reduce(axes: Array(2..<ins[0].type.rank), mean: true, ins[0], y!)
+    case .reduceMean, .globalAveragePool: Movement.reduce(strides: pre.strides, mean: true, ins[0], y!)
+    case .reduceSum: Movement.reduce(strides: pre.strides, mean: false, ins[0], y!)
     case .softmaxCrossEntropy: try Norm.softmaxCrossEntropy(ins[0], ins[1], y!)
     case .softmaxCrossEntropyGrad: try Norm.softmaxCrossEntropyGrad(ins[0], ins[1], ins[2], y!)
     case .geluGrad(let a): Elementwise.geluGrad(a, ins[0], ins[1], y!)
@@ -231,7 +258,7 @@ public final class Executor {
     case .convGradWeight:
       conv!.gradWeight(ins[0], ins[1], y!, scratch: scratch)
     case .linearGradWeight(let axis, let layout, _): LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!)
-    case .sliceGrad(let spec, _): Movement.sliceGrad(spec, ins[0], y!)
+    case .sliceGrad: Movement.sliceGrad(base: pre.base, strides: pre.strides, ins[0], y!)
     case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
     case .sgd(let lr, let m, let wd): Optimizer.sgd(lr: Float(lr), momentum: Float(m), wd: Float(wd), ins[0], ins[1], ins[2])
     case .adamw(let lr, let b1, let b2, let eps, let wd):

@@ -4,13 +4,21 @@ import SBPIR
 /// GEMM-backed kernels: batched matmul, linear and its weight gradient, gemm.
 enum LinearAlgebra {
   /// Batched matmul with broadcast batch axes.
-  static func matMul(_ a: Buffer, _ b: Buffer, _ out: Buffer) {
-    let sa = a.type.shape, sb = b.type.shape, so = out.type.shape
-    let m = sa[sa.count - 2], k = sa[sa.count - 1], n = sb[sb.count - 1]
+  /// Batch axes of a matmul and each operand's strides over them (prepared once).
+  static func matMulBatch(_ sa: [Int], _ sb: [Int], _ so: [Int]) -> [[Int]] {
     let batch = Array(so.dropLast(2))
-    let ba = broadcastStrides(Array(sa.dropLast(2)), to: batch), bb = broadcastStrides(Array(sb.dropLast(2)), to: batch)
-    let count = batch.reduce(1, *)
-    let bs = rowMajorStrides(batch)
+    return [
+      batch, broadcastStrides(Array(sa.dropLast(2)), to: batch), broadcastStrides(Array(sb.dropLast(2)), to: batch), rowMajorStrides(batch),
+    ]
+  }
+
+  /// Batched matmul with broadcast batch axes; `batch` is `matMulBatch`'s result.
+  static func matMul(_ a: Buffer, _ b: Buffer, _ out: Buffer, batch p: [[Int]]) {
+    let sa = a.type.shape, sb = b.type.shape
+    let m = sa[sa.count - 2], k = sa[sa.count - 1], n = sb[sb.count - 1]
+    let (batch, ba, bb, bs) = (p[0], p[1], p[2], p[3])
+    var count = 1
+    for d in batch { count *= d }
     for i in 0..<count {
       var oa = 0, ob = 0
       for d in 0..<batch.count {
@@ -80,10 +88,13 @@ enum LinearAlgebra {
   }
 
   /// out = alpha · op(A) · op(B) + beta · C.
-  static func gemm(transA: Bool, transB: Bool, alpha: Float, beta: Float, _ a: Buffer, _ b: Buffer, _ c: Buffer?, _ out: Buffer) {
+  /// `cStrides`: C's strides broadcast to the output (prepared once).
+  static func gemm(
+    transA: Bool, transB: Bool, alpha: Float, beta: Float, _ a: Buffer, _ b: Buffer, _ c: Buffer?, _ out: Buffer, cStrides: [[Int]]
+  ) {
     let m = out.type.shape[0], n = out.type.shape[1]
     let k = transA ? a.type.shape[0] : a.type.shape[1]
-    if let c { Movement.expand(c, out) }
+    if let c { Movement.strided(c, base: 0, strides: cStrides, out) }
     GEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a.f32, b: b.f32, beta: c == nil ? 0 : beta, c: out.f32)
   }
 }

@@ -4,9 +4,9 @@ import SBPIR
 /// Data movement and reductions, for any element size where the op allows it.
 enum Movement {
   /// Copies elements of any dtype: out[o] = x[offset(o)] with x read through `strides` from `base`.
-  static func strided(_ x: Buffer, base: Int, strides: [Int], _ out: Buffer) {
+  static func strided(_ x: Buffer, base: Int, strides: [[Int]], _ out: Buffer) {
     let size = x.type.dtype.byteSize
-    forEachRow(out.type.shape, [strides]) { o, b, n, st in
+    forEachRow(out.type.shape, strides) { o, b, n, st in
       let s0 = base + b[0]
       switch size {
       case 4:
@@ -23,13 +23,10 @@ enum Movement {
 
   static func copy(_ x: Buffer, _ out: Buffer) { out.raw.copyMemory(from: x.raw, byteCount: out.byteCount) }
 
-  static func transpose(_ perm: [Int], _ x: Buffer, _ out: Buffer) {
-    let s = rowMajorStrides(x.type.shape)
-    strided(x, base: 0, strides: perm.map { s[$0] }, out)
-  }
-
-  static func expand(_ x: Buffer, _ out: Buffer) {
-    strided(x, base: 0, strides: broadcastStrides(x.type.shape, to: out.type.shape), out)
+  /// Strides that read x in a transposed order.
+  static func transposeStrides(_ perm: [Int], _ shape: [Int]) -> [Int] {
+    let s = rowMajorStrides(shape)
+    return perm.map { s[$0] }
   }
 
   static func sliceStrides(_ spec: SliceSpec, _ shape: [Int]) -> (base: Int, strides: [Int]) {
@@ -42,17 +39,11 @@ enum Movement {
     return (base, strides)
   }
 
-  static func slice(_ spec: SliceSpec, _ x: Buffer, _ out: Buffer) {
-    let (base, strides) = sliceStrides(spec, x.type.shape)
-    strided(x, base: base, strides: strides, out)
-  }
-
   /// dx = zeros with dy written where the slice read from (f32).
-  static func sliceGrad(_ spec: SliceSpec, _ dy: Buffer, _ dx: Buffer) {
+  static func sliceGrad(base: Int, strides: [[Int]], _ dy: Buffer, _ dx: Buffer) {
     dx.f32.update(repeating: 0, count: dx.count)
-    let (base, strides) = sliceStrides(spec, dx.type.shape)
     let pd = dy.f32, po = dx.f32
-    forEachRow(dy.type.shape, [strides]) { o, b, n, st in
+    forEachRow(dy.type.shape, strides) { o, b, n, st in
       for i in 0..<n { po[base + b[0] + i * st[0]] = pd[o + i] }
     }
   }
@@ -152,14 +143,17 @@ enum Movement {
   }
 
   /// Sum (or mean) over `axes`; the output's layout does not depend on keepdims.
-  static func reduce(axes: [Int], mean: Bool, _ x: Buffer, _ out: Buffer) {
-    let s = x.type.shape
+  /// Strides that map x's elements onto the reduced output (0 on reduced axes).
+  static func reduceStrides(axes: [Int], _ s: [Int]) -> [Int] {
     let all = Set(axes.isEmpty ? Array(0..<s.count) : axes)
-    let kept = s.enumerated().map { all.contains($0.offset) ? 1 : $0.element }
-    let outStrides = broadcastStrides(kept, to: s)
+    return broadcastStrides(s.enumerated().map { all.contains($0.offset) ? 1 : $0.element }, to: s)
+  }
+
+  /// Sum (or mean) over the axes `strides` leaves out; the layout does not depend on keepdims.
+  static func reduce(strides: [[Int]], mean: Bool, _ x: Buffer, _ out: Buffer) {
     let po = out.f32, px = x.f32
     po.update(repeating: 0, count: out.count)
-    forEachRow(s, [outStrides]) { o, b, n, st in
+    forEachRow(x.type.shape, strides) { o, b, n, st in
       if st[0] == 0 {
         var acc: Float = 0
         for i in 0..<n { acc += px[o + i] }
@@ -169,10 +163,11 @@ enum Movement {
       }
     }
     if mean {
-      let scale = 1 / Float(all.reduce(1) { $0 * s[$1] })
+      let scale = Float(out.count) / Float(max(x.count, 1))
       for i in 0..<out.count { po[i] *= scale }
     }
   }
+
 }
 
 /// An error while executing a step (bad labels, out-of-range indices).

@@ -8,33 +8,40 @@ import SBPIR
   return (0..<out.count).map { d in d < pad || shape[d - pad] == 1 ? 0 : s[d - pad] }
 }
 
-/// Calls `body(outOffset, offsets)` for every element of `shape`, with each operand's offset
-/// from its own strides; the innermost axis runs as a tight loop via `inner`.
+/// Calls `inner(outOffset, bases, count, innerStrides)` for every innermost row of `shape`,
+/// with each operand's offset from its own strides; the innermost axis runs as a tight loop in
+/// `inner`. The odometer lives on the stack, so a kernel step allocates nothing.
 @inlinable func forEachRow(
-  _ shape: [Int], _ strides: [[Int]], _ inner: (_ outBase: Int, _ bases: [Int], _ count: Int, _ innerStrides: [Int]) -> Void
+  _ shape: [Int], _ strides: [[Int]],
+  _ inner: (_ outBase: Int, _ bases: UnsafeMutableBufferPointer<Int>, _ count: Int, _ innerStrides: UnsafeMutableBufferPointer<Int>) -> Void
 ) {
-  let r = shape.count
-  if r == 0 {
-    inner(0, strides.map { _ in 0 }, 1, strides.map { _ in 0 })
-    return
-  }
-  let n = shape[r - 1]
-  let outer = shape.dropLast().reduce(1, *)
-  guard n > 0, outer > 0 else { return }
-  var idx = [Int](repeating: 0, count: r - 1)
-  var bases = [Int](repeating: 0, count: strides.count)
-  let innerStrides = strides.map { $0[r - 1] }
-  for o in 0..<outer {
-    inner(o * n, bases, n, innerStrides)
-    // Advance the odometer over the outer axes.
-    var d = r - 2
-    while d >= 0 {
-      idx[d] += 1
-      for k in strides.indices { bases[k] += strides[k][d] }
-      if idx[d] < shape[d] { break }
-      for k in strides.indices { bases[k] -= strides[k][d] * shape[d] }
-      idx[d] = 0
-      d -= 1
+  let r = shape.count, k = strides.count
+  withUnsafeTemporaryAllocation(of: Int.self, capacity: max(r, 1) + 2 * k) { tmp in
+    tmp.initialize(repeating: 0)
+    let idx = UnsafeMutableBufferPointer(rebasing: tmp[0..<max(r, 1)])
+    let bases = UnsafeMutableBufferPointer(rebasing: tmp[max(r, 1)..<(max(r, 1) + k)])
+    let innerStrides = UnsafeMutableBufferPointer(rebasing: tmp[(max(r, 1) + k)...])
+    if r == 0 {
+      inner(0, bases, 1, innerStrides)
+      return
+    }
+    let n = shape[r - 1]
+    var outer = 1
+    for d in 0..<(r - 1) { outer *= shape[d] }
+    guard n > 0, outer > 0 else { return }
+    for j in 0..<k { innerStrides[j] = strides[j][r - 1] }
+    for o in 0..<outer {
+      inner(o * n, bases, n, innerStrides)
+      // Advance the odometer over the outer axes.
+      var d = r - 2
+      while d >= 0 {
+        idx[d] += 1
+        for j in 0..<k { bases[j] += strides[j][d] }
+        if idx[d] < shape[d] { break }
+        for j in 0..<k { bases[j] -= strides[j][d] * shape[d] }
+        idx[d] = 0
+        d -= 1
+      }
     }
   }
 }
