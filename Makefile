@@ -7,7 +7,7 @@ DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
 APT_PACKAGES := libopenblas-dev libprotobuf-c-dev pkg-config llvm-14-tools
 
-.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch fuzz fuzz-build test-asan
+.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan
 
 all: build
 
@@ -51,6 +51,10 @@ demo: build
 	@echo
 	@echo "== sbpc train .build/demo.plan: 5 SBP steps on a fixed batch, a fresh mask each step"
 	@$(BIN) train .build/demo.plan --steps 5 --input models/vit_p4_d6.ref/input.npy --labels models/reference/vit_p4_d6/labels.npy
+
+# Heap allocations per training step (the step itself allocates nothing; the loss line costs 2).
+check-allocs: release
+	SBPC=$(RELEASE_BIN) Tests/alloc/check.sh
 
 # Full-size ViT-Tiny and ConvNeXt-Tiny, both exporters, against PyTorch (needs models/requirements.txt).
 check-torch: release

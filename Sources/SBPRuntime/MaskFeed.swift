@@ -15,11 +15,16 @@ public struct MaskFeed {
   public let source: Source
   private var rng: SplitMix64
   private let targets: [(kept: Buffer, dropped: Buffer)]
+  private var phaseMasks: [KeepMask] = []
+  private var current: KeepMask
+  private var order: [Int]
 
   /// Checks `source` against the plan and finds the index inputs in `executor`.
   public init(layout: SBPLayout, source: Source, executor: Executor) throws {
     self.layout = layout
     self.source = source
+    current = layout.spec.gridMask(phase: 0)
+    order = Array(0..<(layout.spec.height * layout.spec.width))
     switch source {
     case .sampled(let seed): rng = SplitMix64(seed: seed ^ 0x5BD1_E995_7F4A_7C15)
     case .phase(let p):
@@ -29,10 +34,13 @@ public struct MaskFeed {
           "--mask-phase \(p) is out of range: this plan's grid has \(layout.spec.phases) phases (0–\(layout.spec.phases - 1))")
       }
       rng = SplitMix64(seed: 0)
+      current = layout.spec.gridMask(phase: p)
     case .explicit(let m):
       _ = try layout.indices(for: m)
       rng = SplitMix64(seed: 0)
+      current = m
     }
+    if layout.spec.mode == .grid { phaseMasks = (0..<layout.spec.phases).map { layout.spec.gridMask(phase: $0) } }
     targets = try layout.stages.map { st in
       guard let k = executor.input(st.keptInput), let d = executor.input(st.droppedInput) else {
         throw RuntimeError("the training graph has no \(st.keptInput) / \(st.droppedInput) inputs")
@@ -50,12 +58,57 @@ public struct MaskFeed {
     }
   }
 
+  /// Draws the next step's mask and writes its indices into the step's inputs without
+  /// allocating: grid phases are precomputed, a random mask is drawn in place, and each
+  /// stage's indices are written straight from the block-replicated base mask. Returns the mask.
+  public mutating func step() -> KeepMask {
+    switch source {
+    case .sampled where layout.spec.mode == .grid:
+      let p = Int.random(in: 0..<layout.spec.phases, using: &rng)
+      current = phaseMasks[p]
+    case .sampled:
+      // Partial Fisher–Yates over a kept permutation: the first `drop` entries are dropped.
+      let drop = layout.spec.randomDropCount
+      for k in 0..<drop { order.swapAt(k, Int.random(in: k..<order.count, using: &rng)) }
+      for i in current.keep.indices { current.keep[i] = true }
+      for k in 0..<drop { current.keep[order[k]] = false }
+    case .phase, .explicit: break
+    }
+    write(current)
+    return current
+  }
+
+  /// Writes `m`'s kept and dropped token indices (−1 padded) for every stage, with no
+  /// intermediate arrays. `m` must fit the plan (the initializer checks explicit masks).
+  private func write(_ m: KeepMask) {
+    for (st, t) in zip(layout.stages, targets) {
+      var k = 0, d = 0
+      for p in 0..<st.prefix {
+        t.kept.i64[k] = Int64(p)
+        k += 1
+      }
+      let (h, w, f) = (st.grid[0], st.grid[1], st.factor)
+      for i in 0..<h {
+        for j in 0..<w {
+          let token = Int64(st.prefix + i * w + j)
+          if m.keep[(i / f) * m.width + j / f] {
+            t.kept.i64[k] = token
+            k += 1
+          } else {
+            t.dropped.i64[d] = token
+            d += 1
+          }
+        }
+      }
+      for r in k..<st.keptRows { t.kept.i64[r] = -1 }
+      for r in d..<st.droppedRows { t.dropped.i64[r] = -1 }
+    }
+  }
+
   /// Writes `mask`'s kept and dropped token indices (−1 padded) into the step's inputs.
   public func feed(_ mask: KeepMask) throws {
-    for (t, idx) in zip(targets, try layout.indices(for: mask)) {
-      for (i, v) in idx.kept.enumerated() { t.kept.i64[i] = v }
-      for (i, v) in idx.dropped.enumerated() { t.dropped.i64[i] = v }
-    }
+    _ = try layout.indices(for: mask)  // checks that it fits
+    write(mask)
   }
 
   /// The keep mask each stage's kept-index input currently encodes, as uint8 [H, W]: what the

@@ -267,8 +267,7 @@ struct Train: ParsableCommand {
       if let dumpMask { try FileManager.default.createDirectory(atPath: dumpMask, withIntermediateDirectories: true) }
       let start = Date()
       for s in 0..<steps {
-        if let m = masks?.next() {
-          try masks!.feed(m)
+        if let m = masks?.step() {
           if let dumpMask { try writeMasks(m, masks!, step: s + 1, to: dumpMask) }
         }
         if let (x, y) = data { feed.load(x, y, batch: s % batches) } else { feed.synthetic(seed: seed, step: s) }
