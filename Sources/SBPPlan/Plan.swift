@@ -74,6 +74,20 @@ public struct Plan: Sendable {
 
   static func checksum(_ text: String) -> String { checksum(text.utf8) }
 
+  /// `bytes` with its fifth line replaced by the checksum of everything after it (for the
+  /// fuzzer, so mutated plans reach the parser); unchanged when it has fewer lines.
+  public static func resealed(_ bytes: Data) -> Data {
+    let b = [UInt8](bytes)
+    var ends: [Int] = []
+    for (i, c) in b.enumerated() where c == 10 {
+      ends.append(i)
+      if ends.count == 5 { break }
+    }
+    guard ends.count == 5 else { return bytes }
+    let line = Array("checksum \(checksum(b[(ends[4] + 1)...]))".utf8)
+    return Data(b[...ends[3]] + line + b[ends[4]...])
+  }
+
   func quoted(_ s: String) -> String {
     "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
   }
