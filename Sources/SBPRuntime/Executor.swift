@@ -1,5 +1,6 @@
 // Executor.swift: runs a graph on the CPU, one kernel per node, over buffers allocated once.
 import COpenBLAS
+import Dispatch
 import Glibc
 import SBPIR
 import SBPPasses
@@ -185,11 +186,18 @@ public final class Executor {
   public func output(_ name: String) -> Buffer? { graph.outputs.first { $0.name == name }.map { buffer($0.value) } }
   /// Runs every node once, in order. With `checkNumerics`, stops at the first node that
   /// produces a NaN or an infinity, naming the op, the node and its block.
-  public func run(checkNumerics: Bool = false) throws {
+  /// Nanoseconds spent in each node's kernel over every profiled run (index = schedule position).
+  public private(set) var profileNanos: [UInt64] = []
+
+  /// - Parameter profile: time every kernel into `profileNanos` (a clock read per node).
+  public func run(checkNumerics: Bool = false, profile: Bool = false) throws {
     let gemmStart = GEMM.flops
     defer { lastRunFlops = GEMM.flops - gemmStart + otherFlops }
-    for step in steps {
+    if profile && profileNanos.count != steps.count { profileNanos = [UInt64](repeating: 0, count: steps.count) }
+    for (i, step) in steps.enumerated() {
       let n = step.node
+      let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
+      defer { if profile { profileNanos[i] &+= DispatchTime.now().uptimeNanoseconds - t0 } }
       do { try execute(n, step.ins, step.outs, step.conv, step.pre) } catch let e as RuntimeError {
         throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)")
       }

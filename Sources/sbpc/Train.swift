@@ -209,6 +209,8 @@ struct Train: ParsableCommand {
   @Option(
     name: .customLong("dump-grads"), help: "Write the last step's gradients (before its update) into this folder, one .npy per parameter.")
   var dumpGrads: String?
+  @Flag(help: "Time every kernel and print where the step's time goes, by op and by block (one clock read per op).")
+  var profile = false
   @Flag(
     name: .customLong("check-numerics"), help: "Stop at the first op that produces a NaN or Inf, naming the op, the block and the step.")
   var checkNumerics = false
@@ -272,7 +274,9 @@ struct Train: ParsableCommand {
         }
         if let (x, y) = data { feed.load(x, y, batch: s % batches) } else { feed.synthetic(seed: seed, step: s) }
         ex.input("step")?.f32[0] = Float(s + 1)
-        do { try ex.run(checkNumerics: checkNumerics) } catch let e as NumericError { throw RuntimeError("step \(s + 1): \(e)") }
+        do { try ex.run(checkNumerics: checkNumerics, profile: profile) } catch let e as NumericError {
+          throw RuntimeError("step \(s + 1): \(e)")
+        }
         let loss = ex.output("loss")!.f32[0]
         guard loss.isFinite else { throw RuntimeError("step \(s + 1): the loss is \(loss); training diverged (lower --lr?)") }
         if dumpLoss { print(loss) } else { print("step \(s + 1)/\(steps)  loss \(String(format: "%.5f", loss))") }
@@ -284,6 +288,7 @@ struct Train: ParsableCommand {
             format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s); %.3f GFLOP per step, counted by the runtime", steps, dt,
             1000 * dt / Double(steps), Double(steps * p.batch) / dt, Double(ex.lastRunFlops) / 1e9))
       }
+      if profile { print(profileTable(ex, steps: steps)) }
       if let dumpLogits { try write(ex.buffer(p.train.outputs[0].value), to: dumpLogits) }
       if let dumpGrads {
         try FileManager.default.createDirectory(atPath: dumpGrads, withIntermediateDirectories: true)
@@ -298,6 +303,36 @@ struct Train: ParsableCommand {
         }
       }
     }
+  }
+
+  /// Time by op and by block, largest first, with each op's share and achieved GFLOP/s.
+  func profileTable(_ ex: Executor, steps: Int) -> String {
+    var byOp: [String: (ns: UInt64, flops: Int, count: Int)] = [:]
+    var byPart: [String: UInt64] = [:]
+    for (i, n) in ex.graph.nodes.enumerated() {
+      let ns = ex.profileNanos[i]
+      let f = ex.graph.flops(n)
+      let e = byOp[n.op.name] ?? (0, 0, 0)
+      byOp[n.op.name] = (e.ns + ns, e.flops + f.gemm + f.other, e.count + 1)
+      let part: String
+      if case .int(let b)? = n.attrs["sbp.block"] { part = "block \(b)" } else { part = "outside blocks" }
+      byPart[part, default: 0] += ns
+    }
+    let total = max(byOp.values.reduce(0) { $0 + $1.ns }, 1)
+    var out = String(format: "profile over %d steps: %.1f ms per step in kernels\n", steps, Double(total) / 1e6 / Double(steps))
+    out += "op                          ms/step   share   GFLOP/s  nodes\n"
+    for (op, e) in byOp.sorted(by: { $0.value.ns > $1.value.ns }) where e.ns > 0 {
+      let ms = Double(e.ns) / 1e6 / Double(steps)
+      let gflops = e.flops > 0 ? String(format: "%9.1f", Double(e.flops) / (Double(e.ns) / Double(steps))) : "        -"
+      out +=
+        op.padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: "%9.2f  %5.1f%%  ", ms, 100 * Double(e.ns) / Double(total))
+        + gflops + String(format: "  %5d\n", e.count)
+    }
+    out +=
+      "by block: "
+      + byPart.sorted { $0.value > $1.value }.map { String(format: "%@ %.1f%%", $0.key, 100 * Double($0.value) / Double(total)) }
+      .joined(separator: ", ")
+    return out
   }
 
   func writeMasks(_ m: KeepMask, _ feed: MaskFeed, step: Int, to dir: String) throws {
