@@ -124,10 +124,8 @@ def main(argv=None):
     table = [(r["model"], str(r["batch"]), r["setting"], f"{r['peak_MiB']:.0f}",
               f"{r['peak_MB']:.0f}", f"{r['ratio']:.3f}", f"{r['setup_MiB']:.0f}",
               f"{min(r['runs_MB']):.0f}-{max(r['runs_MB']):.0f}") for r in rows]
-    widths = [max(len(c) for c in col) for col in zip(head, *table)]
-    for line in [head, tuple("-" * w for w in widths)] + table:
-        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(line, widths))))
+    from saved_torch import print_table  # here, so only a table run loads torch in the parent
+    print_table(head, table)
     return 0
 
 

@@ -45,6 +45,14 @@ RUNS = [
 ]
 
 
+def print_table(head, rows):
+    """Prints rows under head, the first three columns left-aligned, the rest right-aligned."""
+    widths = [max(len(c) for c in col) for col in zip(head, *rows)]
+    for line in [head, tuple("-" * w for w in widths)] + list(rows):
+        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(line, widths))))
+
+
 def storage_key(t):
     s = t.untyped_storage()
     return s.data_ptr(), s.nbytes()
@@ -124,10 +132,7 @@ def main(argv=None):
     table = [(r["model"], str(r["batch"]), r["setting"], f"{r['saved_MB']:.1f}",
               f"{r['saved_MiB']:.1f}", f"{r['ratio']:.3f}", str(r["storages"]), str(r["packed"]))
              for r in rows]
-    widths = [max(len(c) for c in col) for col in zip(head, *table)]
-    for line in [head, tuple("-" * w for w in widths)] + table:
-        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(line, widths))))
+    print_table(head, table)
     return 0
 
 

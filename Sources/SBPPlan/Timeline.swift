@@ -1,4 +1,5 @@
 // Timeline.swift: live bytes over a training step's op sequence, by category, and a small SVG writer that plots them.
+import Foundation
 import SBPIR
 import SBPPasses
 
@@ -44,7 +45,7 @@ public struct MemoryTimeline: Sendable {
     let maxY = Double(max(peakBytes, 1)) * 1.05
     func x(_ t: Int) -> Double { left + pw * Double(t) / Double(max(steps - 1, 1)) }
     func y(_ b: Int) -> Double { top + ph * (1 - Double(b) / maxY) }
-    func f(_ v: Double) -> String { String(Int((v * 10).rounded())).withDecimal }
+    func f(_ v: Double) -> String { String(format: "%.1f", v) }
     let colors = ["#4c72b0", "#8172b2", "#937860", "#dd8452", "#55a868", "#c44e52", "#da8bc3"]
     var out =
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"
@@ -82,7 +83,8 @@ public struct MemoryTimeline: Sendable {
     let px = x(peakStep), py = y(peakBytes)
     out += "<circle cx=\"\(f(px))\" cy=\"\(f(py))\" r=\"4\" fill=\"black\"/>"
     out += "<line x1=\"\(f(px))\" y1=\"\(f(py))\" x2=\"\(f(px))\" y2=\"\(f(top - 2))\" stroke=\"black\"/>"
-    out += "<text x=\"\(f(px + 4))\" y=\"\(f(top - 4))\">peak \(mibText(peakBytes)) MiB at op \(peakStep)</text>\n"
+    out +=
+      "<text x=\"\(f(px + 4))\" y=\"\(f(top - 4))\">peak \(String(format: "%.1f", Double(peakBytes) / 1_048_576)) MiB at op \(peakStep)</text>\n"
     // Legend.
     for (i, c) in MemoryTimeline.categories.enumerated() {
       let ly = top + 20 * Double(i)
@@ -91,8 +93,6 @@ public struct MemoryTimeline: Sendable {
     }
     return out + "</svg>\n"
   }
-
-  func mibText(_ b: Int) -> String { String(Int((Double(b) / 1_048_576 * 10).rounded())).withDecimal }
 
   func escape(_ s: String) -> String {
     var o = ""
@@ -106,15 +106,5 @@ public struct MemoryTimeline: Sendable {
       }
     }
     return o
-  }
-}
-
-extension String {
-  /// "1234" (tenths) as "123.4".
-  fileprivate var withDecimal: String {
-    let neg = hasPrefix("-")
-    var d = neg ? String(dropFirst()) : self
-    while d.count < 2 { d = "0" + d }
-    return (neg ? "-" : "") + String(d.dropLast()) + "." + String(d.suffix(1))
   }
 }

@@ -45,10 +45,6 @@ public final class Executor {
   public private(set) var lastRunFlops = 0
   private let otherFlops: Int
   private let scratch: UnsafeMutablePointer<Float>
-  private let scratchCount: Int
-  /// Bytes the executor will allocate for `graph`: its memory plan's arena, parameters,
-  /// optimizer state, inputs and convolution workspace.
-  public static func plannedBytes(_ graph: Graph) -> Int { MemoryPlan(graph).totalBytes }
 
   /// The memory plan the executor lays its buffers out by.
   public let memory: MemoryPlan
@@ -127,9 +123,8 @@ public final class Executor {
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, Executor.prepare(n, graph))
     }
-    scratchCount = max(plan.workspaceBytes / 4, 1)
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
-    scratch = .allocate(capacity: scratchCount)
+    scratch = .allocate(capacity: max(plan.workspaceBytes / 4, 1))
   }
 
   static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))

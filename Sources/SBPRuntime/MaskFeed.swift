@@ -49,15 +49,6 @@ public struct MaskFeed {
     }
   }
 
-  /// The mask for the next step.
-  public mutating func next() -> KeepMask {
-    switch source {
-    case .sampled: return layout.spec.sample(using: &rng)
-    case .phase(let p): return layout.spec.gridMask(phase: p)
-    case .explicit(let m): return m
-    }
-  }
-
   /// Draws the next step's mask and writes its indices into the step's inputs without
   /// allocating: grid phases are precomputed, a random mask is drawn in place, and each
   /// stage's indices are written straight from the block-replicated base mask. Returns the mask.

@@ -33,12 +33,6 @@ struct Memory: ParsableCommand {
     guard ["fp32", "bf16", "fp16"].contains(dtype) else { throw ValidationError("--dtype must be fp32, bf16 or fp16, got '\(dtype)'") }
   }
   @OptionGroup var shape: ShapeOptions
-  /// The plan `run` reports on, kept for `--values`' busiest-step listing; not a flag, so the
-  /// coding keys below leave it out of argument parsing.
-  var loadedPlan: Plan?
-
-  enum CodingKeys: CodingKey { case input, sbp, compare, json, values, dtype, svg, shape }
-
   struct Report: Encodable {
     var model: String
     var batch: Int
@@ -88,7 +82,7 @@ struct Memory: ParsableCommand {
     var measured: Double?
   }
 
-  mutating func run() throws {
+  func run() throws {
     try reportingErrors {
       let plan: Plan
       if input.hasSuffix(".onnx") {
@@ -99,7 +93,6 @@ struct Memory: ParsableCommand {
         }
         plan = try Plan.load(input)
       }
-      loadedPlan = plan
       let out = try render(plan)
       if let svg { try write(out.svg, to: svg) }
       print(json ? out.json : out.table, terminator: "")
@@ -131,7 +124,8 @@ struct Memory: ParsableCommand {
     enc.outputFormatting = [.prettyPrinted, .sortedKeys]
     let name = URL(fileURLWithPath: plan.model).lastPathComponent
     let title = "\(name), batch \(plan.batch), SBP \(plan.layout == nil ? "off" : "keep \(plan.sbp.keep)"): live bytes per op"
-    return (table(report), String(decoding: try enc.encode(report), as: UTF8.self) + "\n", timeline.svg(title: title))
+    let peak = values ? peakReport(plan, m, timeline) : nil
+    return (table(report, peak: peak), String(decoding: try enc.encode(report), as: UTF8.self) + "\n", timeline.svg(title: title))
   }
 
   func write(_ text: String, to path: String) throws {
@@ -165,14 +159,8 @@ struct Memory: ParsableCommand {
   }
 
   /// What is live at the arena's busiest step, for `--values`.
-  var peakReport: String? {
-    guard let plan = loadedPlan else { return nil }
-    let m = MemoryPlan(plan.train)
-    var best = (step: 0, bytes: -1)
-    for t in 0..<plan.train.nodes.count {
-      let b = m.slots.reduce(0) { $0 + ($1.start <= t && t <= $1.end ? $1.bytes : 0) }
-      if b > best.bytes { best = (t, b) }
-    }
+  func peakReport(_ plan: Plan, _ m: MemoryPlan, _ timeline: MemoryTimeline) -> String {
+    let best = (step: timeline.peakStep, bytes: timeline.bytes[timeline.peakStep][3] + timeline.bytes[timeline.peakStep][4])
     let live = m.slots.filter { $0.start <= best.step && best.step <= $0.end }.sorted { $0.bytes > $1.bytes }
     let names = Dictionary(plan.train.nodes.flatMap { n in n.outputs.map { ($0, n) } }, uniquingKeysWith: { a, _ in a })
     var out = "busiest step \(best.step) of \(plan.train.nodes.count) ('\(plan.train.nodes[best.step].name)'): "
@@ -185,7 +173,7 @@ struct Memory: ParsableCommand {
     return out
   }
 
-  func table(_ r: Report) -> String {
+  func table(_ r: Report, peak: String?) -> String {
     var lines: [String] = []
     func print(_ s: String) { lines.append(s) }
     func mb(_ b: Int) -> String { String(format: "%.2f", Double(b) / 1_048_576) }
@@ -238,7 +226,7 @@ struct Memory: ParsableCommand {
     if let p = r.plainMemory {
       print("keep 1:      " + memoryLine(p) + String(format: "; ratio %.3f", Double(r.memory.totalBytes) / Double(max(p.totalBytes, 1))))
     }
-    if values, let peak = peakReport {
+    if let peak {
       print(peak)
     }
     if values {

@@ -82,6 +82,26 @@ func toONNXLayout(_ t: NPYArray, _ m: ParamMap) -> [Float] {
   return v
 }
 
+/// Asserts that every gradient `ex` computed matches PyTorch's in `refDir/grads`, mapped
+/// through the export's params.json (cosine > 0.9999, max relative error < 1e-3), and that
+/// the trained parameters are PyTorch's. Returns the worst relative error, worst cosine and count.
+func assertGradientsMatchPyTorch(_ ex: Executor, params: String, refDir: String, what: String) throws -> (
+  rel: Float, cos: Float, count: Int
+) {
+  let map = try JSONDecoder().decode([String: ParamMap].self, from: Data(contentsOf: URL(fileURLWithPath: params)))
+  let grads = gradients(ex)
+  XCTAssertEqual(Set(grads.keys), Set(map.keys), "\(what): trained parameters differ from PyTorch's")
+  var worst = (rel: Float(0), cos: Float(1), count: 0)
+  for (name, m) in map {
+    guard let g = grads[name] else { continue }
+    let (rel, cos) = compare(Array(g.floats), toONNXLayout(try NPYArray.read("\(refDir)/grads/\(m.param).npy"), m))
+    XCTAssertGreaterThan(cos, 0.9999, "\(what): gradient of \(m.param) (@\(name)) cosine")
+    XCTAssertLessThan(rel, 1e-3, "\(what): gradient of \(m.param) (@\(name)) max relative error")
+    worst = (max(worst.rel, rel), min(worst.cos, cos), worst.count + 1)
+  }
+  return worst
+}
+
 final class ReferenceTests: XCTestCase {
   func testEveryTinyModelMatchesPyTorch() throws {
     let cases = referenceCases()
@@ -103,20 +123,10 @@ final class ReferenceTests: XCTestCase {
       let loss = try NPYArray.read(ref + "/loss.npy").floats[0]
       XCTAssertEqual(ex.output("loss")!.f32[0], loss, accuracy: 1e-5, "\(what): loss")
       worst.loss = max(worst.loss, abs(ex.output("loss")!.f32[0] - loss))
-      let map = try JSONDecoder().decode(
-        [String: ParamMap].self, from: Data(contentsOf: URL(fileURLWithPath: "\(ref)/\(stem).params.json")))
-      let grads = gradients(ex)
-      XCTAssertEqual(Set(grads.keys), Set(map.keys), "\(what): trained parameters differ from PyTorch's")
-      for (name, m) in map {
-        guard let g = grads[name] else { continue }
-        let expected = toONNXLayout(try NPYArray.read("\(ref)/grads/\(m.param).npy"), m)
-        let (rel, cos) = compare(Array(g.floats), expected)
-        XCTAssertGreaterThan(cos, 0.9999, "\(what): gradient of \(m.param) (@\(name)) cosine")
-        XCTAssertLessThan(rel, 1e-3, "\(what): gradient of \(m.param) (@\(name)) max relative error")
-        worst.gradRel = max(worst.gradRel, rel)
-        worst.gradCos = min(worst.gradCos, cos)
-        worst.grads += 1
-      }
+      let g = try assertGradientsMatchPyTorch(ex, params: "\(ref)/\(stem).params.json", refDir: ref, what: what)
+      worst.gradRel = max(worst.gradRel, g.rel)
+      worst.gradCos = min(worst.gradCos, g.cos)
+      worst.grads += g.count
     }
   }
 }

@@ -56,21 +56,11 @@ final class SBPReferenceTests: XCTestCase {
         XCTAssertLessThan(lrel, 1e-4, "\(what): logits")
         worst.logits = max(worst.logits, lrel)
         XCTAssertEqual(ex.output("loss")!.f32[0], try NPYArray.read(ref + "/loss.npy").floats[0], accuracy: 1e-5, "\(what): loss")
-        let map = try JSONDecoder().decode(
-          [String: ParamMap].self, from: Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/models/reference/\(model)/\(stem).params.json"))
-        )
-        let grads = gradients(ex)
-        XCTAssertEqual(Set(grads.keys), Set(map.keys), "\(what): trained parameters differ from PyTorch's")
-        for (name, m) in map {
-          guard let g = grads[name] else { continue }
-          let expected = toONNXLayout(try NPYArray.read("\(ref)/grads/\(m.param).npy"), m)
-          let (rel, cos) = compare(Array(g.floats), expected)
-          XCTAssertGreaterThan(cos, 0.9999, "\(what): gradient of \(m.param) cosine")
-          XCTAssertLessThan(rel, 1e-3, "\(what): gradient of \(m.param) max relative error")
-          worst.gradRel = max(worst.gradRel, rel)
-          worst.gradCos = min(worst.gradCos, cos)
-          worst.grads += 1
-        }
+        let g = try assertGradientsMatchPyTorch(
+          ex, params: "\(repoRoot)/models/reference/\(model)/\(stem).params.json", refDir: ref, what: what)
+        worst.gradRel = max(worst.gradRel, g.rel)
+        worst.gradCos = min(worst.gradCos, g.cos)
+        worst.grads += g.count
       }
     }
     XCTAssertGreaterThanOrEqual(worst.steps, 13)
@@ -140,13 +130,8 @@ final class SBPReferenceTests: XCTestCase {
     let mask = try KeepMask(npy: try NPYArray.read(dir + "/mask.npy"), name: "mask.npy")
     try MaskFeed(layout: layout, source: .explicit(mask), executor: ex).feed(mask)
     try ex.run()
-    let map = try JSONDecoder().decode(
-      [String: ParamMap].self, from: Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/models/reference/\(model)/ts17.params.json")))
-    let grads = gradients(ex)
-    for (name, m) in map {
-      let (rel, cos) = compare(Array(try XCTUnwrap(grads[name]).floats), toONNXLayout(try NPYArray.read("\(dir)/grads/\(m.param).npy"), m))
-      XCTAssertGreaterThan(cos, 0.9999, m.param)
-      XCTAssertLessThan(rel, 1e-3, m.param)
-    }
+    let matched = try assertGradientsMatchPyTorch(
+      ex, params: "\(repoRoot)/models/reference/\(model)/ts17.params.json", refDir: dir, what: "\(model) downsampler fallback")
+    XCTAssertGreaterThan(matched.count, 0)
   }
 }

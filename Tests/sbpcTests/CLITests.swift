@@ -87,13 +87,14 @@ final class CLITests: XCTestCase {
   }
 }
 
-final class TrainCLITests: XCTestCase {
-  func tmp() throws -> String {
-    let d = NSTemporaryDirectory() + "sbpc-train-" + UUID().uuidString
-    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-    return d
-  }
+/// A fresh scratch folder for one test's plans and dumps.
+func tmp() throws -> String {
+  let d = NSTemporaryDirectory() + "sbpc-test-" + UUID().uuidString
+  try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+  return d
+}
 
+final class TrainCLITests: XCTestCase {
   func testCompileTrainEvalAndDumps() throws {
     let d = try tmp()
     let (s1, out1, err1) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/v.plan"])

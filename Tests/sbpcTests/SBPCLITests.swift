@@ -10,12 +10,6 @@ func maskBytes(_ path: String, count: Int) throws -> [UInt8] {
 }
 
 final class SBPCLITests: XCTestCase {
-  func tmp() throws -> String {
-    let d = NSTemporaryDirectory() + "sbpc-sbp-" + UUID().uuidString
-    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-    return d
-  }
-
   func testCompilePrintsEffectiveKeepAndKeptRange() throws {
     let d = try tmp()
     let (s, out, err) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "1", "--keep", "0.3", "-o", d + "/v.plan"])
