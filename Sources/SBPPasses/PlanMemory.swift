@@ -55,6 +55,24 @@ public struct MemoryPlan: Sendable, Equatable {
     }
   }
 
+  /// Results of transposes that swap the last two axes and are read only by matmuls. They are
+  /// views: each matmul reads the transpose's operand with the BLAS transpose flag, so no
+  /// data moves (attention's Kᵀ and the backward's transposed operands).
+  public static func transposedViews(_ nodes: [Node], outputs: Set<ValueID>) -> Set<ValueID> {
+    var readers: [ValueID: [Op]] = [:]
+    for n in nodes { for v in n.inputs { readers[v, default: []].append(n.op) } }
+    var views: Set<ValueID> = []
+    for n in nodes {
+      guard case .transpose(let perm) = n.op, perm.count >= 2, !outputs.contains(n.outputs[0]) else { continue }
+      let r = perm.count
+      guard perm == Array(0..<(r - 2)) + [r - 1, r - 2], let rs = readers[n.outputs[0]], !rs.isEmpty,
+        rs.allSatisfy({ if case .matMul = $0 { return true } else { return false } })
+      else { continue }
+      views.insert(n.outputs[0])
+    }
+    return views
+  }
+
   /// - Parameter retaining: values kept readable after the step (as graph outputs are), for
   ///   tools that dump them; a plan file's offsets are made without any.
   /// - Parameter activationBytes: bytes per element of f32 activations (2 for a bf16/fp16
@@ -87,6 +105,7 @@ public struct MemoryPlan: Sendable, Equatable {
     var start: [ValueID: Int] = [:]
     var end: [ValueID: Int] = [:]  // per root, over everything sharing it
     var workspace = 0
+    let transposed = MemoryPlan.transposedViews(g.nodes, outputs: Set(g.outputs.map(\.value)).union(retaining))
     for (i, node) in g.nodes.enumerated() {
       switch node.op {
       case .sgd:
@@ -103,7 +122,7 @@ public struct MemoryPlan: Sendable, Equatable {
       default: break
       }
       let y = node.outputs[0]
-      if MemoryPlan.isView(node.op) {
+      if MemoryPlan.isView(node.op) || transposed.contains(y) {
         owner[y] = node.inputs[0]
       } else if MemoryPlan.inPlace(node.op), node.outputs.count == 1,
         let x = node.inputs.first(where: { x in

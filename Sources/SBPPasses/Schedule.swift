@@ -47,9 +47,11 @@ public struct Schedule: Pass {
     }
     // Views of a parameter (a reshaped weight) share its memory: their readers read it too.
     var views: [ValueID: [ValueID]] = [:]
-    for n in nodes where MemoryPlan.isView(n.op) {
+    let transposed = MemoryPlan.transposedViews(nodes, outputs: outputs)
+    func isView(_ n: Node) -> Bool { MemoryPlan.isView(n.op) || transposed.contains(n.outputs[0]) }
+    for n in nodes where isView(n) {
       var r = n.inputs[0]
-      while let p = producer[r], MemoryPlan.isView(nodes[p].op) { r = nodes[p].inputs[0] }
+      while let p = producer[r], isView(nodes[p]) { r = nodes[p].inputs[0] }
       views[r, default: []].append(n.outputs[0])
     }
     /// An update may run once its operands are ready and nothing else still reads its

@@ -8,7 +8,7 @@ import SBPPasses
 /// plus where the weights come from. The weights are not copied into the plan; loading
 /// re-reads them from the ONNX model (mapped, not copied).
 public struct Plan: Sendable {
-  public static let formatVersion = 3
+  public static let formatVersion = 4
 
   public var model: String
   public var batch: Int

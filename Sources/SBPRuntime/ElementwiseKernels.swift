@@ -4,32 +4,52 @@ import SBPIR
 
 /// Elementwise kernels: broadcasting binary ops, unary ops and activation gradients (f32).
 enum Elementwise {
+  /// Elements per thread below which a kernel runs on one thread.
+  static let grain = 1 << 14
+
   /// out = a ∘ b with numpy broadcasting, for f32 operands.
   /// `strides`: each operand's broadcast strides (prepared once by the executor).
   static func binary(_ op: Op, _ a: Buffer, _ b: Buffer, _ out: Buffer, strides: [[Int]]) {
-    let shape = out.type.shape
-    let pa = a.f32, pb = b.f32, po = out.f32
-    @inline(__always) func f(_ x: Float, _ y: Float) -> Float {
-      switch op {
-      case .add: return x + y
-      case .sub: return x - y
-      case .mul: return x * y
-      case .div: return x / y
-      default: return powf(x, y)
+    switch op {
+    case .add: binary(a, b, out, strides, Add.self)
+    case .sub: binary(a, b, out, strides, Sub.self)
+    case .mul: binary(a, b, out, strides, Mul.self)
+    case .div: binary(a, b, out, strides, Div.self)
+    default:
+      let pa = a.f32, pb = b.f32, po = out.f32
+      forEachRow(out.type.shape, strides) { o, base, n, st in
+        for i in 0..<n { po[o + i] = powf(pa[base[0] + i * st[0]], pb[base[1] + i * st[1]]) }
       }
     }
+  }
+
+  /// The vectorized broadcasting loop: whole-tensor runs when the shapes agree, otherwise
+  /// innermost rows, each operand either contiguous or a splat along them.
+  static func binary<F: BinaryKernel>(_ a: Buffer, _ b: Buffer, _ out: Buffer, _ strides: [[Int]], _: F.Type) {
+    let f = F.apply
+    let shape = out.type.shape
+    let pa = a.f32, pb = b.f32, po = out.f32
+    let count = out.count
     if a.type.shape == shape && b.type.shape == shape {
-      for i in 0..<out.count { po[i] = f(pa[i], pb[i]) }
+      map(a, b, out, F.self)
       return
     }
-    if a.type.shape == shape && b.count == 1 {
-      let y = pb[0]
-      for i in 0..<out.count { po[i] = f(pa[i], y) }
-      return
-    }
-    forEachRow(shape, strides) { o, base, n, st in
-      let (ba, bb, sa, sb) = (base[0], base[1], st[0], st[1])
-      for i in 0..<n { po[o + i] = f(pa[ba + i * sa], pb[bb + i * sb]) }
+    let rows = outerRows(shape), width = shape.last ?? 1
+    Parallel.chunks(rows, grain: Swift.max(1, grain / Swift.max(width, 1))) { _, range in
+      forEachRow(shape, strides, rows: range) { o, base, n, st in
+        let xa = pa + base[0], xb = pb + base[1], y = po + o
+        switch (st[0], st[1]) {
+        case (1, 1): VMath.map(n, xa, xb, y, f)
+        case (1, 0):
+          let vb = V8(repeating: xb[0])
+          VMath.map(n, xa, y) { f($0, vb) }
+        case (0, 1):
+          let va = V8(repeating: xa[0])
+          VMath.map(n, xb, y) { f(va, $0) }
+        case let (sa, sb):
+          for i in 0..<n { y[i] = f(V8(repeating: xa[i * sa]), V8(repeating: xb[i * sb]))[0] }
+        }
+      }
     }
   }
 
@@ -59,52 +79,47 @@ enum Elementwise {
     }
   }
 
-  static let sqrt2 = Float(2).squareRoot()
-  static let sqrt2OverPi = Float((2 / Double.pi).squareRoot())
-
   /// Unary f32 ops.
   static func unary(_ op: Op, _ x: Buffer, _ out: Buffer) {
-    let px = x.f32, po = out.f32
-    let n = out.count
     switch op {
-    case .sqrt: for i in 0..<n { po[i] = px[i].squareRoot() }
-    case .erf: for i in 0..<n { po[i] = erff(px[i]) }
-    case .tanh: for i in 0..<n { po[i] = tanhf(px[i]) }
-    case .exp: for i in 0..<n { po[i] = expf(px[i]) }
-    case .neg: for i in 0..<n { po[i] = -px[i] }
-    case .relu: for i in 0..<n { po[i] = max(px[i], 0) }
-    case .sigmoid: for i in 0..<n { po[i] = 1 / (1 + expf(-px[i])) }
-    case .reciprocal: for i in 0..<n { po[i] = 1 / px[i] }
-    case .gelu(.none): for i in 0..<n { po[i] = 0.5 * px[i] * (1 + erff(px[i] / sqrt2)) }
-    case .gelu(.tanh):
-      for i in 0..<n {
-        let v = px[i]
-        po[i] = 0.5 * v * (1 + tanhf(sqrt2OverPi * (v + 0.044715 * v * v * v)))
-      }
+    case .sqrt: map(x, out, Sqrt.self)
+    case .erf: map(x, out, Erf.self)
+    case .tanh: map(x, out, Tanh.self)
+    case .exp: map(x, out, Exp.self)
+    case .neg: map(x, out, Neg.self)
+    case .relu: map(x, out, Relu.self)
+    case .sigmoid: map(x, out, Sigmoid.self)
+    case .reciprocal: map(x, out, Reciprocal.self)
+    case .gelu(.none): map(x, out, Gelu.self)
+    case .gelu(.tanh): map(x, out, GeluTanh.self)
     default: preconditionFailure("not a unary op: \(op.name)")
+    }
+  }
+
+  /// out = F(x) elementwise, split over the threads. F is a type, not a closure, so each
+  /// kernel is specialized with its math inlined into the threaded loop.
+  static func map<F: UnaryKernel>(_ x: Buffer, _ out: Buffer, _: F.Type) {
+    let px = x.f32, po = out.f32
+    Parallel.chunks(out.count, grain: grain) { _, r in VMath.map(r.count, px + r.lowerBound, po + r.lowerBound, F.apply) }
+  }
+
+  /// out = F(a, b) elementwise over equal shapes, split over the threads.
+  static func map<F: BinaryKernel>(_ a: Buffer, _ b: Buffer, _ out: Buffer, _: F.Type) {
+    let pa = a.f32, pb = b.f32, po = out.f32
+    Parallel.chunks(out.count, grain: grain) { _, r in
+      VMath.map(r.count, pa + r.lowerBound, pb + r.lowerBound, po + r.lowerBound, F.apply)
     }
   }
 
   /// dx for gelu given x and dy.
   static func geluGrad(_ a: GeluApproximation, _ x: Buffer, _ dy: Buffer, _ dx: Buffer) {
-    let px = x.f32, pd = dy.f32, po = dx.f32
-    let invSqrt2Pi = Float(1 / (2 * Double.pi).squareRoot())
-    for i in 0..<dx.count {
-      let v = px[i]
-      let d: Float
-      switch a {
-      case .none: d = 0.5 * (1 + erff(v / sqrt2)) + v * expf(-0.5 * v * v) * invSqrt2Pi
-      case .tanh:
-        let t = tanhf(sqrt2OverPi * (v + 0.044715 * v * v * v))
-        d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * sqrt2OverPi * (1 + 3 * 0.044715 * v * v)
-      }
-      po[i] = pd[i] * d
+    switch a {
+    case .none: map(x, dy, dx, GeluGrad.self)
+    case .tanh: map(x, dy, dx, GeluTanhGrad.self)
     }
   }
 
-  static func reluGrad(_ x: Buffer, _ dy: Buffer, _ dx: Buffer) {
-    for i in 0..<dx.count { dx.f32[i] = x.f32[i] > 0 ? dy.f32[i] : 0 }
-  }
+  static func reluGrad(_ x: Buffer, _ dy: Buffer, _ dx: Buffer) { map(x, dy, dx, ReluGrad.self) }
 
   /// Converts between f32 and integer dtypes.
   static func cast(_ x: Buffer, _ out: Buffer) {
@@ -118,4 +133,61 @@ enum Elementwise {
       }
     }
   }
+}
+
+/// An elementwise function of one vector, as a type so kernels specialize on it.
+protocol UnaryKernel { static func apply(_ x: V8) -> V8 }
+/// An elementwise function of two vectors.
+protocol BinaryKernel { static func apply(_ a: V8, _ b: V8) -> V8 }
+
+let sqrt2OverPi = Float((2 / Double.pi).squareRoot())
+let invSqrt2 = 1 / Float(2).squareRoot()
+let invSqrt2Pi = Float(1 / (2 * Double.pi).squareRoot())
+
+enum Add: BinaryKernel { @inline(__always) static func apply(_ a: V8, _ b: V8) -> V8 { a + b } }
+enum Sub: BinaryKernel { @inline(__always) static func apply(_ a: V8, _ b: V8) -> V8 { a - b } }
+enum Mul: BinaryKernel { @inline(__always) static func apply(_ a: V8, _ b: V8) -> V8 { a * b } }
+enum Div: BinaryKernel { @inline(__always) static func apply(_ a: V8, _ b: V8) -> V8 { a / b } }
+enum Sqrt: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { x.squareRoot() } }
+enum Erf: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { VMath.erf(x) } }
+enum Tanh: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { VMath.tanh(x) } }
+enum Exp: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { VMath.exp(x) } }
+enum Neg: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { -x } }
+enum Relu: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { VMath.max(x, V8()) } }
+enum Sigmoid: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 1 / (1 + VMath.exp(-x)) } }
+enum Reciprocal: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 1 / x } }
+
+/// GELU, exact: x·Φ(x).
+enum Gelu: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 0.5 * x * (1 + VMath.erf(x * invSqrt2)) } }
+
+/// GELU, tanh approximation.
+enum GeluTanh: UnaryKernel {
+  @inline(__always) static func apply(_ x: V8) -> V8 {
+    let z: V8 = sqrt2OverPi * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (1 + VMath.tanh(z))
+  }
+}
+
+/// dy · GELU'(x), exact: Φ(x) + x·φ(x).
+enum GeluGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 {
+    let pdf: V8 = x * VMath.exp(-0.5 * x * x) * invSqrt2Pi
+    return dy * (0.5 * (1 + VMath.erf(x * invSqrt2)) + pdf)
+  }
+}
+
+/// dy · GELU'(x), tanh approximation.
+enum GeluTanhGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 {
+    let x2: V8 = x * x
+    let t: V8 = VMath.tanh(sqrt2OverPi * (x + 0.044715 * x2 * x))
+    let inner: V8 = sqrt2OverPi * (1 + 3 * 0.044715 * x2)
+    let slope: V8 = 0.5 * x * (1 - t * t) * inner
+    return dy * (0.5 * (1 + t) + slope)
+  }
+}
+
+/// dy where x > 0, else 0 (NaN x gives 0, as x > 0 is false).
+enum ReluGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 { dy.replacing(with: 0, where: .!(x .> 0)) }
 }

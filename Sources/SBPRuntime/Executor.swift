@@ -19,6 +19,10 @@ public final class Executor {
   struct Prepared {
     var base = 0
     var strides: [[Int]] = []
+    /// A matmul operand that is a transposed view (its memory holds the untransposed matrix).
+    var transA = false, transB = false
+    /// A transpose the memory plan made a view: nothing to run.
+    var skip = false
   }
 
   static func prepare(_ n: Node, _ g: Graph) -> Prepared {
@@ -68,6 +72,7 @@ public final class Executor {
     self.graph = graph
     memory = plan
     GEMM.setThreads(max(threads, 1))
+    Parallel.threads = max(threads, 1)
     for n in graph.nodes {
       for o in n.outputs {
         let t = graph.type(of: o)
@@ -113,6 +118,7 @@ public final class Executor {
       }
     }
     self.buffers = buffers
+    let transposed = MemoryPlan.transposedViews(graph.nodes, outputs: Set(graph.outputs.map(\.value)).union(retaining))
     steps = graph.nodes.map { n in
       var conv: Conv2D?
       switch n.op {
@@ -121,7 +127,13 @@ public final class Executor {
         conv = Conv2D(g, input: x, weight: w, output: y)
       default: break
       }
-      return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, Executor.prepare(n, graph))
+      var pre = Executor.prepare(n, graph)
+      switch n.op {
+      case .transpose: pre.skip = transposed.contains(n.outputs[0])
+      case .matMul: (pre.transA, pre.transB) = (transposed.contains(n.inputs[0]), transposed.contains(n.inputs[1]))
+      default: break
+      }
+      return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
     scratch = .allocate(capacity: max(plan.workspaceBytes / 4, 1))
@@ -230,7 +242,7 @@ public final class Executor {
     case .select: Elementwise.select(ins[0], ins[1], ins[2], y!, strides: pre.strides)
     case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu: Elementwise.unary(n.op, ins[0], y!)
     case .cast: Elementwise.cast(ins[0], y!)
-    case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!, batch: pre.strides)
+    case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!, batch: pre.strides, transA: pre.transA, transB: pre.transB)
     case .linear(let axis, let layout): LinearAlgebra.linear(axis: axis, layout: layout, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .gemm(let ta, let tb, let alpha, let beta):
       LinearAlgebra.gemm(
@@ -241,7 +253,7 @@ public final class Executor {
     case .layerNorm(let axis, let eps): Norm.layerNorm(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .softmax(let axis): Norm.softmax(axis: axis, ins[0], y!)
     case .reshape, .squeeze, .unsqueeze, .stopGradient: if ins[0].raw != y!.raw { Movement.copy(ins[0], y!) }
-    case .transpose, .slice, .expand: Movement.strided(ins[0], base: pre.base, strides: pre.strides, y!)
+    case .transpose, .slice, .expand: if !pre.skip { Movement.strided(ins[0], base: pre.base, strides: pre.strides, y!) }
     case .gather(let axis): try Movement.gather(axis: axis, ins[0], ins[1], y!)
     case .gatherRows(let axis): try Movement.gatherRows(axis: axis, ins[0], ins[1], y!)
     case .scatterRows(let axis, _): try Movement.scatterRows(axis: axis, ins, y!)

@@ -12,8 +12,9 @@ enum LinearAlgebra {
     ]
   }
 
-  /// Batched matmul with broadcast batch axes; `batch` is `matMulBatch`'s result.
-  static func matMul(_ a: Buffer, _ b: Buffer, _ out: Buffer, batch p: [[Int]]) {
+  /// Batched matmul with broadcast batch axes; `batch` is `matMulBatch`'s result. With
+  /// `transA`/`transB` an operand's memory holds each matrix transposed (a transposed view).
+  static func matMul(_ a: Buffer, _ b: Buffer, _ out: Buffer, batch p: [[Int]], transA: Bool = false, transB: Bool = false) {
     let sa = a.type.shape, sb = b.type.shape
     let m = sa[sa.count - 2], k = sa[sa.count - 1], n = sb[sb.count - 1]
     let (batch, ba, bb, bs) = (p[0], p[1], p[2], p[3])
@@ -26,7 +27,7 @@ enum LinearAlgebra {
         oa += c * ba[d]
         ob += c * bb[d]
       }
-      GEMM.sgemm(transA: false, transB: false, m: m, n: n, k: k, a: a.f32 + oa * m * k, b: b.f32 + ob * k * n, c: out.f32 + i * m * n)
+      GEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, a: a.f32 + oa * m * k, b: b.f32 + ob * k * n, c: out.f32 + i * m * n)
     }
   }
 
@@ -149,16 +150,157 @@ struct Conv2D {
     forEachColumnEntry { c, i in if let i { dx[i] += col[c] } }
   }
 
-  /// Calls body(channel plane offset in x, weight offset, output plane offset) for depthwise taps.
-  @inline(__always) func depthwiseTaps(_ body: (_ xi: Int, _ oi: Int, _ wv: Int) -> Void, channel ch: Int) {
-    for ki in 0..<kh {
-      for kj in 0..<kw {
-        for y in 0..<oh {
-          let iy = y * sh - ph + ki * dh
-          guard iy >= 0 && iy < h else { continue }
-          for xx in 0..<ow {
-            let ix = xx * sw - pw + kj * dw
-            if ix >= 0 && ix < w { body(iy * w + ix, y * ow + xx, (ch * kh + ki) * kw + kj) }
+  /// The output columns whose tap `kj` reads inside the image: x·sw − pw + kj·dw ∈ [0, w).
+  @inline(__always) func validColumns(_ kj: Int) -> Range<Int> {
+    let shift = kj * dw - pw
+    let lo = Swift.max(0, (-shift + sw - 1) / sw), hi = Swift.min(ow, (w - 1 - shift) / sw + 1)
+    return lo..<Swift.max(lo, hi)
+  }
+
+  /// Walks a depthwise conv's taps row by row: body(output row y, input row iy, weight index,
+  /// valid output columns, input column of the first valid one). Rows of the output, not
+  /// single pixels, are the unit, so the kernels run as vector axpy and dot loops.
+  @inline(__always) func depthwiseRows(_ body: (_ y: Int, _ iy: Int, _ tap: Int, _ cols: Range<Int>, _ ix0: Int) -> Void) {
+    for y in 0..<oh {
+      for ki in 0..<kh {
+        let iy = y * sh - ph + ki * dh
+        guard iy >= 0 && iy < h else { continue }
+        for kj in 0..<kw {
+          let cols = validColumns(kj)
+          if !cols.isEmpty { body(y, iy, ki * kw + kj, cols, cols.lowerBound * sw - pw + kj * dw) }
+        }
+      }
+    }
+  }
+
+  /// Copies an srcH×srcW plane into a zeroed padH×padW buffer at (top, left), clipped.
+  @inline(__always) func pad(
+    _ src: UnsafePointer<Float>, _ srcH: Int, _ srcW: Int, into buf: UnsafeMutablePointer<Float>, _ padH: Int, _ padW: Int, top: Int,
+    left: Int
+  ) {
+    buf.update(repeating: 0, count: padH * padW)
+    let x0 = Swift.max(0, -left), x1 = Swift.min(srcW, padW - left)
+    guard x1 > x0 else { return }
+    for r in Swift.max(0, top)..<Swift.min(padH, srcH + top) {
+      (buf + r * padW + x0 + left).update(from: src + (r - top) * srcW + x0, count: x1 - x0)
+    }
+  }
+
+  /// Stride-1 depthwise correlation over zero-padded planes, the fast path of the forward
+  /// and of dx: dst[p][y, x] = Σ wts[p mod c][ki, kj] · src[p][y − top + ki·dh, x − left + kj·dw].
+  /// Each thread copies a plane into a padded buffer once, so the 32-column blocks of an
+  /// output row accumulate every tap in registers with no bounds checks.
+  func correlate(
+    _ src: UnsafePointer<Float>, _ srcH: Int, _ srcW: Int, _ wts: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
+    _ dstH: Int, _ dstW: Int, top: Int, left: Int
+  ) {
+    let padW = (dstW + 31) / 32 * 32 + (kw - 1) * dw, padH = dstH + (kh - 1) * dh
+    let planes = n * c, chunks = Parallel.chunkCount(planes, grain: 1)
+    let scratch = Scratch.floats(chunks * padH * padW, slot: 0)
+    Parallel.chunks(planes, grain: 1) { chunk, range in
+      let buf = scratch + chunk * padH * padW
+      for p in range {
+        pad(src + p * srcH * srcW, srcH, srcW, into: buf, padH, padW, top: top, left: left)
+        let wc = wts + (p % c) * kh * kw, out = dst + p * dstH * dstW
+        for y in 0..<dstH {
+          var x = 0
+          while x < dstW {
+            var a0 = V8(), a1 = V8(), a2 = V8(), a3 = V8()
+            for ki in 0..<kh {
+              let row = buf + (y + ki * dh) * padW + x
+              for kj in 0..<kw {
+                let wv = V8(repeating: wc[ki * kw + kj]), q = row + kj * dw
+                a0 += wv * VMath.load(q)
+                a1 += wv * VMath.load(q + 8)
+                a2 += wv * VMath.load(q + 16)
+                a3 += wv * VMath.load(q + 24)
+              }
+            }
+            let o = out + y * dstW + x, left = dstW - x
+            for (j, a) in [a0, a1, a2, a3].enumerated() where j * 8 < left {
+              if left - j * 8 >= 8 { VMath.store(a, o + j * 8) } else { VMath.storePartial(a, o + j * 8, left - j * 8) }
+            }
+            x += 32
+          }
+        }
+      }
+    }
+  }
+
+  /// Whether the padded-plane fast path applies: stride 1, and padding that fits inside the
+  /// kernel (so dx's equivalent padding is not negative).
+  var fastDepthwise: Bool { sh == 1 && sw == 1 && ph <= (kh - 1) * dh && pw <= (kw - 1) * dw }
+
+  /// Depthwise forward: each (image, channel) plane on its own, planes split over threads.
+  func depthwiseForward(_ x: UnsafePointer<Float>, _ wt: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+    if fastDepthwise {
+      correlate(x, h, w, wt, y, oh, ow, top: ph, left: pw)
+      return
+    }
+    Parallel.chunks(n * c, grain: 1) { _, planes in
+      for p in planes {
+        let xi = x + p * h * w, yo = y + p * oh * ow, wc = wt + (p % c) * kh * kw
+        yo.update(repeating: 0, count: oh * ow)
+        depthwiseRows { oy, iy, tap, cols, ix0 in
+          let src = xi + iy * w + ix0, dst = yo + oy * ow + cols.lowerBound, wv = wc[tap]
+          for i in 0..<cols.count { dst[i] += wv * src[i * sw] }
+        }
+      }
+    }
+  }
+
+  /// Depthwise dx: the transpose of the forward. With stride 1 it is the forward's
+  /// correlation of dy with the flipped kernel.
+  func depthwiseGradInput(_ dy: UnsafePointer<Float>, _ wt: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>) {
+    if fastDepthwise {
+      let flipped = Scratch.floats(c * kh * kw, slot: 1)
+      for ch in 0..<c {
+        for t in 0..<(kh * kw) { flipped[ch * kh * kw + t] = wt[ch * kh * kw + kh * kw - 1 - t] }
+      }
+      correlate(dy, oh, ow, flipped, dx, h, w, top: (kh - 1) * dh - ph, left: (kw - 1) * dw - pw)
+      return
+    }
+    Parallel.chunks(n * c, grain: 1) { _, planes in
+      for p in planes {
+        let di = dx + p * h * w, dd = dy + p * oh * ow, wc = wt + (p % c) * kh * kw
+        di.update(repeating: 0, count: h * w)
+        depthwiseRows { oy, iy, tap, cols, ix0 in
+          let src = dd + oy * ow + cols.lowerBound, dst = di + iy * w + ix0, wv = wc[tap]
+          for i in 0..<cols.count { dst[i * sw] += wv * src[i] }
+        }
+      }
+    }
+  }
+
+  /// Depthwise dW: per channel, summed over the batch; channels split over threads. With
+  /// stride 1, each image's plane is padded once and every tap is a full-row dot product.
+  func depthwiseGradWeight(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dwt: UnsafeMutablePointer<Float>) {
+    let fast = fastDepthwise
+    let padW = ow + (kw - 1) * dw + 8, padH = oh + (kh - 1) * dh
+    let chunks = Parallel.chunkCount(c, grain: 1)
+    let scratch = fast ? Scratch.floats(chunks * padH * padW, slot: 0) : dwt
+    Parallel.chunks(c, grain: 1) { chunk, channels in
+      let buf = scratch + chunk * padH * padW
+      for ch in channels {
+        let wc = dwt + ch * kh * kw
+        wc.update(repeating: 0, count: kh * kw)
+        for b in 0..<n {
+          let xi = x + (b * c + ch) * h * w, dd = dy + (b * c + ch) * oh * ow
+          if fast {
+            pad(xi, h, w, into: buf, padH, padW, top: ph, left: pw)
+            for y in 0..<oh {
+              for ki in 0..<kh {
+                let row = buf + (y + ki * dh) * padW
+                for kj in 0..<kw { wc[ki * kw + kj] += VMath.dot(ow, dd + y * ow, row + kj * dw) }
+              }
+            }
+            continue
+          }
+          depthwiseRows { oy, iy, tap, cols, ix0 in
+            let g = dd + oy * ow + cols.lowerBound, src = xi + iy * w + ix0
+            var acc: Float = 0
+            for i in 0..<cols.count { acc += g[i] * src[i * sw] }
+            wc[tap] += acc
           }
         }
       }
@@ -168,13 +310,7 @@ struct Conv2D {
   func forward(_ x: Buffer, _ wt: Buffer, _ bias: Buffer?, _ out: Buffer, scratch: UnsafeMutablePointer<Float>) {
     let po = out.f32, px = x.f32, pw = wt.f32
     if depthwise {
-      po.update(repeating: 0, count: out.count)
-      for b in 0..<n {
-        for ch in 0..<c {
-          let xi = px + (b * c + ch) * h * w, oo = po + (b * o + ch) * oh * ow
-          depthwiseTaps({ xoff, ooff, woff in oo[ooff] += xi[xoff] * pw[woff] }, channel: ch)
-        }
-      }
+      depthwiseForward(px, pw, po)
     } else {
       for b in 0..<n {
         for g in 0..<groups {
@@ -186,10 +322,11 @@ struct Conv2D {
       }
     }
     if let bias {
-      for b in 0..<n {
-        for ch in 0..<o {
-          let plane = po + (b * o + ch) * oh * ow
-          for i in 0..<(oh * ow) { plane[i] += bias.f32[ch] }
+      let pb = bias.f32, plane = oh * ow
+      Parallel.chunks(n * o, grain: Swift.max(1, Elementwise.grain / Swift.max(plane, 1))) { _, planes in
+        for p in planes {
+          let bv = V8(repeating: pb[p % o])
+          VMath.map(plane, po + p * plane, po + p * plane) { $0 + bv }
         }
       }
     }
@@ -197,15 +334,12 @@ struct Conv2D {
 
   func gradInput(_ dy: Buffer, _ wt: Buffer, _ dx: Buffer, scratch: UnsafeMutablePointer<Float>) {
     let pd = dy.f32, pw = wt.f32, px = dx.f32
+    if depthwise {
+      depthwiseGradInput(pd, pw, px)
+      return
+    }
     px.update(repeating: 0, count: dx.count)
     for b in 0..<n {
-      if depthwise {
-        for ch in 0..<c {
-          let di = px + (b * c + ch) * h * w, dd = pd + (b * o + ch) * oh * ow
-          depthwiseTaps({ xoff, ooff, woff in di[xoff] += dd[ooff] * pw[woff] }, channel: ch)
-        }
-        continue
-      }
       for g in 0..<groups {
         // col = W_gᵀ · dy_g, then scatter back.
         GEMM.sgemm(
@@ -218,15 +352,12 @@ struct Conv2D {
 
   func gradWeight(_ x: Buffer, _ dy: Buffer, _ dwt: Buffer, scratch: UnsafeMutablePointer<Float>) {
     let pd = dy.f32, px = x.f32, pw = dwt.f32
+    if depthwise {
+      depthwiseGradWeight(px, pd, pw)
+      return
+    }
     pw.update(repeating: 0, count: dwt.count)
     for b in 0..<n {
-      if depthwise {
-        for ch in 0..<c {
-          let xi = px + (b * c + ch) * h * w, dd = pd + (b * o + ch) * oh * ow
-          depthwiseTaps({ xoff, ooff, woff in pw[woff] += dd[ooff] * xi[xoff] }, channel: ch)
-        }
-        continue
-      }
       for g in 0..<groups {
         im2col(px + (b * c + g * cg) * h * w, scratch)
         GEMM.sgemm(

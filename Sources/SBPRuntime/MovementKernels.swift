@@ -4,7 +4,16 @@ import SBPIR
 /// Data movement and reductions, for any element size where the op allows it.
 enum Movement {
   /// Copies elements of any dtype: out[o] = x[offset(o)] with x read through `strides` from `base`.
+  /// A permutation that moves x's contiguous axis away from the last output position goes
+  /// through `tiled`, so that neither side is walked with a large stride.
   static func strided(_ x: Buffer, base: Int, strides: [[Int]], _ out: Buffer) {
+    let st = strides[0], shape = out.type.shape
+    if x.type.dtype.byteSize == 4, let a = st.indices.last(where: { st[$0] == 1 && shape[$0] > 1 }), a != st.count - 1,
+      (shape.last ?? 1) > 1, st.last != 0
+    {
+      tiled(x.raw.assumingMemoryBound(to: UInt32.self) + base, st, axis: a, out.raw.assumingMemoryBound(to: UInt32.self), shape)
+      return
+    }
     let size = x.type.dtype.byteSize
     forEachRow(out.type.shape, strides) { o, b, n, st in
       let s0 = base + b[0]
@@ -17,6 +26,40 @@ enum Movement {
         for i in 0..<n { po[o + i] = px[s0 + i * st[0]] }
       default:
         for i in 0..<n { (out.raw + (o + i) * size).copyMemory(from: x.raw + (s0 + i * st[0]) * size, byteCount: size) }
+      }
+    }
+  }
+
+  /// out = x read through `st`, where output axis `a` is x's contiguous axis: 2-D tiles over
+  /// (a, last) keep both the reads (along a) and the writes (along the last axis) in cache lines.
+  static func tiled(_ x: UnsafePointer<UInt32>, _ st: [Int], axis a: Int, _ out: UnsafeMutablePointer<UInt32>, _ shape: [Int]) {
+    let r = shape.count, os = rowMajorStrides(shape)
+    let rowsA = shape[a], cols = shape[r - 1], sl = st[r - 1], osa = os[a]
+    // The other axes, walked as an odometer by flat index.
+    let others = (0..<(r - 1)).filter { $0 != a }
+    var outer = 1
+    for d in others { outer *= shape[d] }
+    let tile = 16
+    let tilesA = (rowsA + tile - 1) / tile
+    Parallel.chunks(outer * tilesA, grain: 4) { _, range in
+      for job in range {
+        var rest = job / tilesA, ib = 0, ob = 0
+        for d in others.reversed() {
+          let i = rest % shape[d]
+          rest /= shape[d]
+          ib += i * st[d]
+          ob += i * os[d]
+        }
+        let i0 = (job % tilesA) * tile, i1 = Swift.min(rowsA, i0 + tile)
+        var j0 = 0
+        while j0 < cols {
+          let j1 = Swift.min(cols, j0 + tile)
+          for i in i0..<i1 {
+            let src = x + ib + i, dst = out + ob + i * osa
+            for j in j0..<j1 { dst[j] = src[j * sl] }
+          }
+          j0 = j1
+        }
       }
     }
   }
@@ -150,21 +193,28 @@ enum Movement {
   }
 
   /// Sum (or mean) over the axes `strides` leaves out; the layout does not depend on keepdims.
+  /// Rows are split over threads, each summing into its own copy of the output (chunk 0 into
+  /// the output itself), which are then added up.
   static func reduce(strides: [[Int]], mean: Bool, _ x: Buffer, _ out: Buffer) {
-    let po = out.f32, px = x.f32
-    po.update(repeating: 0, count: out.count)
-    forEachRow(x.type.shape, strides) { o, b, n, st in
-      if st[0] == 0 {
-        var acc: Float = 0
-        for i in 0..<n { acc += px[o + i] }
-        po[b[0]] += acc
-      } else {
-        for i in 0..<n { po[b[0] + i * st[0]] += px[o + i] }
+    let po = out.f32, px = x.f32, m = out.count
+    let shape = x.type.shape, rows = outerRows(shape)
+    let chunks = out.count * 8 <= x.count ? Parallel.chunkCount(rows, grain: Norm.rowGrain(shape.last ?? 1)) : 1
+    let extra = Scratch.floats(m * (chunks - 1))
+    Parallel.chunks(chunks == 1 ? 1 : rows, grain: 1) { c, range in
+      let acc = c == 0 ? po : extra + m * (c - 1)
+      acc.update(repeating: 0, count: m)
+      forEachRow(shape, strides, rows: chunks == 1 ? nil : range) { o, b, n, st in
+        switch st[0] {
+        case 0: acc[b[0]] += VMath.sum(n, px + o)
+        case 1: VMath.map(n, px + o, acc + b[0], acc + b[0]) { $0 + $1 }
+        default: for i in 0..<n { acc[b[0] + i * st[0]] += px[o + i] }
+        }
       }
     }
+    for c in 1..<chunks { VMath.map(m, po, extra + m * (c - 1), po) { $0 + $1 } }
     if mean {
       let scale = Float(out.count) / Float(max(x.count, 1))
-      for i in 0..<out.count { po[i] *= scale }
+      VMath.map(m, po, po) { $0 * scale }
     }
   }
 

@@ -6,79 +6,153 @@ import SBPIR
 enum Norm {
   /// Mean and 1/sqrt(variance + eps) of one row (population variance, as PyTorch).
   @inline(__always) static func rowStats(_ xr: UnsafeMutablePointer<Float>, _ n: Int, _ eps: Float) -> (mean: Float, inv: Float) {
-    var mean: Float = 0
-    for i in 0..<n { mean += xr[i] }
-    mean /= Float(n)
-    var v: Float = 0
-    for i in 0..<n { v += (xr[i] - mean) * (xr[i] - mean) }
+    let mean = VMath.sum(n, xr) / Float(n)
+    var acc = V8()
+    var i = 0
+    while i + 8 <= n {
+      let d = VMath.load(xr + i) - mean
+      acc += d * d
+      i += 8
+    }
+    var v = acc.sum()
+    while i < n {
+      v += (xr[i] - mean) * (xr[i] - mean)
+      i += 1
+    }
     return (mean, 1 / (v / Float(n) + eps).squareRoot())
   }
+
+  /// Rows per thread below which the row kernels stay on one thread.
+  @inline(__always) static func rowGrain(_ n: Int) -> Int { Swift.max(1, Elementwise.grain / Swift.max(n, 1)) }
 
   static func layerNorm(axis: Int, eps: Float, _ x: Buffer, _ g: Buffer, _ b: Buffer?, _ out: Buffer) {
     let s = x.type.shape
     let rows = s[..<axis].reduce(1, *), n = s[axis...].reduce(1, *)
-    for r in 0..<rows {
-      let xr = x.f32 + r * n, yr = out.f32 + r * n
-      let (mean, inv) = rowStats(xr, n, eps)
-      for i in 0..<n { yr[i] = (xr[i] - mean) * inv * g.f32[i] + (b?.f32[i] ?? 0) }
+    let px = x.f32, py = out.f32, pg = g.f32, pb = b?.f32
+    Parallel.chunks(rows, grain: rowGrain(n)) { _, range in
+      for r in range {
+        let xr = px + r * n, yr = py + r * n
+        let (mean, inv) = rowStats(xr, n, eps)
+        if let pb {
+          VMath.map(n, xr, pg, yr) { xv, gv in (xv - mean) * inv * gv }
+          VMath.map(n, yr, pb, yr) { $0 + $1 }
+        } else {
+          VMath.map(n, xr, pg, yr) { xv, gv in (xv - mean) * inv * gv }
+        }
+      }
     }
   }
 
   static func layerNormGrad(axis: Int, eps: Float, _ x: Buffer, _ g: Buffer, _ dy: Buffer, _ dx: Buffer, _ dg: Buffer, _ db: Buffer) {
     let s = x.type.shape
     let rows = s[..<axis].reduce(1, *), n = s[axis...].reduce(1, *)
-    dg.f32.update(repeating: 0, count: n)
-    db.f32.update(repeating: 0, count: n)
-    for r in 0..<rows {
-      let xr = x.f32 + r * n, dyr = dy.f32 + r * n, dxr = dx.f32 + r * n
-      let (mean, inv) = rowStats(xr, n, eps)
-      var sumD: Float = 0, sumDX: Float = 0
-      for i in 0..<n {
-        let xh = (xr[i] - mean) * inv
-        let d = dyr[i] * g.f32[i]
-        sumD += d
-        sumDX += d * xh
-        dg.f32[i] += dyr[i] * xh
-        db.f32[i] += dyr[i]
+    let chunks = Parallel.chunkCount(rows, grain: rowGrain(n))
+    // Chunk 0 accumulates into dg/db; chunk c > 0 into its own pair of rows of `extra`.
+    let extra = Scratch.floats(2 * n * (chunks - 1))
+    let px = x.f32, pg = g.f32, pdy = dy.f32, pdx = dx.f32
+    let k = 1 / Float(n)
+    Parallel.chunks(rows, grain: rowGrain(n)) { c, range in
+      let dgc = c == 0 ? dg.f32 : extra + 2 * n * (c - 1), dbc = c == 0 ? db.f32 : dgc + n
+      dgc.update(repeating: 0, count: n)
+      dbc.update(repeating: 0, count: n)
+      for r in range {
+        let xr = px + r * n, dyr = pdy + r * n, dxr = pdx + r * n
+        let (mean, inv) = rowStats(xr, n, eps)
+        var sD = V8(), sDX = V8()
+        var i = 0
+        while i + 8 <= n {
+          let xh = (VMath.load(xr + i) - mean) * inv, dyv = VMath.load(dyr + i)
+          let d = dyv * VMath.load(pg + i)
+          sD += d
+          sDX += d * xh
+          VMath.store(VMath.load(dgc + i) + dyv * xh, dgc + i)
+          VMath.store(VMath.load(dbc + i) + dyv, dbc + i)
+          i += 8
+        }
+        var sumD = sD.sum(), sumDX = sDX.sum()
+        while i < n {
+          let xh = (xr[i] - mean) * inv
+          let d = dyr[i] * pg[i]
+          sumD += d
+          sumDX += d * xh
+          dgc[i] += dyr[i] * xh
+          dbc[i] += dyr[i]
+          i += 1
+        }
+        let a = k * sumD, bx = k * sumDX
+        i = 0
+        while i + 8 <= n {
+          let xh = (VMath.load(xr + i) - mean) * inv
+          VMath.store(inv * (VMath.load(dyr + i) * VMath.load(pg + i) - a - xh * bx), dxr + i)
+          i += 8
+        }
+        while i < n {
+          let xh = (xr[i] - mean) * inv
+          dxr[i] = inv * (dyr[i] * pg[i] - a - xh * bx)
+          i += 1
+        }
       }
-      let k = 1 / Float(n)
-      for i in 0..<n {
-        let xh = (xr[i] - mean) * inv
-        dxr[i] = inv * (dyr[i] * g.f32[i] - k * sumD - xh * k * sumDX)
-      }
+    }
+    for c in 1..<chunks {
+      VMath.map(n, dg.f32, extra + 2 * n * (c - 1), dg.f32) { $0 + $1 }
+      VMath.map(n, db.f32, extra + 2 * n * (c - 1) + n, db.f32) { $0 + $1 }
     }
   }
 
   /// Softmax along `axis`, for any layout.
   static func softmax(axis: Int, _ x: Buffer, _ out: Buffer) {
     let (outer, dim, inner) = LinearAlgebra.around(x.type.shape, axis)
+    let px = x.f32, py = out.f32
+    if inner == 1 {
+      Parallel.chunks(outer, grain: rowGrain(dim)) { _, range in
+        for r in range {
+          let xr = px + r * dim, yr = py + r * dim
+          let m = VMath.max(dim, xr)
+          VMath.map(dim, xr, yr) { VMath.exp($0 - m) }
+          let inv = 1 / VMath.sum(dim, yr)
+          VMath.map(dim, yr, yr) { $0 * inv }
+        }
+      }
+      return
+    }
     for o in 0..<outer {
       for i in 0..<inner {
         let base = o * dim * inner + i
         var m = -Float.infinity
-        for k in 0..<dim { m = max(m, x.f32[base + k * inner]) }
+        for k in 0..<dim { m = max(m, px[base + k * inner]) }
         var sum: Float = 0
         for k in 0..<dim {
-          let e = expf(x.f32[base + k * inner] - m)
-          out.f32[base + k * inner] = e
+          let e = expf(px[base + k * inner] - m)
+          py[base + k * inner] = e
           sum += e
         }
         let inv = 1 / sum
-        for k in 0..<dim { out.f32[base + k * inner] *= inv }
+        for k in 0..<dim { py[base + k * inner] *= inv }
       }
     }
   }
 
   static func softmaxGrad(axis: Int, _ y: Buffer, _ dy: Buffer, _ dx: Buffer) {
     let (outer, dim, inner) = LinearAlgebra.around(y.type.shape, axis)
+    let py = y.f32, pdy = dy.f32, pdx = dx.f32
+    if inner == 1 {
+      Parallel.chunks(outer, grain: rowGrain(dim)) { _, range in
+        for r in range {
+          let yr = py + r * dim, dyr = pdy + r * dim
+          let dot = VMath.dot(dim, yr, dyr)
+          VMath.map(dim, yr, dyr, pdx + r * dim) { yv, dv in yv * (dv - dot) }
+        }
+      }
+      return
+    }
     for o in 0..<outer {
       for i in 0..<inner {
         let base = o * dim * inner + i
         var dot: Float = 0
-        for k in 0..<dim { dot += y.f32[base + k * inner] * dy.f32[base + k * inner] }
+        for k in 0..<dim { dot += py[base + k * inner] * pdy[base + k * inner] }
         for k in 0..<dim {
           let j = base + k * inner
-          dx.f32[j] = y.f32[j] * (dy.f32[j] - dot)
+          pdx[j] = py[j] * (pdy[j] - dot)
         }
       }
     }
@@ -129,21 +203,47 @@ enum Norm {
 enum Optimizer {
   static func sgd(lr: Float, momentum: Float, wd: Float, _ p: Buffer, _ g: Buffer, _ v: Buffer) {
     let pp = p.f32, pg = g.f32, pv = v.f32
-    for i in 0..<p.count {
-      let d = pg[i] + wd * pp[i]
-      pv[i] = momentum * pv[i] + d
-      pp[i] -= lr * pv[i]
+    Parallel.chunks(p.count, grain: Elementwise.grain) { _, r in
+      var i = r.lowerBound
+      while i + 8 <= r.upperBound {
+        let pi = VMath.load(pp + i)
+        let vi = momentum * VMath.load(pv + i) + (VMath.load(pg + i) + wd * pi)
+        VMath.store(vi, pv + i)
+        VMath.store(pi - lr * vi, pp + i)
+        i += 8
+      }
+      while i < r.upperBound {
+        let d = pg[i] + wd * pp[i]
+        pv[i] = momentum * pv[i] + d
+        pp[i] -= lr * pv[i]
+        i += 1
+      }
     }
   }
 
   static func adamw(lr: Float, b1: Float, b2: Float, eps: Float, wd: Float, step: Float, _ p: Buffer, _ g: Buffer, _ m: Buffer, _ v: Buffer)
   {
     let c1 = 1 - powf(b1, step), c2 = 1 - powf(b2, step)
-    for i in 0..<p.count {
-      p.f32[i] *= 1 - lr * wd
-      m.f32[i] = b1 * m.f32[i] + (1 - b1) * g.f32[i]
-      v.f32[i] = b2 * v.f32[i] + (1 - b2) * g.f32[i] * g.f32[i]
-      p.f32[i] -= lr * (m.f32[i] / c1) / ((v.f32[i] / c2).squareRoot() + eps)
+    let pp = p.f32, pg = g.f32, pm = m.f32, pv = v.f32
+    @inline(__always) func update(_ pi: V8, _ gi: V8, _ mi: V8, _ vi: V8) -> (p: V8, m: V8, v: V8) {
+      let m2 = b1 * mi + (1 - b1) * gi
+      let v2 = b2 * vi + (1 - b2) * gi * gi
+      return (pi * (1 - lr * wd) - lr * (m2 / c1) / ((v2 / c2).squareRoot() + eps), m2, v2)
+    }
+    Parallel.chunks(p.count, grain: Elementwise.grain) { _, r in
+      var i = r.lowerBound
+      while i + 8 <= r.upperBound {
+        let u = update(VMath.load(pp + i), VMath.load(pg + i), VMath.load(pm + i), VMath.load(pv + i))
+        VMath.store(u.p, pp + i)
+        VMath.store(u.m, pm + i)
+        VMath.store(u.v, pv + i)
+        i += 8
+      }
+      while i < r.upperBound {
+        let u = update(V8(repeating: pp[i]), V8(repeating: pg[i]), V8(repeating: pm[i]), V8(repeating: pv[i]))
+        (pp[i], pm[i], pv[i]) = (u.p[0], u.m[0], u.v[0])
+        i += 1
+      }
     }
   }
 }

@@ -11,8 +11,9 @@ import SBPIR
 /// Calls `inner(outOffset, bases, count, innerStrides)` for every innermost row of `shape`,
 /// with each operand's offset from its own strides; the innermost axis runs as a tight loop in
 /// `inner`. The odometer lives on the stack, so a kernel step allocates nothing.
+/// With `rows`, only those outer rows (indices into the product of all axes but the last).
 @inlinable func forEachRow(
-  _ shape: [Int], _ strides: [[Int]],
+  _ shape: [Int], _ strides: [[Int]], rows: Range<Int>? = nil,
   _ inner: (_ outBase: Int, _ bases: UnsafeMutableBufferPointer<Int>, _ count: Int, _ innerStrides: UnsafeMutableBufferPointer<Int>) -> Void
 ) {
   let r = shape.count, k = strides.count
@@ -30,7 +31,17 @@ import SBPIR
     for d in 0..<(r - 1) { outer *= shape[d] }
     guard n > 0, outer > 0 else { return }
     for j in 0..<k { innerStrides[j] = strides[j][r - 1] }
-    for o in 0..<outer {
+    let rows = rows ?? 0..<outer
+    // Start the odometer at the first requested row.
+    var rest = rows.lowerBound
+    var d = r - 2
+    while d >= 0 {
+      idx[d] = rest % shape[d]
+      rest /= shape[d]
+      for j in 0..<k { bases[j] += idx[d] * strides[j][d] }
+      d -= 1
+    }
+    for o in rows {
       inner(o * n, bases, n, innerStrides)
       // Advance the odometer over the outer axes.
       var d = r - 2
@@ -45,3 +56,6 @@ import SBPIR
     }
   }
 }
+
+/// Number of innermost rows `forEachRow` walks for `shape`.
+@inlinable func outerRows(_ shape: [Int]) -> Int { shape.dropLast().reduce(1, *) }

@@ -153,6 +153,22 @@ struct Feeder {
   let labels: Buffer
   let classes: Int
 
+  /// The training graph's image and labels inputs.
+  init(plan p: Plan, executor ex: Executor, path: String) throws {
+    guard let img = p.train.inputs.first(where: { $0.name != "labels" && $0.name != "step" && !$0.name.hasPrefix("sbp.") }),
+      let lab = ex.input("labels")
+    else {
+      throw PlanError("\(path): the training graph has no image or labels input")
+    }
+    self.init(input: ex.buffer(img.value), labels: lab, classes: p.train.type(of: p.train.outputs[0].value).shape[1])
+  }
+
+  init(input: Buffer, labels: Buffer, classes: Int) {
+    self.input = input
+    self.labels = labels
+    self.classes = classes
+  }
+
   /// Seeded synthetic data: N(0,1) images and uniform labels.
   func synthetic(seed: UInt64, step: Int) {
     var rng = SplitMix64(seed: seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15)
@@ -251,13 +267,8 @@ struct Train: ParsableCommand {
       let p = try Plan.load(plan)
       let ex = try Executor(
         graph: p.train, threads: threads, maxMemory: memory.limit, retaining: dumpGrads == nil ? [] : Executor.gradientValues(p.train))
-      guard let img = p.train.inputs.first(where: { $0.name != "labels" && $0.name != "step" && !$0.name.hasPrefix("sbp.") }),
-        let lab = ex.input("labels")
-      else {
-        throw PlanError("\(plan): the training graph has no image or labels input")
-      }
-      let classes = p.train.type(of: p.train.outputs[0].value).shape[1]
-      let feed = Feeder(input: ex.buffer(img.value), labels: lab, classes: classes)
+      let feed = try Feeder(plan: p, executor: ex, path: plan)
+      let (lab, classes) = (feed.labels, feed.classes)
       var data: (NPYArray, NPYArray)?
       if let input, let labels {
         let x = try NPYArray.read(input), y = try NPYArray.read(labels)

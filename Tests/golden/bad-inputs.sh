@@ -43,6 +43,8 @@ CASES=(
 "flag: --blocks out of range|inspect models/vit_p4_d6_ts17.onnx --blocks last:9"
 "flag: --blocks malformed|inspect models/vit_p4_d6_ts17.onnx --blocks stage:0[1"
 "flag: unknown pass|opt Tests/Fixtures/ok_linear.onnx --passes canonicalize,nosuch"
+"flag: bench --runs out of range|bench Tests/Fixtures/ok_linear.onnx --runs 0"
+"flag: bench --plans unknown|bench Tests/Fixtures/ok_linear.onnx --plans all"
 "flag: --keep out of range|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --keep 0"
 "flag: --keep above 1|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --keep 1.5"
 "flag: --keep keeps less than one patch|compile models/vit_p4_d6_ts17.onnx -o /dev/null --keep 1e-9"

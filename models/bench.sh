@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# bench.sh: times sbpc's and PyTorch's training steps, no SBP and SBP, on the full-size models (make bench).
+#
+# For each model below: `sbpc bench --json` (the no-SBP and SBP plans in alternating child
+# processes) and `models/bench_torch.py --json` (PyTorch eager, the paper's SBP rules), same
+# batch, threads, keep ratio, counted runs and warm-up; then one Markdown table per model
+# from models/bench_table.py. JSON and tables go to $OUT (default bench-results/).
+# Settings: RUNS (5), WARMUP (1), THREADS (2), MODELS (the list below, "name:batch").
+# Needs the PyTorch tools from models/requirements.txt; exports the models if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SBPC="${SBPC:-.build/release/sbpc}"
+OUT="${OUT:-bench-results}"
+RUNS="${RUNS:-5}"; WARMUP="${WARMUP:-1}"; THREADS="${THREADS:-2}"
+MODELS="${MODELS:-vit_tiny_patch16_224:16 vit_tiny_avg_patch16_224:16 convnext_tiny:8}"
+mkdir -p "$OUT"
+for spec in $MODELS; do
+  model="${spec%%:*}"; batch="${spec##*:}"
+  onnx="models/full/${model}_ts17.onnx"
+  [ -f "$onnx" ] || python3 models/export.py --full --only "$model"
+  attention=qkv; case "$model" in convnext*) attention=none ;; esac
+  echo "== $model, batch $batch, $THREADS threads" >&2
+  "$SBPC" bench "$onnx" --batch "$batch" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" \
+    --keep 0.5 --attention "$attention" --json > "$OUT/$model.sbpc.json"
+  python3 models/bench_torch.py --model "$model" --batch "$batch" --threads "$THREADS" --runs "$RUNS" \
+    --warmup "$WARMUP" --keep 0.5 --attention "$attention" --json > "$OUT/$model.torch.json"
+  python3 models/bench_table.py "$OUT/$model.torch.json" "$OUT/$model.sbpc.json" | tee "$OUT/$model.md"
+  echo
+done
