@@ -1,6 +1,13 @@
 // swift-tools-version:6.0
 // Package.swift: sbpc, an ONNX-to-SBP-training-step compiler and its CPU runtime.
+import Foundation
 import PackageDescription
+
+// The runtime's kernels are compiled for the building machine's CPU (AVX2 and FMA where it has
+// them), as -march=native would: sbpc builds where it runs. SBPC_PORTABLE=1 builds them for
+// the baseline instead, for a binary that must run on other machines.
+let kernelFlags: [SwiftSetting] =
+  ProcessInfo.processInfo.environment["SBPC_PORTABLE"] == nil ? [.unsafeFlags(["-target-cpu", "native"])] : []
 
 let package = Package(
   name: "sbpc",
@@ -28,7 +35,7 @@ let package = Package(
     .target(name: "SBPONNX", dependencies: ["SBPIR", "CONNXProto", "CProtobufC"]),
     .target(name: "SBPPasses", dependencies: ["SBPIR"]),
     .target(name: "SBPPlan", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
-    .target(name: "SBPRuntime", dependencies: ["SBPIR", "SBPPasses", "SBPPlan", "COpenBLAS"]),
+    .target(name: "SBPRuntime", dependencies: ["SBPIR", "SBPPasses", "SBPPlan", "COpenBLAS"], swiftSettings: kernelFlags),
     .executableTarget(
       name: "sbpc",
       dependencies: [

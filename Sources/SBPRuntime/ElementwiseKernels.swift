@@ -29,7 +29,6 @@ enum Elementwise {
     let f = F.apply
     let shape = out.type.shape
     let pa = a.f32, pb = b.f32, po = out.f32
-    let count = out.count
     if a.type.shape == shape && b.type.shape == shape {
       map(a, b, out, F.self)
       return

@@ -276,11 +276,13 @@ struct Conv2D {
   /// stride 1, each image's plane is padded once and every tap is a full-row dot product.
   func depthwiseGradWeight(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dwt: UnsafeMutablePointer<Float>) {
     let fast = fastDepthwise
-    let padW = ow + (kw - 1) * dw + 8, padH = oh + (kh - 1) * dh
-    let chunks = Parallel.chunkCount(c, grain: 1)
-    let scratch = fast ? Scratch.floats(chunks * padH * padW, slot: 0) : dwt
+    // dy rows padded with zeros to whole vectors, so the 7-wide kernel needs no tail loop.
+    let dyW = (ow + 7) / 8 * 8
+    let padW = dyW + (kw - 1) * dw + 8, padH = oh + (kh - 1) * dh
+    let chunks = Parallel.chunkCount(c, grain: 1), perChunk = padH * padW + oh * dyW
+    let scratch = fast ? Scratch.floats(chunks * perChunk, slot: 0) : dwt
     Parallel.chunks(c, grain: 1) { chunk, channels in
-      let buf = scratch + chunk * padH * padW
+      let buf = scratch + chunk * perChunk, dpad = buf + padH * padW
       for ch in channels {
         let wc = dwt + ch * kh * kw
         wc.update(repeating: 0, count: kh * kw)
@@ -288,6 +290,11 @@ struct Conv2D {
           let xi = x + (b * c + ch) * h * w, dd = dy + (b * c + ch) * oh * ow
           if fast {
             pad(xi, h, w, into: buf, padH, padW, top: ph, left: pw)
+            if kw == 7 {
+              pad(dd, oh, ow, into: dpad, oh, dyW, top: 0, left: 0)
+              tapRows7(dpad, dyW, buf, padW, wc)
+              continue
+            }
             for y in 0..<oh {
               for ki in 0..<kh {
                 let row = buf + (y + ki * dh) * padW
@@ -303,6 +310,40 @@ struct Conv2D {
             wc[tap] += acc
           }
         }
+      }
+    }
+  }
+
+  /// dW for a 7-wide kernel (ConvNeXt's): per (output row, kernel row), the seven taps'
+  /// dot products accumulate together, so each dy vector is loaded once, not seven times.
+  @inline(__always) func tapRows7(
+    _ dpad: UnsafePointer<Float>, _ dyW: Int, _ buf: UnsafePointer<Float>, _ padW: Int, _ wc: UnsafeMutablePointer<Float>
+  ) {
+    for y in 0..<oh {
+      let g = dpad + y * dyW
+      for ki in 0..<kh {
+        let row = buf + (y + ki * dh) * padW
+        var a0 = V8(), a1 = V8(), a2 = V8(), a3 = V8(), a4 = V8(), a5 = V8(), a6 = V8()
+        var xo = 0
+        while xo < dyW {
+          let d = VMath.load(g + xo), q = row + xo
+          a0 += d * VMath.load(q)
+          a1 += d * VMath.load(q + dw)
+          a2 += d * VMath.load(q + 2 * dw)
+          a3 += d * VMath.load(q + 3 * dw)
+          a4 += d * VMath.load(q + 4 * dw)
+          a5 += d * VMath.load(q + 5 * dw)
+          a6 += d * VMath.load(q + 6 * dw)
+          xo += 8
+        }
+        let t = wc + ki * 7
+        t[0] += a0.sum()
+        t[1] += a1.sum()
+        t[2] += a2.sum()
+        t[3] += a3.sum()
+        t[4] += a4.sum()
+        t[5] += a5.sum()
+        t[6] += a6.sum()
       }
     }
   }

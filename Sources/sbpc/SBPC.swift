@@ -10,6 +10,7 @@ enum Main {
   /// Parses and runs a command. Unlike ArgumentParser's default, a bad flag value prints one
   /// line (`sbpc: error: …`) and no usage block, like every other error sbpc reports.
   static func main() {
+    spinLessInOpenBLAS()
     do {
       var command = try SBPC.parseAsRoot()
       try command.run()
@@ -22,6 +23,18 @@ enum Main {
       }
       SBPC.exit(withError: ExitCode(code.rawValue == 0 ? 1 : code.rawValue))
     }
+  }
+
+  /// OpenBLAS's idle threads spin (calling sched_yield) for 2²⁸ cycles after each call, which
+  /// takes a core from the runtime's own threaded kernels between GEMMs. The spin is set only
+  /// by OPENBLAS_THREAD_TIMEOUT, read when the library loads, so without it sbpc sets it
+  /// (2¹⁶ cycles: enough to bridge back-to-back calls) and re-executes itself once. A value the
+  /// user set is kept.
+  static func spinLessInOpenBLAS() {
+    guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
+    setenv("OPENBLAS_THREAD_TIMEOUT", "16", 1)
+    execv("/proc/self/exe", CommandLine.unsafeArgv)
+    // Only reached if exec failed: run as is, with OpenBLAS's default spin.
   }
 }
 
