@@ -121,18 +121,20 @@ struct Conv2D {
   var colCount: Int { colRows * oh * ow }
   var depthwise: Bool { groups == c && o == c }
 
-  /// Walks the im2col matrix: body(column offset, image offset or nil where the tap falls in
-  /// the padding). col[(ci, ki, kj), (y, x)] pairs with x[ci, y·sh − ph + ki·dh, x·sw − pw + kj·dw].
-  @inline(__always) func forEachColumnEntry(_ body: (_ colOffset: Int, _ imageOffset: Int?) -> Void) {
+  /// Walks the im2col matrix one row segment at a time: col[(ci, ki, kj), (y, x)] pairs with
+  /// x[ci, y·sh − ph + ki·dh, x·sw − pw + kj·dw]. body(column offset, image offset, count) gets
+  /// each output row's run of taps that fall inside the image (image stride sw); the rest is
+  /// padding.
+  @inline(__always) func forEachColumnRun(_ body: (_ colOffset: Int, _ imageOffset: Int, _ count: Int) -> Void) {
     var r = 0
     for ci in 0..<cg {
       for ki in 0..<kh {
         for kj in 0..<kw {
+          let cols = validColumns(kj)
           for y in 0..<oh {
             let iy = y * sh - ph + ki * dh
-            for xx in 0..<ow {
-              let ix = xx * sw - pw + kj * dw
-              body((r * oh + y) * ow + xx, iy >= 0 && iy < h && ix >= 0 && ix < w ? (ci * h + iy) * w + ix : nil)
+            if iy >= 0 && iy < h && !cols.isEmpty {
+              body((r * oh + y) * ow + cols.lowerBound, (ci * h + iy) * w + cols.lowerBound * sw - pw + kj * dw, cols.count)
             }
           }
           r += 1
@@ -142,18 +144,30 @@ struct Conv2D {
   }
 
   func im2col(_ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>) {
-    forEachColumnEntry { c, i in col[c] = i.map { x[$0] } ?? 0 }
+    if ph > 0 || pw > 0 { col.update(repeating: 0, count: colCount) }
+    forEachColumnRun { c, i, count in
+      if sw == 1 {
+        (col + c).update(from: x + i, count: count)
+      } else {
+        for k in 0..<count { col[c + k] = x[i + k * sw] }
+      }
+    }
   }
 
   /// The adjoint of im2col: accumulates col back into dx.
   func col2im(_ col: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>) {
-    forEachColumnEntry { c, i in if let i { dx[i] += col[c] } }
+    forEachColumnRun { c, i, count in
+      for k in 0..<count { dx[i + k * sw] += col[c + k] }
+    }
   }
 
   /// The output columns whose tap `kj` reads inside the image: x·sw − pw + kj·dw ∈ [0, w).
   @inline(__always) func validColumns(_ kj: Int) -> Range<Int> {
     let shift = kj * dw - pw
-    let lo = Swift.max(0, (-shift + sw - 1) / sw), hi = Swift.min(ow, (w - 1 - shift) / sw + 1)
+    // Both ends rounded toward the valid side; a tap right of the image for every x (a
+    // negative last column) selects nothing, which truncating division would miss.
+    let last = w - 1 - shift
+    let lo = Swift.max(0, (-shift + sw - 1) / sw), hi = last < 0 ? 0 : Swift.min(ow, last / sw + 1)
     return lo..<Swift.max(lo, hi)
   }
 

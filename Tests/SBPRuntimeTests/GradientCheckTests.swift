@@ -144,6 +144,12 @@ final class GradientCheckTests: XCTestCase {
   func testLinearAlgebraRules() throws {
     try check(binary(.matMul, [2, 3, 4], [4, 5]))
     try check(binary(.matMul, [2, 1, 3, 4], [3, 4, 2]))
+    // Kᵀ as attention has it: a transpose read only by matmuls runs as a view with the BLAS
+    // transpose flag, in the forward and in the backward.
+    try check(
+      GradCase(name: "matmul with a transposed operand", shapes: [[2, 3, 4], [2, 5, 4]]) { g, p in
+        try g.append(.matMul, [p[0], try g.append(.transpose([0, 2, 1]), [p[1]])[0]])[0]
+      })
     for layout in [WeightLayout.outIn, .inOut] {
       let w = layout == .outIn ? [5, 4] : [4, 5]
       try check(
@@ -179,6 +185,14 @@ final class GradientCheckTests: XCTestCase {
     try check(conv("conv strided dilated", x: [1, 2, 7, 7], w: [3, 2, 3, 3], stride: 2, pad: 1, group: 1, dilation: 2, bias: false))
     try check(conv("conv grouped", x: [1, 4, 5, 5], w: [6, 2, 3, 3], stride: 1, pad: 1, group: 2))
     try check(conv("conv depthwise 7x7", x: [2, 3, 6, 6], w: [3, 1, 7, 7], stride: 1, pad: 3, group: 3))
+    // The padded-plane kernels with rows that are not whole vectors, and with dilation.
+    try check(conv("conv depthwise 7x7, 11 wide", x: [1, 2, 5, 11], w: [2, 1, 7, 7], stride: 1, pad: 3, group: 2))
+    try check(conv("conv depthwise dilated", x: [1, 2, 6, 6], w: [2, 1, 3, 3], stride: 1, pad: 2, group: 2, dilation: 2))
+    // The direct depthwise path (stride 2), and taps right of a one-column image for every
+    // output column, in both the direct path and im2col.
+    try check(conv("conv depthwise stride 2", x: [1, 2, 7, 7], w: [2, 1, 3, 3], stride: 2, pad: 1, group: 2))
+    try check(conv("conv depthwise stride 2, one column", x: [1, 2, 3, 1], w: [2, 1, 3, 3], stride: 2, pad: 1, group: 2))
+    try check(conv("conv stride 2, one column", x: [1, 2, 3, 1], w: [3, 2, 3, 3], stride: 2, pad: 1, group: 1))
   }
 
   func testNormalizationRules() throws {
@@ -201,6 +215,8 @@ final class GradientCheckTests: XCTestCase {
     let cases: [GradCase] = [
       GradCase(name: "reshape", shapes: [[2, 6]]) { g, p in try g.append(.reshape([3, 4]), p)[0] },
       GradCase(name: "transpose", shapes: [[2, 3, 4]]) { g, p in try g.append(.transpose([2, 0, 1]), p)[0] },
+      // Moves the contiguous axis away from last place: the tiled copy, over several tiles.
+      GradCase(name: "transpose, tiled", shapes: [[2, 20, 35]]) { g, p in try g.append(.transpose([0, 2, 1]), p)[0] },
       GradCase(name: "slice step 2", shapes: [[3, 7]]) { g, p in
         try g.append(.slice(SliceSpec(starts: [1], ends: [7], axes: [1], steps: [2])), p)[0]
       },
