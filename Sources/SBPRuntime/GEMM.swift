@@ -4,8 +4,8 @@ import Dispatch
 
 /// Row-major single-precision GEMM kernels backed by OpenBLAS.
 public enum GEMM {
-  /// Σ 2·M·N·K over every sgemm call since the counter was last reset. The executor calls
-  /// sgemm from one thread (OpenBLAS threads inside a call), so a plain counter is safe.
+  /// Σ 2·M·N·K over every sgemm call since the counter was last reset. Only the executor's
+  /// thread calls these entry points (they split work themselves), so a plain counter is safe.
   nonisolated(unsafe) public static var flops = 0
   /// Wall-clock nanoseconds inside sgemm calls since the counter was last reset (one clock
   /// read per call; the calls are large enough that this costs nothing measurable).
@@ -21,11 +21,71 @@ public enum GEMM {
     flops &+= 2 * m * n * k
     let t0 = DispatchTime.now().uptimeNanoseconds
     defer { nanos &+= DispatchTime.now().uptimeNanoseconds - t0 }
-    cblas_sgemm(
-      CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-      blasint(m), blasint(n), blasint(k), alpha, a, blasint(transA ? m : k), b, blasint(transB ? k : n),
-      beta, c, blasint(n))
+    let lda = transA ? m : k, ldb = transB ? k : n, threads = Parallel.threads
+    guard threads > 1, 2 * m * n * k >= splitFlops else {
+      call(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, n)
+      return
+    }
+    // Whole row (or column) blocks of C per core, each a single-threaded call.
+    let alongM = m >= n, extent = alongM ? m : n
+    let parts = Swift.min(threads, Swift.max(1, extent / 16))
+    setThreads(1)
+    Parallel.chunks(parts, grain: 1) { _, r in
+      for p in r {
+        let lo = extent * p / parts / 8 * 8, hi = p == parts - 1 ? extent : extent * (p + 1) / parts / 8 * 8
+        guard hi > lo else { continue }
+        if alongM {
+          call(transA, transB, hi - lo, n, k, alpha, a + (transA ? lo : lo * lda), lda, b, ldb, beta, c + lo * n, n)
+        } else {
+          call(transA, transB, m, hi - lo, k, alpha, a, lda, b + (transB ? lo * ldb : lo), ldb, beta, c + lo, n)
+        }
+      }
+    }
+    setThreads(threads)
   }
+
+  /// Products of at least this many FLOPs are split into one block of C per core: OpenBLAS
+  /// 0.3's own threading loses up to a fifth on the tall, thin products of a ViT or ConvNeXt
+  /// (K = 96…768 against M in the tens of thousands), and ties on square ones.
+  static let splitFlops = 1 << 24
+
+  @inline(__always) static func call(
+    _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
+    _ b: UnsafePointer<Float>, _ ldb: Int, _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
+  ) {
+    cblas_sgemm(
+      CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, blasint(m), blasint(n), blasint(k), alpha, a,
+      blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+  }
+
+  /// `count` independent products of one shape (a batched matmul), split over `threads`
+  /// callers that each run single-threaded sgemm: a product this small runs below half the
+  /// machine's rate when OpenBLAS splits it over threads, and well above when whole products
+  /// go to each core. `offsets(i)` gives product i's (A, B, C) element offsets.
+  public static func batched(
+    count: Int, threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>,
+    b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, offsets: (Int) -> (Int, Int, Int)
+  ) {
+    guard m > 0, n > 0, count > 0 else { return }
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    let lda = transA ? m : k, ldb = transB ? k : n
+    func one(_ i: Int) {
+      let (oa, ob, oc) = offsets(i)
+      call(transA, transB, m, n, k, 1, a + oa, lda, b + ob, ldb, 0, c + oc, n)
+    }
+    if threads > 1 && count >= threads {
+      setThreads(1)
+      Parallel.chunks(count, grain: 1) { _, r in for i in r { one(i) } }
+      setThreads(threads)
+    } else {
+      for i in 0..<count { one(i) }
+    }
+    flops &+= 2 * m * n * k * count
+    nanos &+= DispatchTime.now().uptimeNanoseconds - t0
+  }
+
+  /// Products at most this many FLOPs go to `batched`'s one-product-per-core path.
+  public static let smallProductFlops = 1 << 25
 
   /// The machine's sgemm rate in GFLOP/s: a 4096×4096×4096 product on `threads` threads,
   /// one warm-up call, then the median of three.

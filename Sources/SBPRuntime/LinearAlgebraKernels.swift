@@ -20,14 +20,15 @@ enum LinearAlgebra {
     let (batch, ba, bb, bs) = (p[0], p[1], p[2], p[3])
     var count = 1
     for d in batch { count *= d }
-    for i in 0..<count {
+    let threads = 2 * m * n * k <= GEMM.smallProductFlops ? Parallel.threads : 1
+    GEMM.batched(count: count, threads: threads, transA: transA, transB: transB, m: m, n: n, k: k, a: a.f32, b: b.f32, c: out.f32) { i in
       var oa = 0, ob = 0
       for d in 0..<batch.count {
         let c = (i / bs[d]) % batch[d]
         oa += c * ba[d]
         ob += c * bb[d]
       }
-      GEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, a: a.f32 + oa * m * k, b: b.f32 + ob * k * n, c: out.f32 + i * m * n)
+      return (oa * m * k, ob * k * n, i * m * n)
     }
   }
 
