@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # bench.sh: times sbpc's and PyTorch's training steps, no SBP and SBP, on the full-size models (make bench).
 #
-# For each model below: `sbpc bench --json` (the no-SBP and SBP plans in alternating child
-# processes) and `models/bench_torch.py --json` (PyTorch eager, the paper's SBP rules), same
-# batch, threads, keep ratio, counted runs and warm-up; then one Markdown table per model
-# from models/bench_table.py. JSON and tables go to $OUT (default bench-results/).
+# For each model below: models/bench_torch.py with --sbpc, which runs PyTorch eager (no SBP,
+# and the paper's SBP rules) and sbpc's two plans (`sbpc bench-child`) as four child
+# processes stepped in turn, round after round, at the same batch, threads, keep ratio,
+# counted runs and warm-up; then one Markdown table per model from models/bench_table.py. JSON and tables go to $OUT (default bench-results/).
 # Settings: RUNS (5), WARMUP (1), THREADS (2), MODELS (the list below, "name:batch").
 # Needs the PyTorch tools from models/requirements.txt; exports the models if missing.
 set -euo pipefail
@@ -20,10 +20,9 @@ for spec in $MODELS; do
   [ -f "$onnx" ] || python3 models/export.py --full --only "$model"
   attention=qkv; case "$model" in convnext*) attention=none ;; esac
   echo "== $model, batch $batch, $THREADS threads" >&2
-  "$SBPC" bench "$onnx" --batch "$batch" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" \
-    --keep 0.5 --attention "$attention" --json > "$OUT/$model.sbpc.json"
   python3 models/bench_torch.py --model "$model" --batch "$batch" --threads "$THREADS" --runs "$RUNS" \
-    --warmup "$WARMUP" --keep 0.5 --attention "$attention" --json > "$OUT/$model.torch.json"
+    --warmup "$WARMUP" --keep 0.5 --attention "$attention" --json \
+    --sbpc "$SBPC" --onnx "$onnx" --sbpc-json "$OUT/$model.sbpc.json" > "$OUT/$model.torch.json"
   python3 models/bench_table.py "$OUT/$model.torch.json" "$OUT/$model.sbpc.json" | tee "$OUT/$model.md"
   echo
 done

@@ -37,12 +37,22 @@ torch.mm of two 4096x4096 float32 matrices, 1 warm-up and the median of 3,
 step, achieved GFLOP/s = FLOPs / median, and its fraction of the sgemm peak.
 Speed-up = no-SBP median / SBP median.  torch.use_deterministic_algorithms is left
 off (PyTorch's default), unlike reference.py, which needs bit-stable outputs.
+
+With --sbpc BIN --onnx PATH, sbpc's two plans (compiled from the export with --keep 1 and
+with the same --keep and --attention) run too, as `sbpc bench-child` processes, and
+each round steps all four plans in turn: PyTorch no-SBP, sbpc no-SBP, PyTorch SBP,
+sbpc SBP.  The shared machine's slow spells, which last seconds to minutes, then fall
+on both frameworks alike, which timing them one after the other does not give.  sbpc's
+figures (its own sgemm peak through OpenBLAS, the rate inside its GEMM calls, its
+children's peak RSS) go to --sbpc-json in `sbpc bench --json`'s schema.  `make bench`
+runs it this way.
 """
 
 import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -227,50 +237,145 @@ class Child:
         self.err.close()
 
 
+class SbpcChild:
+    """`sbpc bench-child PLAN`: sbpc's side of an interleaved run, the protocol `sbpc bench`
+    drives (plain lines: "ready"; "step" -> "seconds flops gemm_seconds gemm_flops";
+    "done" -> "rss BYTES")."""
+
+    def __init__(self, role, sbpc, plan, args):
+        self.role = role
+        cmd = [sbpc, "bench-child", plan, "--threads", str(args.threads), "--warmup", str(args.warmup),
+               "--seed", str(args.seed or 0)]
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True)
+        self.line()  # "ready"
+
+    def line(self):
+        text = self.proc.stdout.readline()
+        if not text:
+            self.proc.wait()
+            self.err.seek(0)
+            tail = [s for s in self.err.read().splitlines() if s.strip()][-1:]
+            raise SystemExit(f"bench_torch.py: sbpc {self.role} child failed (exit {self.proc.returncode})"
+                             + (f": {tail[0].strip()}" if tail else ""))
+        return text.split()
+
+    def ask(self, request):
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return self.line()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.err.close()
+
+
+def sbpc_peak(sbpc, threads):
+    """OpenBLAS's sgemm peak as sbpc measures it (4096^3, median of three)."""
+    out = subprocess.run([sbpc, "bench-child", "--peak", "--threads", str(threads)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[0])
+
+
+def sbpc_plans(args, folder):
+    """Compiles the ONNX export into the no-SBP and SBP plans; returns {plan: path}."""
+    paths = {}
+    for plan in args.plans:
+        path = os.path.join(folder, f"{plan}.plan")
+        keep = "1" if plan == "no-sbp" else repr(args.keep)
+        cmd = [args.sbpc, "compile", args.onnx, "--batch", str(args.batch), "--keep", keep, "-o", path]
+        if plan == "sbp" and args.attention != "none":
+            cmd += ["--attention", args.attention]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench_torch.py: sbpc compile failed: {done.stderr.strip()}")
+        paths[plan] = path
+    return paths
+
+
+def summary(name, ts, flops, peak, rss, gemm=None):
+    median = statistics.median(ts)
+    gflops = flops / median / 1e9
+    row = {"name": name, "median_s": median, "min_s": min(ts), "max_s": max(ts), "times_s": ts,
+           "flops": flops, "gflops": gflops, "peak_fraction": gflops / peak, "peak_rss_bytes": rss}
+    if gemm:
+        seconds, gemm_flops = gemm
+        rate = gemm_flops / seconds / 1e9 if seconds > 0 else 0.0
+        row.update({"gemm_gflops": rate, "gemm_peak_fraction": rate / peak,
+                    "gemm_share": seconds / sum(ts)})
+    return row
+
+
+def document(framework, model, args, peak, plans):
+    median = {p["name"]: p["median_s"] for p in plans}
+    return {"framework": framework, "model": model, "batch": args.batch,
+            "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "keep": args.keep,
+            "attention": args.attention, "sgemm_peak_gflops": peak, "plans": plans,
+            "speedup": median["no-sbp"] / median["sbp"] if len(median) == 2 else None}
+
+
 def bench(args, progress):
-    """Runs the children; returns the JSON document."""
+    """Runs the children; returns the PyTorch JSON document, and sbpc's when --sbpc is
+    given (else None). With --sbpc, every round steps all four plans in turn, so a slow
+    spell of the shared machine falls on both frameworks alike."""
     progress(f"sgemm {SGEMM_N}x{SGEMM_N}, {args.threads} threads")
     sgemm = Child("sgemm", args)
     peak = sgemm.read()["gflops"]
     sgemm.close()
-    children = {}
+    speak = sbpc_peak(args.sbpc, args.threads) if args.sbpc else None
+    children, sbpc_children = {}, {}
+    folder = tempfile.mkdtemp(prefix="bench_torch-") if args.sbpc else None
     try:
         for plan in args.plans:
             progress(f"{plan}: building {args.model} b{args.batch}, {args.warmup} warm-up step(s)")
             children[plan] = Child(plan, args)
             children[plan].read()  # ready: built and warmed up
+        if args.sbpc:
+            for plan, path in sbpc_plans(args, folder).items():
+                progress(f"sbpc {plan}: building the executor, {args.warmup} warm-up step(s)")
+                sbpc_children[plan] = SbpcChild(plan, args.sbpc, path, args)
         times = {plan: [] for plan in args.plans}
+        stimes = {plan: [] for plan in sbpc_children}
+        sgemm_time = {plan: [0.0, 0] for plan in sbpc_children}
+        sflops = {}
         for r in range(args.runs):
             for plan in args.plans:
                 t = children[plan].ask("step")["time_s"]
                 times[plan].append(t)
                 progress(f"run {r + 1}/{args.runs} {plan}: {t:.3f} s")
-        plans = []
+                if plan in sbpc_children:
+                    seconds, flops, gemm_s, gemm_flops = sbpc_children[plan].ask("step")
+                    stimes[plan].append(float(seconds))
+                    sflops[plan] = int(flops)
+                    sgemm_time[plan][0] += float(gemm_s)
+                    sgemm_time[plan][1] += int(gemm_flops)
+                    progress(f"run {r + 1}/{args.runs} sbpc {plan}: {float(seconds):.3f} s")
+        plans, splans = [], []
         for plan in args.plans:
             progress(f"{plan}: counting FLOPs")
             done = children[plan].ask("done")
-            ts, flops = times[plan], done["flops"]
-            median = statistics.median(ts)
-            gflops = flops / median / 1e9
-            plans.append({"name": plan, "median_s": median, "min_s": min(ts), "max_s": max(ts),
-                          "times_s": ts, "flops": flops, "gflops": gflops,
-                          "peak_fraction": gflops / peak, "peak_rss_bytes": done["peak_rss_bytes"]})
+            plans.append(summary(plan, times[plan], done["flops"], peak, done["peak_rss_bytes"]))
+            if plan in sbpc_children:
+                rss = int(sbpc_children[plan].ask("done")[1])
+                splans.append(summary(plan, stimes[plan], sflops[plan], speak, rss, sgemm_time[plan]))
     finally:
-        for c in children.values():
+        for c in list(children.values()) + list(sbpc_children.values()):
             c.close()
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
     progress.end()
-    median = {p["name"]: p["median_s"] for p in plans}
-    return {"framework": "pytorch", "model": args.model, "batch": args.batch,
-            "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "keep": args.keep,
-            "attention": args.attention, "sgemm_peak_gflops": peak, "plans": plans,
-            "speedup": median["no-sbp"] / median["sbp"] if len(median) == 2 else None}
+    sdoc = document("sbpc", args.onnx, args, speak, splans) if args.sbpc else None
+    return document("pytorch", args.model, args, peak, plans), sdoc
 
 
 def print_report(doc):
     import torch
     from saved_torch import print_table
 
-    print(f"PyTorch {torch.__version__} eager CPU, {doc['model']}, batch {doc['batch']}, "
+    who = f"PyTorch {torch.__version__} eager CPU" if doc["framework"] == "pytorch" else "sbpc"
+    print(f"{who}, {doc['model']}, batch {doc['batch']}, "
           f"{doc['threads']} threads, {doc['runs']} counted step(s) after {doc['warmup']} warm-up, "
           f"SBP keep {doc['keep']:g} attention {doc['attention']}; "
           f"sgemm peak {doc['sgemm_peak_gflops']:.1f} GFLOP/s")
@@ -312,6 +417,10 @@ def parse(argv):
     parser.add_argument("--json", action="store_true", help="print only the JSON document")
     parser.add_argument("--seed", type=int,
                         help="seed of input and labels (default: export.py's seeds for the model)")
+    parser.add_argument("--sbpc", metavar="BIN",
+                        help="also run sbpc's plans (this sbpc binary), step-interleaved with PyTorch's")
+    parser.add_argument("--onnx", metavar="PATH", help="with --sbpc: the model's ONNX export")
+    parser.add_argument("--sbpc-json", metavar="FILE", help="with --sbpc: write sbpc's JSON document here")
     parser.add_argument("--child", choices=PLANS + ("sgemm",), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -328,6 +437,10 @@ def parse(argv):
             raise UsageError(f"{flag} {value}: must be at least {least}")
     if not 0 < args.keep <= 1:
         raise UsageError(f"--keep {args.keep:g}: must be in (0, 1]")
+    if args.sbpc and not (args.onnx and os.path.isfile(args.onnx)):
+        raise UsageError(f"--sbpc needs --onnx with the model's export (got {args.onnx!r})")
+    if args.sbpc and not os.access(args.sbpc, os.X_OK):
+        raise UsageError(f"--sbpc {args.sbpc!r}: not an executable")
     import export  # the model list; also checks torch and timm load
 
     if args.model not in export.FULL:
@@ -346,11 +459,17 @@ def main(argv=None):
         return 2
     if args.child:
         return child(args)
-    doc = bench(args, Progress())
+    doc, sdoc = bench(args, Progress())
+    if sdoc and args.sbpc_json:
+        with open(args.sbpc_json, "w") as f:
+            json.dump(sdoc, f, indent=1)
     if args.json:
         print(json.dumps(doc, indent=1))
     else:
         print_report(doc)
+        if sdoc:
+            print()
+            print_report(sdoc)
     return 0
 
 

@@ -246,8 +246,11 @@ struct BenchChild: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "bench-child", abstract: "Runs one plan for `sbpc bench` (internal).", shouldDisplay: false)
 
-  @Argument var plan: String
+  @Argument var plan: String?
   @Option var threads: Int = 1
+  /// Print the sgemm peak (GFLOP/s, `GEMM.peakGFLOPs`) and exit: for drivers that compare
+  /// frameworks (models/bench_torch.py --sbpc).
+  @Flag var peak = false
 
   /// One unbuffered line to the parent.
   func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
@@ -256,6 +259,11 @@ struct BenchChild: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
+      if peak {
+        say("\(GEMM.peakGFLOPs(threads: threads))")
+        return
+      }
+      guard let plan else { throw ValidationError("bench-child needs a plan or --peak") }
       let p = try Plan.load(plan)
       let ex = try Executor(graph: p.train, threads: threads)
       let feed = try Feeder(plan: p, executor: ex, path: plan)
