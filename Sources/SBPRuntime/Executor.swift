@@ -48,6 +48,7 @@ public final class Executor {
   /// FLOPs of the last `run()`: Σ2MNK over its sgemm calls plus the own kernels' counts.
   public private(set) var lastRunFlops = 0
   private let otherFlops: Int
+  private var firstUpdate = 0
   private let scratch: UnsafeMutablePointer<Float>
 
   /// The memory plan the executor lays its buffers out by.
@@ -136,6 +137,7 @@ public final class Executor {
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
+    firstUpdate = steps.firstIndex { Schedule.isUpdate($0.node.op) } ?? steps.count
     scratch = .allocate(capacity: max(plan.workspaceBytes / 4, 1))
   }
 
@@ -183,6 +185,18 @@ public final class Executor {
     }
   }
 
+  /// Copies the trainable weights of `other` (by name) into this executor's parameters:
+  /// an evaluation executor takes a training executor's current weights this way.
+  public func copyParameters(from other: Executor) {
+    var theirs: [String: Buffer] = [:]
+    for p in other.graph.params where p.trainable { theirs[p.name] = other.buffer(p.value) }
+    for p in graph.params where p.trainable {
+      guard let src = theirs[p.name] else { continue }
+      let dst = buffer(p.value)
+      if src.byteCount == dst.byteCount { dst.raw.copyMemory(from: src.raw, byteCount: dst.byteCount) }
+    }
+  }
+
   /// The buffer holding value `v`.
   public func buffer(_ v: ValueID) -> Buffer { buffers[v.raw]! }
 
@@ -196,13 +210,52 @@ public final class Executor {
   /// Nanoseconds spent in each node's kernel over every profiled run (index = schedule position).
   public private(set) var profileNanos: [UInt64] = []
 
+  /// Multiplies every optimizer update's learning rate (a schedule sets it before each step).
+  public var learningRateScale: Float = 1
+
+  /// Clip the gradients to this global L2 norm before the updates (PyTorch's
+  /// clip_grad_norm_). Needs every update after the whole backward (a plan compiled with
+  /// --no-fuse-optimizer): see `setGradientClipping`.
+  public private(set) var clipNorm: Float?
+  /// The global gradient norm of the last run, before clipping (when clipping is on).
+  public private(set) var lastGradientNorm: Float = 0
+  private var gradientScale: Float = 1
+
+  /// Turns clipping on; fails when an update runs before the last gradient exists.
+  public func setGradientClipping(_ norm: Float?) throws {
+    guard let norm else {
+      clipNorm = nil
+      return
+    }
+    let updates = steps.indices.filter { Schedule.isUpdate(steps[$0].node.op) }
+    guard let first = updates.first, updates.last! - first + 1 == updates.count, updates.last! == steps.count - 1 else {
+      throw RuntimeError("gradient clipping needs every gradient before the first update: compile the plan with --no-fuse-optimizer")
+    }
+    clipNorm = norm
+  }
+
+  /// √Σ‖g‖² over the gradients the updates read, and the factor that clips it.
+  private func clipGradients() {
+    guard let clipNorm else { return }
+    var sum: Double = 0
+    for step in steps where Schedule.isUpdate(step.node.op) {
+      let g = step.ins[1]
+      sum += Double(VMath.dot(g.count, g.f32, g.f32))
+    }
+    lastGradientNorm = Float(sum.squareRoot())
+    // PyTorch's rule: scale by max_norm / (norm + 1e-6) when that is below 1.
+    gradientScale = min(1, clipNorm / (lastGradientNorm + 1e-6))
+  }
+
   /// - Parameter profile: time every kernel into `profileNanos` (a clock read per node).
   public func run(checkNumerics: Bool = false, profile: Bool = false) throws {
     let gemmStart = GEMM.flops
     defer { lastRunFlops = GEMM.flops - gemmStart + otherFlops }
     if profile && profileNanos.count != steps.count { profileNanos = [UInt64](repeating: 0, count: steps.count) }
+    gradientScale = 1
     for (i, step) in steps.enumerated() {
       let n = step.node
+      if clipNorm != nil, i == firstUpdate { clipGradients() }
       let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
       defer { if profile { profileNanos[i] &+= DispatchTime.now().uptimeNanoseconds - t0 } }
       do { try execute(n, step.ins, step.outs, step.conv, step.pre) } catch let e as RuntimeError {
@@ -275,10 +328,12 @@ public final class Executor {
     case .linearGradWeight(let axis, let layout, _): LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!)
     case .sliceGrad: Movement.sliceGrad(base: pre.base, strides: pre.strides, ins[0], y!)
     case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
-    case .sgd(let lr, let m, let wd): Optimizer.sgd(lr: Float(lr), momentum: Float(m), wd: Float(wd), ins[0], ins[1], ins[2])
+    case .sgd(let lr, let m, let wd):
+      Optimizer.sgd(lr: Float(lr) * learningRateScale, momentum: Float(m), wd: Float(wd), gscale: gradientScale, ins[0], ins[1], ins[2])
     case .adamw(let lr, let b1, let b2, let eps, let wd):
       Optimizer.adamw(
-        lr: Float(lr), b1: Float(b1), b2: Float(b2), eps: Float(eps), wd: Float(wd), step: ins[4].f32[0], ins[0], ins[1], ins[2], ins[3])
+        lr: Float(lr) * learningRateScale, b1: Float(b1), b2: Float(b2), eps: Float(eps), wd: Float(wd), gscale: gradientScale,
+        step: ins[4].f32[0], ins[0], ins[1], ins[2], ins[3])
     }
   }
 }

@@ -201,19 +201,20 @@ enum Norm {
 
 /// Optimizer updates, in place on the parameter and its state (PyTorch's SGD and AdamW).
 enum Optimizer {
-  static func sgd(lr: Float, momentum: Float, wd: Float, _ p: Buffer, _ g: Buffer, _ v: Buffer) {
+  /// `gscale` multiplies the gradient first (gradient clipping).
+  static func sgd(lr: Float, momentum: Float, wd: Float, gscale: Float = 1, _ p: Buffer, _ g: Buffer, _ v: Buffer) {
     let pp = p.f32, pg = g.f32, pv = v.f32
     Parallel.chunks(p.count, grain: Elementwise.grain) { _, r in
       var i = r.lowerBound
       while i + 8 <= r.upperBound {
         let pi = VMath.load(pp + i)
-        let vi = momentum * VMath.load(pv + i) + (VMath.load(pg + i) + wd * pi)
+        let vi = momentum * VMath.load(pv + i) + (VMath.load(pg + i) * gscale + wd * pi)
         VMath.store(vi, pv + i)
         VMath.store(pi - lr * vi, pp + i)
         i += 8
       }
       while i < r.upperBound {
-        let d = pg[i] + wd * pp[i]
+        let d = pg[i] * gscale + wd * pp[i]
         pv[i] = momentum * pv[i] + d
         pp[i] -= lr * pv[i]
         i += 1
@@ -221,8 +222,10 @@ enum Optimizer {
     }
   }
 
-  static func adamw(lr: Float, b1: Float, b2: Float, eps: Float, wd: Float, step: Float, _ p: Buffer, _ g: Buffer, _ m: Buffer, _ v: Buffer)
-  {
+  static func adamw(
+    lr: Float, b1: Float, b2: Float, eps: Float, wd: Float, gscale: Float = 1, step: Float, _ p: Buffer, _ g: Buffer, _ m: Buffer,
+    _ v: Buffer
+  ) {
     let c1 = 1 - powf(b1, step), c2 = 1 - powf(b2, step)
     let pp = p.f32, pg = g.f32, pm = m.f32, pv = v.f32
     @inline(__always) func update(_ pi: V8, _ gi: V8, _ mi: V8, _ vi: V8) -> (p: V8, m: V8, v: V8) {
@@ -233,14 +236,14 @@ enum Optimizer {
     Parallel.chunks(p.count, grain: Elementwise.grain) { _, r in
       var i = r.lowerBound
       while i + 8 <= r.upperBound {
-        let u = update(VMath.load(pp + i), VMath.load(pg + i), VMath.load(pm + i), VMath.load(pv + i))
+        let u = update(VMath.load(pp + i), VMath.load(pg + i) * gscale, VMath.load(pm + i), VMath.load(pv + i))
         VMath.store(u.p, pp + i)
         VMath.store(u.m, pm + i)
         VMath.store(u.v, pv + i)
         i += 8
       }
       while i < r.upperBound {
-        let u = update(V8(repeating: pp[i]), V8(repeating: pg[i]), V8(repeating: pm[i]), V8(repeating: pv[i]))
+        let u = update(V8(repeating: pp[i]), V8(repeating: pg[i] * gscale), V8(repeating: pm[i]), V8(repeating: pv[i]))
         (pp[i], pm[i], pv[i]) = (u.p[0], u.m[0], u.v[0])
         i += 1
       }

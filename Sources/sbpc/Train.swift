@@ -176,40 +176,47 @@ struct Feeder {
     for i in 0..<labels.count { labels.i64[i] = Int64(rng.next() % UInt64(classes)) }
   }
 
-  /// Copies batch `b` of X and Y in.
-  func load(_ x: NPYArray, _ y: NPYArray, batch b: Int) {
-    let n = input.count, m = labels.count
-    x.data.withUnsafeBytes { input.raw.copyMemory(from: $0.baseAddress! + b * n * 4, byteCount: n * 4) }
-    let ys = y.int64s
-    for i in 0..<m { labels.i64[i] = ys[b * m + i] }
-  }
-
-  /// Checks X and Y against the plan before anything runs.
-  static func check(_ x: NPYArray, _ y: NPYArray, input: Buffer, labels: Buffer, classes: Int, xName: String, yName: String) throws {
-    let want = Array(input.type.shape.dropFirst())
-    guard x.dtype == .f32, x.shape.count == want.count + 1, Array(x.shape.dropFirst()) == want else {
-      throw RuntimeError("\(xName): expected f32[N,\(want.map(String.init).joined(separator: ","))], got \(TensorType(x.dtype, x.shape))")
-    }
-    guard y.dtype == .i64, y.shape == [x.shape[0]] else {
-      throw RuntimeError("\(yName): expected i64[\(x.shape[0])], got \(TensorType(y.dtype, y.shape))")
-    }
-    guard x.shape[0] % input.type.shape[0] == 0, x.shape[0] > 0 else {
-      throw RuntimeError("\(xName): \(x.shape[0]) samples is not a multiple of the plan's batch \(input.type.shape[0])")
-    }
-    if let bad = y.int64s.enumerated().first(where: { $0.element < 0 || $0.element >= Int64(classes) }) {
-      throw RuntimeError("\(yName): label \(bad.element) at index \(bad.offset) is out of range for \(classes) classes")
-    }
-  }
 }
 
 struct Train: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Run training steps of a plan on the CPU runtime.")
 
   @Argument(help: "The plan file from `sbpc compile`.") var plan: String
-  @Option(help: "Number of steps.") var steps: Int = 10
-  @Option(help: "Images, f32 [N,C,H,W] .npy; N a multiple of the batch. Without it, seeded synthetic data.") var input: String?
+  @Option(help: "Number of steps (default 10; with --epochs, the epochs decide).") var steps: Int?
+  @Option(
+    help: ArgumentHelp(
+      "Images, f32 [N,C,H,W] .npy (N >= the batch), or a folder of NAME.x.npy / NAME.y.npy pairs. Without it, seeded synthetic data."))
+  var input: String?
   @Option(help: "Labels, i64 [N] .npy.") var labels: String?
-  @Option(help: "Seed for the SBP masks and for synthetic data.") var seed: UInt64 = 0
+  @Option(help: "Passes over the data set (needs --input).") var epochs: Int?
+  @Option(
+    name: .customLong("last-batch"),
+    help: "The samples after the last whole batch of an epoch: drop (default) or pad (with the epoch's first samples).")
+  var lastBatch: String = "drop"
+  @Flag(inversion: .prefixedNo, help: "Shuffle the data each epoch, by the seed (default: on with --epochs, off with --steps).")
+  var shuffle: Bool?
+  @Option(
+    parsing: .upToNextOption,
+    help: ArgumentHelp("Evaluate the plain forward on this set after each epoch: X.npy Y.npy, or a folder of pairs.", valueName: "X Y"))
+  var val: [String] = []
+  @Option(name: .customLong("lr-schedule"), help: "Learning-rate schedule on the plan's rate: constant (default), cosine or step.")
+  var lrSchedule: String = "constant"
+  @Option(help: "Warm-up steps: the rate rises linearly to the schedule's over these (default 0).") var warmup: Int = 0
+  @Option(name: .customLong("lr-step-every"), help: "For --lr-schedule step: steps between decays (default: a third of the run).")
+  var lrStepEvery: Int?
+  @Option(name: .customLong("lr-gamma"), help: "For --lr-schedule step: the factor at each decay (default 0.1).") var lrGamma: Double = 0.1
+  @Option(
+    name: .customLong("clip-grad-norm"),
+    help: "Clip the gradients to this global L2 norm before each update (needs a plan compiled with --no-fuse-optimizer).")
+  var clipGradNorm: Double?
+  @Option(help: "Write one JSON record per step and per evaluation to this file (.jsonl).") var log: String?
+  @Option(help: "Save weights and optimizer state into this folder (atomically) every --checkpoint-every steps and at the end.")
+  var checkpoint: String?
+  @Option(name: .customLong("checkpoint-every"), help: "Steps between checkpoints (default: each epoch's end, or only the end).")
+  var checkpointEvery: Int?
+  @Option(help: "Continue the run whose checkpoint is in this folder, bit for bit (same plan, data and flags).") var resume: String?
+  @Option(name: .customLong("checkpoint-crash-after"), help: .hidden) var checkpointCrashAfter: Int?
+  @Option(help: "Seed for the SBP masks, the data order and synthetic data.") var seed: UInt64 = 0
   @Option(name: .customLong("mask-phase"), help: "Use this grid phase at every step instead of drawing one (SBP plans with grid masks).")
   var maskPhase: Int?
   @Option(name: .customLong("mask-file"), help: "Use this keep mask at every step: .npy [H, W] over the base grid, nonzero = kept.")
@@ -233,9 +240,28 @@ struct Train: ParsableCommand {
   @OptionGroup var memory: MemoryOptions
 
   func validate() throws {
-    guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") }
+    if let steps { guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") } }
     guard threads >= 1, threads <= 256 else { throw ValidationError("--threads must be between 1 and 256, got \(threads)") }
-    guard (input == nil) == (labels == nil) else { throw ValidationError("--input and --labels go together") }
+    guard labels == nil || input != nil else { throw ValidationError("--labels needs --input") }
+    if let epochs {
+      guard epochs >= 1, epochs <= 1_000_000 else { throw ValidationError("--epochs must be >= 1, got \(epochs)") }
+      guard input != nil else { throw ValidationError("--epochs needs a data set (--input)") }
+      guard steps == nil else { throw ValidationError("--steps and --epochs exclude each other") }
+    }
+    guard LastBatch(rawValue: lastBatch) != nil else { throw ValidationError("--last-batch must be drop or pad, got '\(lastBatch)'") }
+    guard val.count <= 2 else { throw ValidationError("--val takes X.npy Y.npy or one folder, got \(val.count) values") }
+    guard ["constant", "cosine", "step"].contains(lrSchedule) else {
+      throw ValidationError("--lr-schedule must be constant, cosine or step, got '\(lrSchedule)'")
+    }
+    guard warmup >= 0 else { throw ValidationError("--warmup must be >= 0, got \(warmup)") }
+    if let lrStepEvery { guard lrStepEvery >= 1 else { throw ValidationError("--lr-step-every must be >= 1, got \(lrStepEvery)") } }
+    guard lrGamma > 0, lrGamma.isFinite else { throw ValidationError("--lr-gamma must be positive, got \(lrGamma)") }
+    if let clipGradNorm {
+      guard clipGradNorm > 0, clipGradNorm.isFinite else { throw ValidationError("--clip-grad-norm must be positive, got \(clipGradNorm)") }
+    }
+    if let checkpointEvery {
+      guard checkpointEvery >= 1 else { throw ValidationError("--checkpoint-every must be >= 1, got \(checkpointEvery)") }
+    }
     guard maskPhase == nil || maskFile == nil else { throw ValidationError("--mask-phase and --mask-file exclude each other") }
   }
 
@@ -268,38 +294,120 @@ struct Train: ParsableCommand {
       let ex = try Executor(
         graph: p.train, threads: threads, maxMemory: memory.limit, retaining: dumpGrads == nil ? [] : Executor.gradientValues(p.train))
       let feed = try Feeder(plan: p, executor: ex, path: plan)
-      let (lab, classes) = (feed.labels, feed.classes)
-      var data: (NPYArray, NPYArray)?
-      if let input, let labels {
-        let x = try NPYArray.read(input), y = try NPYArray.read(labels)
-        try Feeder.check(x, y, input: feed.input, labels: lab, classes: classes, xName: input, yName: labels)
-        data = (x, y)
+      let imageShape = Array(feed.input.type.shape.dropFirst())
+      // Every input is read and checked before the first step.
+      let data = try input.map { try DataSet(images: $0, labels: labels, imageShape: imageShape, classes: feed.classes) }
+      if let data, data.count < p.batch {
+        throw RuntimeError("\(input!): \(data.count) samples, fewer than the plan's batch of \(p.batch)")
       }
-      let batches = data.map { $0.0.shape[0] / p.batch } ?? 1
+      let valSet = try val.first.map {
+        try DataSet(images: $0, labels: val.count > 1 ? val[1] : nil, imageShape: imageShape, classes: feed.classes)
+      }
+      let order = data.map {
+        BatchOrder(count: $0.count, batch: p.batch, shuffle: shuffle ?? (epochs != nil), last: LastBatch(rawValue: lastBatch)!, seed: seed)
+      }
+      let perEpoch = order?.batchesPerEpoch ?? 1
+      let total = epochs.map { $0 * perEpoch } ?? steps ?? 10
+      let schedule: LRSchedule =
+        switch lrSchedule {
+        case "cosine": .cosine
+        case "step": .step(every: lrStepEvery ?? max(1, (total - warmup) / 3), gamma: lrGamma)
+        default: .constant
+        }
+      try ex.setGradientClipping(clipGradNorm.map { Float($0) })
       var masks = try maskFeed(p, ex)
+      let evaluator = try valSet.map { _ in try Evaluator(eval: p.eval, threads: threads, maxMemory: memory.limit) }
+      var first = 0
+      if let resume {
+        let state = try Checkpoint.load(ex, from: resume)
+        guard state.seed == seed else {
+          throw RuntimeError("\(resume): the run was started with --seed \(state.seed); resume it with the same seed")
+        }
+        guard state.step <= total else {
+          throw RuntimeError("\(resume): the checkpoint is at step \(state.step), past this run's \(total) steps")
+        }
+        first = state.step
+        // The masks come from one generator: replay the draws of the steps already done.
+        for _ in 0..<first { _ = masks?.step() }
+      }
+      let logFile = try log.map { try JSONLog(path: $0, append: resume != nil) }
+      let baseLR =
+        ex.graph.nodes.lazy.compactMap { n -> Double? in
+          switch n.op {
+          case .sgd(let lr, _, _), .adamw(let lr, _, _, _, _): return lr
+          default: return nil
+          }
+        }.first ?? 0
+      let every = checkpointEvery ?? (epochs != nil ? perEpoch : Int.max)
       if let dumpMask { try FileManager.default.createDirectory(atPath: dumpMask, withIntermediateDirectories: true) }
+      let progress = Progress(total: total, first: first, batch: p.batch)
+      var epochOrder: [Int] = [], orderEpoch = -1
+      var epochLoss: Double = 0, epochSteps = 0
       let start = Date()
-      for s in 0..<steps {
+      for s in first..<total {
+        let epoch = s / perEpoch, b = s % perEpoch
+        let factor = schedule.factor(step: s, total: total, warmup: warmup)
+        ex.learningRateScale = Float(factor)
         if let m = masks?.step() {
           if let dumpMask { try writeMasks(m, masks!, step: s + 1, to: dumpMask) }
         }
-        if let (x, y) = data { feed.load(x, y, batch: s % batches) } else { feed.synthetic(seed: seed, step: s) }
+        if let data, let order {
+          if epoch != orderEpoch {
+            epochOrder = order.permutation(epoch: epoch)
+            orderEpoch = epoch
+          }
+          data.load(order.batch(b, of: epochOrder), images: feed.input, labels: feed.labels)
+        } else {
+          feed.synthetic(seed: seed, step: s)
+        }
         ex.input("step")?.f32[0] = Float(s + 1)
         do { try ex.run(checkNumerics: checkNumerics, profile: profile) } catch let e as NumericError {
           throw RuntimeError("step \(s + 1): \(e)")
         }
         let loss = ex.output("loss")!.f32[0]
         guard loss.isFinite else { throw RuntimeError("step \(s + 1): the loss is \(loss); training diverged (lower --lr?)") }
-        if dumpLoss { print(loss) } else { print("step \(s + 1)/\(steps)  loss \(String(format: "%.5f", loss))") }
+        epochLoss += Double(loss)
+        epochSteps += 1
+        if dumpLoss {
+          print(loss)
+        } else if epochs == nil {
+          print("step \(s + 1)/\(total)  loss \(String(format: "%.5f", loss))")
+        }
+        progress.update(step: s + 1, epoch: epochs.map { _ in (epoch + 1, epochs!) }, loss: loss)
+        var record: [String: JSONValue] = ["kind": .string("step"), "step": .int(s + 1), "epoch": .int(epoch + 1)]
+        record["loss"] = .double(Double(loss))
+        record["lr"] = .double(baseLR * factor)
+        record["images_per_s"] = .double(progress.rate)
+        if clipGradNorm != nil { record["grad_norm"] = .double(Double(ex.lastGradientNorm)) }
+        try logFile?.write(record)
+        if let dir = checkpoint, (s + 1) % every == 0, s + 1 < total {
+          try Checkpoint.save(ex, step: s + 1, seed: seed, to: dir, crashAfter: checkpointCrashAfter)
+        }
+        if epochs != nil, b == perEpoch - 1 {
+          var line = String(format: "epoch %d/%d  loss %.5f", epoch + 1, epochs!, epochLoss / Double(max(epochSteps, 1)))
+          if let evaluator, let valSet {
+            let (vl, top1) = try evaluator.evaluate(valSet, weights: ex)
+            line += String(format: "  val loss %.5f  top-1 %.2f%%", vl, 100 * top1)
+            try logFile?.write([
+              "kind": .string("eval"), "epoch": .int(epoch + 1), "step": .int(s + 1), "loss": .double(vl), "top1": .double(top1),
+            ])
+          }
+          progress.clear()
+          print(line)
+          epochLoss = 0
+          epochSteps = 0
+        }
       }
+      progress.clear()
+      if let dir = checkpoint { try Checkpoint.save(ex, step: total, seed: seed, to: dir, crashAfter: checkpointCrashAfter) }
       if !dumpLoss {
-        let dt = Date().timeIntervalSince(start)
+        let dt = Date().timeIntervalSince(start), done = total - first
         print(
           String(
-            format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s); %.3f GFLOP per step, counted by the runtime", steps, dt,
-            1000 * dt / Double(steps), Double(steps * p.batch) / dt, Double(ex.lastRunFlops) / 1e9))
+            format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s); %.3f GFLOP per step, counted by the runtime", done, dt,
+            1000 * dt / Double(max(done, 1)), Double(done * p.batch) / dt, Double(ex.lastRunFlops) / 1e9))
       }
-      if profile { print(profileTable(ex, steps: steps)) }
+      if profile { print(profileTable(ex, steps: total - first)) }
       if let dumpLogits { try write(ex.buffer(p.train.outputs[0].value), to: dumpLogits) }
       if let dumpGrads {
         try FileManager.default.createDirectory(atPath: dumpGrads, withIntermediateDirectories: true)
@@ -361,41 +469,28 @@ struct Eval: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Evaluate a plan's forward on a data set: mean loss and top-1 accuracy.")
 
   @Argument(help: "The plan file.") var plan: String
-  @Option(help: "Images, f32 [N,C,H,W] .npy; N a multiple of the batch.") var input: String
-  @Option(help: "Labels, i64 [N] .npy.") var labels: String
+  @Option(help: "Images, f32 [N,C,H,W] .npy (any N; a partial last batch is padded), or a folder of NAME.x.npy / NAME.y.npy pairs.")
+  var input: String
+  @Option(help: "Labels, i64 [N] .npy.") var labels: String?
   @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+  @Option(name: .customLong("dump-logits"), help: "Write every sample's logits to this .npy file, f32 [N, classes].") var dumpLogits:
+    String?
   @OptionGroup var memory: MemoryOptions
 
   func run() throws {
     try reportingErrors {
       let p = try Plan.load(plan)
-      var g = p.eval
-      // Evaluation appends only the loss to the plain forward.
-      let logits = g.outputs[0].value
-      let lab = g.addInput("labels", TensorType(.i64, [p.batch]))
-      let loss = try g.append(.softmaxCrossEntropy, [logits, lab], name: "loss")[0]
-      g.outputs.append(GraphInput(value: loss, name: "loss"))
-      let ex = try Executor(graph: g, threads: threads, maxMemory: memory.limit)
-      let classes = g.type(of: logits).shape[1]
-      let feed = Feeder(input: ex.buffer(g.inputs[0].value), labels: ex.buffer(lab), classes: classes)
-      let x = try NPYArray.read(input), y = try NPYArray.read(labels)
-      try Feeder.check(x, y, input: feed.input, labels: feed.labels, classes: classes, xName: input, yName: labels)
-      var total: Double = 0, correct = 0
-      let batches = x.shape[0] / p.batch
-      for b in 0..<batches {
-        feed.load(x, y, batch: b)
-        try ex.run()
-        total += Double(ex.buffer(loss).f32[0])
-        let l = ex.buffer(logits)
-        for r in 0..<p.batch {
-          let row = UnsafeBufferPointer(start: l.f32 + r * classes, count: classes)
-          if row.indices.max(by: { row[$0] < row[$1] }) == Int(feed.labels.i64[r]) { correct += 1 }
-        }
+      let g = p.eval
+      let evaluator = try Evaluator(eval: g, threads: threads, maxMemory: memory.limit)
+      evaluator.keepLogits = dumpLogits != nil
+      let shape = Array(g.type(of: g.inputs[0].value).shape.dropFirst())
+      let data = try DataSet(images: input, labels: labels, imageShape: shape, classes: g.type(of: g.outputs[0].value).shape[1])
+      let (loss, top1) = try evaluator.evaluate(data)
+      let correct = Int((top1 * Double(data.count)).rounded())
+      print(String(format: "loss %.5f  top-1 %.2f%% (%d/%d)", loss, 100 * top1, correct, data.count))
+      if let dumpLogits {
+        try NPYArray(f32: evaluator.lastLogits, shape: [data.count, evaluator.lastLogits.count / data.count]).write(dumpLogits)
       }
-      print(
-        String(
-          format: "loss %.5f  top-1 %.2f%% (%d/%d)", total / Double(batches), 100 * Double(correct) / Double(x.shape[0]), correct,
-          x.shape[0]))
     }
   }
 }

@@ -142,7 +142,7 @@ final class TrainCLITests: XCTestCase {
       (["train", d + "/badop.plan"], "checksum mismatch"),
       (["train", d + "/missing.plan"], "cannot read"),
       (["train", d + "/v.plan", "--steps", "0"], "--steps"),
-      (["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/input.npy"], "go together"),
+      (["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/input.npy"], "labels are missing"),
       (
         ["train", d + "/v.plan", "--input", "models/vit_p4_d6.ref/logits.npy", "--labels", "models/reference/vit_p4_d6/labels.npy"],
         "expected f32[N,3,32,32]"
@@ -212,7 +212,7 @@ final class BadInputTableTests: XCTestCase {
       }
       if pieces.count == 1 { XCTAssertEqual(got, message, command) }
     }
-    XCTAssertEqual(kinds, ["ONNX", "external data", "text IR", "plan", ".npy", "flag", "mask"])
+    XCTAssertEqual(kinds, ["ONNX", "external data", "text IR", "plan", ".npy", "flag", "checkpoint", "mask"])
   }
 }
 

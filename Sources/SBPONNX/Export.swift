@@ -1,0 +1,122 @@
+// Export.swift: writes an ONNX model back out with new initializer values (trained weights), external data included.
+import CONNXProto
+import CProtobufC
+import Glibc
+import SBPIR
+
+/// Writes `model` to `output` with the initializers named in `weights` replaced by those
+/// bytes (little-endian f32, the initializer's own shape); every other byte of the graph is
+/// the original's. A model whose initializers live in external files gets one new data file
+/// beside the output, `<output name>.data`, holding all of them; the original's files are
+/// only read. Both files are written under temporary names and renamed at the end.
+/// Returns the number of initializers replaced.
+public func exportONNX(model: String, weights: [String: [UInt8]], to output: String) throws -> Int {
+  let bytes = try readFileBytes(model)
+  guard let m = bytes.withUnsafeBufferPointer({ onnx__model_proto__unpack(nil, $0.count, $0.baseAddress) }) else {
+    throw ImportError("\(model): not a valid ONNX protobuf (truncated or corrupt)")
+  }
+  // The decoded message is not freed: some of its fields now point at Swift-owned bytes,
+  // and the process ends soon after an export.
+  guard let g = m.pointee.graph else { throw ImportError("\(model): ONNX model has no graph") }
+  let store = ExternalStore(modelPath: model)
+  let dataName = String(output.split(separator: "/").last ?? "model.onnx") + ".data"
+  var blob: [UInt8] = []
+  var replaced = 0
+  var copies: [UnsafeMutablePointer<UInt8>] = []  // the replacement bytes the message points at
+  defer { for c in copies { c.deallocate() } }
+  for i in 0..<Int(g.pointee.n_initializer) {
+    guard let t = g.pointee.initializer[i] else { continue }
+    let name = t.pointee.name.map { String(cString: $0) } ?? ""
+    let dims = (0..<Int(t.pointee.n_dims)).map { Int(t.pointee.dims[$0]) }
+    let external = t.pointee.has_data_location != 0 && t.pointee.data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL
+    var new = weights[name]
+    if let w = new {
+      guard t.pointee.data_type == 1 else { throw ImportError("\(model): initializer '\(name)' is not f32; only f32 weights are exported") }
+      guard w.count == dims.reduce(4, *) else {
+        throw ImportError("\(model): initializer '\(name)' holds \(dims.reduce(4, *)) bytes, the trained weight \(w.count)")
+      }
+      replaced += 1
+    }
+    guard external else {
+      if let w = new {
+        let copy = UnsafeMutablePointer<UInt8>.allocate(capacity: max(w.count, 1))
+        copy.initialize(from: w, count: w.count)
+        copies.append(copy)
+        t.pointee.raw_data = ProtobufCBinaryData(len: w.count, data: copy)
+        t.pointee.has_raw_data = 1
+        t.pointee.n_float_data = 0
+      }
+      continue
+    }
+    // External: the tensor's bytes, old or new, go into the new data file.
+    if new == nil {
+      var loc = "", off = 0, len: Int?
+      for e in 0..<Int(t.pointee.n_external_data) {
+        guard let entry = t.pointee.external_data[e] else { continue }
+        let k = entry.pointee.key.map { String(cString: $0) } ?? "", v = entry.pointee.value.map { String(cString: $0) } ?? ""
+        if k == "location" { loc = v } else if k == "offset" { off = Int(v) ?? 0 } else if k == "length" { len = Int(v) }
+      }
+      let elem = [1: 4, 7: 8, 6: 4, 11: 8, 10: 2, 16: 2, 5: 2, 4: 2, 3: 1, 2: 1, 9: 1][Int(t.pointee.data_type)] ?? 1
+      let src = try store.bytes(tensor: name, location: loc, offset: off, length: len, expected: dims.reduce(elem, *))
+      new = Array(src.buffer)
+    }
+    while blob.count % 64 != 0 { blob.append(0) }
+    let offset = blob.count
+    blob += new!
+    // Rewrite the entries in place: location, offset and length, whichever exist, and drop
+    // any others (a checksum of the old bytes would be wrong now).
+    var kept = 0
+    var have = Set<String>()
+    for e in 0..<Int(t.pointee.n_external_data) {
+      guard let entry = t.pointee.external_data[e], let key = entry.pointee.key.map({ String(cString: $0) }) else { continue }
+      let value: String
+      switch key {
+      case "location": value = dataName
+      case "offset": value = String(offset)
+      case "length": value = String(new!.count)
+      default: continue
+      }
+      have.insert(key)
+      entry.pointee.value = strdup(value)
+      t.pointee.external_data[kept] = entry
+      kept += 1
+    }
+    guard have.contains("location") else { throw ImportError("\(model): initializer '\(name)' is external but has no location") }
+    // Without offset/length entries the tensor would be read from 0 to the end of the file.
+    guard have.contains("offset"), have.contains("length") else {
+      throw ImportError("\(model): initializer '\(name)': external data without offset and length entries is not supported for export")
+    }
+    t.pointee.n_external_data = kept
+  }
+  let unknown = weights.keys.filter { n in
+    !(0..<Int(g.pointee.n_initializer)).contains { g.pointee.initializer[$0]?.pointee.name.map { String(cString: $0) } == n }
+  }
+  guard unknown.isEmpty else { throw ImportError("\(model): no initializer named '\(unknown.sorted()[0])' to put the trained weight into") }
+  var out = [UInt8](repeating: 0, count: onnx__model_proto__get_packed_size(m))
+  _ = out.withUnsafeMutableBufferPointer { onnx__model_proto__pack(m, $0.baseAddress) }
+  let folder = output.contains("/") ? String(output[..<output.lastIndex(of: "/")!]) : "."
+  if !blob.isEmpty { try writeAtomically(blob, to: (folder.isEmpty ? "" : folder + "/") + dataName) }
+  try writeAtomically(out, to: output)
+  return replaced
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+func writeAtomically(_ bytes: [UInt8], to path: String) throws {
+  let temp = path + ".tmp-\(getpid())"
+  let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+  guard fd >= 0 else { throw ImportError("\(path): cannot write (\(String(cString: strerror(errno))))") }
+  var off = 0
+  while off < bytes.count {
+    let r = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, bytes.count - off) }
+    guard r > 0 else {
+      close(fd)
+      unlink(temp)
+      throw ImportError("\(path): write failed (\(String(cString: strerror(errno))))")
+    }
+    off += r
+  }
+  guard fsync(fd) == 0, close(fd) == 0, rename(temp, path) == 0 else {
+    unlink(temp)
+    throw ImportError("\(path): cannot write (\(String(cString: strerror(errno))))")
+  }
+}

@@ -1,0 +1,180 @@
+// Training.swift: what a training run needs around the step: data sets, batch order, learning-rate schedules, evaluation.
+import Foundation
+import SBPIR
+import SBPPasses
+
+/// Images and labels for training or evaluation: f32 [N, C, H, W] and i64 [N], checked
+/// against a plan before anything runs. N need not be a multiple of the batch.
+public struct DataSet: Sendable {
+  public let images: NPYArray
+  public let labels: [Int64]
+  /// Elements of one image.
+  public let imageSize: Int
+  public var count: Int { labels.count }
+
+  /// Reads one `.npy` pair, or a folder of pairs (`NAME.x.npy` with `NAME.y.npy`, taken in
+  /// name order and joined), and checks them against the plan's image shape and classes.
+  public init(images: String, labels: String?, imageShape: [Int], classes: Int) throws {
+    var isDir: ObjCBool = false
+    let folder = FileManager.default.fileExists(atPath: images, isDirectory: &isDir) && isDir.boolValue
+    var pairs: [(String, String)] = []
+    if folder {
+      guard labels == nil else { throw RuntimeError("\(images) is a folder of .x.npy/.y.npy pairs; give no --labels with it") }
+      let names = (try? FileManager.default.contentsOfDirectory(atPath: images)) ?? []
+      for x in names.sorted() where x.hasSuffix(".x.npy") {
+        let y = String(x.dropLast(".x.npy".count)) + ".y.npy"
+        guard names.contains(y) else { throw RuntimeError("\(images)/\(x): no labels file \(y) beside it") }
+        pairs.append((images + "/" + x, images + "/" + y))
+      }
+      guard !pairs.isEmpty else { throw RuntimeError("\(images): no NAME.x.npy / NAME.y.npy pairs in the folder") }
+    } else {
+      guard let labels else { throw RuntimeError("\(images): labels are missing (--labels, or a folder of pairs)") }
+      pairs = [(images, labels)]
+    }
+    var data: [UInt8] = []
+    var ys: [Int64] = []
+    var shape: [Int] = []
+    for (xp, yp) in pairs {
+      let x = try NPYArray.read(xp), y = try NPYArray.read(yp)
+      guard x.dtype == .f32, x.shape.count == imageShape.count + 1, Array(x.shape.dropFirst()) == imageShape else {
+        throw RuntimeError(
+          "\(xp): expected f32[N,\(imageShape.map(String.init).joined(separator: ","))], got \(TensorType(x.dtype, x.shape))")
+      }
+      guard y.dtype == .i64, y.shape == [x.shape[0]] else {
+        throw RuntimeError("\(yp): expected i64[\(x.shape[0])] (one label per image of \(xp)), got \(TensorType(y.dtype, y.shape))")
+      }
+      let labels = y.int64s
+      if let bad = labels.enumerated().first(where: { $0.element < 0 || $0.element >= Int64(classes) }) {
+        throw RuntimeError("\(yp): label \(bad.element) at index \(bad.offset) is out of range for \(classes) classes")
+      }
+      data += x.data
+      ys += labels
+      shape = x.shape
+    }
+    guard !ys.isEmpty else { throw RuntimeError("\(images): the data set is empty") }
+    shape[0] = ys.count
+    self.images = NPYArray(dtype: .f32, shape: shape, data: data)
+    self.labels = ys
+    imageSize = imageShape.reduce(1, *)
+  }
+
+  /// Copies the samples `indices` into the batch buffers, row by row.
+  public func load(_ indices: ArraySlice<Int>, images input: Buffer, labels out: Buffer) {
+    images.data.withUnsafeBytes { raw in
+      for (row, i) in indices.enumerated() {
+        (input.raw + row * imageSize * 4).copyMemory(from: raw.baseAddress! + i * imageSize * 4, byteCount: imageSize * 4)
+        out.i64[row] = labels[i]
+      }
+    }
+  }
+}
+
+/// What to do with the samples left over after the last whole batch of an epoch.
+public enum LastBatch: String, Sendable, CaseIterable {
+  /// Skip them (they come round in another order next epoch).
+  case drop
+  /// Fill the batch up with samples from the start of the epoch's order.
+  case pad
+}
+
+/// The order samples are visited in: a permutation per epoch, drawn from the seed and the
+/// epoch alone, so a resumed run sees exactly the batches an uninterrupted one would.
+public struct BatchOrder: Sendable {
+  public let count: Int, batch: Int
+  public let shuffle: Bool, last: LastBatch, seed: UInt64
+
+  public init(count: Int, batch: Int, shuffle: Bool, last: LastBatch, seed: UInt64) {
+    (self.count, self.batch, self.shuffle, self.last, self.seed) = (count, batch, shuffle, last, seed)
+  }
+
+  /// Batches per epoch.
+  public var batchesPerEpoch: Int { last == .drop ? count / batch : (count + batch - 1) / batch }
+
+  public func permutation(epoch: Int) -> [Int] {
+    var order = Array(0..<count)
+    guard shuffle else { return order }
+    var rng = SplitMix64(seed: seed ^ 0xD1B5_4A32_D192_ED03 &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+    order.shuffle(using: &rng)
+    return order
+  }
+
+  /// The sample indices of batch `b` of an epoch whose order is `order`.
+  public func batch(_ b: Int, of order: [Int]) -> ArraySlice<Int> {
+    let start = b * batch, end = start + batch
+    if end <= count { return order[start..<end] }
+    return ArraySlice(order[start...] + order[0..<(end - count)])
+  }
+}
+
+/// A learning-rate schedule: the factor on the plan's learning rate at each step, after a
+/// linear warm-up.
+public enum LRSchedule: Sendable, Equatable {
+  case constant
+  /// Half a cosine from 1 down to 0 over the steps after the warm-up.
+  case cosine
+  /// ×gamma every `every` steps after the warm-up.
+  case step(every: Int, gamma: Double)
+
+  /// The factor at 0-based step `s` of `total`, with `warmup` steps rising linearly to 1.
+  public func factor(step s: Int, total: Int, warmup: Int) -> Double {
+    if s < warmup { return Double(s + 1) / Double(warmup) }
+    let t = s - warmup, span = max(total - warmup, 1)
+    switch self {
+    case .constant: return 1
+    case .cosine: return 0.5 * (1 + cos(Double.pi * Double(t) / Double(span)))
+    case .step(let every, let gamma): return pow(gamma, Double(t / max(every, 1)))
+    }
+  }
+}
+
+/// Evaluates a plan's plain forward on a data set: mean cross-entropy and top-1, over every
+/// sample (a partial last batch is padded and its padding ignored).
+public final class Evaluator {
+  let executor: Executor
+  let input: Buffer, logits: Buffer
+  let batch: Int, classes: Int
+  let labels: Buffer
+
+  public init(eval g: Graph, threads: Int, maxMemory: Int? = nil) throws {
+    executor = try Executor(graph: g, threads: threads, maxMemory: maxMemory)
+    guard let x = g.inputs.first else { throw RuntimeError("the evaluation graph has no input") }
+    input = executor.buffer(x.value)
+    logits = executor.buffer(g.outputs[0].value)
+    batch = g.type(of: x.value).shape[0]
+    classes = g.type(of: g.outputs[0].value).shape[1]
+    labels = Buffer(TensorType(.i64, [batch]))
+  }
+
+  /// Evaluates with the weights a training executor holds now.
+  public func evaluate(_ data: DataSet, weights trainer: Executor) throws -> (loss: Double, top1: Double) {
+    executor.copyParameters(from: trainer)
+    return try evaluate(data)
+  }
+
+  /// The logits of every sample of the last `evaluate`, [N, classes] row-major, when
+  /// `keepLogits` is set.
+  public var keepLogits = false
+  public private(set) var lastLogits: [Float] = []
+
+  public func evaluate(_ data: DataSet) throws -> (loss: Double, top1: Double) {
+    lastLogits = []
+    var total: Double = 0
+    var correct = 0
+    let order = BatchOrder(count: data.count, batch: batch, shuffle: false, last: .pad, seed: 0)
+    let all = order.permutation(epoch: 0)
+    for b in 0..<order.batchesPerEpoch {
+      data.load(order.batch(b, of: all), images: input, labels: labels)
+      try executor.run()
+      for r in 0..<min(batch, data.count - b * batch) {
+        let row = UnsafeBufferPointer(start: logits.f32 + r * classes, count: classes)
+        if keepLogits { lastLogits += row }
+        let t = Int(labels.i64[r])
+        let m = row.max()!
+        let lse = Double(m) + log(row.reduce(0.0) { $0 + exp(Double($1 - m)) })
+        total += lse - Double(row[t])
+        if row.indices.max(by: { row[$0] < row[$1] }) == t { correct += 1 }
+      }
+    }
+    return (total / Double(data.count), Double(correct) / Double(data.count))
+  }
+}

@@ -1,0 +1,154 @@
+// TrainingWorkflowTests.swift: epochs over a data set, validation, the JSON log, schedules, clipping, checkpoints and bit-exact resume.
+import Foundation
+import XCTest
+
+/// Writes a little-endian .npy file (f32 or i64, C order).
+func writeNPY(_ path: String, descr: String, shape: [Int], bytes: Data) throws {
+  let dims = shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? "," : "")
+  var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': (\(dims)), }"
+  while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+  header += "\n"
+  var d = Data([0x93] + Array("NUMPY".utf8) + [1, 0])
+  d.append(contentsOf: [UInt8(header.utf8.count & 0xff), UInt8(header.utf8.count >> 8)])
+  d.append(Data(header.utf8))
+  d.append(bytes)
+  try d.write(to: URL(fileURLWithPath: path))
+}
+
+/// A seeded data set for the tiny ViT (3×32×32 images, 10 classes) as X/Y .npy files.
+func writeDataSet(_ dir: String, _ name: String, count: Int, seed: UInt64) throws {
+  var state = seed &+ 0x9E37_79B9_7F4A_7C15
+  func next() -> UInt64 {
+    state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+    return state >> 11
+  }
+  let xs = (0..<(count * 3 * 32 * 32)).map { _ in Float(Int(next() % 2001) - 1000) / 1000 }
+  let ys = (0..<count).map { _ in Int64(next() % 10) }
+  try writeNPY(dir + "/\(name)_x.npy", descr: "<f4", shape: [count, 3, 32, 32], bytes: xs.withUnsafeBytes { Data($0) })
+  try writeNPY(dir + "/\(name)_y.npy", descr: "<i8", shape: [count], bytes: ys.withUnsafeBytes { Data($0) })
+}
+
+/// The JSON objects of a `--log` file.
+func logRecords(_ path: String) throws -> [[String: Any]] {
+  try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+    try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+  }
+}
+
+final class TrainingWorkflowTests: XCTestCase {
+  /// 7 samples at batch 2: padding the last batch gives 4 steps an epoch, dropping it 3; each
+  /// epoch ends with one evaluation of all 5 validation samples.
+  func testEpochsLastBatchValidationAndLog() throws {
+    let d = try tmp()
+    try writeDataSet(d, "train", count: 7, seed: 1)
+    try writeDataSet(d, "val", count: 5, seed: 2)
+    let (s0, _, e0) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/p.plan"])
+    XCTAssertEqual(s0, 0, e0)
+    for (policy, perEpoch) in [("pad", 4), ("drop", 3)] {
+      let (s, out, err) = try sbpc([
+        "train", d + "/p.plan", "--input", d + "/train_x.npy", "--labels", d + "/train_y.npy", "--epochs", "2", "--last-batch", policy,
+        "--val", d + "/val_x.npy", d + "/val_y.npy", "--lr-schedule", "cosine", "--warmup", "2", "--log", d + "/\(policy).jsonl",
+      ])
+      XCTAssertEqual(s, 0, err)
+      XCTAssertTrue(out.contains("epoch 2/2") && out.contains("top-1"), out)
+      let records = try logRecords(d + "/\(policy).jsonl")
+      let steps = records.filter { $0["kind"] as? String == "step" }, evals = records.filter { $0["kind"] as? String == "eval" }
+      XCTAssertEqual(steps.count, 2 * perEpoch, policy)
+      XCTAssertEqual(evals.map { $0["step"] as? Int }, [perEpoch, 2 * perEpoch], policy)
+      // Warm-up then cosine: the rate rises over 2 steps, peaks at the plan's 0.01, falls.
+      let lrs = steps.map { $0["lr"] as! Double }
+      XCTAssertEqual(lrs[0], 0.005, accuracy: 1e-12)
+      XCTAssertEqual(lrs[1], 0.01, accuracy: 1e-12)
+      XCTAssertLessThan(lrs.last!, lrs[2])
+      for e in evals {
+        let top1 = e["top1"] as! Double
+        XCTAssertTrue((0...1).contains(top1) && (top1 * 5).rounded() == top1 * 5, "top-1 \(top1) is not k/5")
+      }
+    }
+  }
+
+  /// An uninterrupted run and a run killed in the middle of its second checkpoint, then
+  /// resumed from its first, end with byte-identical weights and optimizer state; the kill
+  /// left the first checkpoint intact.
+  func testKilledMidCheckpointThenResumedEqualsUninterrupted() throws {
+    let d = try tmp()
+    try writeDataSet(d, "train", count: 9, seed: 3)
+    let (s0, _, e0) = try sbpc([
+      "compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "--optimizer", "adamw", "--lr", "0.001", "-o", d + "/p.plan",
+    ])
+    XCTAssertEqual(s0, 0, e0)
+    let common = [
+      "train", d + "/p.plan", "--input", d + "/train_x.npy", "--labels", d + "/train_y.npy", "--epochs", "3", "--seed", "5",
+      "--lr-schedule", "cosine", "--warmup", "3",
+    ]
+    let (s1, _, e1) = try sbpc(common + ["--checkpoint", d + "/whole"])
+    XCTAssertEqual(s1, 0, e1)
+    let whole = try Data(contentsOf: URL(fileURLWithPath: d + "/whole/checkpoint.sbpck"))
+    // A checkpoint of this plan is ~3.7 MB: dying at 5 MB is inside the second save.
+    let (s2, _, _) = try sbpc(common + ["--checkpoint", d + "/cut", "--checkpoint-every", "5", "--checkpoint-crash-after", "5000000"])
+    XCTAssertNotEqual(s2, 0)
+    let kept = try Data(contentsOf: URL(fileURLWithPath: d + "/cut/checkpoint.sbpck"))
+    XCTAssertTrue(String(decoding: kept.prefix(200), as: UTF8.self).contains("\"step\":5"), "the step-5 checkpoint should survive")
+    let (s3, out3, e3) = try sbpc(common + ["--checkpoint", d + "/cut", "--resume", d + "/cut"])
+    XCTAssertEqual(s3, 0, e3)
+    XCTAssertTrue(out3.contains("7 steps in"), out3)  // 12 steps in all, 5 done before
+    let resumed = try Data(contentsOf: URL(fileURLWithPath: d + "/cut/checkpoint.sbpck"))
+    XCTAssertEqual(resumed, whole, "resumed run differs from the uninterrupted one")
+    XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: d + "/cut").contains { $0.contains(".tmp-") })
+    // Resuming with another seed would replay other masks and data: refused.
+    let (s4, _, e4) = try sbpc(common.map { $0 == "5" ? "6" : $0 } + ["--resume", d + "/cut"])
+    XCTAssertEqual(s4, 1)
+    XCTAssertTrue(e4.contains("resume it with the same seed"), e4)
+  }
+
+  /// Clipping needs the whole gradient before any update, so a fused plan is refused; on an
+  /// unfused plan a tight norm changes the step and the log shows the norm before clipping.
+  func testGradientClipping() throws {
+    let d = try tmp()
+    try writeDataSet(d, "train", count: 4, seed: 4)
+    _ = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/fused.plan"])
+    _ = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "--no-fuse-optimizer", "-o", d + "/unfused.plan"])
+    let data = ["--input", d + "/train_x.npy", "--labels", d + "/train_y.npy", "--steps", "3", "--dump-loss"]
+    let (s1, _, e1) = try sbpc(["train", d + "/fused.plan", "--clip-grad-norm", "1"] + data)
+    XCTAssertEqual(s1, 1)
+    XCTAssertTrue(e1.contains("--no-fuse-optimizer"), e1)
+    let (s2, plain, e2) = try sbpc(["train", d + "/unfused.plan"] + data)
+    XCTAssertEqual(s2, 0, e2)
+    let (s3, clipped, e3) = try sbpc(["train", d + "/unfused.plan", "--clip-grad-norm", "0.01", "--log", d + "/c.jsonl"] + data)
+    XCTAssertEqual(s3, 0, e3)
+    let p = plain.split(separator: "\n"), c = clipped.split(separator: "\n")
+    XCTAssertEqual(p[0], c[0], "the first loss comes before any update")
+    XCTAssertNotEqual(p[2], c[2], "clipping to 0.01 should change later losses")
+    let norms = try logRecords(d + "/c.jsonl").compactMap { $0["grad_norm"] as? Double }
+    XCTAssertEqual(norms.count, 3)
+    XCTAssertTrue(norms.allSatisfy { $0 > 0.01 }, "\(norms)")
+  }
+
+  /// `sbpc export` writes the trained weights into the original graph (external data as one
+  /// new file beside the output): compiled again, its evaluation is the training run's.
+  func testExportedModelEvaluatesAsTrained() throws {
+    let d = try tmp()
+    try writeDataSet(d, "train", count: 6, seed: 7)
+    try writeDataSet(d, "val", count: 5, seed: 8)
+    for (i, model) in ["models/vit_p4_d6_ts17.onnx", "models/vit_p4_d6_dynamo/model.onnx"].enumerated() {
+      _ = try sbpc(["compile", model, "--batch", "2", "-o", d + "/t\(i).plan"])
+      let (s1, out1, e1) = try sbpc([
+        "train", d + "/t\(i).plan", "--input", d + "/train_x.npy", "--labels", d + "/train_y.npy", "--epochs", "1",
+        "--val", d + "/val_x.npy", d + "/val_y.npy", "--checkpoint", d + "/ck\(i)",
+      ])
+      XCTAssertEqual(s1, 0, e1)
+      let trainedVal = out1.split(separator: "\n").first { $0.hasPrefix("epoch 1/1") }.map { String($0.split(separator: "val ").last!) }
+      let (s2, _, e2) = try sbpc(["export", d + "/t\(i).plan", "--weights", d + "/ck\(i)", "-o", d + "/out\(i).onnx"])
+      XCTAssertEqual(s2, 0, e2)
+      XCTAssertEqual(
+        FileManager.default.fileExists(atPath: d + "/out\(i).onnx.data"), i == 1, "external data only where the original had it")
+      _ = try sbpc(["compile", d + "/out\(i).onnx", "--batch", "2", "--keep", "1", "-o", d + "/e\(i).plan"])
+      let (s3, out3, e3) = try sbpc(["eval", d + "/e\(i).plan", "--input", d + "/val_x.npy", "--labels", d + "/val_y.npy"])
+      XCTAssertEqual(s3, 0, e3)
+      // "loss L  top-1 T% (k/5)" from eval, "loss L  top-1 T%" after "val " in training.
+      XCTAssertNotNil(trainedVal)
+      XCTAssertTrue(
+        out3.hasPrefix(trainedVal ?? "-"), "\(model): eval of the export '\(out3)' differs from training's '\(trainedVal ?? "")'")
+    }
+  }
+}
