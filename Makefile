@@ -7,7 +7,7 @@ DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
 APT_PACKAGES := libopenblas-dev libprotobuf-c-dev pkg-config llvm-14-tools
 
-.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan bench
+.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan bench accuracy
 
 all: build
 
@@ -59,6 +59,13 @@ check-allocs: release
 # Full-size ViT-Tiny and ConvNeXt-Tiny, both exporters, against PyTorch (needs models/requirements.txt).
 check-torch: release
 	SBPC=$(RELEASE_BIN) models/check_torch.sh
+
+# SBP's accuracy in miniature: the digits set, tiny ViT and ConvNeXt, PyTorch / sbpc / sbpc
+# with SBP over 3 seeds, and the per-layer gradient cosine plot (accuracy-results/).
+# Needs the PyTorch tools and scikit-learn (models/requirements.txt).
+accuracy: release
+	python3 models/accuracy.py --sbpc $(RELEASE_BIN)
+	python3 models/grad_cosine.py --sbpc $(RELEASE_BIN)
 
 # Speed: sbpc bench and models/bench_torch.py on the full-size models, one table per model
 # (bench-results/). Needs the PyTorch tools (models/requirements.txt); about 10 minutes.

@@ -394,6 +394,7 @@ struct Train: ParsableCommand {
           }
           progress.clear()
           print(line)
+          fflush(nil)  // each epoch's line shows as it ends, also in a file or a pipe
           epochLoss = 0
           epochSteps = 0
         }
