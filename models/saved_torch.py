@@ -58,14 +58,10 @@ def storage_key(t):
     return s.data_ptr(), s.nbytes()
 
 
-def measure(name, batch, cfg):
-    """{"bytes", "storages", "packed", "excluded"} of one step; cfg None = no SBP."""
-    model, chw = export.build(name, SPECS[name])  # seeded, perturbed, eval()
-    x = export.make_input(name, chw, batch)  # seeded torch.randn
-    if cfg is not None:
-        targets = reference.sbp_targets(model, x)
-        mask = reference.base_mask(cfg, *targets.grid)
-        reference.apply_sbp(model, targets, mask, cfg.attention)
+def saved_bytes(model, x, labels):
+    """{"bytes", "storages", "packed", "excluded", "loss"} of one training step of `model`
+    (mean cross-entropy of model(x) against labels, then backward); "bytes" is what
+    autograd saved, parameters and x left out, deduplicated by storage."""
     excluded = {storage_key(p) for p in model.parameters()} | {storage_key(x)}
     seen, packed, skipped = {}, [], collections.Counter()
 
@@ -78,18 +74,29 @@ def measure(name, batch, cfg):
             seen[key] = key[1]
         return t
 
-    g = torch.Generator().manual_seed(export.seed_of(name, f"labels{batch}"))
     model.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits = model(x)
-        labels = torch.randint(0, logits.shape[-1], (batch,), generator=g)
         loss = torch.nn.functional.cross_entropy(logits, labels, reduction="mean")
     loss.backward()  # the step completes: every saved tensor unpacks
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     if missing:
-        raise SystemExit(f"{name}: no gradient for {missing}")
+        raise SystemExit(f"no gradient for {missing}")
     return {"bytes": sum(seen.values()), "storages": len(seen), "packed": len(packed),
             "excluded": sum(skipped.values()), "loss": loss.item()}
+
+
+def measure(name, batch, cfg):
+    """saved_bytes() of one step of model `name`; cfg None = no SBP."""
+    model, chw = export.build(name, SPECS[name])  # seeded, perturbed, eval()
+    x = export.make_input(name, chw, batch)  # seeded torch.randn
+    if cfg is not None:
+        targets = reference.sbp_targets(model, x)
+        mask = reference.base_mask(cfg, *targets.grid)
+        reference.apply_sbp(model, targets, mask, cfg.attention)
+    g = torch.Generator().manual_seed(export.seed_of(name, f"labels{batch}"))
+    labels = torch.randint(0, model.num_classes, (batch,), generator=g)
+    return saved_bytes(model, x, labels)
 
 
 def main(argv=None):
