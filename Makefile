@@ -65,7 +65,6 @@ check-torch: release
 # Needs the PyTorch tools and scikit-learn (models/requirements.txt).
 accuracy: release
 	python3 models/accuracy.py --sbpc $(RELEASE_BIN)
-	python3 models/grad_cosine.py --sbpc $(RELEASE_BIN)
 
 # Speed: sbpc bench and models/bench_torch.py on the full-size models, one table per model
 # (bench-results/). Needs the PyTorch tools (models/requirements.txt); about 10 minutes.

@@ -2,7 +2,7 @@
 """SBP's accuracy in miniature: top-1 on scikit-learn's digits for digits.py's tiny ViT
 and ConvNeXt, trained three ways with the same recipe, over several seeds:
 
-  PyTorch            digits_torch.train (no SBP)
+  PyTorch            digits_torch.train (no SBP), on sbpc's batch order for the seed
   sbpc no SBP        sbpc compile --keep 1, then sbpc train
   sbpc SBP keep 0.5  sbpc compile --keep 0.5 (default blocks, grid mask, attention qkv)
 
@@ -55,6 +55,7 @@ SETTINGS = [  # (key, row label, keep ratio for sbpc; None = PyTorch)
 TOLERANCE = 1.5  # points: sbpc no SBP within this of PyTorch; SBP at most this below no SBP
 LR_TOLERANCE = 1e-4  # relative to the base lr: warn when sbpc's schedule is not lr_at
 FLOOR = 90.0  # sbpc without SBP must reach this top-1 (%)
+FIRST_LOSS_TOLERANCE = 1e-4  # relative: the first step's loss, sbpc no SBP against PyTorch
 
 
 def read_log(path):
@@ -86,6 +87,20 @@ def check_log(path, epochs, per_epoch, warmup, lr):
     return {"top1": float(evals[-1]["top1"]), "loss": float(evals[-1]["loss"]),
             "evals": [{k: e[k] for k in ("epoch", "step", "loss", "top1") if k in e} for e in evals],
             "steps": len(steps), "lr_max_rel_diff": max(diffs) if diffs else None}
+
+
+def check_same_start(m, seed, sbpc_log, torch_log):
+    """Both frameworks start from the same weights and see the same batches (digits_torch
+    replays sbpc's order), so their first losses agree to rounding; records the relative
+    difference per seed and stops on a mismatch, which would mean the recipes differ."""
+    a, b = read_log(sbpc_log)[0], read_log(torch_log)[0]
+    if not a or not b:
+        return
+    diff = abs(a[0]["loss"] - b[0]["loss"]) / abs(b[0]["loss"])
+    m.setdefault("first_loss_rel_diff", {})[str(seed)] = diff
+    if diff > FIRST_LOSS_TOLERANCE:
+        raise SystemExit(f"seed {seed}: sbpc's first loss {a[0]['loss']:.6f} differs from PyTorch's "
+                         f"{b[0]['loss']:.6f}: the two runs do not start alike")
 
 
 class Runner:
@@ -173,7 +188,7 @@ def table(name, m):
         s = st[key]
         mem = s.get("memory", {}).get("saved_bytes")
         mean = s.get("top1_mean")
-        d_sbpc = mean - ref["sbpc_nosbp"] if key != "sbpc_nosbp" and mean is not None and "sbpc_nosbp" in ref else None
+        d_sbpc = mean - ref["sbpc_nosbp"] if key == "sbpc_sbp" and mean is not None and "sbpc_nosbp" in ref else None
         d_torch = mean - ref["torch"] if key == "sbpc_nosbp" and mean is not None and "torch" in ref else None
         rows.append((
             label, fmt(mem and mem / 2**20, ".2f"), fmt(mem and base and mem / base, ".3f"),
@@ -194,6 +209,10 @@ def verdicts(m):
         ok = abs(plain - ref) <= TOLERANCE and plain >= FLOOR
         out.append(f"sbpc no SBP vs PyTorch: {plain - ref:+.2f} points, top-1 {plain:.2f}% "
                    f"({'ok' if ok else 'FAILS'}: within {TOLERANCE} and >= {FLOOR:g}%)")
+    if m.get("first_loss_rel_diff"):
+        worst = max(m["first_loss_rel_diff"].values())
+        out.append(f"same start: the first step's loss of sbpc (no SBP) and PyTorch differs by at most "
+                   f"{worst:.1e} (relative) over the seeds")
     if plain is not None and sbp is not None:
         ok = sbp - plain >= -TOLERANCE  # costing at most 1.5 points; gaining is fine
         out.append(f"sbpc SBP vs no SBP: {sbp - plain:+.2f} points ({'ok' if ok else 'FAILS'}: "
@@ -205,7 +224,8 @@ def report(result, out):
     summarize(result)
     a = result["args"]
     md = ["# SBP's accuracy in miniature: scikit-learn digits (16×16)", "",
-          f"Train {result['train_size']} / val {result['val_size']} images; batch 64, {a['epochs']} epochs, "
+          f"Train {result['train_size']} / val {result['val_size']} images; batch 64, {a['epochs']} "
+          f"epoch{'s' if a['epochs'] != 1 else ''}, "
           f"AdamW lr 1e-3 wd 0.05, warm-up {result['warmup_steps']} steps then cosine, {a['threads']} threads; "
           f"seeds {a['seeds']}. Top-1 on val after the last epoch. Saved activations: one step at batch 64 "
           "(sbpc: `sbpc memory`, cost.savedBytes; PyTorch: saved_torch.py's autograd count).", ""]
@@ -288,6 +308,8 @@ def main(argv=None):
                 r = run.run_torch(name, seed, log) if keep is None else run.run_sbpc(plans[key], seed, log)
                 m["settings"][key]["runs"].append(r)
                 print(f"   top-1 {100 * r['top1']:.2f}% in {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+                if key == "sbpc_nosbp" and "torch" in m["settings"]:
+                    check_same_start(m, seed, log, os.path.join(run.logs, f"{name}_torch_s{seed}.jsonl"))
                 summarize(result)
                 with open(os.path.join(args.out, "accuracy.json"), "w") as f:
                     json.dump(result, f, indent=1)

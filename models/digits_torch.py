@@ -6,9 +6,10 @@ that `make accuracy` gives sbpc:
     name, so every seed starts from the same weights, as sbpc does from the ONNX file);
   - AdamW (PyTorch's: betas 0.9/0.999, eps 1e-8, decoupled weight decay on every
     parameter, as sbpc's adamw), lr 1e-3, weight decay 0.05, batch 64;
-  - E epochs (30); each epoch shuffles the train split with
-    np.random.default_rng(seed).permutation, one generator per run, and drops the last
-    partial batch (1437 // 64 = 22 steps per epoch);
+  - E epochs (30); each epoch shuffles the train split in the order sbpc train draws for
+    the same seed (sbpc_permutation, a bit-exact replica of its SplitMix64 and Swift's
+    shuffle), so both frameworks see the same batches and differ only in arithmetic; the
+    last partial batch is dropped (1437 // 64 = 22 steps per epoch);
   - lr per step (lr_at): linear warm-up over K = 2 epochs of steps, then cosine to 0;
   - mean cross-entropy, no augmentation, no label smoothing, no gradient clipping;
   - the model stays in train() (timm's defaults have no dropout and no drop path, which
@@ -49,6 +50,45 @@ THREADS = 2
 
 def steps_per_epoch(n, batch=BATCH):
     return n // batch  # the last partial batch is dropped
+
+
+MASK64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """sbpc's SplitMix64 generator (Sources/SBPPasses/Mask.swift), bit for bit."""
+
+    def __init__(self, seed):
+        self.state = seed & MASK64
+
+    def next(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+    def below(self, bound):
+        """Swift's RandomNumberGenerator.next(upperBound:): Lemire's multiply-high with
+        rejection."""
+        m = self.next() * bound
+        if m & MASK64 < bound:
+            t = ((1 << 64) - bound) % bound
+            while m & MASK64 < t:
+                m = self.next() * bound
+        return m >> 64
+
+
+def sbpc_permutation(n, seed, epoch):
+    """The sample order of 0-based epoch `epoch` of `sbpc train --epochs --seed seed`
+    (BatchOrder.permutation: SplitMix64 seeded from the seed and the epoch, then Swift's
+    Array.shuffle(using:), a Fisher-Yates pass from the front)."""
+    rng = SplitMix64(((seed ^ 0xD1B54A32D192ED03) + epoch * 0x9E3779B97F4A7C15) & MASK64)
+    order = list(range(n))
+    for i in range(n - 1):
+        j = i + rng.below(n - i)
+        order[i], order[j] = order[j], order[i]
+    return np.array(order, dtype=np.int64)
 
 
 def lr_at(step, total, warmup, base=LR):
@@ -103,7 +143,7 @@ def train(name, data_dir, seed, epochs=EPOCHS, lr=LR, weight_decay=WEIGHT_DECAY,
     evals, step, start = [], 0, time.perf_counter()
     try:
         for epoch in range(epochs):
-            perm = torch.from_numpy(rng.permutation(len(ty)))
+            perm = torch.from_numpy(sbpc_permutation(len(ty), seed, epoch))
             for b in range(per_epoch):
                 idx = perm[b * BATCH:(b + 1) * BATCH]
                 rate = lr_at(step, total, warmup, lr)

@@ -41,26 +41,36 @@ enum LinearAlgebra {
   static func linear(axis: Int, layout: WeightLayout, _ x: Buffer, _ w: Buffer, _ bias: Buffer?, _ out: Buffer) {
     let (outer, fin, inner) = around(x.type.shape, axis)
     let fout = out.type.shape[axis]
+    // The bias is written into C first and sgemm accumulates onto it (beta 1): the GEMM's
+    // store then adds it, instead of a second pass over the whole output.
+    if let bias {
+      fillBias(
+        bias.f32, out.f32, rows: inner == 1 ? outer : outer * fout, width: inner == 1 ? fout : inner, perRow: inner != 1, features: fout)
+    }
+    let beta: Float = bias == nil ? 0 : 1
     if inner == 1 {
       // Y[outer, out] = X[outer, in] · W' where W' = W (io) or Wᵀ (oi).
-      GEMM.sgemm(transA: false, transB: layout == .outIn, m: outer, n: fout, k: fin, a: x.f32, b: w.f32, c: out.f32)
-      if let bias {
-        for r in 0..<outer {
-          let row = out.f32 + r * fout
-          for j in 0..<fout { row[j] += bias.f32[j] }
-        }
-      }
+      GEMM.sgemm(transA: false, transB: layout == .outIn, m: outer, n: fout, k: fin, a: x.f32, b: w.f32, beta: beta, c: out.f32)
     } else {
       // Per outer index: Y[out, inner] = W''[out, in] · X[in, inner].
       for o in 0..<outer {
         GEMM.sgemm(
-          transA: layout == .inOut, transB: false, m: fout, n: inner, k: fin, a: w.f32, b: x.f32 + o * fin * inner,
+          transA: layout == .inOut, transB: false, m: fout, n: inner, k: fin, a: w.f32, b: x.f32 + o * fin * inner, beta: beta,
           c: out.f32 + o * fout * inner)
-        if let bias {
-          for j in 0..<fout {
-            let row = out.f32 + (o * fout + j) * inner
-            for i in 0..<inner { row[i] += bias.f32[j] }
-          }
+      }
+    }
+  }
+
+  /// Fills `rows` rows of `width` with the bias: each row a copy of it (`perRow` false), or
+  /// row r splatted with bias[r % features] (`perRow`, a bias along a non-last axis).
+  static func fillBias(_ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, rows: Int, width: Int, perRow: Bool, features: Int)
+  {
+    Parallel.chunks(rows, grain: Swift.max(1, (1 << 15) / Swift.max(width, 1))) { _, range in
+      for r in range {
+        if perRow {
+          (out + r * width).update(repeating: bias[r % features], count: width)
+        } else {
+          (out + r * width).update(from: bias, count: width)
         }
       }
     }
