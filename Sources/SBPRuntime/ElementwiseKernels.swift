@@ -118,6 +118,38 @@ enum Elementwise {
     }
   }
 
+  /// y = gelu(x) and dx = dy · gelu'(x) in one pass, bit-identical to `unary(.gelu)` and
+  /// `geluGrad` run apart: the two share erf (or tanh) and the read of x. Each element is
+  /// read before it is written, so y may be x's memory and dx may be dy's.
+  static func geluAndGrad(_ a: GeluApproximation, _ x: Buffer, _ dy: Buffer, _ y: Buffer, _ dx: Buffer) {
+    let px = x.f32, pd = dy.f32, py = y.f32, pg = dx.f32
+    Parallel.chunks(x.count, grain: grain) { _, r in
+      var i = r.lowerBound
+      @inline(__always) func both(_ v: V8, _ d: V8) -> (V8, V8) {
+        switch a {
+        case .none:
+          // The expressions of Gelu and GeluGrad, with erf computed once.
+          let e = VMath.erf(v * invSqrt2)
+          let pdf: V8 = v * VMath.exp(-0.5 * v * v) * invSqrt2Pi
+          return (0.5 * v * (1 + e), d * (0.5 * (1 + e) + pdf))
+        case .tanh: return (GeluTanh.apply(v), GeluTanhGrad.apply(v, d))
+        }
+      }
+      while i + 8 <= r.upperBound {
+        let (u, g) = both(VMath.load(px + i), VMath.load(pd + i))
+        VMath.store(u, py + i)
+        VMath.store(g, pg + i)
+        i += 8
+      }
+      if i < r.upperBound {
+        let n = r.upperBound - i
+        let (u, g) = both(VMath.loadPartial(px + i, n), VMath.loadPartial(pd + i, n))
+        VMath.storePartial(u, py + i, n)
+        VMath.storePartial(g, pg + i, n)
+      }
+    }
+  }
+
   static func reluGrad(_ x: Buffer, _ dy: Buffer, _ dx: Buffer) { map(x, dy, dx, ReluGrad.self) }
 
   /// Converts between f32 and integer dtypes.

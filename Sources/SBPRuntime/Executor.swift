@@ -21,8 +21,12 @@ public final class Executor {
     var strides: [[Int]] = []
     /// A matmul operand that is a transposed view (its memory holds the untransposed matrix).
     var transA = false, transB = false
-    /// A transpose the memory plan made a view: nothing to run.
+    /// A transpose the memory plan made a view, or a node the step before ran with its own
+    /// (`geluPair`): nothing to run.
     var skip = false
+    /// A gelu_grad(x, dy) next to a gelu(x) on the same x: this node runs both, sharing
+    /// the erf and the read of x; the partner's (ins, outs) are these buffers.
+    var geluPair: (x: Buffer, dy: Buffer, y: Buffer, dx: Buffer)?
   }
 
   static func prepare(_ n: Node, _ g: Graph) -> Prepared {
@@ -136,9 +140,44 @@ public final class Executor {
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
+    Executor.pairGelus(&steps)
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
     firstUpdate = steps.firstIndex { Schedule.isUpdate($0.node.op) } ?? steps.count
     scratch = .allocate(capacity: max(plan.workspaceBytes / 4, 1))
+  }
+
+  /// Finds each gelu_grad(x, dy) and gelu(x) scheduled one after the other (the backward's
+  /// rematerialized activation beside its gradient) and lets the first run both. Running the
+  /// second node's kernel one position early is safe when its result's memory is either an
+  /// operand's own memory (elementwise in place) or disjoint from everything both nodes read
+  /// and write: any other value whose memory it could share dies before the first node.
+  static func pairGelus(_ steps: inout [(node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?, pre: Prepared)]) {
+    func range(_ b: Buffer) -> Range<Int> { Int(bitPattern: b.raw)..<(Int(bitPattern: b.raw) + b.byteCount) }
+    func sameOrApart(_ a: Buffer, _ b: Buffer) -> Bool { a.raw == b.raw && a.byteCount == b.byteCount || !range(a).overlaps(range(b)) }
+    var i = 0
+    while i + 1 < steps.count {
+      let (m, n) = (steps[i].node, steps[i + 1].node)
+      var grad = -1
+      switch (m.op, n.op) {
+      case (.geluGrad(let a), .gelu(let b)) where a == b && m.inputs[0] == n.inputs[0]: grad = i
+      case (.gelu(let a), .geluGrad(let b)) where a == b && m.inputs[0] == n.inputs[0]: grad = i + 1
+      default: break
+      }
+      guard grad >= 0 else {
+        i += 1
+        continue
+      }
+      let act = grad == i ? i + 1 : i
+      let x = steps[grad].ins[0], dy = steps[grad].ins[1], dx = steps[grad].outs[0], y = steps[act].outs[0]
+      let early = grad == i ? y : dx  // the result written one node early
+      guard sameOrApart(early, x), sameOrApart(early, dy), !range(y).overlaps(range(dx)), x.count == dy.count else {
+        i += 1
+        continue
+      }
+      steps[i].pre.geluPair = (x, dy, y, dx)
+      steps[i + 1].pre.skip = true
+      i += 2
+    }
   }
 
   static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -279,6 +318,16 @@ public final class Executor {
 
   private func execute(_ n: Node, _ ins: [Buffer], _ outs: [Buffer], _ conv: Conv2D?, _ pre: Prepared) throws {
     let y = outs.first
+    if let p = pre.geluPair, case .gelu(let a) = n.op {
+      Elementwise.geluAndGrad(a, p.x, p.dy, p.y, p.dx)
+      return
+    }
+    if let p = pre.geluPair, case .geluGrad(let a) = n.op {
+      Elementwise.geluAndGrad(a, p.x, p.dy, p.y, p.dx)
+      return
+    }
+    if pre.skip, case .gelu = n.op { return }
+    if pre.skip, case .geluGrad = n.op { return }
     switch n.op {
     case .constant(let lit):
       switch lit.elements {

@@ -15,17 +15,20 @@ enum Movement {
       return
     }
     let size = x.type.dtype.byteSize
-    forEachRow(out.type.shape, strides) { o, b, n, st in
-      let s0 = base + b[0]
-      switch size {
-      case 4:
-        let px = x.raw.assumingMemoryBound(to: UInt32.self), po = out.raw.assumingMemoryBound(to: UInt32.self)
-        if st[0] == 1 { (po + o).update(from: px + s0, count: n) } else { for i in 0..<n { po[o + i] = px[s0 + i * st[0]] } }
-      case 8:
-        let px = x.raw.assumingMemoryBound(to: UInt64.self), po = out.raw.assumingMemoryBound(to: UInt64.self)
-        for i in 0..<n { po[o + i] = px[s0 + i * st[0]] }
-      default:
-        for i in 0..<n { (out.raw + (o + i) * size).copyMemory(from: x.raw + (s0 + i * st[0]) * size, byteCount: size) }
+    let rows = outerRows(shape), width = shape.last ?? 1
+    Parallel.chunks(rows, grain: Swift.max(1, (1 << 14) / Swift.max(width, 1))) { _, range in
+      forEachRow(shape, strides, rows: range) { o, b, n, st in
+        let s0 = base + b[0]
+        switch size {
+        case 4:
+          let px = x.raw.assumingMemoryBound(to: UInt32.self), po = out.raw.assumingMemoryBound(to: UInt32.self)
+          if st[0] == 1 { (po + o).update(from: px + s0, count: n) } else { for i in 0..<n { po[o + i] = px[s0 + i * st[0]] } }
+        case 8:
+          let px = x.raw.assumingMemoryBound(to: UInt64.self), po = out.raw.assumingMemoryBound(to: UInt64.self)
+          for i in 0..<n { po[o + i] = px[s0 + i * st[0]] }
+        default:
+          for i in 0..<n { (out.raw + (o + i) * size).copyMemory(from: x.raw + (s0 + i * st[0]) * size, byteCount: size) }
+        }
       }
     }
   }
@@ -33,30 +36,39 @@ enum Movement {
   /// out = x read through `st`, where output axis `a` is x's contiguous axis: 2-D tiles over
   /// (a, last) keep both the reads (along a) and the writes (along the last axis) in cache lines.
   static func tiled(_ x: UnsafePointer<UInt32>, _ st: [Int], axis a: Int, _ out: UnsafeMutablePointer<UInt32>, _ shape: [Int]) {
-    let r = shape.count, os = rowMajorStrides(shape)
-    let rowsA = shape[a], cols = shape[r - 1], sl = st[r - 1], osa = os[a]
-    // The other axes, walked as an odometer by flat index.
-    let others = (0..<(r - 1)).filter { $0 != a }
-    var outer = 1
-    for d in others { outer *= shape[d] }
+    // No arrays here: this runs every step and must not allocate.
+    let r = shape.count
+    let rowsA = shape[a], cols = shape[r - 1], sl = st[r - 1]
+    var osa = 1, outer = 1
+    for d in (a + 1)..<r { osa *= shape[d] }
+    for d in 0..<(r - 1) where d != a { outer *= shape[d] }
     let tile = 16
     let tilesA = (rowsA + tile - 1) / tile
     Parallel.chunks(outer * tilesA, grain: 4) { _, range in
       for job in range {
-        var rest = job / tilesA, ib = 0, ob = 0
-        for d in others.reversed() {
-          let i = rest % shape[d]
-          rest /= shape[d]
-          ib += i * st[d]
-          ob += i * os[d]
+        // The axes other than `a` and the last, walked as an odometer by flat index.
+        var rest = job / tilesA, ib = 0, ob = 0, os = cols
+        for d in stride(from: r - 2, through: 0, by: -1) {
+          if d != a {
+            let i = rest % shape[d]
+            rest /= shape[d]
+            ib += i * st[d]
+            ob += i * os
+          }
+          os *= shape[d]
         }
         let i0 = (job % tilesA) * tile, i1 = Swift.min(rowsA, i0 + tile)
         var j0 = 0
         while j0 < cols {
           let j1 = Swift.min(cols, j0 + tile)
+          // Stepped pointers: indexing by j·sl put an overflow check on every element.
           for i in i0..<i1 {
-            let src = x + ib + i, dst = out + ob + i * osa
-            for j in j0..<j1 { dst[j] = src[j * sl] }
+            var src = x + (ib + i + j0 &* sl), dst = out + (ob + i &* osa + j0)
+            for _ in j0..<j1 {
+              dst.pointee = src.pointee
+              dst += 1
+              src += sl
+            }
           }
           j0 = j1
         }
@@ -129,12 +141,22 @@ enum Movement {
     for j in 0..<k where idx.i64[j] < -1 || idx.i64[j] >= Int64(dim) {
       throw RuntimeError("gather_rows: index \(idx.i64[j]) is out of range for \(dim) rows")
     }
-    let px = x.f32, po = out.f32
-    for o in 0..<outer {
-      for j in 0..<k {
-        let t = Int(idx.i64[j])
-        let dst = po + (o * k + j) * inner
-        if t < 0 { dst.update(repeating: 0, count: inner) } else { dst.update(from: px + (o * dim + t) * inner, count: inner) }
+    let px = x.f32, po = out.f32, pi = idx.i64
+    Parallel.chunks(outer, grain: Swift.max(1, (1 << 14) / Swift.max(k * inner, 1))) { _, range in
+      for o in range {
+        let src = px + o &* dim &* inner, dst = po + o &* k &* inner
+        if inner == 1 {
+          // Single elements (a gather along the last axis): a plain loop, not a copy call each.
+          for j in 0..<k {
+            let t = Int(pi[j])
+            dst[j] = t < 0 ? 0 : src[t]
+          }
+        } else {
+          for j in 0..<k {
+            let t = Int(pi[j]), row = dst + j &* inner
+            if t < 0 { row.update(repeating: 0, count: inner) } else { row.update(from: src + t &* inner, count: inner) }
+          }
+        }
       }
     }
   }
@@ -143,16 +165,24 @@ enum Movement {
   static func scatterRows(axis: Int, _ ins: [Buffer], _ out: Buffer) throws {
     let s = out.type.shape
     let outer = s[..<axis].reduce(1, *), dim = s[axis], inner = s[(axis + 1)...].reduce(1, *)
-    out.f32.update(repeating: 0, count: out.count)
     for p in stride(from: 0, to: ins.count, by: 2) {
-      let data = ins[p].f32, idx = ins[p + 1]
-      let k = idx.count
-      for j in 0..<k where idx.i64[j] < -1 || idx.i64[j] >= Int64(dim) {
+      let idx = ins[p + 1]
+      for j in 0..<idx.count where idx.i64[j] < -1 || idx.i64[j] >= Int64(dim) {
         throw RuntimeError("scatter_rows: index \(idx.i64[j]) is out of range for \(dim) rows")
       }
-      for o in 0..<outer {
-        for j in 0..<k where idx.i64[j] >= 0 {
-          (out.f32 + (o * dim + Int(idx.i64[j])) * inner).update(from: data + (o * k + j) * inner, count: inner)
+    }
+    let po = out.f32
+    Parallel.chunks(outer, grain: Swift.max(1, (1 << 14) / Swift.max(dim * inner, 1))) { _, range in
+      for o in range {
+        let dst = po + o &* dim &* inner
+        dst.update(repeating: 0, count: dim * inner)
+        for p in stride(from: 0, to: ins.count, by: 2) {
+          let pi = ins[p + 1].i64, k = ins[p + 1].count, src = ins[p].f32 + o &* k &* inner
+          for j in 0..<k {
+            let t = Int(pi[j])
+            guard t >= 0 else { continue }
+            if inner == 1 { dst[t] = src[j] } else { (dst + t &* inner).update(from: src + j &* inner, count: inner) }
+          }
         }
       }
     }
@@ -166,9 +196,24 @@ enum Movement {
     var offset = 0
     let rowBytes = s[axis...].reduce(1, *) * size
     for x in xs {
-      let chunk = x.type.shape[axis...].reduce(1, *) * size
-      for o in 0..<outer { (out.raw + o * rowBytes + offset).copyMemory(from: x.raw + o * chunk, byteCount: chunk) }
+      let chunk = x.type.shape[axis...].reduce(1, *) * size, at = offset
+      parallelCopies(outer, bytes: chunk, dst: { out.raw + $0 * rowBytes + at }, src: { UnsafeRawPointer(x.raw + $0 * chunk) })
       offset += chunk
+    }
+  }
+
+  /// Copies `bytes` from `src(o)` to `dst(o)` for o in 0..<count, split over the threads
+  /// when there is enough to move: by rows, and large blocks (a split along the first axis
+  /// is one block per result) in 64 KiB pieces.
+  static func parallelCopies(
+    _ count: Int, bytes: Int, dst: (Int) -> UnsafeMutableRawPointer, src: (Int) -> UnsafeRawPointer
+  ) {
+    let piece = 1 << 16, pieces = Swift.max(1, (bytes + piece - 1) / piece)
+    Parallel.chunks(count * pieces, grain: Swift.max(1, pieces == 1 ? piece / Swift.max(bytes, 1) : 1)) { _, range in
+      for job in range {
+        let o = job / pieces, lo = (job % pieces) * piece
+        (dst(o) + lo).copyMemory(from: src(o) + lo, byteCount: Swift.min(piece, bytes - lo))
+      }
     }
   }
 
@@ -180,7 +225,8 @@ enum Movement {
     var offset = 0
     for y in outs {
       let chunk = y.type.shape[axis...].reduce(1, *) * size
-      for o in 0..<outer { (y.raw + o * chunk).copyMemory(from: x.raw + o * rowBytes + offset, byteCount: chunk) }
+      let at = offset
+      parallelCopies(outer, bytes: chunk, dst: { y.raw + $0 * chunk }, src: { UnsafeRawPointer(x.raw + $0 * rowBytes + at) })
       offset += chunk
     }
   }

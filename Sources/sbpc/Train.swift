@@ -374,12 +374,14 @@ struct Train: ParsableCommand {
           print("step \(s + 1)/\(total)  loss \(String(format: "%.5f", loss))")
         }
         progress.update(step: s + 1, epoch: epochs.map { _ in (epoch + 1, epochs!) }, loss: loss)
-        var record: [String: JSONValue] = ["kind": .string("step"), "step": .int(s + 1), "epoch": .int(epoch + 1)]
-        record["loss"] = .double(Double(loss))
-        record["lr"] = .double(baseLR * factor)
-        record["images_per_s"] = .double(progress.rate)
-        if clipGradNorm != nil { record["grad_norm"] = .double(Double(ex.lastGradientNorm)) }
-        try logFile?.write(record)
+        if let logFile {
+          var record: [String: JSONValue] = ["kind": .string("step"), "step": .int(s + 1), "epoch": .int(epoch + 1)]
+          record["loss"] = .double(Double(loss))
+          record["lr"] = .double(baseLR * factor)
+          record["images_per_s"] = .double(progress.rate)
+          if clipGradNorm != nil { record["grad_norm"] = .double(Double(ex.lastGradientNorm)) }
+          try logFile.write(record)
+        }
         if let dir = checkpoint, (s + 1) % every == 0, s + 1 < total {
           try Checkpoint.save(ex, step: s + 1, seed: seed, to: dir, crashAfter: checkpointCrashAfter)
         }
