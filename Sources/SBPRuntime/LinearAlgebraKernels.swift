@@ -136,9 +136,13 @@ struct Conv2D {
   /// x[ci, y·sh − ph + ki·dh, x·sw − pw + kj·dw]. body(column offset, image offset, count) gets
   /// each output row's run of taps that fall inside the image (image stride sw); the rest is
   /// padding.
-  @inline(__always) func forEachColumnRun(_ body: (_ colOffset: Int, _ imageOffset: Int, _ count: Int) -> Void) {
-    var r = 0
-    for ci in 0..<cg {
+  /// With `channels`, only those input channels' rows (disjoint in both col and the image).
+  @inline(__always) func forEachColumnRun(
+    channels: Range<Int>? = nil, _ body: (_ colOffset: Int, _ imageOffset: Int, _ count: Int) -> Void
+  ) {
+    let channels = channels ?? 0..<cg
+    var r = channels.lowerBound * kh * kw
+    for ci in channels {
       for ki in 0..<kh {
         for kj in 0..<kw {
           let cols = validColumns(kj)
@@ -156,21 +160,33 @@ struct Conv2D {
 
   func im2col(_ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>) {
     if ph > 0 || pw > 0 { col.update(repeating: 0, count: colCount) }
-    forEachColumnRun { c, i, count in
-      if sw == 1 {
-        (col + c).update(from: x + i, count: count)
-      } else {
-        for k in 0..<count { col[c + k] = x[i + k * sw] }
+    Parallel.chunks(cg, grain: channelGrain) { _, channels in
+      forEachColumnRun(channels: channels) { c, i, count in
+        if sw == 1 {
+          (col + c).update(from: x + i, count: count)
+        } else {
+          var src = x + i, dst = col + c
+          for _ in 0..<count {
+            dst.pointee = src.pointee
+            dst += 1
+            src += sw
+          }
+        }
       }
     }
   }
 
   /// The adjoint of im2col: accumulates col back into dx.
   func col2im(_ col: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>) {
-    forEachColumnRun { c, i, count in
-      for k in 0..<count { dx[i + k * sw] += col[c + k] }
+    Parallel.chunks(cg, grain: channelGrain) { _, channels in
+      forEachColumnRun(channels: channels) { c, i, count in
+        for k in 0..<count { dx[i + k * sw] += col[c + k] }
+      }
     }
   }
+
+  /// Input channels per thread in im2col and col2im: enough columns that a hand-off pays.
+  var channelGrain: Int { Swift.max(1, (1 << 14) / Swift.max(kh * kw * oh * ow, 1)) }
 
   /// The output columns whose tap `kj` reads inside the image: x·sw − pw + kj·dw ∈ [0, w).
   @inline(__always) func validColumns(_ kj: Int) -> Range<Int> {
