@@ -42,11 +42,14 @@ struct UnsafeSendable<T>: @unchecked Sendable {
 /// grows on the first step that needs more and is reused after, so steady-state steps
 /// allocate nothing. Callers size it before splitting work, from the calling thread.
 enum Scratch {
-  nonisolated(unsafe) private static var bases: [UnsafeMutablePointer<Float>] = [.allocate(capacity: 0), .allocate(capacity: 0)]
-  nonisolated(unsafe) private static var capacities = [0, 0]
+  nonisolated(unsafe) private static var bases: [UnsafeMutablePointer<Float>] = [
+    .allocate(capacity: 0), .allocate(capacity: 0), .allocate(capacity: 0),
+  ]
+  nonisolated(unsafe) private static var capacities = [0, 0, 0]
 
-  /// At least `count` floats in `slot` (0 or 1, for a kernel needing two regions), valid
-  /// until the next call for that slot.
+  /// At least `count` floats in `slot`, valid until the next call for that slot: 0 and 1
+  /// for kernels needing one or two regions, 2 for GEMM's partial products (a GEMM may run
+  /// inside a kernel that holds the others).
   static func floats(_ count: Int, slot: Int = 0) -> UnsafeMutablePointer<Float> {
     if count > capacities[slot] {
       bases[slot].deallocate()

@@ -33,4 +33,38 @@ final class GEMMTests: XCTestCase {
       }
     }
   }
+
+  /// A product deep enough to be split along K over two threads (`splitDepth`) gives the
+  /// double-precision result for every transpose, and keeps beta's share of C.
+  func testDeepProductSplitAlongKMatchesNaive() {
+    let saved = Parallel.threads
+    Parallel.threads = 2
+    defer { Parallel.threads = saved }
+    let m = 16, n = 12, k = 1 << 16 + 1  // 2·m·n·k is past splitFlops, and k ≫ m, n
+    XCTAssertGreaterThanOrEqual(2 * m * n * k, GEMM.splitFlops)
+    let a = (0..<(m * k)).map { Float(($0 * 7919) % 17) / 16 - 0.5 }
+    let b = (0..<(k * n)).map { Float(($0 * 104_729) % 13) / 12 - 0.5 }
+    for ta in [false, true] {
+      for tb in [false, true] {
+        var c = [Float](repeating: 1, count: m * n)
+        a.withUnsafeBufferPointer { pa in
+          b.withUnsafeBufferPointer { pb in
+            c.withUnsafeMutableBufferPointer { pc in
+              GEMM.sgemm(
+                transA: ta, transB: tb, m: m, n: n, k: k, alpha: 0.5, a: pa.baseAddress!, b: pb.baseAddress!, beta: 2, c: pc.baseAddress!)
+            }
+          }
+        }
+        var worst: Double = 0
+        for i in 0..<m {
+          for j in 0..<n {
+            var s: Double = 0
+            for p in 0..<k { s += Double(ta ? a[p * m + i] : a[i * k + p]) * Double(tb ? b[j * k + p] : b[p * n + j]) }
+            worst = max(worst, abs(Double(c[i * n + j]) - (0.5 * s + 2)) / max(1, abs(0.5 * s + 2)))
+          }
+        }
+        XCTAssertLessThan(worst, 1e-4, "ta=\(ta) tb=\(tb)")
+      }
+    }
+  }
 }
