@@ -160,7 +160,8 @@ public final class Executor {
       var grad = -1
       switch (m.op, n.op) {
       case (.geluGrad(let a), .gelu(let b)) where a == b && m.inputs[0] == n.inputs[0]: grad = i
-      case (.gelu(let a), .geluGrad(let b)) where a == b && m.inputs[0] == n.inputs[0]: grad = i + 1
+      // gelu first: its result must not be the gradient's dy, which the pair reads first.
+      case (.gelu(let a), .geluGrad(let b)) where a == b && m.inputs[0] == n.inputs[0] && n.inputs[1] != m.outputs[0]: grad = i + 1
       default: break
       }
       guard grad >= 0 else {
