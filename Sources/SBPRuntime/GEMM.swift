@@ -51,7 +51,7 @@ public enum GEMM {
   /// A product much deeper than it is wide (a weight gradient, K = batch × tokens): each core
   /// takes a slice of K, the first into C and the others into scratch, and the slices are
   /// summed. Splitting C's rows or columns instead makes every core pack the whole of the
-  /// other operand, all K rows of it (3–15% slower on ViT and ConvNeXt weight gradients).
+  /// other operand, all K rows of it (1–15% slower on ViT and ConvNeXt weight gradients).
   static func splitDepth(
     _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
     _ b: UnsafePointer<Float>, _ ldb: Int, _ beta: Float, _ c: UnsafeMutablePointer<Float>, parts: Int
