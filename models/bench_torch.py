@@ -201,30 +201,26 @@ class Progress:
             sys.stderr.flush()
 
 
-class Child:
-    """A child process of this script; JSON lines over a pipe, stderr kept in a file."""
+class Piped:
+    """A child process spoken to over a pipe, one request line and one reply line at a
+    time, with its stderr kept in a file for the failure message."""
 
-    def __init__(self, role, args):
-        self.role = role
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", role, "--model", args.model,
-               "--batch", str(args.batch), "--threads", str(args.threads),
-               "--warmup", str(args.warmup), "--keep", repr(args.keep),
-               "--attention", args.attention]
-        if args.seed is not None:
-            cmd += ["--seed", str(args.seed)]
+    def __init__(self, role, name, cmd):
+        self.role, self.name = role, name
         self.err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True)
 
-    def read(self):
+    def reply(self):
+        """The next line of the child's stdout; SystemExit with its last stderr line if it died."""
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
             self.err.seek(0)
             tail = [s for s in self.err.read().splitlines() if s.strip()][-1:]
-            raise SystemExit(f"bench_torch.py: {self.role} child failed (exit {self.proc.returncode})"
+            raise SystemExit(f"bench_torch.py: {self.name} child failed (exit {self.proc.returncode})"
                              + (f": {tail[0].strip()}" if tail else ""))
-        return json.loads(line)
+        return line
 
     def ask(self, request):
         self.proc.stdin.write(request + "\n")
@@ -237,39 +233,35 @@ class Child:
         self.err.close()
 
 
-class SbpcChild:
+class Child(Piped):
+    """A child process of this script: JSON lines."""
+
+    def __init__(self, role, args):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", role, "--model", args.model,
+               "--batch", str(args.batch), "--threads", str(args.threads),
+               "--warmup", str(args.warmup), "--keep", repr(args.keep),
+               "--attention", args.attention]
+        if args.seed is not None:
+            cmd += ["--seed", str(args.seed)]
+        super().__init__(role, role, cmd)
+
+    def read(self):
+        return json.loads(self.reply())
+
+
+class SbpcChild(Piped):
     """`sbpc bench-child PLAN`: sbpc's side of an interleaved run, the protocol `sbpc bench`
     drives (plain lines: "ready"; "step" -> "seconds flops gemm_seconds gemm_flops";
     "done" -> "rss BYTES")."""
 
     def __init__(self, role, sbpc, plan, args):
-        self.role = role
         cmd = [sbpc, "bench-child", plan, "--threads", str(args.threads), "--warmup", str(args.warmup),
                "--seed", str(args.seed or 0)]
-        self.err = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True)
-        self.line()  # "ready"
+        super().__init__(role, f"sbpc {role}", cmd)
+        self.read()  # "ready"
 
-    def line(self):
-        text = self.proc.stdout.readline()
-        if not text:
-            self.proc.wait()
-            self.err.seek(0)
-            tail = [s for s in self.err.read().splitlines() if s.strip()][-1:]
-            raise SystemExit(f"bench_torch.py: sbpc {self.role} child failed (exit {self.proc.returncode})"
-                             + (f": {tail[0].strip()}" if tail else ""))
-        return text.split()
-
-    def ask(self, request):
-        self.proc.stdin.write(request + "\n")
-        self.proc.stdin.flush()
-        return self.line()
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait()
-        self.err.close()
+    def read(self):
+        return self.reply().split()
 
 
 def sbpc_peak(sbpc, threads):

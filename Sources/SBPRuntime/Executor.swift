@@ -26,7 +26,7 @@ public final class Executor {
     var skip = false
     /// A gelu_grad(x, dy) next to a gelu(x) on the same x: this node runs both, sharing
     /// the erf and the read of x; the partner's (ins, outs) are these buffers.
-    var geluPair: (x: Buffer, dy: Buffer, y: Buffer, dx: Buffer)?
+    var geluPair: (approximation: GeluApproximation, x: Buffer, dy: Buffer, y: Buffer, dx: Buffer)?
   }
 
   static func prepare(_ n: Node, _ g: Graph) -> Prepared {
@@ -157,11 +157,12 @@ public final class Executor {
     var i = 0
     while i + 1 < steps.count {
       let (m, n) = (steps[i].node, steps[i + 1].node)
-      var grad = -1
+      var grad = -1, approximation = GeluApproximation.none
       switch (m.op, n.op) {
-      case (.geluGrad(let a), .gelu(let b)) where a == b && m.inputs[0] == n.inputs[0]: grad = i
+      case (.geluGrad(let a), .gelu(let b)) where a == b && m.inputs[0] == n.inputs[0]: (grad, approximation) = (i, a)
       // gelu first: its result must not be the gradient's dy, which the pair reads first.
-      case (.gelu(let a), .geluGrad(let b)) where a == b && m.inputs[0] == n.inputs[0] && n.inputs[1] != m.outputs[0]: grad = i + 1
+      case (.gelu(let a), .geluGrad(let b)) where a == b && m.inputs[0] == n.inputs[0] && n.inputs[1] != m.outputs[0]:
+        (grad, approximation) = (i + 1, a)
       default: break
       }
       guard grad >= 0 else {
@@ -175,7 +176,7 @@ public final class Executor {
         i += 1
         continue
       }
-      steps[i].pre.geluPair = (x, dy, y, dx)
+      steps[i].pre.geluPair = (approximation, x, dy, y, dx)
       steps[i + 1].pre.skip = true
       i += 2
     }
@@ -319,16 +320,11 @@ public final class Executor {
 
   private func execute(_ n: Node, _ ins: [Buffer], _ outs: [Buffer], _ conv: Conv2D?, _ pre: Prepared) throws {
     let y = outs.first
-    if let p = pre.geluPair, case .gelu(let a) = n.op {
-      Elementwise.geluAndGrad(a, p.x, p.dy, p.y, p.dx)
+    if pre.skip { return }
+    if let p = pre.geluPair {
+      Elementwise.geluAndGrad(p.approximation, p.x, p.dy, p.y, p.dx)
       return
     }
-    if let p = pre.geluPair, case .geluGrad(let a) = n.op {
-      Elementwise.geluAndGrad(a, p.x, p.dy, p.y, p.dx)
-      return
-    }
-    if pre.skip, case .gelu = n.op { return }
-    if pre.skip, case .geluGrad = n.op { return }
     switch n.op {
     case .constant(let lit):
       switch lit.elements {
@@ -356,7 +352,7 @@ public final class Executor {
     case .layerNorm(let axis, let eps): Norm.layerNorm(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .softmax(let axis): Norm.softmax(axis: axis, ins[0], y!)
     case .reshape, .squeeze, .unsqueeze, .stopGradient: if ins[0].raw != y!.raw { Movement.copy(ins[0], y!) }
-    case .transpose, .slice, .expand: if !pre.skip { Movement.strided(ins[0], base: pre.base, strides: pre.strides, y!) }
+    case .transpose, .slice, .expand: Movement.strided(ins[0], base: pre.base, strides: pre.strides, y!)
     case .gather(let axis): try Movement.gather(axis: axis, ins[0], ins[1], y!)
     case .gatherRows(let axis): try Movement.gatherRows(axis: axis, ins[0], ins[1], y!)
     case .scatterRows(let axis, _): try Movement.scatterRows(axis: axis, ins, y!)

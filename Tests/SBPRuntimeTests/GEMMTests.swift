@@ -4,16 +4,33 @@ import XCTest
 @testable import SBPRuntime
 
 final class GEMMTests: XCTestCase {
-  func naive(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, ta: Bool, tb: Bool) -> [Float] {
-    var c = [Float](repeating: 0, count: m * n)
+  /// alpha · op(A)·op(B) + beta · c, accumulated in double precision.
+  func naive(
+    _ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, ta: Bool, tb: Bool, alpha: Double = 1, beta: Double = 0, c: [Float]? = nil
+  ) -> [Double] {
+    var out = [Double](repeating: 0, count: m * n)
     for i in 0..<m {
       for j in 0..<n {
-        var s: Float = 0
-        for p in 0..<k { s += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]) }
-        c[i * n + j] = s
+        var s: Double = 0
+        for p in 0..<k { s += Double(ta ? a[p * m + i] : a[i * k + p]) * Double(tb ? b[j * k + p] : b[p * n + j]) }
+        out[i * n + j] = alpha * s + beta * Double(c?[i * n + j] ?? 0)
       }
     }
-    return c
+    return out
+  }
+
+  /// `GEMM.sgemm` on arrays: c = alpha · op(A)·op(B) + beta · c.
+  func sgemm(
+    _ a: [Float], _ b: [Float], _ c: inout [Float], m: Int, n: Int, k: Int, ta: Bool, tb: Bool, alpha: Float = 1, beta: Float = 0
+  ) {
+    a.withUnsafeBufferPointer { pa in
+      b.withUnsafeBufferPointer { pb in
+        c.withUnsafeMutableBufferPointer { pc in
+          GEMM.sgemm(
+            transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: pa.baseAddress!, b: pb.baseAddress!, beta: beta, c: pc.baseAddress!)
+        }
+      }
+    }
   }
 
   func testAllTransposes() {
@@ -22,14 +39,9 @@ final class GEMMTests: XCTestCase {
     for ta in [false, true] {
       for tb in [false, true] {
         var c = [Float](repeating: 0, count: m * n)
-        a.withUnsafeBufferPointer { pa in
-          b.withUnsafeBufferPointer { pb in
-            c.withUnsafeMutableBufferPointer { pc in
-              GEMM.sgemm(transA: ta, transB: tb, m: m, n: n, k: k, a: pa.baseAddress!, b: pb.baseAddress!, c: pc.baseAddress!)
-            }
-          }
-        }
-        XCTAssertEqual(c, naive(a, b, m: m, n: n, k: k, ta: ta, tb: tb), "ta=\(ta) tb=\(tb)")
+        sgemm(a, b, &c, m: m, n: n, k: k, ta: ta, tb: tb)
+        // Small halves and integers: every product and sum is exact, in f32 and in f64.
+        XCTAssertEqual(c.map(Double.init), naive(a, b, m: m, n: n, k: k, ta: ta, tb: tb), "ta=\(ta) tb=\(tb)")
       }
     }
   }
@@ -47,22 +59,9 @@ final class GEMMTests: XCTestCase {
     for ta in [false, true] {
       for tb in [false, true] {
         var c = [Float](repeating: 1, count: m * n)
-        a.withUnsafeBufferPointer { pa in
-          b.withUnsafeBufferPointer { pb in
-            c.withUnsafeMutableBufferPointer { pc in
-              GEMM.sgemm(
-                transA: ta, transB: tb, m: m, n: n, k: k, alpha: 0.5, a: pa.baseAddress!, b: pb.baseAddress!, beta: 2, c: pc.baseAddress!)
-            }
-          }
-        }
-        var worst: Double = 0
-        for i in 0..<m {
-          for j in 0..<n {
-            var s: Double = 0
-            for p in 0..<k { s += Double(ta ? a[p * m + i] : a[i * k + p]) * Double(tb ? b[j * k + p] : b[p * n + j]) }
-            worst = max(worst, abs(Double(c[i * n + j]) - (0.5 * s + 2)) / max(1, abs(0.5 * s + 2)))
-          }
-        }
+        let want = naive(a, b, m: m, n: n, k: k, ta: ta, tb: tb, alpha: 0.5, beta: 2, c: c)
+        sgemm(a, b, &c, m: m, n: n, k: k, ta: ta, tb: tb, alpha: 0.5, beta: 2)
+        let worst = zip(c, want).map { abs(Double($0) - $1) / max(1, abs($1)) }.max()!
         XCTAssertLessThan(worst, 1e-4, "ta=\(ta) tb=\(tb)")
       }
     }
