@@ -12,7 +12,8 @@ public final class Executor {
   public let graph: Graph
   private var buffers: [Buffer?]
   /// Per node, resolved once: its operand and result buffers and, for convolutions, the geometry.
-  private var steps: [(node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?, pre: Prepared)] = []
+  private var steps: [Step] = []
+  typealias Step = (node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?, pre: Prepared)
 
   /// What a kernel needs beyond its buffers, computed once so a step allocates nothing:
   /// operand strides (broadcast, transposed, sliced, reduced) and a base offset.
@@ -27,6 +28,11 @@ public final class Executor {
     /// A gelu_grad(x, dy) next to a gelu(x) on the same x: this node runs both, sharing
     /// the erf and the read of x; the partner's (ins, outs) are these buffers.
     var geluPair: (approximation: GeluApproximation, x: Buffer, dy: Buffer, y: Buffer, dx: Buffer)?
+    /// The slice group the step belongs to: its first step runs the whole group and the
+    /// others (`grouped`) then have nothing left to run. With numerics checks every step
+    /// runs on its own.
+    var group: SliceGroup?
+    var grouped = false
   }
 
   static func prepare(_ n: Node, _ g: Graph) -> Prepared {
@@ -140,6 +146,11 @@ public final class Executor {
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
+    // Groups first: a gelu pair's skipped partner must not look like a view to them.
+    for g in SliceGroup.find(steps, keep: Set(graph.outputs.map(\.value)).union(retaining), threads: max(threads, 1)) {
+      for i in g.steps { steps[i].pre.group = g }
+      for i in g.steps.dropFirst() { steps[i].pre.grouped = true }
+    }
     Executor.pairGelus(&steps)
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
     firstUpdate = steps.firstIndex { Schedule.isUpdate($0.node.op) } ?? steps.count
@@ -151,7 +162,7 @@ public final class Executor {
   /// second node's kernel one position early is safe when its result's memory is either an
   /// operand's own memory (elementwise in place) or disjoint from everything both nodes read
   /// and write: any other value whose memory it could share dies before the first node.
-  static func pairGelus(_ steps: inout [(node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?, pre: Prepared)]) {
+  static func pairGelus(_ steps: inout [Step]) {
     func range(_ b: Buffer) -> Range<Int> { Int(bitPattern: b.raw)..<(Int(bitPattern: b.raw) + b.byteCount) }
     func sameOrApart(_ a: Buffer, _ b: Buffer) -> Bool { a.raw == b.raw && a.byteCount == b.byteCount || !range(a).overlaps(range(b)) }
     var i = 0
@@ -238,6 +249,10 @@ public final class Executor {
     }
   }
 
+  /// For a step of a slice group (whose first step runs all of them, so the profile books
+  /// the group's time there): the group's kernels, "per-slice matmul+softmax+matmul".
+  public func groupLabel(at i: Int) -> String? { steps[i].pre.group?.label }
+
   /// The buffer holding value `v`.
   public func buffer(_ v: ValueID) -> Buffer { buffers[v.raw]! }
 
@@ -299,6 +314,15 @@ public final class Executor {
       if clipNorm != nil, i == firstUpdate { clipGradients() }
       let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
       defer { if profile { profileNanos[i] &+= DispatchTime.now().uptimeNanoseconds - t0 } }
+      if !checkNumerics {
+        if let g = step.pre.group {
+          if !step.pre.grouped {
+            for h in g.hoisted { try execute(steps[h].node, steps[h].ins, steps[h].outs, steps[h].conv, steps[h].pre) }
+            g.run()
+          }
+          continue
+        }
+      }
       do { try execute(n, step.ins, step.outs, step.conv, step.pre) } catch let e as RuntimeError {
         throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)")
       }

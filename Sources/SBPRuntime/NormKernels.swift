@@ -99,19 +99,35 @@ enum Norm {
     }
   }
 
+  /// Softmax of `rows` contiguous rows of `dim` (x and y may be the same memory).
+  @inline(__always) static func softmaxRows(_ rows: Int, _ dim: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+    for r in 0..<rows {
+      let xr = x + r * dim, yr = y + r * dim
+      let m = VMath.max(dim, xr)
+      VMath.map(dim, xr, yr) { VMath.exp($0 - m) }
+      let inv = 1 / VMath.sum(dim, yr)
+      VMath.map(dim, yr, yr) { $0 * inv }
+    }
+  }
+
+  /// dx = y ⊙ (dy − ⟨y, dy⟩) over `rows` contiguous rows of `dim` (dx may be dy's memory).
+  @inline(__always) static func softmaxGradRows(
+    _ rows: Int, _ dim: Int, _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>
+  ) {
+    for r in 0..<rows {
+      let yr = y + r * dim, dyr = dy + r * dim
+      let dot = VMath.dot(dim, yr, dyr)
+      VMath.map(dim, yr, dyr, dx + r * dim) { yv, dv in yv * (dv - dot) }
+    }
+  }
+
   /// Softmax along `axis`, for any layout.
   static func softmax(axis: Int, _ x: Buffer, _ out: Buffer) {
     let (outer, dim, inner) = LinearAlgebra.around(x.type.shape, axis)
     let px = x.f32, py = out.f32
     if inner == 1 {
       Parallel.chunks(outer, grain: rowGrain(dim)) { _, range in
-        for r in range {
-          let xr = px + r * dim, yr = py + r * dim
-          let m = VMath.max(dim, xr)
-          VMath.map(dim, xr, yr) { VMath.exp($0 - m) }
-          let inv = 1 / VMath.sum(dim, yr)
-          VMath.map(dim, yr, yr) { $0 * inv }
-        }
+        for r in range { softmaxRows(1, dim, px + r * dim, py + r * dim) }
       }
       return
     }
@@ -137,11 +153,7 @@ enum Norm {
     let py = y.f32, pdy = dy.f32, pdx = dx.f32
     if inner == 1 {
       Parallel.chunks(outer, grain: rowGrain(dim)) { _, range in
-        for r in range {
-          let yr = py + r * dim, dyr = pdy + r * dim
-          let dot = VMath.dot(dim, yr, dyr)
-          VMath.map(dim, yr, dyr, pdx + r * dim) { yv, dv in yv * (dv - dot) }
-        }
+        for r in range { softmaxGradRows(1, dim, py + r * dim, pdy + r * dim, pdx + r * dim) }
       }
       return
     }

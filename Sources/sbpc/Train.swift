@@ -434,8 +434,9 @@ struct Train: ParsableCommand {
     for (i, n) in ex.graph.nodes.enumerated() {
       let ns = ex.profileNanos[i]
       let f = ex.graph.flops(n)
-      let e = byOp[n.op.name] ?? (0, 0, 0)
-      byOp[n.op.name] = (e.ns + ns, e.flops + f.gemm + f.other, e.count + 1)
+      let name = ex.groupLabel(at: i) ?? n.op.name
+      let e = byOp[name] ?? (0, 0, 0)
+      byOp[name] = (e.ns + ns, e.flops + f.gemm + f.other, e.count + 1)
       let part: String
       if case .int(let b)? = n.attrs["sbp.block"] { part = "block \(b)" } else { part = "outside blocks" }
       byPart[part, default: 0] += ns

@@ -12,6 +12,8 @@ SBPC="$(cd "$root" && realpath "${SBPC:-.build/debug/sbpc}")"
 FILECHECK="${FILECHECK:-FileCheck}"
 command -v "$FILECHECK" >/dev/null || { echo "run.sh: FileCheck not found (make deps installs llvm-14-tools)"; exit 2; }
 shopt -s nullglob
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
 passed=0; failed=0; failures=()
 cases=("$root"/passes/*/*.sbpir)
 [ ${#cases[@]} -gt 0 ] || { echo "run.sh: no golden cases under passes/"; exit 2; }
@@ -28,6 +30,7 @@ for f in "${cases[@]}"; do
   if [ "${UPDATE_GOLDEN:-}" = 1 ] && grep -q '^// GOLDEN: whole-output' "$f"; then
     producer="${runs[0]%%|*FileCheck*}"
     producer="${producer//%models/$root/models}"; producer="${producer//%S/$dir}"; producer="${producer//%s/$f}"
+    producer="${producer//%t/$scratch/t}"
     out="$(cd "$root" && PATH="$(dirname "$SBPC"):$PATH" bash -c "$producer")" || { echo "FAIL $rel: producer failed"; failed=$((failed+1)); continue; }
     tmp="$(mktemp)"
     grep -v '^// CHECK' "$f" > "$tmp"
@@ -42,7 +45,7 @@ for f in "${cases[@]}"; do
   fi
   ok=1
   for r in "${runs[@]}"; do
-    cmd="${r//%models/$root/models}"; cmd="${cmd//%S/$dir}"; cmd="${cmd//%s/$f}"
+    cmd="${r//%models/$root/models}"; cmd="${cmd//%S/$dir}"; cmd="${cmd//%s/$f}"; cmd="${cmd//%t/$scratch/t}"
     cmd="${cmd//FileCheck/$FILECHECK}"
     if ! (cd "$root" && PATH="$(dirname "$SBPC"):$PATH" bash -o pipefail -c "$cmd") > /tmp/golden.$$.log 2>&1; then
       ok=0; echo "FAIL $rel"; echo "  RUN: $r"; sed 's/^/  | /' /tmp/golden.$$.log | head -40
