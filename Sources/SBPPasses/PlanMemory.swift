@@ -73,6 +73,29 @@ public struct MemoryPlan: Sendable, Equatable {
     return views
   }
 
+  /// Data movement the executor runs as one kernel at the second node: a transpose whose
+  /// result only the next node, a split, reads (attention's q, k and v), and a concat whose
+  /// result only the next node, a copying transpose, reads (their gradients). The value
+  /// between them is never written: the second node's results are copied straight from the
+  /// first node's operands, which therefore live until the second node. Keys are the first
+  /// nodes' positions, values the second's.
+  public static func movementPairs(_ nodes: [Node], outputs: Set<ValueID>) -> [Int: Int] {
+    var readers: [ValueID: Int] = [:]
+    for n in nodes { for v in n.inputs { readers[v, default: 0] += 1 } }
+    let transposed = transposedViews(nodes, outputs: outputs)
+    var pairs: [Int: Int] = [:]
+    for i in nodes.indices.dropLast() {
+      let (a, b) = (nodes[i], nodes[i + 1])
+      guard a.outputs.count == 1, b.inputs == [a.outputs[0]], readers[a.outputs[0]] == 1, !outputs.contains(a.outputs[0]) else { continue }
+      switch (a.op, b.op) {
+      case (.transpose, .split): pairs[i] = i + 1
+      case (.concat, .transpose) where !transposed.contains(b.outputs[0]): pairs[i] = i + 1
+      default: break
+      }
+    }
+    return pairs
+  }
+
   /// - Parameter retaining: values kept readable after the step (as graph outputs are), for
   ///   tools that dump them; a plan file's offsets are made without any.
   /// - Parameter activationBytes: bytes per element of f32 activations (2 for a bf16/fp16
@@ -102,6 +125,21 @@ public struct MemoryPlan: Sendable, Equatable {
     for (i, node) in g.nodes.enumerated() { for v in node.inputs { lastUse[v] = i } }
     for o in g.outputs { lastUse[o.value] = n }
     for v in retaining { lastUse[v] = n }
+    let kept = Set(g.outputs.map(\.value)).union(retaining)
+    for (first, second) in MemoryPlan.movementPairs(g.nodes, outputs: kept) {
+      for v in g.nodes[first].inputs { lastUse[v] = max(lastUse[v] ?? second, second) }
+    }
+    // Slice runs: what their members read or write in memory lives from the run's first node
+    // to its last, so no member overwrites what another reads for a later slice.
+    var startAt: [ValueID: Int] = [:]
+    for run in SliceRun.find(g, outputs: kept) {
+      let end = run.nodes.last!
+      for m in run.members {
+        for v in g.nodes[m].inputs where !run.scratch.contains(run.root(v, g)) { lastUse[v] = max(lastUse[v] ?? end, end) }
+        for o in g.nodes[m].outputs where !run.scratch.contains(o) { lastUse[o] = max(lastUse[o] ?? end, end) }
+      }
+      for h in run.hoisted { for o in g.nodes[h].outputs { startAt[o] = run.nodes[0] } }
+    }
     var start: [ValueID: Int] = [:]
     var end: [ValueID: Int] = [:]  // per root, over everything sharing it
     var workspace = 0
@@ -135,7 +173,7 @@ public struct MemoryPlan: Sendable, Equatable {
       }
       for o in node.outputs {
         let r = root(o)
-        if r == o { start[o] = i }
+        if r == o { start[o] = startAt[o] ?? i }
         end[r] = max(end[r] ?? i, lastUse[o] ?? i)
       }
       // Views extend the life of what they show.

@@ -12,7 +12,7 @@ public final class Executor {
   public let graph: Graph
   private var buffers: [Buffer?]
   /// Per node, resolved once: its operand and result buffers and, for convolutions, the geometry.
-  private var steps: [Step] = []
+  private(set) var steps: [Step] = []
   typealias Step = (node: Node, ins: [Buffer], outs: [Buffer], conv: Conv2D?, pre: Prepared)
 
   /// What a kernel needs beyond its buffers, computed once so a step allocates nothing:
@@ -33,6 +33,58 @@ public final class Executor {
     /// runs on its own.
     var group: SliceGroup?
     var grouped = false
+    /// A movement pair (`MemoryPlan.movementPairs`) that this node, the second, runs whole;
+    /// the first is skipped and its result is `unwritten`.
+    var movement: MovementPair?
+    var unwritten = false
+  }
+
+  enum MovementPair {
+    /// The split's results read straight from the transpose's operand: its strides in the
+    /// transposed order (wrapped, as `Movement.strided` takes them), and each result's start
+    /// along the split axis.
+    case transposeSplit(x: Buffer, strides: [[Int]], bases: [Int])
+    /// The concat's operands written straight into the transpose's result, through the
+    /// result's strides in the concatenated order, each from its start along the concat axis.
+    case concatTranspose(xs: [Buffer], strides: [[Int]], bases: [Int])
+  }
+
+  /// Sets up the movement pairs the memory plan made room for, where the memory allows it:
+  /// the second node's results are written while the first node's operands are still read,
+  /// so the two must not overlap (the plan keeps those operands alive to the second node).
+  static func pairMovement(_ steps: inout [Step], _ pairs: [Int: Int]) {
+    func range(_ b: Buffer) -> Range<Int> { Int(bitPattern: b.raw)..<(Int(bitPattern: b.raw) + b.byteCount) }
+    for (first, second) in pairs.sorted(by: { $0.key < $1.key }) {
+      let (a, b) = (steps[first], steps[second])
+      switch (a.node.op, b.node.op) {
+      case (.transpose(let perm), .split(let axis, let sizes)):
+        let x = a.ins[0]
+        guard b.outs.allSatisfy({ !range($0).overlaps(range(x)) }) else { continue }
+        let st = Movement.transposeStrides(perm, x.type.shape)
+        var start = 0, bases: [Int] = []
+        for n in sizes {
+          bases.append(start * st[axis])
+          start += n
+        }
+        steps[second].pre.movement = .transposeSplit(x: x, strides: [st], bases: bases)
+      case (.concat(let axis), .transpose(let perm)):
+        let y = b.outs[0]
+        guard y.type.dtype.byteSize == 4, a.ins.allSatisfy({ !range($0).overlaps(range(y)) }) else { continue }
+        // Concatenated axis d lands at the result's axis p where perm[p] == d.
+        let ys = rowMajorStrides(y.type.shape)
+        var st = [Int](repeating: 0, count: perm.count)
+        for (p, d) in perm.enumerated() { st[d] = ys[p] }
+        var start = 0, bases: [Int] = []
+        for x in a.ins {
+          bases.append(start * st[axis])
+          start += x.type.shape[axis]
+        }
+        steps[second].pre.movement = .concatTranspose(xs: a.ins, strides: [st], bases: bases)
+      default: continue
+      }
+      steps[first].pre.skip = true
+      steps[first].pre.unwritten = true
+    }
   }
 
   static func prepare(_ n: Node, _ g: Graph) -> Prepared {
@@ -146,8 +198,9 @@ public final class Executor {
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
-    // Groups first: a gelu pair's skipped partner must not look like a view to them.
-    for g in SliceGroup.find(steps, keep: Set(graph.outputs.map(\.value)).union(retaining), threads: max(threads, 1)) {
+    Executor.pairMovement(&steps, MemoryPlan.movementPairs(graph.nodes, outputs: Set(graph.outputs.map(\.value)).union(retaining)))
+    let runs = SliceRun.find(graph, outputs: Set(graph.outputs.map(\.value)).union(retaining))
+    for g in SliceGroup.groups(steps, runs: runs, graph: graph, threads: max(threads, 1)) {
       for i in g.steps { steps[i].pre.group = g }
       for i in g.steps.dropFirst() { steps[i].pre.grouped = true }
     }
@@ -326,7 +379,7 @@ public final class Executor {
       do { try execute(n, step.ins, step.outs, step.conv, step.pre) } catch let e as RuntimeError {
         throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)")
       }
-      if checkNumerics, let bad = firstNonFinite(n) {
+      if checkNumerics, !step.pre.unwritten, let bad = firstNonFinite(n) {
         var block = ""
         if case .int(let b)? = n.attrs["sbp.block"] { block = " in block \(b)" }
         throw NumericError(description: "\(n.op.name) at node '\(n.name)'\(block) produced \(bad)")
@@ -345,6 +398,15 @@ public final class Executor {
   private func execute(_ n: Node, _ ins: [Buffer], _ outs: [Buffer], _ conv: Conv2D?, _ pre: Prepared) throws {
     let y = outs.first
     if pre.skip { return }
+    switch pre.movement {
+    case .transposeSplit(let x, let strides, let bases)?:
+      for (o, base) in zip(outs, bases) { Movement.strided(x, base: base, strides: strides, o) }
+      return
+    case .concatTranspose(let xs, let strides, let bases)?:
+      for (x, base) in zip(xs, bases) { Movement.stridedWrite(x, base: base, strides: strides, y!) }
+      return
+    case nil: break
+    }
     if let p = pre.geluPair {
       Elementwise.geluAndGrad(p.approximation, p.x, p.dy, p.y, p.dx)
       return

@@ -94,6 +94,19 @@ enum Movement {
     return (base, strides)
   }
 
+  /// out[base + Σ i_d·strides[0][d]] = x[i] for every element i of x (4-byte elements): x
+  /// written into a strided region of out, by rows over the threads.
+  static func stridedWrite(_ x: Buffer, base: Int, strides: [[Int]], _ out: Buffer) {
+    let shape = x.type.shape, width = shape.last ?? 1
+    let px = x.raw.assumingMemoryBound(to: UInt32.self), po = out.raw.assumingMemoryBound(to: UInt32.self)
+    Parallel.chunks(outerRows(shape), grain: Swift.max(1, (1 << 14) / Swift.max(width, 1))) { _, range in
+      forEachRow(shape, strides, rows: range) { o, b, n, st in
+        let dst = po + base + b[0]
+        if st[0] == 1 { dst.update(from: px + o, count: n) } else { for i in 0..<n { dst[i * st[0]] = px[o + i] } }
+      }
+    }
+  }
+
   /// dx = zeros with dy written where the slice read from (f32).
   static func sliceGrad(base: Int, strides: [[Int]], _ dy: Buffer, _ dx: Buffer) {
     dx.f32.update(repeating: 0, count: dx.count)

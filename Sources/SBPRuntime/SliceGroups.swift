@@ -1,6 +1,7 @@
 // SliceGroups.swift: runs a run of per-slice kernels (attention's products, softmax, scaling) slice by slice instead of op by op.
 import Dispatch
 import SBPIR
+import SBPPasses
 
 /// Consecutive steps that each work on the slices of the same leading axes independently
 /// (batch × heads): small batched matmuls, softmax and its gradient along the last axis, a
@@ -170,29 +171,8 @@ extension SliceGroup {
     var out: Int
   }
 
-  /// Slices at most this large (1 MiB) may live in scratch: two or three of them per thread
-  /// should stay in L2, and larger ones gain nothing from it.
-  static let scratchLimit = 1 << 18
-
-  /// A step that does nothing at run time inside a group: a transpose the memory plan made a
-  /// view, or a reshape-like view over its operand's memory.
-  static func passive(_ s: Executor.Step) -> Bool {
-    switch s.node.op {
-    case .transpose: return s.pre.skip
-    case .reshape, .squeeze, .unsqueeze, .stopGradient: return s.ins[0].raw == s.outs[0].raw
-    default: return false
-    }
-  }
-
-  /// A constant inside a run (the schedule puts each just before its reader, such as
-  /// attention's scale between the scaling of Q and of K): it runs before the group.
-  static func hoistable(_ s: Executor.Step) -> Bool {
-    if case .constant = s.node.op { return true }
-    return false
-  }
-
   static func candidate(_ s: Executor.Step) -> Candidate? {
-    guard !s.pre.skip, s.pre.geluPair == nil, s.outs.count == 1, s.outs[0].type.dtype == .f32,
+    guard !s.pre.skip, s.pre.geluPair == nil, s.pre.movement == nil, s.outs.count == 1, s.outs[0].type.dtype == .f32,
       s.ins.allSatisfy({ $0.type.dtype == .f32 })
     else { return nil }
     let out = s.outs[0].type.shape, r = out.count
@@ -203,7 +183,7 @@ extension SliceGroup {
     case .matMul:
       let sa = s.ins[0].type.shape, sb = s.ins[1].type.shape
       let m = sa[sa.count - 2], k = sa[sa.count - 1], n = sb[sb.count - 1]
-      guard 2 * m * n * k <= GEMM.smallProductFlops, s.pre.strides.count == 4 else { return nil }
+      guard 2 * m * n * k <= SliceRun.productLimit, s.pre.strides.count == 4 else { return nil }
       let p = s.pre.strides
       // Each operand either has every slice of its own or one matrix for all of them.
       func stride(_ st: [Int], _ size: Int) -> Int? { st == p[3] ? size : st.allSatisfy { $0 == 0 } ? 0 : nil }
@@ -233,83 +213,32 @@ extension SliceGroup {
     }
   }
 
-  /// The groups of a schedule: maximal runs of at least two candidates over the same number
-  /// of slices (passive steps may sit between them) that are safe to run slice by slice.
-  /// - Parameter keep: values read after the step (graph outputs, retained values): never scratch.
-  static func find(_ steps: [Executor.Step], keep: Set<ValueID>, threads: Int) -> [SliceGroup] {
-    var readers: [ValueID: [Int]] = [:]
-    for (i, s) in steps.enumerated() { for v in s.node.inputs { readers[v, default: []].append(i) } }
-    var groups: [SliceGroup] = []
-    var i = 0
-    while i < steps.count {
-      guard let first = candidate(steps[i]) else {
-        i += 1
-        continue
-      }
-      var run = [i], j = i + 1, real = 1
-      while j < steps.count {
-        if passive(steps[j]) || hoistable(steps[j]) {
-          run.append(j)
-        } else if let c = candidate(steps[j]), c.slices == first.slices {
-          run.append(j)
-          real += 1
-        } else {
-          break
-        }
-        j += 1
-      }
-      while let last = run.last, passive(steps[last]) || hoistable(steps[last]) { run.removeLast() }
-      if real >= 2, let g = build(run, steps, readers, keep, threads) { groups.append(g) }
-      i = j
-    }
-    return groups
+  /// The slice groups of the memory plan's slice runs: each run whose members the runtime
+  /// can all run by slice, with its scratch laid out, when the memory is as the plan
+  /// promises (checked again here: a run that could differ from step by step runs step by step).
+  static func groups(_ steps: [Executor.Step], runs: [SliceRun], graph: Graph, threads: Int) -> [SliceGroup] {
+    runs.compactMap { build($0, steps, graph, threads) }
   }
 
-  /// Lays out one run: scratch for the values it makes and reads only itself, memory places
-  /// for the rest, and nil when running it slice by slice could differ from step by step.
-  static func build(
-    _ run: [Int], _ steps: [Executor.Step], _ readers: [ValueID: [Int]], _ keep: Set<ValueID>, _ threads: Int
-  ) -> SliceGroup? {
-    let inRun = Set(run)
-    let real = run.filter { !passive(steps[$0]) && !hoistable(steps[$0]) }
-    let hoisted = run.filter { hoistable(steps[$0]) }
-    var source: [ValueID: ValueID] = [:]
-    for p in run where passive(steps[p]) { source[steps[p].node.outputs[0]] = steps[p].node.inputs[0] }
-    func root(_ v: ValueID) -> ValueID {
-      var v = v
-      while let s = source[v] { v = s }
-      return v
-    }
-    // The real members that read v, through the group's views; nil if anything outside does.
-    func insideReaders(_ v: ValueID) -> [Int]? {
-      if keep.contains(v) { return nil }
-      var found: [Int] = []
-      for r in readers[v] ?? [] {
-        guard inRun.contains(r) else { return nil }
-        if passive(steps[r]) {
-          guard let more = insideReaders(steps[r].node.outputs[0]) else { return nil }
-          found += more
-        } else {
-          found.append(r)
-        }
-      }
-      return found
-    }
+  static func build(_ run: SliceRun, _ steps: [Executor.Step], _ g: Graph, _ threads: Int) -> SliceGroup? {
     var cands: [Int: Candidate] = [:]
-    var sliceOf: [ValueID: Int] = [:]  // elements per slice of each member's result
-    for p in real {
-      cands[p] = candidate(steps[p])!
-      sliceOf[steps[p].node.outputs[0]] = cands[p]!.out
+    for p in run.members {
+      guard let c = candidate(steps[p]), c.slices == run.slices else { return nil }
+      cands[p] = c
     }
-    // Scratch: first fit over [made, last read] in schedule positions; a region is reused
-    // only after its value's last reader, never by that reader's own result.
-    var offset: [ValueID: Int] = [:]
+    // Scratch: first fit over [made, last read]; a region is reused only after its value's
+    // last reader, never by that reader's own result.
+    var lastRead: [ValueID: Int] = [:]
+    for p in run.members {
+      for v in steps[p].node.inputs where run.scratch.contains(run.root(v, g)) { lastRead[run.root(v, g)] = p }
+    }
+    var offset: [ValueID: Int] = [:], sliceOf: [ValueID: Int] = [:]
     var live: [(lo: Int, hi: Int, end: Int)] = []
     var scratchFloats = 0
-    for p in real {
-      let v = steps[p].node.outputs[0], size = cands[p]!.out
-      guard size <= scratchLimit, let rs = insideReaders(v), let end = rs.max() else { continue }
-      let padded = (size + 15) / 16 * 16
+    for p in run.members {
+      let v = steps[p].node.outputs[0]
+      guard run.scratch.contains(v), let end = lastRead[v] else { continue }
+      let padded = (cands[p]!.out + 15) / 16 * 16
       var at = 0
       for l in live.filter({ $0.end >= p }).sorted(by: { $0.lo < $1.lo }) {
         if at + padded <= l.lo { break }
@@ -317,28 +246,29 @@ extension SliceGroup {
       }
       live.append((at, at + padded, end))
       offset[v] = at
+      sliceOf[v] = cands[p]!.out
       scratchFloats = max(scratchFloats, at + padded)
     }
     var members: [Member] = []
     // Memory each member touches: (member, byte range, written, base, stride).
     var touches: [(m: Int, range: Range<Int>, write: Bool, base: Int, stride: Int)] = []
-    func touch(_ m: Int, _ b: Buffer, _ stride: Int, write: Bool, slices: Int) {
+    func touch(_ m: Int, _ b: Buffer, _ stride: Int, write: Bool) {
       let lo = Int(bitPattern: b.raw)
-      let bytes = stride == 0 ? b.byteCount : stride * slices * 4
+      let bytes = stride == 0 ? b.byteCount : stride * run.slices * 4
       touches.append((m, lo..<(lo + bytes), write, lo, stride))
     }
-    for (mi, p) in real.enumerated() {
+    for (mi, p) in run.members.enumerated() {
       let s = steps[p], c = cands[p]!
       var ins: [Place] = []
       for (k, v) in s.node.inputs.enumerated() {
-        let r = root(v)
+        let r = run.root(v, g)
         if let o = offset[r] {
           // A view of a scratch value must cut it into the same slices.
           guard c.ins[k] == sliceOf[r] else { return nil }
           ins.append(.scratch(o))
         } else {
           ins.append(.memory(s.ins[k].f32, stride: c.ins[k]))
-          touch(mi, s.ins[k], c.ins[k], write: false, slices: c.slices)
+          touch(mi, s.ins[k], c.ins[k], write: false)
         }
       }
       let out: Place
@@ -346,7 +276,7 @@ extension SliceGroup {
         out = .scratch(o)
       } else {
         out = .memory(s.outs[0].f32, stride: c.out)
-        touch(mi, s.outs[0], c.out, write: true, slices: c.slices)
+        touch(mi, s.outs[0], c.out, write: true)
       }
       members.append(Member(kernel: c.kernel, ins: ins, out: out))
     }
@@ -355,8 +285,7 @@ extension SliceGroup {
     // elementwise kernels, which read each element before writing it.
     for (x, a) in touches.enumerated() {
       for b in touches[(x + 1)...] where (a.write || b.write) && a.range.overlaps(b.range) {
-        let same = a.base == b.base && a.stride == b.stride && a.stride > 0
-        guard same else { return nil }
+        guard a.base == b.base && a.stride == b.stride && a.stride > 0 else { return nil }
         if a.m == b.m {
           switch members[a.m].kernel {
           case .matMul, .transpose: return nil
@@ -365,15 +294,14 @@ extension SliceGroup {
         }
       }
     }
-    // A hoisted constant runs before every member: it must not write memory that a member
-    // scheduled before it touches.
-    for h in hoisted {
+    // A hoisted constant runs before every member: it must not write memory a member touches.
+    for h in run.hoisted {
       let b = steps[h].outs[0], lo = Int(bitPattern: b.raw), range = lo..<(lo + b.byteCount)
-      for t in touches where real[t.m] < h && t.range.overlaps(range) { return nil }
+      for t in touches where run.members[t.m] < h && t.range.overlaps(range) { return nil }
     }
-    let names = real.map { steps[$0].node.op.name }
+    let names = run.members.map { steps[$0].node.op.name }
     return SliceGroup(
-      steps: run, hoisted: hoisted, members: members, slices: cands[real[0]]!.slices, scratchFloats: scratchFloats,
+      steps: run.nodes, hoisted: run.hoisted, members: members, slices: run.slices, scratchFloats: scratchFloats,
       threads: threads, label: "per-slice " + names.joined(separator: "+"))
   }
 }

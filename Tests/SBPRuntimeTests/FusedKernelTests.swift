@@ -1,5 +1,6 @@
 // FusedKernelTests.swift: kernels that the executor runs in place of two nodes give exactly what the two nodes give.
 import SBPIR
+import SBPPasses
 import XCTest
 
 @testable import SBPRuntime
@@ -36,5 +37,37 @@ final class FusedKernelTests: XCTestCase {
       XCTAssertEqual(Array(xi.floats), Array(y0.floats), "\(a): gelu in place")
       XCTAssertEqual(Array(dyi.floats), Array(dx0.floats), "\(a): gelu_grad in place")
     }
+  }
+
+  /// Attention's data movement as the executor runs it, one kernel per pair: transpose →
+  /// split (q, k, v out of the qkv projection) and concat → transpose (their gradients back),
+  /// equal to the transpose, split and concat kernels run one after the other.
+  func testMovementPairsEqualTheirTwoKernels() throws {
+    let shape = [2, 5, 3, 2, 4], perm = [2, 0, 3, 1, 4]
+    var g = Graph(name: "movement")
+    let x = g.addInput("x", TensorType(.f32, shape))
+    let t = try g.append(.transpose(perm), [x])[0]
+    let parts = try g.append(.split(axis: 0, sizes: [1, 1, 1]), [t])
+    let c = try g.append(.concat(axis: 0), [parts[2], parts[0], parts[1]])[0]
+    let y = try g.append(.transpose([1, 3, 0, 2, 4]), [c])[0]
+    g.outputs = parts.map { GraphInput(value: $0, name: "part") } + [GraphInput(value: y, name: "y")]
+    XCTAssertEqual(MemoryPlan.movementPairs(g.nodes, outputs: Set(g.outputs.map(\.value))), [0: 1, 2: 3])
+    let ex = try Executor(graph: g, threads: 2)
+    XCTAssertNotNil(ex.steps[1].pre.movement, "transpose → split runs as one kernel")
+    XCTAssertNotNil(ex.steps[3].pre.movement, "concat → transpose runs as one kernel")
+    let count = shape.reduce(1, *)
+    let xs: [Float] = (0..<count).map { Float($0) * 0.5 - 3 }
+    ex.buffer(x).f32.update(from: xs, count: xs.count)
+    try ex.run()
+    // The same through the plain kernels.
+    let bx = buffer(xs)
+    let bt = Buffer(g.type(of: t)), bparts = parts.map { Buffer(g.type(of: $0)) }, bc = Buffer(g.type(of: c))
+    let by = Buffer(g.type(of: y))
+    Movement.strided(Buffer(viewing: bx.raw, g.type(of: x), base: bx), base: 0, strides: [Movement.transposeStrides(perm, shape)], bt)
+    Movement.split(axis: 0, bt, bparts)
+    Movement.concat(axis: 0, [bparts[2], bparts[0], bparts[1]], bc)
+    Movement.strided(bc, base: 0, strides: [Movement.transposeStrides([1, 3, 0, 2, 4], g.type(of: c).shape)], by)
+    for (v, b) in zip(parts, bparts) { XCTAssertEqual(Array(ex.buffer(v).floats), Array(b.floats), "split result") }
+    XCTAssertEqual(Array(ex.buffer(y).floats), Array(by.floats), "transposed concat")
   }
 }
