@@ -32,6 +32,16 @@ enum VMath {
     x.replacing(with: lo, where: x .< lo).replacing(with: hi, where: x .> hi)
   }
 
+  /// a·b + c, fused into one instruction where the build has FMA (`SBPC_FMA`, set by
+  /// Package.swift from the host CPU), else a multiply and an add.
+  @inline(__always) static func fma(_ a: V8, _ b: V8, _ c: V8) -> V8 {
+    #if SBPC_FMA
+      return c.addingProduct(a, b)
+    #else
+      return a * b + c
+    #endif
+  }
+
   /// e^x. Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2, a degree-6 polynomial for e^r, and
   /// 2^n built in the exponent bits. The round-to-nearest uses the 1.5·2²³ trick, so nothing
   /// needs SSE4.1.
@@ -43,12 +53,12 @@ enum VMath {
     var r = x - n * 0.693_359_375
     r = r - n * -2.121_944_4e-4
     var p = V8(repeating: 1.987_569_15e-4)
-    p = p * r + 1.398_199_95e-3
-    p = p * r + 8.333_451_9e-3
-    p = p * r + 4.166_579_59e-2
-    p = p * r + 0.166_666_655
-    p = p * r + 0.500_000_01
-    p = p * (r * r) + r + 1
+    p = fma(p, r, V8(repeating: 1.398_199_95e-3))
+    p = fma(p, r, V8(repeating: 8.333_451_9e-3))
+    p = fma(p, r, V8(repeating: 4.166_579_59e-2))
+    p = fma(p, r, V8(repeating: 0.166_666_655))
+    p = fma(p, r, V8(repeating: 0.500_000_01))
+    p = fma(p, r * r, r) + 1
     // t's low mantissa bits hold n (|n| < 2²²): 2^n = (n + 127) << 23.
     let bits = unsafeBitCast(t, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
     let scale = unsafeBitCast((bits &+ 127) &<< 23, to: V8.self)
@@ -60,17 +70,17 @@ enum VMath {
   @inline(__always) static func erf(_ x: V8) -> V8 {
     let x = clamp(x, -4, 4)
     let x2 = x * x
-    var p = x2 * -2.726_142_25e-10 + 2.770_681_42e-08
-    p = x2 * p + -2.101_024_02e-06
-    p = x2 * p + -5.692_506_39e-05
-    p = x2 * p + -7.349_906_3e-04
-    p = x2 * p + -2.954_599_8e-03
-    p = x2 * p + -1.609_603_33e-02
+    var p = fma(x2, V8(repeating: -2.726_142_25e-10), V8(repeating: 2.770_681_42e-08))
+    p = fma(x2, p, V8(repeating: -2.101_024_02e-06))
+    p = fma(x2, p, V8(repeating: -5.692_506_39e-05))
+    p = fma(x2, p, V8(repeating: -7.349_906_3e-04))
+    p = fma(x2, p, V8(repeating: -2.954_599_8e-03))
+    p = fma(x2, p, V8(repeating: -1.609_603_33e-02))
     p = x * p
-    var q = x2 * -1.456_607_18e-05 + -2.133_740_55e-04
-    q = x2 * q + -1.682_826_97e-03
-    q = x2 * q + -7.373_329_17e-03
-    q = x2 * q + -1.426_473_9e-02
+    var q = fma(x2, V8(repeating: -1.456_607_18e-05), V8(repeating: -2.133_740_55e-04))
+    q = fma(x2, q, V8(repeating: -1.682_826_97e-03))
+    q = fma(x2, q, V8(repeating: -7.373_329_17e-03))
+    q = fma(x2, q, V8(repeating: -1.426_473_9e-02))
     return p / q
   }
 
