@@ -1,11 +1,12 @@
-// SliceGroups.swift: runs a run of per-slice kernels (attention's products, softmax, scaling) slice by slice instead of op by op.
+// SliceGroups.swift: runs the memory plan's slice runs (attention's products, softmax, scaling) slice by slice instead of node by node.
 import Dispatch
 import SBPIR
 import SBPPasses
 
-/// Consecutive steps that each work on the slices of the same leading axes independently
-/// (batch × heads): small batched matmuls, softmax and its gradient along the last axis, a
-/// transpose of the last two axes, and elementwise ops against a scalar. Run op by op, every
+/// The runtime side of a `SliceRun`: consecutive steps that each work on the slices of the
+/// same leading axes independently (batch × heads): small batched matmuls, softmax and its
+/// gradient along the last axis, a transpose of the last two axes, and elementwise ops
+/// against a scalar. Run op by op, every
 /// head's 197×197 scores go out to memory after the product that makes them and come back
 /// for the softmax and again for the next product. Run slice by slice, one head's scores stay
 /// in L2 across all three, and values made and read only inside the group live in per-thread
@@ -43,7 +44,9 @@ final class SliceGroup {
   /// Floats of scratch per thread.
   let scratchFloats: Int
   let gemmFlops: Int
-  /// Per thread, nanoseconds inside sgemm during the last run (summed by the caller).
+  /// The grouped kernels for the profile: "per-slice matmul+softmax+matmul".
+  let label: String
+  /// Per thread, nanoseconds inside sgemm during the last run (the slowest counts).
   private let gemmNanos: UnsafeMutablePointer<UInt64>
   private let threads: Int
 
@@ -62,9 +65,6 @@ final class SliceGroup {
   }
 
   deinit { gemmNanos.deallocate() }
-
-  /// The grouped kernels for the profile: "per-slice matmul+softmax+matmul".
-  let label: String
 
   /// Runs every member on every slice; slices are split over the threads, each with
   /// single-threaded sgemm (as `GEMM.batched` runs products this small).

@@ -234,10 +234,14 @@ struct Train: ParsableCommand {
   var dumpGrads: String?
   @Flag(
     help:
-      "Time every kernel and print where the step's time goes, by op and by block (one clock read per op; a slice group, such as attention run head by head, is one line).")
+      "Time every kernel and print where the step's time goes, by op and by block (one clock read per op; a slice group, such as attention run head by head, is one line)."
+  )
   var profile = false
   @Flag(
-    name: .customLong("check-numerics"), help: "Stop at the first op that produces a NaN or Inf, naming the op, the block and the step (every op runs on its own, so slice groups run op by op; the results are the same).")
+    name: .customLong("check-numerics"),
+    help:
+      "Stop at the first op that produces a NaN or Inf, naming the op, the block and the step (every op runs on its own, so slice groups run op by op; the results are the same)."
+  )
   var checkNumerics = false
   @OptionGroup var memory: MemoryOptions
 
