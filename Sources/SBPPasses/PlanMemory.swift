@@ -33,6 +33,10 @@ public struct MemoryPlan: Sendable, Equatable {
   public var inputBytes: Int
   /// The im2col workspace of the largest convolution, allocated once beside the arena.
   public var workspaceBytes: Int
+  /// The movement pairs (`movementPairs`) and slice runs (`SliceRun`) this layout made room
+  /// for: the executor fuses exactly these.
+  public var movementPairs: [Int: Int]
+  public var sliceRuns: [SliceRun]
 
   public var totalBytes: Int { arenaBytes + parameterBytes + optimizerStateBytes + gradientBytes + inputBytes + workspaceBytes }
 
@@ -126,13 +130,14 @@ public struct MemoryPlan: Sendable, Equatable {
     for o in g.outputs { lastUse[o.value] = n }
     for v in retaining { lastUse[v] = n }
     let kept = Set(g.outputs.map(\.value)).union(retaining)
-    for (first, second) in MemoryPlan.movementPairs(g.nodes, outputs: kept) {
+    let pairs = MemoryPlan.movementPairs(g.nodes, outputs: kept), runs = SliceRun.find(g, outputs: kept)
+    for (first, second) in pairs {
       for v in g.nodes[first].inputs { lastUse[v] = max(lastUse[v] ?? second, second) }
     }
     // Slice runs: what their members read or write in memory lives from the run's first node
     // to its last, so no member overwrites what another reads for a later slice.
     var startAt: [ValueID: Int] = [:]
-    for run in SliceRun.find(g, outputs: kept) {
+    for run in runs {
       let end = run.nodes.last!
       for m in run.members {
         for v in g.nodes[m].inputs where !run.scratch.contains(run.root(v, g)) { lastUse[v] = max(lastUse[v] ?? end, end) }
@@ -225,6 +230,8 @@ public struct MemoryPlan: Sendable, Equatable {
     inputBytes = g.inputs.reduce(0) { $0 + g.type(of: $1.value).byteCount }
     gradientBytes = gradients.reduce(0) { $0 + g.type(of: $1).byteCount }
     workspaceBytes = workspace / 4 * (activationBytes ?? 4)
+    movementPairs = pairs
+    sliceRuns = runs
   }
 
   /// Bytes of the im2col buffer a convolution node needs: (C/group)·kh·kw rows by the output's

@@ -34,6 +34,8 @@ public final class Buffer: @unchecked Sendable {
   deinit { if owned { raw.deallocate() } }
 
   public var count: Int { type.elementCount }
+  /// The addresses the buffer spans, for overlap checks between buffers.
+  var byteRange: Range<Int> { Int(bitPattern: raw)..<(Int(bitPattern: raw) + byteCount) }
   public var f32: UnsafeMutablePointer<Float> { raw.assumingMemoryBound(to: Float.self) }
   public var i64: UnsafeMutablePointer<Int64> { raw.assumingMemoryBound(to: Int64.self) }
   public var u8: UnsafeMutablePointer<UInt8> { raw.assumingMemoryBound(to: UInt8.self) }

@@ -35,20 +35,26 @@ enum Elementwise {
     }
     let rows = outerRows(shape), width = shape.last ?? 1
     Parallel.chunks(rows, grain: Swift.max(1, grain / Swift.max(width, 1))) { _, range in
-      forEachRow(shape, strides, rows: range) { o, base, n, st in
-        let xa = pa + base[0], xb = pb + base[1], y = po + o
-        switch (st[0], st[1]) {
-        case (1, 1): VMath.map(n, xa, xb, y, f)
-        case (1, 0):
-          let vb = V8(repeating: xb[0])
-          VMath.map(n, xa, y) { f($0, vb) }
-        case (0, 1):
-          let va = V8(repeating: xa[0])
-          VMath.map(n, xb, y) { f(va, $0) }
-        case let (sa, sb):
-          for i in 0..<n { y[i] = f(V8(repeating: xa[i * sa]), V8(repeating: xb[i * sb]))[0] }
-        }
-      }
+      forEachRow(shape, strides, rows: range) { o, base, n, st in row(n, pa + base[0], st[0], pb + base[1], st[1], po + o, f) }
+    }
+  }
+
+  /// y[i] = f(a[i·sa], b[i·sb]) for i < n: vectorized when each operand is contiguous
+  /// (stride 1) or one element splat along the row (stride 0).
+  @inline(__always) static func row(
+    _ n: Int, _ a: UnsafePointer<Float>, _ sa: Int, _ b: UnsafePointer<Float>, _ sb: Int, _ y: UnsafeMutablePointer<Float>,
+    _ f: (V8, V8) -> V8
+  ) {
+    switch (sa, sb) {
+    case (1, 1): VMath.map(n, a, b, y, f)
+    case (1, 0):
+      let vb = V8(repeating: b[0])
+      VMath.map(n, a, y) { f($0, vb) }
+    case (0, 1):
+      let va = V8(repeating: a[0])
+      VMath.map(n, b, y) { f(va, $0) }
+    default:
+      for i in 0..<n { y[i] = f(V8(repeating: a[i * sa]), V8(repeating: b[i * sb]))[0] }
     }
   }
 

@@ -53,13 +53,12 @@ public final class Executor {
   /// the second node's results are written while the first node's operands are still read,
   /// so the two must not overlap (the plan keeps those operands alive to the second node).
   static func pairMovement(_ steps: inout [Step], _ pairs: [Int: Int]) {
-    func range(_ b: Buffer) -> Range<Int> { Int(bitPattern: b.raw)..<(Int(bitPattern: b.raw) + b.byteCount) }
     for (first, second) in pairs.sorted(by: { $0.key < $1.key }) {
       let (a, b) = (steps[first], steps[second])
       switch (a.node.op, b.node.op) {
       case (.transpose(let perm), .split(let axis, let sizes)):
         let x = a.ins[0]
-        guard b.outs.allSatisfy({ !range($0).overlaps(range(x)) }) else { continue }
+        guard b.outs.allSatisfy({ !$0.byteRange.overlaps(x.byteRange) }) else { continue }
         let st = Movement.transposeStrides(perm, x.type.shape)
         var start = 0, bases: [Int] = []
         for n in sizes {
@@ -69,7 +68,7 @@ public final class Executor {
         steps[second].pre.movement = .transposeSplit(x: x, strides: [st], bases: bases)
       case (.concat(let axis), .transpose(let perm)):
         let y = b.outs[0]
-        guard y.type.dtype.byteSize == 4, a.ins.allSatisfy({ !range($0).overlaps(range(y)) }) else { continue }
+        guard y.type.dtype.byteSize == 4, a.ins.allSatisfy({ !$0.byteRange.overlaps(y.byteRange) }) else { continue }
         // Concatenated axis d lands at the result's axis p where perm[p] == d.
         let ys = rowMajorStrides(y.type.shape)
         var st = [Int](repeating: 0, count: perm.count)
@@ -198,9 +197,9 @@ public final class Executor {
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
-    Executor.pairMovement(&steps, MemoryPlan.movementPairs(graph.nodes, outputs: Set(graph.outputs.map(\.value)).union(retaining)))
-    let runs = SliceRun.find(graph, outputs: Set(graph.outputs.map(\.value)).union(retaining))
-    for g in SliceGroup.groups(steps, runs: runs, graph: graph, threads: max(threads, 1)) {
+    // The pairs and runs the memory plan made room for, and only those.
+    Executor.pairMovement(&steps, plan.movementPairs)
+    for g in SliceGroup.groups(steps, runs: plan.sliceRuns, graph: graph, threads: max(threads, 1)) {
       for i in g.steps { steps[i].pre.group = g }
       for i in g.steps.dropFirst() { steps[i].pre.grouped = true }
     }
@@ -216,8 +215,9 @@ public final class Executor {
   /// operand's own memory (elementwise in place) or disjoint from everything both nodes read
   /// and write: any other value whose memory it could share dies before the first node.
   static func pairGelus(_ steps: inout [Step]) {
-    func range(_ b: Buffer) -> Range<Int> { Int(bitPattern: b.raw)..<(Int(bitPattern: b.raw) + b.byteCount) }
-    func sameOrApart(_ a: Buffer, _ b: Buffer) -> Bool { a.raw == b.raw && a.byteCount == b.byteCount || !range(a).overlaps(range(b)) }
+    func sameOrApart(_ a: Buffer, _ b: Buffer) -> Bool {
+      a.raw == b.raw && a.byteCount == b.byteCount || !a.byteRange.overlaps(b.byteRange)
+    }
     var i = 0
     while i + 1 < steps.count {
       let (m, n) = (steps[i].node, steps[i + 1].node)
@@ -236,7 +236,7 @@ public final class Executor {
       let act = grad == i ? i + 1 : i
       let x = steps[grad].ins[0], dy = steps[grad].ins[1], dx = steps[grad].outs[0], y = steps[act].outs[0]
       let early = grad == i ? y : dx  // the result written one node early
-      guard sameOrApart(early, x), sameOrApart(early, dy), !range(y).overlaps(range(dx)), x.count == dy.count else {
+      guard sameOrApart(early, x), sameOrApart(early, dy), !y.byteRange.overlaps(dx.byteRange), x.count == dy.count else {
         i += 1
         continue
       }
@@ -367,14 +367,12 @@ public final class Executor {
       if clipNorm != nil, i == firstUpdate { clipGradients() }
       let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
       defer { if profile { profileNanos[i] &+= DispatchTime.now().uptimeNanoseconds - t0 } }
-      if !checkNumerics {
-        if let g = step.pre.group {
-          if !step.pre.grouped {
-            for h in g.hoisted { try execute(steps[h].node, steps[h].ins, steps[h].outs, steps[h].conv, steps[h].pre) }
-            g.run()
-          }
-          continue
+      if !checkNumerics, let g = step.pre.group {
+        if !step.pre.grouped {
+          for h in g.hoisted { try execute(steps[h].node, steps[h].ins, steps[h].outs, steps[h].conv, steps[h].pre) }
+          g.run()
         }
+        continue
       }
       do { try execute(n, step.ins, step.outs, step.conv, step.pre) } catch let e as RuntimeError {
         throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)")

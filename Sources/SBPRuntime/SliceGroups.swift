@@ -109,32 +109,16 @@ final class SliceGroup {
     case .transpose(let rows, let cols): transpose(rows, cols, x, y)
     case .binary(let op, let count):
       let b = pointer(m.ins[1], s, scratch)
-      // A scalar operand is a splat, as `Elementwise.binary` reads it.
-      let scalarA = m.ins[0].isScalar, scalarB = m.ins[1].isScalar
+      // A scalar operand is a splat (stride 0), as `Elementwise.binary` reads it.
+      let sa = m.ins[0].isScalar ? 0 : 1, sb = m.ins[1].isScalar ? 0 : 1
       switch op {
-      case .add: binary(count, x, b, y, scalarA, scalarB, Add.self)
-      case .sub: binary(count, x, b, y, scalarA, scalarB, Sub.self)
-      case .mul: binary(count, x, b, y, scalarA, scalarB, Mul.self)
-      default: binary(count, x, b, y, scalarA, scalarB, Div.self)
+      case .add: Elementwise.row(count, x, sa, b, sb, y, Add.apply)
+      case .sub: Elementwise.row(count, x, sa, b, sb, y, Sub.apply)
+      case .mul: Elementwise.row(count, x, sa, b, sb, y, Mul.apply)
+      default: Elementwise.row(count, x, sa, b, sb, y, Div.apply)
       }
     }
     return 0
-  }
-
-  @inline(__always) static func binary<F: BinaryKernel>(
-    _ n: Int, _ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ sa: Bool,
-    _ sb: Bool, _: F.Type
-  ) {
-    let f = F.apply
-    switch (sa, sb) {
-    case (false, true):
-      let vb = V8(repeating: b[0])
-      VMath.map(n, a, y) { f($0, vb) }
-    case (true, false):
-      let va = V8(repeating: a[0])
-      VMath.map(n, b, y) { f(va, $0) }
-    default: VMath.map(n, a, b, y, f)
-    }
   }
 
   /// y[c, r] = x[r, c] for one slice, in 16×16 tiles.
@@ -253,7 +237,7 @@ extension SliceGroup {
     // Memory each member touches: (member, byte range, written, base, stride).
     var touches: [(m: Int, range: Range<Int>, write: Bool, base: Int, stride: Int)] = []
     func touch(_ m: Int, _ b: Buffer, _ stride: Int, write: Bool) {
-      let lo = Int(bitPattern: b.raw)
+      let lo = b.byteRange.lowerBound
       let bytes = stride == 0 ? b.byteCount : stride * run.slices * 4
       touches.append((m, lo..<(lo + bytes), write, lo, stride))
     }
@@ -296,7 +280,7 @@ extension SliceGroup {
     }
     // A hoisted constant runs before every member: it must not write memory a member touches.
     for h in run.hoisted {
-      let b = steps[h].outs[0], lo = Int(bitPattern: b.raw), range = lo..<(lo + b.byteCount)
+      let range = steps[h].outs[0].byteRange
       for t in touches where run.members[t.m] < h && t.range.overlaps(range) { return nil }
     }
     let names = run.members.map { steps[$0].node.op.name }
