@@ -73,7 +73,10 @@ def describe(doc, label):
             f"{doc.get('threads', '?')} threads, runs {doc.get('runs', '?')}, "
             f"warm-up {doc.get('warmup', '?')}, keep {doc.get('keep', '?')}, "
             f"attention {doc.get('attention', '?')}, "
-            f"sgemm peak {fmt(doc['sgemm_peak_gflops'], '.1f')} GFLOP/s")
+            f"sgemm peak {fmt(doc['sgemm_peak_gflops'], '.1f')} GFLOP/s"
+            + (f", OpenBLAS core {doc['blas_core']}" if doc.get("blas_core") else "")
+            + (f" (OpenBLAS detected {doc['blas_core_detected']})" if doc.get("blas_core_detected") else "")
+            + (f", CPU capability {doc['cpu_capability']}" if doc.get("cpu_capability") else ""))
 
 
 def table(docs):

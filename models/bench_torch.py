@@ -265,10 +265,12 @@ class SbpcChild(Piped):
 
 
 def sbpc_peak(sbpc, threads):
-    """OpenBLAS's sgemm peak as sbpc measures it (4096^3, median of three)."""
+    """OpenBLAS's sgemm peak as sbpc measures it (4096^3, median of three), the OpenBLAS
+    core it ran on and, when sbpc overrode OpenBLAS's choice, the core OpenBLAS had detected."""
     out = subprocess.run([sbpc, "bench-child", "--peak", "--threads", str(threads)],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[0])
+    words = out.stdout.split()
+    return float(words[0]), (words[1] if len(words) > 1 else None), (words[2] if len(words) > 2 else None)
 
 
 def sbpc_plans(args, folder):
@@ -316,7 +318,7 @@ def bench(args, progress):
     sgemm = Child("sgemm", args)
     peak = sgemm.read()["gflops"]
     sgemm.close()
-    speak = sbpc_peak(args.sbpc, args.threads) if args.sbpc else None
+    speak, score, sdetected = sbpc_peak(args.sbpc, args.threads) if args.sbpc else (None, None, None)
     children, sbpc_children = {}, {}
     folder = tempfile.mkdtemp(prefix="bench_torch-") if args.sbpc else None
     try:
@@ -351,7 +353,7 @@ def bench(args, progress):
         peak = max(peak, sgemm.read()["gflops"])
         sgemm.close()
         if args.sbpc:
-            speak = max(speak, sbpc_peak(args.sbpc, args.threads))
+            speak = max(speak, sbpc_peak(args.sbpc, args.threads)[0])
         plans, splans = [], []
         for plan in args.plans:
             progress(f"{plan}: counting FLOPs")
@@ -366,8 +368,15 @@ def bench(args, progress):
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
     progress.end()
-    sdoc = document("sbpc", args.onnx, args, speak, splans) if args.sbpc else None
-    return document("pytorch", args.model, args, peak, plans), sdoc
+    sdoc = None
+    if args.sbpc:
+        sdoc = document("sbpc", args.onnx, args, speak, splans)
+        sdoc.update({"blas_core": score, "blas_core_detected": sdetected})
+    doc = document("pytorch", args.model, args, peak, plans)
+    import torch
+    # What PyTorch's kernels were built for here (e.g. AVX512), beside sbpc's OpenBLAS core.
+    doc["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return doc, sdoc
 
 
 def print_report(doc):

@@ -70,6 +70,9 @@ struct Bench: ParsableCommand {
     var keep: Double
     var attention: String
     var sgemm_peak_gflops: Double
+    /// OpenBLAS's kernel set, and the one it had picked itself when sbpc overrode it.
+    var blas_core: String
+    var blas_core_detected: String?
     var plans: [Result]
     var speedup: Double?
   }
@@ -137,7 +140,9 @@ struct Bench: ParsableCommand {
       let speedup = results.count == 2 ? results[0].median_s / results[1].median_s : nil
       let report = Report(
         model: model, batch: shape.batch ?? ImportOptions.defaultBatch, threads: threads, runs: runs, warmup: warmup,
-        keep: sbpOptions.keep, attention: sbpOptions.attention.rawValue, sgemm_peak_gflops: peak, plans: results, speedup: speedup)
+        keep: sbpOptions.keep, attention: sbpOptions.attention.rawValue, sgemm_peak_gflops: peak,
+        blas_core: BLASCore.name, blas_core_detected: ProcessInfo.processInfo.environment["SBPC_OPENBLAS_DETECTED"],
+        plans: results, speedup: speedup)
       if json {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -151,7 +156,8 @@ struct Bench: ParsableCommand {
   func table(_ r: Report) -> String {
     var lines = [
       "sbpc bench: \(r.model), batch \(r.batch), \(r.threads) thread\(r.threads == 1 ? "" : "s"), median of \(r.runs) step\(r.runs == 1 ? "" : "s") after \(r.warmup) warm-up",
-      String(format: "sgemm peak (4096³): %.1f GFLOP/s", r.sgemm_peak_gflops),
+      String(format: "sgemm peak (4096³): %.1f GFLOP/s", r.sgemm_peak_gflops) + ", OpenBLAS core \(r.blas_core)"
+        + (r.blas_core_detected.map { " (chosen by sbpc; OpenBLAS detected \($0))" } ?? ""),
       "plan     median    min–max          GFLOP/step  GFLOP/s  of peak   GEMM: GFLOP/s  of peak  of time   peak memory",
     ]
     for p in r.plans {
@@ -252,8 +258,9 @@ struct BenchChild: ParsableCommand {
 
   @Argument var plan: String?
   @Option var threads: Int = 1
-  /// Print the sgemm peak (GFLOP/s, `GEMM.peakGFLOPs`) and exit: for drivers that compare
-  /// frameworks (models/bench_torch.py --sbpc).
+  /// Print the sgemm peak (GFLOP/s, `GEMM.peakGFLOPs`), OpenBLAS's core and the core it had
+  /// detected itself if sbpc overrode it, and exit: for drivers that compare frameworks
+  /// (models/bench_torch.py --sbpc).
   @Flag var peak = false
 
   /// One unbuffered line to the parent.
@@ -264,7 +271,8 @@ struct BenchChild: ParsableCommand {
   func run() throws {
     try reportingErrors {
       if peak {
-        say("\(GEMM.peakGFLOPs(threads: threads))")
+        let detected = ProcessInfo.processInfo.environment["SBPC_OPENBLAS_DETECTED"].map { " \($0)" } ?? ""
+        say("\(GEMM.peakGFLOPs(threads: threads)) \(BLASCore.name)\(detected)")
         return
       }
       guard let plan else { throw ValidationError("bench-child needs a plan or --peak") }

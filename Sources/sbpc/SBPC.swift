@@ -4,13 +4,14 @@ import Foundation
 import SBPIR
 import SBPONNX
 import SBPPasses
+import SBPRuntime
 
 @main
 enum Main {
   /// Parses and runs a command. Unlike ArgumentParser's default, a bad flag value prints one
   /// line (`sbpc: error: …`) and no usage block, like every other error sbpc reports.
   static func main() {
-    spinLessInOpenBLAS()
+    configureOpenBLAS()
     do {
       var command = try SBPC.parseAsRoot()
       try command.run()
@@ -25,16 +26,28 @@ enum Main {
     }
   }
 
-  /// OpenBLAS's idle threads spin (calling sched_yield) for 2²⁸ cycles after each call, which
-  /// takes a core from the runtime's own threaded kernels between GEMMs. The spin is set only
-  /// by OPENBLAS_THREAD_TIMEOUT, read when the library loads, so without it sbpc sets it
-  /// (2¹⁶ cycles: enough to bridge back-to-back calls) and re-executes itself once. A value the
-  /// user set is kept.
-  static func spinLessInOpenBLAS() {
-    guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
-    setenv("OPENBLAS_THREAD_TIMEOUT", "16", 1)
+  /// Two OpenBLAS settings that are read only when the library loads, so sbpc sets them in
+  /// its environment and re-executes itself once (values the user set are kept):
+  /// - OPENBLAS_THREAD_TIMEOUT: OpenBLAS's idle threads spin (calling sched_yield) for 2²⁸
+  ///   cycles after each call, which takes a core from the runtime's own threaded kernels
+  ///   between GEMMs. 2¹⁶ cycles is enough to bridge back-to-back calls.
+  /// - OPENBLAS_CORETYPE: on a CPU newer than the library, OpenBLAS falls back to its SSE3
+  ///   kernels; `BLASCore.coreOverride` names the AVX2 or AVX-512 ones the CPU can run.
+  static func configureOpenBLAS() {
+    var changed = false
+    if getenv("OPENBLAS_THREAD_TIMEOUT") == nil {
+      setenv("OPENBLAS_THREAD_TIMEOUT", "16", 1)
+      changed = true
+    }
+    if getenv("OPENBLAS_CORETYPE") == nil, let core = BLASCore.coreOverride() {
+      // Remembered so that `sbpc bench` can say which core OpenBLAS had chosen.
+      setenv("SBPC_OPENBLAS_DETECTED", BLASCore.name, 1)
+      setenv("OPENBLAS_CORETYPE", core, 1)
+      changed = true
+    }
+    guard changed else { return }
     execv("/proc/self/exe", CommandLine.unsafeArgv)
-    // Only reached if exec failed: run as is, with OpenBLAS's default spin.
+    // Only reached if exec failed: run as is, with OpenBLAS's defaults.
   }
 }
 
