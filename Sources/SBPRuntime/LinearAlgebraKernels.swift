@@ -229,13 +229,18 @@ struct Conv2D {
 
   /// Stride-1 depthwise correlation over zero-padded planes, the fast path of the forward
   /// and of dx: dst[p][y, x] = Σ wts[p mod c][ki, kj] · src[p][y − top + ki·dh, x − left + kj·dw].
-  /// Each thread copies a plane into a padded buffer once, so the 32-column blocks of an
-  /// output row accumulate every tap in registers with no bounds checks.
+  /// Each thread copies a plane into a padded buffer once, so a tile of output rows and
+  /// columns accumulates every tap in registers with no bounds checks. A tile holds eight
+  /// vector accumulators, so eight independent add chains hide the vector unit's latency,
+  /// and its shape follows the plane's width: 2 rows × 32 columns, 4 × 16 or 8 × 8, so
+  /// ConvNeXt's 14- and 7-wide planes do not compute a 32-wide row for 14 or 7 results.
   func correlate(
     _ src: UnsafePointer<Float>, _ srcH: Int, _ srcW: Int, _ wts: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
     _ dstH: Int, _ dstW: Int, top: Int, left: Int
   ) {
-    let padW = (dstW + 31) / 32 * 32 + (kw - 1) * dw, padH = dstH + (kh - 1) * dh
+    let vectors = dstW > 16 ? 4 : dstW > 8 ? 2 : 1, tileRows = 8 / vectors, tileW = 8 * vectors
+    // Spare zero rows below the plane, read by a tile's rows past dstH (their results are dropped).
+    let padW = (dstW + tileW - 1) / tileW * tileW + (kw - 1) * dw, padH = dstH + (kh - 1) * dh + tileRows - 1
     let planes = n * c, chunks = Parallel.chunkCount(planes, grain: 1)
     let scratch = Scratch.floats(chunks * padH * padW, slot: 0)
     Parallel.chunks(planes, grain: 1) { chunk, range in
@@ -243,28 +248,63 @@ struct Conv2D {
       for p in range {
         pad(src + p * srcH * srcW, srcH, srcW, into: buf, padH, padW, top: top, left: left)
         let wc = wts + (p % c) * kh * kw, out = dst + p * dstH * dstW
-        for y in 0..<dstH {
+        var y = 0
+        while y < dstH {
           var x = 0
           while x < dstW {
-            var a0 = V8(), a1 = V8(), a2 = V8(), a3 = V8()
-            for ki in 0..<kh {
-              let row = buf + (y + ki * dh) * padW + x
-              for kj in 0..<kw {
-                let wv = V8(repeating: wc[ki * kw + kj]), q = row + kj * dw
-                a0 += wv * VMath.load(q)
-                a1 += wv * VMath.load(q + 8)
-                a2 += wv * VMath.load(q + 16)
-                a3 += wv * VMath.load(q + 24)
-              }
+            let rows = Swift.min(tileRows, dstH - y), cols = Swift.min(tileW, dstW - x)
+            let t = buf + y * padW + x, o = out + y * dstW + x
+            // Literal widths, so each call inlines with its offsets folded into the loads.
+            switch vectors {
+            case 4: tile(t, padW, wc, vectors: 4, o, dstW, rows, cols)
+            case 2: tile(t, padW, wc, vectors: 2, o, dstW, rows, cols)
+            default: tile(t, padW, wc, vectors: 1, o, dstW, rows, cols)
             }
-            let o = out + y * dstW + x, left = dstW - x
-            for (j, a) in [a0, a1, a2, a3].enumerated() where j * 8 < left {
-              if left - j * 8 >= 8 { VMath.store(a, o + j * 8) } else { VMath.storePartial(a, o + j * 8, left - j * 8) }
-            }
-            x += 32
+            x += tileW
           }
+          y += tileRows
         }
       }
+    }
+  }
+
+  /// One tile of `correlate`: eight accumulators, `vectors` per output row (4, 2 or 1), so
+  /// 8 / vectors rows of 8 · vectors columns, from the padded plane at `t` (row stride
+  /// `padW`) into `o` (row stride `ow`); only `rows` × `cols` of it are stored.
+  @inline(__always) func tile(
+    _ t: UnsafePointer<Float>, _ padW: Int, _ wc: UnsafePointer<Float>, vectors: Int, _ o: UnsafeMutablePointer<Float>, _ ow: Int,
+    _ rows: Int, _ cols: Int
+  ) {
+    // Accumulator k covers row k / vectors, columns 8 · (k % vectors) of the tile.
+    @inline(__always) func at(_ k: Int) -> Int { k / vectors * padW + k % vectors * 8 }
+    let (o0, o1, o2, o3, o4, o5, o6, o7) = (at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7))
+    var a0 = V8(), a1 = V8(), a2 = V8(), a3 = V8(), a4 = V8(), a5 = V8(), a6 = V8(), a7 = V8()
+    // Pointers stepped tap by tap: indices computed with checked arithmetic cost more
+    // instructions than the eight products.
+    var wp = wc, row = t
+    let rowStep = dh * padW
+    for _ in 0..<kh {
+      var q = row
+      for _ in 0..<kw {
+        let w = V8(repeating: wp.pointee)
+        a0 = VMath.fma(w, VMath.load(q + o0), a0)
+        a1 = VMath.fma(w, VMath.load(q + o1), a1)
+        a2 = VMath.fma(w, VMath.load(q + o2), a2)
+        a3 = VMath.fma(w, VMath.load(q + o3), a3)
+        a4 = VMath.fma(w, VMath.load(q + o4), a4)
+        a5 = VMath.fma(w, VMath.load(q + o5), a5)
+        a6 = VMath.fma(w, VMath.load(q + o6), a6)
+        a7 = VMath.fma(w, VMath.load(q + o7), a7)
+        wp += 1
+        q += dw
+      }
+      row += rowStep
+    }
+    for (k, v) in [a0, a1, a2, a3, a4, a5, a6, a7].enumerated() {
+      let r = k / vectors, c = k % vectors * 8
+      guard r < rows, c < cols else { continue }
+      let dst = o + r * ow + c
+      if cols - c >= 8 { VMath.store(v, dst) } else { VMath.storePartial(v, dst, cols - c) }
     }
   }
 
@@ -355,37 +395,38 @@ struct Conv2D {
     }
   }
 
-  /// dW for a 7-wide kernel (ConvNeXt's): per (output row, kernel row), the seven taps'
-  /// dot products accumulate together, so each dy vector is loaded once, not seven times.
+  /// dW for a 7-wide kernel (ConvNeXt's): per kernel row, the seven taps' dot products
+  /// accumulate together over every output row, so each dy vector is loaded once, not seven
+  /// times, and the seven vector sums are reduced to scalars once per kernel row, not once
+  /// per output row (those horizontal sums had cost as much as the products).
   @inline(__always) func tapRows7(
     _ dpad: UnsafePointer<Float>, _ dyW: Int, _ buf: UnsafePointer<Float>, _ padW: Int, _ wc: UnsafeMutablePointer<Float>
   ) {
-    for y in 0..<oh {
-      let g = dpad + y * dyW
-      for ki in 0..<kh {
-        let row = buf + (y + ki * dh) * padW
-        var a0 = V8(), a1 = V8(), a2 = V8(), a3 = V8(), a4 = V8(), a5 = V8(), a6 = V8()
+    for ki in 0..<kh {
+      var a0 = V8(), a1 = V8(), a2 = V8(), a3 = V8(), a4 = V8(), a5 = V8(), a6 = V8()
+      for y in 0..<oh {
+        let g = dpad + y * dyW, row = buf + (y + ki * dh) * padW
         var xo = 0
         while xo < dyW {
           let d = VMath.load(g + xo), q = row + xo
-          a0 += d * VMath.load(q)
-          a1 += d * VMath.load(q + dw)
-          a2 += d * VMath.load(q + 2 * dw)
-          a3 += d * VMath.load(q + 3 * dw)
-          a4 += d * VMath.load(q + 4 * dw)
-          a5 += d * VMath.load(q + 5 * dw)
-          a6 += d * VMath.load(q + 6 * dw)
+          a0 = VMath.fma(d, VMath.load(q), a0)
+          a1 = VMath.fma(d, VMath.load(q + dw), a1)
+          a2 = VMath.fma(d, VMath.load(q + 2 * dw), a2)
+          a3 = VMath.fma(d, VMath.load(q + 3 * dw), a3)
+          a4 = VMath.fma(d, VMath.load(q + 4 * dw), a4)
+          a5 = VMath.fma(d, VMath.load(q + 5 * dw), a5)
+          a6 = VMath.fma(d, VMath.load(q + 6 * dw), a6)
           xo += 8
         }
-        let t = wc + ki * 7
-        t[0] += a0.sum()
-        t[1] += a1.sum()
-        t[2] += a2.sum()
-        t[3] += a3.sum()
-        t[4] += a4.sum()
-        t[5] += a5.sum()
-        t[6] += a6.sum()
       }
+      let t = wc + ki * 7
+      t[0] += a0.sum()
+      t[1] += a1.sum()
+      t[2] += a2.sum()
+      t[3] += a3.sum()
+      t[4] += a4.sum()
+      t[5] += a5.sum()
+      t[6] += a6.sum()
     }
   }
 

@@ -187,6 +187,10 @@ final class GradientCheckTests: XCTestCase {
     try check(conv("conv depthwise 7x7", x: [2, 3, 6, 6], w: [3, 1, 7, 7], stride: 1, pad: 3, group: 3))
     // The padded-plane kernels with rows that are not whole vectors, and with dilation.
     try check(conv("conv depthwise 7x7, 11 wide", x: [1, 2, 5, 11], w: [2, 1, 7, 7], stride: 1, pad: 3, group: 2))
+    // Each tile shape (8 rows × 8, 4 × 16, 2 × 32 columns) with a partial last tile both ways.
+    try check(conv("conv depthwise 7x7, 37 wide, 5 rows", x: [1, 2, 5, 37], w: [2, 1, 7, 7], stride: 1, pad: 3, group: 2))
+    try check(conv("conv depthwise 7x7, 13 wide, 7 rows", x: [1, 2, 7, 13], w: [2, 1, 7, 7], stride: 1, pad: 3, group: 2))
+    try check(conv("conv depthwise 3x3, 7 wide, 11 rows", x: [1, 2, 11, 7], w: [2, 1, 3, 3], stride: 1, pad: 1, group: 2))
     try check(conv("conv depthwise dilated", x: [1, 2, 6, 6], w: [2, 1, 3, 3], stride: 1, pad: 2, group: 2, dilation: 2))
     // The direct depthwise path (stride 2), and taps right of a one-column image for every
     // output column, in both the direct path and im2col.
