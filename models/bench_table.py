@@ -11,7 +11,9 @@ Each file is the output of `python3 models/bench_torch.py --json` ("framework":
 A row per (framework, plan).  Speed-up is the file's no-sbp median over the row's
 median (1.00x on the no-sbp row).  When both sbpc and PyTorch are present, two lines
 follow: sbpc's median step time over PyTorch's, without SBP and with SBP (the first
-file of each framework that has the plan); below 1, sbpc is faster.  A figure that is
+file of each framework that has the plan); below 1, sbpc is faster; and the same
+ratios as the median over rounds of sbpc's k-th step time over PyTorch's k-th (the
+rounds of one bench_torch.py --sbpc run step both back to back).  A figure that is
 null in the file prints as an em dash.
 
     python3 models/bench_table.py torch.json sbpc.json [more.json ...]
@@ -20,6 +22,7 @@ null in the file prints as an em dash.
 import argparse
 import json
 import os
+import statistics
 import sys
 
 NAMES = {"pytorch": "PyTorch", "sbpc": "sbpc"}
@@ -117,6 +120,22 @@ def table(docs):
     if ratios:
         lines += ["", "Median step time, sbpc over PyTorch (below 1: sbpc is faster):", ""]
         lines += [f"- sbpc/PyTorch {PLAN_NAMES[plan]}: {r:.2f}\u00d7" for plan, r in ratios]
+
+    def times(framework, plan):
+        return next((p.get("times_s") for _, doc in docs if doc["framework"] == framework
+                     for p in doc["plans"] if p["name"] == plan), None)
+
+    # bench_torch.py --sbpc steps the plans of both frameworks back to back in each round, so
+    # the k-th times of two plans share the machine's state: their ratio is steadier.
+    rounds = []
+    for plan in PLAN_NAMES:
+        s, t = times("sbpc", plan), times("pytorch", plan)
+        if s and t and len(s) == len(t):
+            rounds.append((plan, statistics.median(a / b for a, b in zip(s, t))))
+    if rounds:
+        lines += ["", "Median of the per-round ratios (round k of each framework; files from one "
+                  "bench_torch.py --sbpc run):", ""]
+        lines += [f"- sbpc/PyTorch {PLAN_NAMES[plan]}: {r:.2f}\u00d7" for plan, r in rounds]
     return lines
 
 
