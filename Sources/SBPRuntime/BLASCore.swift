@@ -45,9 +45,9 @@ public enum BLASCore {
   }
 
   /// The OPENBLAS_CORETYPE to load with, or nil to keep OpenBLAS's own choice. Overrides only
-  /// a fallback to pre-AVX2 kernels on a CPU that has AVX2 or AVX-512: where OpenBLAS knows
-  /// the CPU's family it chose on purpose (it runs AVX2 kernels on some AVX-512 CPUs because
-  /// they are faster there).
+  /// a fallback to pre-AVX2 kernels on a CPU that has AVX2 or AVX-512: a core at AVX2 or above
+  /// means OpenBLAS recognised the CPU, and its choice stands even on an AVX-512 CPU (its
+  /// tables map some of those to AVX2 kernels).
   public static func coreOverride(cpuinfo: String, current: String) -> String? {
     guard let line = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
       let colon = line.firstIndex(of: ":")

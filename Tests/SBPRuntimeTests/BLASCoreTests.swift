@@ -22,7 +22,7 @@ final class BLASCoreTests: XCTestCase {
   }
 
   func testAChoiceOpenBLASMadeForTheCPUIsKept() {
-    // OpenBLAS runs Zen's AVX2 kernels on Zen 4 on purpose; an unknown newer name is trusted too.
+    // A core at AVX2 or above means OpenBLAS recognised the CPU; an unknown (newer) name too.
     XCTAssertNil(BLASCore.coreOverride(cpuinfo: cpuinfo(avx512), current: "Zen"))
     XCTAssertNil(BLASCore.coreOverride(cpuinfo: cpuinfo(avx512), current: "SkylakeX"))
     XCTAssertNil(BLASCore.coreOverride(cpuinfo: cpuinfo(avx512), current: "Haswell"))
