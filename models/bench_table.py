@@ -111,9 +111,13 @@ def table(docs):
               "| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
 
-    def median(framework, plan):
-        return next((p["median_s"] for _, doc in docs if doc["framework"] == framework
+    def field(framework, plan, key):
+        """The first file of the framework with the plan: the plan's `key`, or None."""
+        return next((p.get(key) for _, doc in docs if doc["framework"] == framework
                      for p in doc["plans"] if p["name"] == plan), None)
+
+    def median(framework, plan):
+        return field(framework, plan, "median_s")
 
     ratios = [(plan, median("sbpc", plan), median("pytorch", plan)) for plan in PLAN_NAMES]
     ratios = [(plan, s / t) for plan, s, t in ratios if s is not None and t is not None]
@@ -121,15 +125,11 @@ def table(docs):
         lines += ["", "Median step time, sbpc over PyTorch (below 1: sbpc is faster):", ""]
         lines += [f"- sbpc/PyTorch {PLAN_NAMES[plan]}: {r:.2f}\u00d7" for plan, r in ratios]
 
-    def times(framework, plan):
-        return next((p.get("times_s") for _, doc in docs if doc["framework"] == framework
-                     for p in doc["plans"] if p["name"] == plan), None)
-
     # bench_torch.py --sbpc steps the plans of both frameworks back to back in each round, so
     # the k-th times of two plans share the machine's state: their ratio is steadier.
     rounds = []
     for plan in PLAN_NAMES:
-        s, t = times("sbpc", plan), times("pytorch", plan)
+        s, t = field("sbpc", plan, "times_s"), field("pytorch", plan, "times_s")
         if s and t and len(s) == len(t):
             rounds.append((plan, statistics.median(a / b for a, b in zip(s, t))))
     if rounds:

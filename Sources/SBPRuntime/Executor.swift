@@ -306,6 +306,13 @@ public final class Executor {
   /// the group's time there): the group's kernels, "per-slice matmul+softmax+matmul".
   public func groupLabel(at i: Int) -> String? { steps[i].pre.group?.label }
 
+  /// The profile's name for step i's kernel: its group's label, else the op's name, with
+  /// depthwise convs apart (they run their own kernels, not im2col and sgemm).
+  public func profileLabel(at i: Int) -> String {
+    if let g = groupLabel(at: i) { return g }
+    return steps[i].node.op.name + (steps[i].conv?.depthwise == true ? " (depthwise)" : "")
+  }
+
   /// The buffer holding value `v`.
   public func buffer(_ v: ValueID) -> Buffer { buffers[v.raw]! }
 

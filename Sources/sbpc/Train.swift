@@ -440,15 +440,7 @@ struct Train: ParsableCommand {
     for (i, n) in ex.graph.nodes.enumerated() {
       let ns = ex.profileNanos[i]
       let f = ex.graph.flops(n)
-      var name = ex.groupLabel(at: i) ?? n.op.name
-      // Depthwise convs run their own kernels, not im2col and sgemm: a line of their own.
-      switch n.op {
-      case .conv(let g), .convGradInput(let g, _), .convGradWeight(let g, _):
-        if g.group > 1, let x = n.inputs.first.map({ ex.graph.type(of: $0) }), x.shape.count == 4, g.group == x.shape[1] {
-          name += " (depthwise)"
-        }
-      default: break
-      }
+      let name = ex.profileLabel(at: i)
       let e = byOp[name] ?? (0, 0, 0)
       byOp[name] = (e.ns + ns, e.flops + f.gemm + f.other, e.count + 1)
       let part: String
