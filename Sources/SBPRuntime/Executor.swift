@@ -133,7 +133,9 @@ public final class Executor {
     if retaining.isEmpty { try Executor.checkAnnotations(graph, plan) }
     self.graph = graph
     memory = plan
-    GEMM.setThreads(max(threads, 1))
+    // OpenBLAS runs single-threaded: sbpc splits products over its own worker pool, whose
+    // spinning workers would hold the cores OpenBLAS's threads wait for.
+    GEMM.setThreads(1)
     Parallel.threads = max(threads, 1)
     for n in graph.nodes {
       for o in n.outputs {

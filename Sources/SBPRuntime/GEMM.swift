@@ -26,8 +26,6 @@ public enum GEMM {
       call(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, n)
       return
     }
-    setThreads(1)
-    defer { setThreads(threads) }
     if k >= 4 * Swift.max(m, n) {
       splitDepth(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, parts: threads)
       return
@@ -77,10 +75,13 @@ public enum GEMM {
     }
   }
 
-  /// Products of at least this many FLOPs are split into one block of C per core: OpenBLAS
-  /// 0.3's own threading loses up to a fifth on the tall, thin products of a ViT or ConvNeXt
-  /// (K = 96…768 against M in the tens of thousands), and ties on square ones.
-  static let splitFlops = 1 << 24
+  /// Products of at least this many FLOPs (about 10 µs of work) are split into one block of
+  /// C per core on the worker pool; smaller ones run on the calling thread. OpenBLAS itself
+  /// stays single-threaded: its threading lost up to a fifth on the tall, thin products of a
+  /// ViT or ConvNeXt (K = 96…768 against M in the tens of thousands), and its threads wait
+  /// for cores that the pool's spinning workers hold (a small ViT's step: 13 ms with OpenBLAS
+  /// threading the products under 2²⁴ FLOPs, 10 ms with this split).
+  static let splitFlops = 1 << 21
 
   @inline(__always) static func call(
     _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
@@ -107,9 +108,7 @@ public enum GEMM {
       call(transA, transB, m, n, k, 1, a + oa, lda, b + ob, ldb, 0, c + oc, n)
     }
     if threads > 1 && count >= threads {
-      setThreads(1)
       Parallel.chunks(count, grain: 1) { _, r in for i in r { one(i) } }
-      setThreads(threads)
     } else {
       for i in 0..<count { one(i) }
     }
@@ -124,6 +123,7 @@ public enum GEMM {
   /// one warm-up call, then the median of three.
   public static func peakGFLOPs(threads: Int, size: Int = 4096) -> Double {
     setThreads(threads)
+    defer { setThreads(1) }
     let a = UnsafeMutablePointer<Float>.allocate(capacity: size * size)
     let b = UnsafeMutablePointer<Float>.allocate(capacity: size * size)
     let c = UnsafeMutablePointer<Float>.allocate(capacity: size * size)

@@ -7,8 +7,8 @@ import Synchronization
   import Glibc
 #endif
 
-/// Splits the non-GEMM kernels' work over the executor's threads (OpenBLAS threads its own
-/// calls). Chunks are contiguous and disjoint, so a kernel writing only its own rows needs no
+/// Splits the kernels' work over the executor's threads (a GEMM's parts too: OpenBLAS runs
+/// single-threaded inside a step). Chunks are contiguous and disjoint, so a kernel writing only its own rows needs no
 /// locks; below `grain` items per thread the work runs inline, where a thread hand-off would
 /// cost more than it saves.
 enum Parallel {

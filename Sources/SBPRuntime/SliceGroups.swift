@@ -71,7 +71,6 @@ final class SliceGroup {
   func run() {
     let scratch = Scratch.floats(scratchFloats * threads)
     let chunks = Parallel.chunkCount(slices, grain: 1)
-    GEMM.setThreads(1)
     Parallel.chunks(slices, grain: 1) { chunk, range in
       let base = scratch + chunk * self.scratchFloats
       var nanos: UInt64 = 0
@@ -80,7 +79,6 @@ final class SliceGroup {
       }
       self.gemmNanos[chunk] = nanos
     }
-    GEMM.setThreads(threads)
     // The slowest thread's time in sgemm stands for the group's: the threads run at once.
     var most: UInt64 = 0
     for c in 0..<chunks { most = max(most, gemmNanos[c]) }

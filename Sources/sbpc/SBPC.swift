@@ -29,8 +29,8 @@ enum Main {
   /// Two OpenBLAS settings that are read only when the library loads, so sbpc sets them in
   /// its environment and re-executes itself once (values the user set are kept):
   /// - OPENBLAS_THREAD_TIMEOUT: OpenBLAS's idle threads spin (calling sched_yield) for 2²⁸
-  ///   cycles after each call, which takes a core from the runtime's own threaded kernels
-  ///   between GEMMs. 2¹⁶ cycles is enough to bridge back-to-back calls.
+  ///   cycles after each multi-threaded call, which would take a core from the runtime's
+  ///   kernels. Steps call OpenBLAS single-threaded; the sgemm peak `bench` measures does not.
   /// - OPENBLAS_CORETYPE: on a CPU newer than the library, OpenBLAS falls back to its SSE3
   ///   kernels; `BLASCore.coreOverride` names the AVX2 or AVX-512 ones the CPU can run.
   ///
