@@ -6,7 +6,8 @@ import SBPIR
 /// it allocates), so a weight gradient runs as soon as it can and the activation it reads
 /// dies. With `fuseOptimizer` each update runs as soon as its gradient is complete and every
 /// other reader of its parameter has run (updates overwrite parameters in place), so the
-/// gradient dies there; without it, updates run after the whole backward.
+/// gradient dies there; without it, updates run after the whole backward. A recomputed gelu
+/// runs next to its gelu_grad, which the runtime then runs as one kernel.
 public struct Schedule: Pass {
   public var fuseOptimizer: Bool
   public init(fuseOptimizer: Bool = true) { self.fuseOptimizer = fuseOptimizer }
@@ -73,6 +74,24 @@ public struct Schedule: Pass {
       }
       return freed - nodes[i].outputs.reduce(0) { $0 + graph.type(of: $1).byteCount }
     }
+    // A recomputed gelu(x) runs right beside gelu_grad(x, dy), so that the runtime computes
+    // both in one pass over x (Executor.pairGelus) instead of reading x twice and writing the
+    // activation early. Until the gradient is ready the gelu waits, unless nothing else can run.
+    var partner: [Int: Int] = [:]
+    var gelus: [ValueID: [Int]] = [:]
+    for i in pending.sorted() { if case .gelu = nodes[i].op { gelus[nodes[i].inputs[0], default: []].append(i) } }
+    for g in pending.sorted() {
+      guard case .geluGrad(let a) = nodes[g].op else { continue }
+      let match = (gelus[nodes[g].inputs[0]] ?? []).first { r in
+        if case .gelu(let b) = nodes[r].op, b == a, partner[r] == nil { return true }
+        return false
+      }
+      if let r = match { (partner[g], partner[r]) = (r, g) }
+    }
+    func waiting(_ i: Int) -> Bool {
+      guard case .gelu = nodes[i].op, let g = partner[i], pending.contains(g) else { return false }
+      return !ready(g)
+    }
     while !pending.isEmpty {
       if fuseOptimizer {
         var fused = true
@@ -85,7 +104,9 @@ public struct Schedule: Pass {
         }
         if pending.isEmpty { break }
       }
-      let candidates = pending.filter { !Schedule.isUpdate(nodes[$0].op) && ready($0) }
+      let all = pending.filter { !Schedule.isUpdate(nodes[$0].op) && ready($0) }
+      let unpaired = all.filter { !waiting($0) }
+      let candidates = unpaired.isEmpty ? all : unpaired
       // A node is wanted now when some reader of its results would become ready with it; a
       // recomputation that only reads forward values waits until its reader is close, so it
       // does not hold its result across the backward.
@@ -104,6 +125,7 @@ public struct Schedule: Pass {
         continue
       }
       run(best)
+      if let p = partner[best], pending.contains(p), ready(p) { run(p) }
     }
     graph.nodes = order.map { nodes[$0] }
   }

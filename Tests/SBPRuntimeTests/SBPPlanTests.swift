@@ -65,6 +65,29 @@ final class SBPPlanTests: XCTestCase {
     XCTAssertLessThan(sbp.backwardFlops, plain.backwardFlops)
   }
 
+  /// The schedule puts every backward gelu(x) (the rematerialized activation) next to its
+  /// gelu_grad(x, dy), so the runtime computes both in one pass over x; in an SBP block the
+  /// activation is also read by fc2's weight gradient, which alone would pull it earlier.
+  func testRecomputedGeluRunsBesideItsGradient() throws {
+    for model in [vit, avg, convnext] {
+      for options in [SBPOptions.off, SBPOptions()] {
+        let nodes = try compile(model, options).train.nodes
+        guard let loss = nodes.firstIndex(where: { $0.op == .softmaxCrossEntropy }) else { return XCTFail("no loss in \(model)") }
+        var pairs = 0
+        for (i, n) in nodes.enumerated() where i > loss {
+          guard case .gelu = n.op else { continue }
+          let beside = [i - 1, i + 1].filter { nodes.indices.contains($0) }.contains { j in
+            if case .geluGrad = nodes[j].op { return nodes[j].inputs[0] == n.inputs[0] }
+            return false
+          }
+          XCTAssertTrue(beside, "\(model), \(options): \(n.name) is not beside its gelu_grad")
+          pairs += 1
+        }
+        XCTAssertGreaterThan(pairs, 0, "\(model), \(options)")
+      }
+    }
+  }
+
   /// `sbpc memory`'s FLOPs are what the runtime executes: Σ2MNK of its real sgemm calls plus
   /// its own kernels, within 2%.
   func testStaticFLOPsMatchTheRuntimeCount() throws {
