@@ -70,4 +70,37 @@ final class FusedKernelTests: XCTestCase {
     for (v, b) in zip(parts, bparts) { XCTAssertEqual(Array(ex.buffer(v).floats), Array(b.floats), "split result") }
     XCTAssertEqual(Array(ex.buffer(y).floats), Array(by.floats), "transposed concat")
   }
+
+  /// Transposes that move the contiguous axis (the tiled path, 8×8 blocks in registers plus
+  /// element-by-element edges) equal an index-by-index copy, for sizes below, at and past the
+  /// block and tile widths and with the moved axes anywhere among the others.
+  func testTiledTransposesEqualAnElementByElementCopy() throws {
+    let cases: [([Int], [Int])] = [
+      ([8, 8], [1, 0]), ([7, 9], [1, 0]), ([64, 16], [1, 0]), ([65, 17], [1, 0]), ([3, 130, 24], [0, 2, 1]),
+      ([2, 96, 7, 9], [0, 2, 3, 1]), ([2, 9, 11, 40], [0, 3, 1, 2]), ([5, 3, 16, 8], [2, 0, 3, 1]),
+    ]
+    for (shape, perm) in cases {
+      let count = shape.reduce(1, *)
+      let x = Buffer(TensorType(.f32, shape))
+      for i in 0..<count { x.f32[i] = Float(i) }
+      let outShape = perm.map { shape[$0] }
+      let y = Buffer(TensorType(.f32, outShape))
+      Movement.strided(x, base: 0, strides: [Movement.transposeStrides(perm, shape)], y)
+      // out[i] = x[Σ i_d · stride(perm[d])], walked as an odometer over the output's indices.
+      let inStrides = shape.indices.map { d in shape[(d + 1)...].reduce(1, *) }
+      var index = [Int](repeating: 0, count: outShape.count), wrong = 0
+      for o in 0..<count {
+        let source = zip(index, perm).reduce(0) { $0 + $1.0 * inStrides[$1.1] }
+        if y.f32[o] != Float(source) { wrong += 1 }
+        var d = outShape.count - 1
+        while d >= 0 {
+          index[d] += 1
+          if index[d] < outShape[d] { break }
+          index[d] = 0
+          d -= 1
+        }
+      }
+      XCTAssertEqual(wrong, 0, "\(shape) by \(perm)")
+    }
+  }
 }
