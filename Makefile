@@ -50,6 +50,7 @@ demo: build
 	@$(BIN) memory .build/demo.plan --compare
 	@echo
 	@echo "== sbpc train .build/demo.plan: 5 SBP steps on a fixed batch, a fresh mask each step"
+	@echo "   (the debug build, so the step time says nothing of speed: see make release and sbpc bench)"
 	@$(BIN) train .build/demo.plan --steps 5 --input models/vit_p4_d6.ref/input.npy --labels models/reference/vit_p4_d6/labels.npy
 
 # Heap allocations per training step (the step itself allocates nothing; the loss line costs 2).
