@@ -1,4 +1,4 @@
-// FusedKernelTests.swift: kernels that the executor runs in place of two nodes give exactly what the two nodes give.
+// FusedKernelTests.swift: kernels that run two nodes as one give what the two nodes give, and the blocked transpose gives what an element-by-element copy gives.
 import SBPIR
 import SBPPasses
 import XCTest
