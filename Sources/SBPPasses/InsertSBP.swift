@@ -338,15 +338,17 @@ struct SBPRewriter {
     let r1 = try reshape(t, to: [b, ho, f, wo, f, c], name: name + ".sbp.patches")
     let r2 = try emit(.transpose([0, 1, 3, 2, 4, 5]), [r1], name: name + ".sbp.patches")[0]
     let rows = try reshape(r2, to: [b, ho * wo, f, f, c], name: name + ".sbp.patches")
-    let wf = try reshape(conv.inputs[1], to: [co, c * f * f], name: name + ".sbp.weight")
+    // The weight, not the patches, is put in the patches' (f, f, c) order: it is a few
+    // thousand floats, where the patches are the whole activation (and its backward).
+    let wp = try emit(.transpose([0, 2, 3, 1]), [conv.inputs[1]], name: name + ".sbp.weight")[0]
+    let wf = try reshape(wp, to: [co, f * f * c], name: name + ".sbp.weight")
     var halves: [ValueID] = []
     for (idx, suffix) in [(kept, "kept"), (dropped, "dropped")] {
       let g = try emit(.gatherRows(axis: 1), [rows, idx], name: "\(name).sbp.\(suffix)")[0]
       let ln = try emit(
         .layerNorm(axis: 4, epsilon: eps), [g] + norm.inputs.dropFirst(), name: "\(norm.name).sbp.\(suffix)", attrs: norm.attrs)[0]
       let k = graph.type(of: idx).shape[0]
-      let pt = try emit(.transpose([0, 1, 4, 2, 3]), [ln], name: "\(name).sbp.\(suffix)")[0]
-      let pf = try reshape(pt, to: [b, k, c * f * f], name: "\(name).sbp.\(suffix)")
+      let pf = try reshape(ln, to: [b, k, f * f * c], name: "\(name).sbp.\(suffix)")
       var y = try emit(
         .linear(axis: 2, layout: .outIn), [pf, wf] + conv.inputs.dropFirst(2), name: "\(name).sbp.\(suffix)", attrs: conv.attrs)[0]
       if suffix == "dropped" { y = try emit(.stopGradient, [y], name: name + ".sbp.dropped.stop")[0] }

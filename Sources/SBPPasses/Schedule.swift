@@ -6,8 +6,9 @@ import SBPIR
 /// it allocates), so a weight gradient runs as soon as it can and the activation it reads
 /// dies. With `fuseOptimizer` each update runs as soon as its gradient is complete and every
 /// other reader of its parameter has run (updates overwrite parameters in place), so the
-/// gradient dies there; without it, updates run after the whole backward. A recomputed gelu
-/// runs next to its gelu_grad, which the runtime then runs as one kernel.
+/// gradient dies there; without it, updates run after the whole backward. A recomputation
+/// runs when its reader is about to, and a recomputed gelu next to its gelu_grad, which the
+/// runtime then runs as one kernel.
 public struct Schedule: Pass {
   public var fuseOptimizer: Bool
   public init(fuseOptimizer: Bool = true) { self.fuseOptimizer = fuseOptimizer }
@@ -110,16 +111,27 @@ public struct Schedule: Pass {
       // A node is wanted now when some reader of its results would become ready with it; a
       // recomputation that only reads forward values waits until its reader is close, so it
       // does not hold its result across the backward.
+      // A view reader (a reshape) counts through its own readers: it computes nothing.
       func wanted(_ i: Int) -> Bool {
-        nodes[i].outputs.contains { o in
+        var made = Set(nodes[i].outputs)
+        func close(_ o: ValueID) -> Bool {
           (readers[o] ?? []).contains { r in
-            pending.contains(r)
-              && nodes[r].inputs.allSatisfy { v in nodes[i].outputs.contains(v) || (producer[v].map { done[$0] } ?? true) }
+            guard pending.contains(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || (producer[v].map { done[$0] } ?? true) })
+            else { return false }
+            guard MemoryPlan.isView(nodes[r].op) else { return true }
+            made.formUnion(nodes[r].outputs)
+            return nodes[r].outputs.contains(where: close)
           }
         }
+        return nodes[i].outputs.contains(where: close)
       }
+      // With no reader close, a recomputation still waits: it frees nothing, so a small one
+      // would otherwise win on score and hold its result across the backward's peak (ConvNeXt-
+      // Tiny b8's downsampler norms and weights, read through a reshape: 8 MiB of its arena).
+      func recomputes(_ i: Int) -> Bool { nodes[i].inputs.allSatisfy { v in producer[v].map { $0 <= loss } ?? true } }
       let pool = candidates.filter(wanted)
-      guard let best = (pool.isEmpty ? candidates : pool).max(by: { (score($0), -$0) < (score($1), -$1) }) else {
+      let rest = candidates.filter { !recomputes($0) }
+      guard let best = (!pool.isEmpty ? pool : !rest.isEmpty ? rest : candidates).max(by: { (score($0), -$0) < (score($1), -$1) }) else {
         // Only updates are left (unfused, or waiting on nothing but each other).
         for i in pending.sorted() where ready(i) { run(i) }
         continue

@@ -88,6 +88,54 @@ final class SBPPlanTests: XCTestCase {
     }
   }
 
+  /// A backward node that recomputes from forward values runs only when a reader of its
+  /// result (seen through views such as a reshape) becomes ready with it, or when everything
+  /// else that is ready also recomputes; it never runs early and holds its result across the
+  /// backward. ConvNeXt's downsamplers recompute their norm and their permuted weight through
+  /// a reshape, which once made them run at the start of the backward.
+  func testRecomputationsWaitUntilTheirReaderIsReady() throws {
+    for model in [vit, avg, convnext] {
+      for options in [SBPOptions.off, SBPOptions()] {
+        let g = try compile(model, options).train
+        let nodes = g.nodes
+        guard let loss = nodes.firstIndex(where: { $0.op == .softmaxCrossEntropy }) else { return XCTFail("no loss in \(model)") }
+        var producer: [ValueID: Int] = [:]
+        for (i, n) in nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+        var readers: [ValueID: [Int]] = [:]
+        for (i, n) in nodes.enumerated() { for v in Set(n.inputs) { readers[v, default: []].append(i) } }
+        func fromForward(_ i: Int) -> Bool { nodes[i].inputs.allSatisfy { v in producer[v].map { $0 <= loss } ?? true } }
+        var done = Set(0...loss)
+        func ready(_ k: Int, with made: Set<ValueID>) -> Bool {
+          nodes[k].inputs.allSatisfy { v in made.contains(v) || producer[v].map { done.contains($0) } ?? true }
+        }
+        var checked = 0
+        for i in (loss + 1)..<nodes.count {
+          defer { done.insert(i) }
+          guard fromForward(i), !nodes[i].inputs.isEmpty, !MemoryPlan.isView(nodes[i].op), !Schedule.isUpdate(nodes[i].op) else { continue }
+          // A reader, through views, that this node makes ready.
+          var made = Set(nodes[i].outputs), frontier = nodes[i].outputs, close = false
+          while let v = frontier.popLast(), !close {
+            for r in readers[v] ?? [] where !done.contains(r) && r != i && ready(r, with: made) {
+              if MemoryPlan.isView(nodes[r].op) {
+                made.formUnion(nodes[r].outputs)
+                frontier += nodes[r].outputs
+              } else {
+                close = true
+              }
+            }
+          }
+          // Or nothing but recomputations was ready.
+          let others = ((i + 1)..<nodes.count).contains { k in
+            !fromForward(k) && !Schedule.isUpdate(nodes[k].op) && ready(k, with: [])
+          }
+          XCTAssertTrue(close || !others, "\(model), \(options.text): \(nodes[i].name) runs before any reader is ready")
+          checked += 1
+        }
+        XCTAssertGreaterThan(checked, 0, "\(model), \(options.text)")
+      }
+    }
+  }
+
   /// `sbpc memory`'s FLOPs are what the runtime executes: Σ2MNK of its real sgemm calls plus
   /// its own kernels, within 2%.
   func testStaticFLOPsMatchTheRuntimeCount() throws {
