@@ -5,13 +5,15 @@
 # and the paper's SBP rules) and sbpc's two plans (`sbpc bench-child`) as four child
 # processes stepped in turn, round after round, at the same batch, threads, keep ratio,
 # counted runs and warm-up; then one Markdown table per model from models/bench_table.py. JSON and tables go to $OUT (default bench-results/).
-# Settings: RUNS (5), WARMUP (1), THREADS (2), MODELS (the list below, "name:batch").
+# Settings: RUNS (21), WARMUP (1), THREADS (2), MODELS (the list below, "name:batch"). 21 counted
+# steps per plan, because on a shared 2-vCPU machine a slow spell moves a median of 11 by the
+# few percent that separate the SBP speed-ups from their targets (BENCHMARKS.md); about 15 minutes.
 # Needs the PyTorch tools from models/requirements.txt; exports the models if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SBPC="${SBPC:-.build/release/sbpc}"
 OUT="${OUT:-bench-results}"
-RUNS="${RUNS:-5}"; WARMUP="${WARMUP:-1}"; THREADS="${THREADS:-2}"
+RUNS="${RUNS:-21}"; WARMUP="${WARMUP:-1}"; THREADS="${THREADS:-2}"
 MODELS="${MODELS:-vit_tiny_patch16_224:16 vit_tiny_avg_patch16_224:16 convnext_tiny:8}"
 mkdir -p "$OUT"
 for spec in $MODELS; do
