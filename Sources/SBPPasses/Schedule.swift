@@ -93,6 +93,11 @@ public struct Schedule: Pass {
       guard case .gelu = nodes[i].op, let g = partner[i], pending.contains(g) else { return false }
       return !ready(g)
     }
+    // Backward nodes that read only forward values. With no reader close, a recomputation
+    // still waits: it frees nothing, so a small one would otherwise win on score and hold its
+    // result across the backward's peak (ConvNeXt-Tiny b8's downsampler norms and weights,
+    // read through a reshape: 8 MiB of its arena).
+    let recomputations = Set(pending.filter { i in nodes[i].inputs.allSatisfy { v in producer[v].map { $0 <= loss } ?? true } })
     while !pending.isEmpty {
       if fuseOptimizer {
         var fused = true
@@ -125,12 +130,8 @@ public struct Schedule: Pass {
         }
         return nodes[i].outputs.contains(where: close)
       }
-      // With no reader close, a recomputation still waits: it frees nothing, so a small one
-      // would otherwise win on score and hold its result across the backward's peak (ConvNeXt-
-      // Tiny b8's downsampler norms and weights, read through a reshape: 8 MiB of its arena).
-      func recomputes(_ i: Int) -> Bool { nodes[i].inputs.allSatisfy { v in producer[v].map { $0 <= loss } ?? true } }
       let pool = candidates.filter(wanted)
-      let rest = candidates.filter { !recomputes($0) }
+      let rest = candidates.filter { !recomputations.contains($0) }
       guard let best = (!pool.isEmpty ? pool : !rest.isEmpty ? rest : candidates).max(by: { (score($0), -$0) < (score($1), -$1) }) else {
         // Only updates are left (unfused, or waiting on nothing but each other).
         for i in pending.sorted() where ready(i) { run(i) }
