@@ -124,8 +124,15 @@ public struct BlockSpecError: Error, CustomStringConvertible {
 ///     range := N | A '-' B          (indices within the stage)
 ///
 /// Block indices are global and 0-based; stage-qualified indices count within the stage.
+/// `last:N` and `first:N` with N past the model's depth select every block, as `tail -n`
+/// does, so the design card's `--blocks last:8` works on a shallower model too; `notes` says so.
 public enum BlockSelector {
   public static func parse(_ spec: String, table: BlockTable) throws -> [Int] {
+    var notes: [String] = []
+    return try parse(spec, table: table, notes: &notes)
+  }
+
+  public static func parse(_ spec: String, table: BlockTable, notes: inout [String]) throws -> [Int] {
     let total = table.blocks.count
     let range = total == 0 ? "the model has no SBP blocks" : "valid blocks are 0-\(total - 1) (\(total) blocks)"
     func fail(_ m: String) -> BlockSpecError { BlockSpecError(description: "--blocks '\(spec)': \(m); \(range)") }
@@ -177,7 +184,7 @@ public enum BlockSelector {
         continue
       } else if item.hasPrefix("last:") || item.hasPrefix("first:") {
         let n = try number(item.drop { $0 != ":" }.dropFirst(), "count")
-        guard n <= total else { throw fail("'\(item)' asks for \(n) blocks") }
+        if n > total { notes.append("--blocks \(item): the model has \(total) blocks; all \(total) selected") }
         let idx = table.blocks.map(\.index)
         chosen.formUnion(item.hasPrefix("last:") ? Array(idx.suffix(n)) : Array(idx.prefix(n)))
       } else if item.hasPrefix("stage:") {

@@ -1,5 +1,6 @@
 // Cost.swift: what a training step saves for backward and how many FLOPs it runs, per block, from the graph alone.
 import SBPIR
+import SBPPasses
 
 /// The static cost of one training step. "Saved bytes" are the forward values, other than
 /// parameters and inputs, that some backward op reads, so they are live where the forward
@@ -113,5 +114,39 @@ public struct StepCost: Sendable, Encodable, Equatable {
     forwardFlops = fwd
     backwardFlops = bwd
     optimizerFlops = opt
+  }
+}
+
+/// What a plan saves against the same model compiled with `--keep 1`: the three totals of
+/// `sbpc memory --compare`, for the one-line summary `sbpc compile` prints.
+public struct Savings: Sendable, Equatable {
+  /// The memory plan's total (arena, parameters, optimizer state, inputs, workspace).
+  public var totalBytes: Int
+  public var plainTotalBytes: Int
+  /// Activations saved for the backward.
+  public var savedBytes: Int
+  public var plainSavedBytes: Int
+  /// Forward, backward and optimizer FLOPs of one step.
+  public var stepFlops: Int
+  public var plainStepFlops: Int
+
+  public init(_ plan: Plan, plain: Plan) {
+    let cost = StepCost(train: plan.train), plainCost = StepCost(train: plain.train)
+    totalBytes = MemoryPlan(plan.train).totalBytes
+    plainTotalBytes = MemoryPlan(plain.train).totalBytes
+    savedBytes = cost.savedBytes
+    plainSavedBytes = plainCost.savedBytes
+    stepFlops = cost.stepFlops
+    plainStepFlops = plainCost.stepFlops
+  }
+
+  /// One line: each figure, its `--keep 1` counterpart and the ratio.
+  public var summary: String {
+    func mib(_ b: Int) -> String { String(format: "%.2f", Double(b) / 1_048_576) }
+    func ratio(_ a: Int, _ b: Int) -> String { String(format: "%.3f×", Double(a) / Double(max(b, 1))) }
+    return "against --keep 1: memory \(mib(totalBytes)) / \(mib(plainTotalBytes)) MiB (\(ratio(totalBytes, plainTotalBytes))), "
+      + "saved activations \(mib(savedBytes)) / \(mib(plainSavedBytes)) MiB (\(ratio(savedBytes, plainSavedBytes))), "
+      + String(format: "step FLOPs %.3f / %.3f GFLOP", Double(stepFlops) / 1e9, Double(plainStepFlops) / 1e9)
+      + " (\(ratio(stepFlops, plainStepFlops)))"
   }
 }

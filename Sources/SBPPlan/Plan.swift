@@ -43,6 +43,8 @@ public struct Plan: Sendable {
     let imported = try importONNX(path: model, options: ImportOptions(batch: options.batch, dims: options.dims))
     var eval = imported.graph
     try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&eval)
+    var notes = imported.notes
+    if let spec = options.sbp.blocks, options.sbp.keep < 1 { _ = try BlockSelector.parse(spec, table: BlockTable(eval), notes: &notes) }
     var train = eval
     try PassPipeline(
       passes: [
@@ -53,7 +55,7 @@ public struct Plan: Sendable {
     ).run(&train)
     let path = URL(fileURLWithPath: model).standardizedFileURL.path
     let layout = try SBPLayout.make(eval, options: options.sbp)
-    return (Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout), imported.notes)
+    return (Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout), notes)
   }
 
   /// The plan file: a header, then the two graphs in the text IR.

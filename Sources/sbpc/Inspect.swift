@@ -40,11 +40,12 @@ struct Inspect: ParsableCommand {
       let canonical = g.opHistogram
       try Mark().run(&g)
       let table = BlockTable(g)
-      let selected = try blocks.map { try BlockSelector.parse($0, table: table) } ?? table.defaultSelection
+      var notes = m.notes
+      let selected = try blocks.map { try BlockSelector.parse($0, table: table, notes: &notes) } ?? table.defaultSelection
       let s = ModelSummary(
         model: model, imported: m, canonical: g, importedHistogram: imported, canonicalHistogram: canonical, table: table,
         selected: selected, selectionSpec: blocks ?? table.defaultSpec)
-      printNotes(m.notes)
+      printNotes(notes)
       if json {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]

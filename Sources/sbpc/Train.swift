@@ -18,10 +18,17 @@ struct Compile: ParsableCommand {
       each step, one mask over the token grid picks the kept tokens; the selected blocks'
       MLP/PW-Conv branches and attention cores pass gradient only through them. --keep 1 or
       --blocks none compile plain backpropagation. `sbpc inspect` lists the blocks.
+
+      Without -o the plan is NAME.plan beside NAME.onnx; the last line compares the plan's
+      memory, saved activations and step FLOPs with --keep 1 (--quiet leaves it out).
       """)
 
   @Argument(help: "The ONNX model.") var model: String
-  @Option(name: .shortAndLong, help: "Where to write the plan.") var output: String
+  @Option(
+    name: .shortAndLong,
+    help: "Where to write the plan (default: NAME.plan beside NAME.onnx, or in the current folder when that one is not writable).")
+  var output: String?
+  @Flag(help: "Do not print the line comparing the plan with --keep 1 (that line costs a second compile).") var quiet = false
   @OptionGroup var sbp: SBPFlags
   @Option(
     name: .customLong("max-memory"),
@@ -59,18 +66,19 @@ struct Compile: ParsableCommand {
         optimizer == "sgd"
         ? .sgd(lr: lr, momentum: momentum, weightDecay: weightDecay)
         : .adamw(lr: lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: weightDecay)
-      let (plan, notes) = try Plan.compile(
-        model: model,
-        options: Plan.Options(
-          batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer))
+      let options = Plan.Options(
+        batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer)
+      let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {
         let need = MemoryPlan(plan.train).totalBytes
         if need > limit { throw PlanError(try fitting(need: need, limit: limit, options: plan.sbp, opt: opt)) }
       }
+      let (output, note) = try PlanOutput.resolve(model: model, output: self.output)
       guard FileManager.default.createFile(atPath: output, contents: Data(plan.serialized().utf8)) else {
         throw PlanError("\(output): cannot write")
       }
+      if let note { printNotes([note]) }
       if let memoryPlan {
         let m = try Memory.parse([output])
         let out = try m.render(plan)
@@ -85,6 +93,11 @@ struct Compile: ParsableCommand {
         print("SBP blocks: \(l.blocks.map(String.init).joined(separator: ","))")
       } else {
         print("SBP: off (\(sbp.options.keep >= 1 ? "--keep 1" : "no block selected")); plain backpropagation")
+      }
+      if plan.layout != nil, !quiet {
+        var plainOptions = options
+        plainOptions.sbp = .off
+        print(Savings(plan, plain: try Plan.compile(model: model, options: plainOptions).0).summary)
       }
     }
   }

@@ -46,7 +46,7 @@ CASES=(
 "checkpoint: none in the --resume folder|train Fuzz/corpus/plan/linear-sgd.plan --resume Tests/Fixtures/bad"
 "flag: --batch out of range|inspect models/vit_p4_d6_ts17.onnx --batch 0"
 "flag: --dim not NAME=N|inspect models/vit_p4_d6_ts17.onnx --dim oops"
-"flag: --blocks out of range|inspect models/vit_p4_d6_ts17.onnx --blocks last:9"
+"flag: --blocks out of range|inspect models/vit_p4_d6_ts17.onnx --blocks 2-6"
 "flag: --blocks malformed|inspect models/vit_p4_d6_ts17.onnx --blocks stage:0[1"
 "flag: unknown pass|opt Tests/Fixtures/ok_linear.onnx --passes canonicalize,nosuch"
 "flag: bench --runs out of range|bench Tests/Fixtures/ok_linear.onnx --runs 0"

@@ -5,7 +5,7 @@ import XCTest
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
 /// Runs sbpc with `args`; returns exit status, stdout and stderr.
-func sbpc(_ args: [String]) throws -> (Int32, String, String) {
+func sbpc(_ args: [String], in folder: String? = nil) throws -> (Int32, String, String) {
   // The test bundle sits in the products folder beside the sbpc binary (or is that folder, on Linux).
   let here = Bundle(for: CLITests.self).bundleURL
   let bin =
@@ -14,7 +14,7 @@ func sbpc(_ args: [String]) throws -> (Int32, String, String) {
   let p = Process()
   p.executableURL = bin
   p.arguments = args
-  p.currentDirectoryURL = URL(fileURLWithPath: root)
+  p.currentDirectoryURL = URL(fileURLWithPath: folder ?? root)
   let out = Pipe(), err = Pipe()
   p.standardOutput = out
   p.standardError = err

@@ -144,3 +144,60 @@ final class SBPCLITests: XCTestCase {
     XCTAssertTrue(table.contains("memory plan: arena") && table.contains("at the peak: saved for backward"), table)
   }
 }
+
+/// Issue 20: the design card's command works as typed, then `sbpc train` runs what it wrote.
+final class DesignCardTests: XCTestCase {
+  /// The `sbpc` lines of README.md's quick start, as words.
+  func quickStart() throws -> [[String]] {
+    let readme = try String(contentsOfFile: root + "/README.md", encoding: .utf8)
+    guard let section = readme.components(separatedBy: "## Quick start").dropFirst().first,
+      let block = section.components(separatedBy: "```sh\n").dropFirst().first?.components(separatedBy: "```").first
+    else {
+      XCTFail("README.md has no quick start with an sh block")
+      return []
+    }
+    return block.split(separator: "\n").filter { $0.hasPrefix("sbpc ") }.map { $0.split(separator: " ").dropFirst().map(String.init) }
+  }
+
+  func testTheCardsCommandWritesModelPlanAndTrainRunsIt() throws {
+    let lines = try quickStart()
+    XCTAssertEqual(lines, [["compile", "model.onnx", "--keep", "0.5", "--blocks", "last:8"], ["train", "model.plan"]])
+    guard lines.count == 2 else { return }
+    let d = try tmp()
+    try FileManager.default.copyItem(atPath: root + "/models/vit_p4_d6_ts17.onnx", toPath: d + "/model.onnx")
+    let (s, out, err) = try sbpc(lines[0], in: d)
+    XCTAssertEqual(s, 0, err)
+    XCTAssertTrue(out.contains("compiled model.onnx -> model.plan"), out)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: d + "/model.plan"))
+    // The tiny ViT has 6 blocks: last:8 takes them all, and says so.
+    XCTAssertTrue(err.contains("--blocks last:8: the model has 6 blocks; all 6 selected"), err)
+    // What was saved, against --keep 1, by default; --quiet drops the line.
+    let summary = out.split(separator: "\n").first { $0.hasPrefix("against --keep 1: memory ") }
+    XCTAssertNotNil(summary, out)
+    XCTAssertTrue(summary?.contains("saved activations") == true && summary?.contains("step FLOPs") == true, out)
+    let (t, tout, terr) = try sbpc(lines[1] + ["--steps", "2"], in: d)
+    XCTAssertEqual(t, 0, terr)
+    XCTAssertTrue(tout.contains("step 2/2"), tout)
+    // A second compile replaces the plan it wrote; --quiet leaves out the comparison.
+    let (q, qout, qerr) = try sbpc(["compile", "model.onnx", "--quiet"], in: d)
+    XCTAssertEqual(q, 0, qerr)
+    XCTAssertFalse(qout.contains("against --keep 1"), qout)
+  }
+
+  /// The default output never replaces a file that is not a plan, and no output is the model.
+  func testTheDefaultOutputRefusesToOverwriteOtherFiles() throws {
+    let d = try tmp()
+    try FileManager.default.copyItem(atPath: root + "/models/vit_p4_d6_ts17.onnx", toPath: d + "/model.onnx")
+    try Data("my notes\n".utf8).write(to: URL(fileURLWithPath: d + "/model.plan"))
+    let (s, out, err) = try sbpc(["compile", "model.onnx", "--batch", "1"], in: d)
+    XCTAssertEqual(s, 1)
+    XCTAssertEqual(out, "")
+    XCTAssertTrue(err.hasSuffix("sbpc: error: model.plan: exists and is not an sbpc plan; not overwriting it (give -o PATH)\n"), err)
+    XCTAssertEqual(try String(contentsOfFile: d + "/model.plan", encoding: .utf8), "my notes\n")
+    let before = try Data(contentsOf: URL(fileURLWithPath: d + "/model.onnx"))
+    let (s2, _, err2) = try sbpc(["compile", "model.onnx", "--batch", "1", "-o", "./model.onnx"], in: d)
+    XCTAssertEqual(s2, 1)
+    XCTAssertTrue(err2.contains("./model.onnx: is the model itself"), err2)
+    XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: d + "/model.onnx")), before)
+  }
+}
