@@ -53,8 +53,8 @@ public enum Op: Sendable, Hashable {
   case add, sub, mul, div, pow
   case equal
   case select  // ONNX Where(cond, x, y)
-  // Elementwise unary
-  case sqrt, erf, tanh, exp, neg, relu, sigmoid, reciprocal
+  /// An elementwise function of one operand (`Unary` holds the functions and their traits).
+  case unary(Unary)
   case cast(DType)
   // Linear algebra
   case matMul
@@ -65,7 +65,6 @@ public enum Op: Sendable, Hashable {
   // Normalization and activations
   /// Normalizes over axes [axis, rank). Inputs: x, scale, optional bias.
   case layerNorm(axis: Int, epsilon: Double)
-  case gelu(GeluApproximation)
   case softmax(axis: Int)
   // Data movement; shapes are static payloads.
   case reshape([Int])
@@ -95,10 +94,8 @@ public enum Op: Sendable, Hashable {
   // Backward ops that autodiff emits (no gradients of their own).
   /// Inputs: logits, labels, dloss → dlogits.
   case softmaxCrossEntropyGrad
-  /// Inputs: x, dy → dx.
-  case geluGrad(GeluApproximation)
-  /// Inputs: x, dy → dx.
-  case reluGrad
+  /// dy·f′(x) for `unary(f)`. Inputs: x, dy → dx. Printed as the function's name + `_grad`.
+  case unaryGrad(Unary)
   /// Inputs: y (the softmax output), dy → dx.
   case softmaxGrad(axis: Int)
   /// Inputs: x, scale, dy → dx, dscale, dbias.
@@ -130,21 +127,13 @@ public enum Op: Sendable, Hashable {
     case .pow: return "pow"
     case .equal: return "equal"
     case .select: return "select"
-    case .sqrt: return "sqrt"
-    case .erf: return "erf"
-    case .tanh: return "tanh"
-    case .exp: return "exp"
-    case .neg: return "neg"
-    case .relu: return "relu"
-    case .sigmoid: return "sigmoid"
-    case .reciprocal: return "reciprocal"
+    case .unary(let f): return f.name
     case .cast: return "cast"
     case .matMul: return "matmul"
     case .linear: return "linear"
     case .gemm: return "gemm"
     case .conv: return "conv"
     case .layerNorm: return "layer_norm"
-    case .gelu: return "gelu"
     case .softmax: return "softmax"
     case .reshape: return "reshape"
     case .transpose: return "transpose"
@@ -163,8 +152,7 @@ public enum Op: Sendable, Hashable {
     case .stopGradient: return "stop_gradient"
     case .softmaxCrossEntropy: return "softmax_cross_entropy"
     case .softmaxCrossEntropyGrad: return "softmax_cross_entropy_grad"
-    case .geluGrad: return "gelu_grad"
-    case .reluGrad: return "relu_grad"
+    case .unaryGrad(let f): return f.name + "_grad"
     case .softmaxGrad: return "softmax_grad"
     case .layerNormGrad: return "layer_norm_grad"
     case .convGradInput: return "conv_grad_input"
@@ -185,11 +173,10 @@ public enum Op: Sendable, Hashable {
       case .floats(let v): return ["value": .floats(v)]
       case .ints(let v): return ["value": .ints(v.map { Int($0) })]
       }
-    case .add, .sub, .mul, .div, .pow, .equal, .select, .sqrt, .erf, .tanh, .exp, .neg, .relu,
-      .sigmoid, .reciprocal, .matMul, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
-      .softmaxCrossEntropyGrad, .reluGrad:
+    case .add, .sub, .mul, .div, .pow, .equal, .select, .matMul, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
+      .softmaxCrossEntropyGrad:
       return [:]
-    case .geluGrad(let a): return ["approximate": .string(a.rawValue)]
+    case .unary(let f), .unaryGrad(let f): return f.attributes
     case .softmaxGrad(let axis): return ["axis": .int(axis)]
     case .layerNormGrad(let axis, let eps): return ["axis": .int(axis), "epsilon": .float(eps)]
     case .convGradInput(let g, let shape):
@@ -219,7 +206,6 @@ public enum Op: Sendable, Hashable {
     case .conv(let g):
       return ["strides": .ints(g.strides), "pads": .ints(g.pads), "dilations": .ints(g.dilations), "group": .int(g.group)]
     case .layerNorm(let axis, let eps): return ["axis": .int(axis), "epsilon": .float(eps)]
-    case .gelu(let a): return ["approximate": .string(a.rawValue)]
     case .softmax(let axis): return ["axis": .int(axis)]
     case .reshape(let s): return ["shape": .ints(s)]
     case .transpose(let p): return ["perm": .ints(p)]
@@ -238,14 +224,14 @@ public enum Op: Sendable, Hashable {
   }
 
   /// Every op name the text form accepts.
-  public static let allNames: [String] = [
-    "constant", "add", "sub", "mul", "div", "pow", "equal", "select", "sqrt", "erf", "tanh", "exp", "neg",
-    "relu", "sigmoid", "reciprocal", "cast", "matmul", "linear", "gemm", "conv", "layer_norm", "gelu",
-    "softmax", "reshape", "transpose", "slice", "gather", "concat", "split", "gather_rows", "scatter_rows", "squeeze", "unsqueeze",
-    "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
-    "softmax_cross_entropy_grad", "gelu_grad", "relu_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input",
-    "conv_grad_weight", "linear_grad_weight", "slice_grad", "gather_grad", "sgd", "adamw",
-  ]
+  public static let allNames: [String] =
+    [
+      "constant", "add", "sub", "mul", "div", "pow", "equal", "select", "cast", "matmul", "linear", "gemm", "conv", "layer_norm",
+      "softmax", "reshape", "transpose", "slice", "gather", "concat", "split", "gather_rows", "scatter_rows", "squeeze", "unsqueeze",
+      "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
+      "softmax_cross_entropy_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input", "conv_grad_weight", "linear_grad_weight",
+      "slice_grad", "gather_grad", "sgd", "adamw",
+    ] + Unary.all.map(\.name).uniqued() + Unary.all.map { $0.name + "_grad" }.uniqued()
 
   /// Rebuilds an op from its text name and payload attributes. `resultType` is needed by
   /// `constant`, whose dtype and shape are given by its type annotation.
@@ -270,14 +256,6 @@ public enum Op: Sendable, Hashable {
     case "pow": self = .pow
     case "equal": self = .equal
     case "select": self = .select
-    case "sqrt": self = .sqrt
-    case "erf": self = .erf
-    case "tanh": self = .tanh
-    case "exp": self = .exp
-    case "neg": self = .neg
-    case "relu": self = .relu
-    case "sigmoid": self = .sigmoid
-    case "reciprocal": self = .reciprocal
     case "cast":
       let s = try a.string("to")
       guard let t = DType(rawValue: s) else { throw IRError.attribute("cast: unknown dtype '\(s)'") }
@@ -295,12 +273,6 @@ public enum Op: Sendable, Hashable {
         ConvGeometry(
           strides: try a.ints("strides"), pads: try a.ints("pads"), dilations: try a.ints("dilations"), group: try a.int("group")))
     case "layer_norm": self = .layerNorm(axis: try a.int("axis"), epsilon: try a.float("epsilon"))
-    case "gelu":
-      let s = try a.string("approximate")
-      guard let g = GeluApproximation(rawValue: s) else {
-        throw IRError.attribute("gelu: approximate must be \"none\" or \"tanh\", got '\(s)'")
-      }
-      self = .gelu(g)
     case "softmax": self = .softmax(axis: try a.int("axis"))
     case "reshape": self = .reshape(try a.ints("shape"))
     case "transpose": self = .transpose(try a.ints("perm"))
@@ -320,13 +292,6 @@ public enum Op: Sendable, Hashable {
     case "stop_gradient": self = .stopGradient
     case "softmax_cross_entropy": self = .softmaxCrossEntropy
     case "softmax_cross_entropy_grad": self = .softmaxCrossEntropyGrad
-    case "gelu_grad":
-      let s = try a.string("approximate")
-      guard let g = GeluApproximation(rawValue: s) else {
-        throw IRError.attribute("gelu_grad: approximate must be \"none\" or \"tanh\", got '\(s)'")
-      }
-      self = .geluGrad(g)
-    case "relu_grad": self = .reluGrad
     case "softmax_grad": self = .softmaxGrad(axis: try a.int("axis"))
     case "layer_norm_grad": self = .layerNormGrad(axis: try a.int("axis"), epsilon: try a.float("epsilon"))
     case "conv_grad_input", "conv_grad_weight":
@@ -352,24 +317,21 @@ public enum Op: Sendable, Hashable {
         lr: try a.float("lr"), beta1: try a.float("beta1"), beta2: try a.float("beta2"), epsilon: try a.float("epsilon"),
         weightDecay: try a.float("weight_decay"))
     default:
-      throw IRError.attribute("unknown op '\(name)'")
+      if let f = try Unary(name: name, attributes: a) {
+        self = .unary(f)
+      } else if name.hasSuffix("_grad"), let f = try Unary(name: String(name.dropLast("_grad".count)), attributes: a) {
+        self = .unaryGrad(f)
+      } else {
+        throw IRError.attribute("unknown op '\(name)'")
+      }
     }
   }
+}
 
-  /// True for ops that apply one function per element (after broadcasting); the memory
-  /// planner may run these in place.
-  public var isElementwise: Bool {
-    switch self {
-    case .add, .sub, .mul, .div, .pow, .equal, .select, .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid,
-      .reciprocal, .cast, .gelu:
-      return true
-    case .reluGrad, .geluGrad:
-      return true
-    case .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose, .slice,
-      .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool,
-      .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .convGradInput,
-      .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
-      return false
-    }
+extension Array where Element: Hashable {
+  /// The elements in order, each once.
+  func uniqued() -> [Element] {
+    var seen = Set<Element>()
+    return filter { seen.insert($0).inserted }
   }
 }

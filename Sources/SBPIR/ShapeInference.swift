@@ -94,7 +94,7 @@ extension Op {
         throw fail("cannot broadcast \(t[0]), \(t[1]) and \(t[2])")
       }
       return [try checked(s, t[1].dtype)]
-    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu:
+    case .unary:
       try arity(1)
       return [t[0]]
     case .softmax(let a):
@@ -279,7 +279,7 @@ extension Op {
         throw fail("expects logits, labels and a scalar dloss")
       }
       return [t[0]]
-    case .geluGrad, .reluGrad:
+    case .unaryGrad:
       try arity(2)
       guard t[0] == t[1] else { throw fail("x \(t[0]) and dy \(t[1]) differ") }
       return [t[0]]

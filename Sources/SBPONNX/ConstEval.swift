@@ -179,17 +179,11 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
         dtype: x[1].dtype, shape: shape, floats: (0..<n).map { c[ic[$0]] != 0 ? x[1].floats[ia[$0]] : x[2].floats[ib[$0]] })
     }
     return ConstTensor(dtype: x[1].dtype, shape: shape, ints: (0..<n).map { c[ic[$0]] != 0 ? x[1].ints[ia[$0]] : x[2].ints[ib[$0]] })
-  case .sqrt, .neg, .reciprocal:
+  case .unary(let f):
     guard x[0].dtype.isFloat else {
-      return op == .neg ? ConstTensor(dtype: x[0].dtype, shape: shape, ints: x[0].ints.map { 0 &- $0 }) : nil
+      return f == .neg ? ConstTensor(dtype: x[0].dtype, shape: shape, ints: x[0].ints.map { 0 &- $0 }) : nil
     }
-    let v = x[0].floats.map { p -> Double in
-      switch op {
-      case .sqrt: return p.squareRoot()
-      case .neg: return -p
-      default: return 1 / p
-      }
-    }
+    let v = x[0].floats.map(f.apply)
     return ConstTensor(dtype: x[0].dtype, shape: shape, floats: x[0].dtype == .f64 ? v : v.map { Double(Float($0)) })
   case .cast(let d):
     var t = x[0].cast(to: d)
@@ -251,10 +245,10 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
       }
     }
     return t
-  case .constant, .erf, .tanh, .exp, .relu, .sigmoid, .matMul, .linear, .gemm, .conv, .layerNorm, .gelu, .softmax,
+  case .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
     .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
     .softmaxCrossEntropyGrad,
-    .geluGrad, .reluGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad,
+    .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad,
     .gatherGrad, .sgd, .adamw:
     // Only shape arithmetic folds; training ops never appear in an imported graph.
     return nil

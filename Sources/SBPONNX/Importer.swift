@@ -431,14 +431,14 @@ private struct Importer {
       case "Pow": return try binary(.pow)
       case "Equal": return try binary(.equal)
       case "Where": return try emit(.select, [try required(0), try required(1), try required(2)])
-      case "Sqrt": return try unary(.sqrt)
-      case "Erf": return try unary(.erf)
-      case "Tanh": return try unary(.tanh)
-      case "Exp": return try unary(.exp)
-      case "Neg": return try unary(.neg)
-      case "Relu": return try unary(.relu)
-      case "Sigmoid": return try unary(.sigmoid)
-      case "Reciprocal": return try unary(.reciprocal)
+      case "Sqrt": return try unary(.unary(.sqrt))
+      case "Erf": return try unary(.unary(.erf))
+      case "Tanh": return try unary(.unary(.tanh))
+      case "Exp": return try unary(.unary(.exp))
+      case "Neg": return try unary(.unary(.neg))
+      case "Relu": return try unary(.unary(.relu))
+      case "Sigmoid": return try unary(.unary(.sigmoid))
+      case "Reciprocal": return try unary(.unary(.reciprocal))
       case "MatMul": return try binary(.matMul)
       case "Gemm":
         var ins = [try required(0), try required(1)]
@@ -456,7 +456,7 @@ private struct Importer {
       case "Gelu":
         let a = try string("approximate", "none")
         guard let g = GeluApproximation(rawValue: a) else { throw err("unknown approximate '\(a)'") }
-        return try unary(.gelu(g))
+        return try unary(.unary(.gelu(g)))
       case "Softmax": return try unary(.softmax(axis: try axis(-1, rank: importer.type(try required(0)).rank)))
       case "Reshape":
         let x = try required(0)

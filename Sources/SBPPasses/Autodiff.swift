@@ -90,12 +90,6 @@ extension Graph {
   /// Optimizer updates overwrite parameters in place, so every reader of a parameter must run
   /// before its update; passes that add readers after autodiff call this to put updates last.
   public mutating func moveUpdatesLast() {
-    let isUpdate: (Node) -> Bool = {
-      switch $0.op {
-      case .sgd, .adamw: return true
-      default: return false
-      }
-    }
-    nodes = nodes.filter { !isUpdate($0) } + nodes.filter(isUpdate)
+    nodes = nodes.filter { !$0.op.isUpdate } + nodes.filter { $0.op.isUpdate }
   }
 }

@@ -1,8 +1,8 @@
-// Canonicalize.swift: raises the forms exporters emit to `linear`, `gelu` and `layer_norm`.
+// Canonicalize.swift: raises the forms exporters emit to `linear`, `gelu`, `silu` and `layer_norm`.
 import SBPIR
 
 /// Raises MatMul+bias and Gemm to `linear`, 1×1 convs to `linear` on the channel axis, the erf
-/// and tanh GELU chains to `gelu`, decomposed LayerNorm to `layer_norm`, a spatial mean to
+/// and tanh GELU chains to `gelu`, x·sigmoid(x) to `silu`, decomposed LayerNorm to `layer_norm`, a spatial mean to
 /// `global_average_pool`, and removes data movement that does nothing (an identity gather,
 /// chained or no-op reshapes), so later passes match one form whichever exporter or opset
 /// produced the model.
@@ -10,11 +10,11 @@ public struct Canonicalize: Pass {
   public init() {}
   public let name = "canonicalize"
   public let summary =
-    "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, LayerNorm forms to layer_norm, spatial means to global_average_pool; drop no-op data movement"
+    "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, x*sigmoid(x) to silu, LayerNorm forms to layer_norm, spatial means to global_average_pool; drop no-op data movement"
 
   public static let patterns: [any RewritePattern] = [
     LinearFromMatMul(), LinearFromGemm(), LinearFromPointwiseConv(), LinearBias(),
-    GeluFromErf(), GeluFromTanh(), LayerNormFromDecomposed(),
+    GeluFromErf(), GeluFromTanh(), SiluFromSigmoid(), LayerNormFromDecomposed(),
     GlobalAveragePoolFromMean(), GatherIdentity(), ReshapeChain(),
   ]
 
@@ -162,11 +162,11 @@ struct GeluFromErf: RewritePattern {
   let name = "gelu-from-erf"
   func match(_ root: Node, _ ud: UseDef) -> Replacement? {
     let x = geluProduct(root, ud) { x, f in
-      guard let e = ud.def(f, { $0 == .erf }) else { return false }
+      guard let e = ud.def(f, { $0 == .unary(.erf) }) else { return false }
       return ud.isScaled(e.inputs[0], of: x, by: 0.5.squareRoot())
     }
     guard let x else { return nil }
-    return Replacement(nodes: [NewNode(.gelu(.none), [.value(x)], name: root.name)], results: [.result(node: 0, output: 0)])
+    return Replacement(nodes: [NewNode(.unary(.gelu(.none)), [.value(x)], name: root.name)], results: [.result(node: 0, output: 0)])
   }
 }
 
@@ -175,7 +175,7 @@ struct GeluFromTanh: RewritePattern {
   let name = "gelu-from-tanh"
   func match(_ root: Node, _ ud: UseDef) -> Replacement? {
     let x = geluProduct(root, ud) { x, f in
-      guard let t = ud.def(f, { $0 == .tanh }) else { return false }
+      guard let t = ud.def(f, { $0 == .unary(.tanh) }) else { return false }
       let outer = ud.productLeaves(t.inputs[0])
       guard outer.count == 2, let c = outer.firstIndex(where: { near(ud.scalar($0), (2 / Double.pi).squareRoot(), tol: 1e-4) }),
         let sum = ud.def(outer[1 - c], { $0 == .add })
@@ -190,7 +190,23 @@ struct GeluFromTanh: RewritePattern {
       return false
     }
     guard let x else { return nil }
-    return Replacement(nodes: [NewNode(.gelu(.tanh), [.value(x)], name: root.name)], results: [.result(node: 0, output: 0)])
+    return Replacement(nodes: [NewNode(.unary(.gelu(.tanh)), [.value(x)], name: root.name)], results: [.result(node: 0, output: 0)])
+  }
+}
+
+/// `x · sigmoid(x)`, either way round, becomes `silu` (PyTorch exports SiLU this way). A
+/// gate `x · sigmoid(g)` with g ≠ x (squeeze-and-excitation) stays a product.
+struct SiluFromSigmoid: RewritePattern {
+  let name = "silu-from-sigmoid"
+  func match(_ root: Node, _ ud: UseDef) -> Replacement? {
+    guard root.op == .mul else { return nil }
+    for (x, s) in [(root.inputs[0], root.inputs[1]), (root.inputs[1], root.inputs[0])] {
+      guard let sig = ud.def(s, { $0 == .unary(.sigmoid) }), sig.inputs[0] == x,
+        ud.graph.type(of: x) == ud.graph.type(of: root.outputs[0])
+      else { continue }
+      return Replacement(nodes: [NewNode(.unary(.silu), [.value(x)], name: root.name)], results: [.result(node: 0, output: 0)])
+    }
+    return nil
   }
 }
 
@@ -216,7 +232,7 @@ struct LayerNormFromDecomposed: RewritePattern {
 
   /// Matches `d / sqrt(var + ε)` with d = x − mean(x); returns x, the first normalized axis and ε.
   func normalized(_ n: ValueID, _ ud: UseDef) -> (ValueID, Int, Double)? {
-    guard let div = ud.def(n, { $0 == .div }), let sq = ud.def(div.inputs[1], { $0 == .sqrt }),
+    guard let div = ud.def(n, { $0 == .div }), let sq = ud.def(div.inputs[1], { $0 == .unary(.sqrt) }),
       let addEps = ud.def(sq.inputs[0], { $0 == .add })
     else { return nil }
     let d = div.inputs[0]

@@ -87,62 +87,11 @@ struct RowSinker {
     return nil
   }
 
-  /// For `op`, producing token axis `t` on output, the axis to gather on each operand (nil:
-  /// the operand is read whole); nil when the op does not treat rows independently.
+  /// For `n`, producing token axis `t` on output, the axis to gather on each operand (nil:
+  /// the operand is read whole); nil when the op does not treat rows independently
+  /// (`Op.rowAxes`, the row-wise trait).
   func operandAxes(_ n: Node, t: Int) -> (axes: [Int?], op: Op)? {
-    let g = graph
-    let outType = g.type(of: n.outputs[0])
-    let r = outType.rank
-    func full(_ i: Int) -> Bool { g.type(of: n.inputs[i]).dtype.isFloat || g.type(of: n.inputs[i]).dtype == .bool }
-    switch n.op {
-    case _ where n.op.isElementwise:
-      var axes: [Int?] = []
-      for (i, v) in n.inputs.enumerated() {
-        let s = g.type(of: v).shape
-        let aligned = [Int](repeating: 1, count: r - s.count) + s
-        guard full(i) else { return nil }
-        if aligned[t] == 1 && outType.shape[t] != 1 {
-          axes.append(nil)
-        } else if t - (r - s.count) >= 0 {
-          axes.append(t - (r - s.count))
-        } else {
-          return nil
-        }
-      }
-      return (axes, n.op)
-    case .stopGradient: return ([t], n.op)
-    case .linear(let a, _) where a != t: return ([t] + n.inputs.dropFirst().map { _ in nil }, n.op)
-    case .layerNorm(let a, _) where t < a: return ([t] + n.inputs.dropFirst().map { _ in nil }, n.op)
-    case .softmax(let a) where a != t: return ([t], n.op)
-    case .transpose(let p): return ([p[t]], n.op)
-    case .split(let a, _) where a != t: return ([t], n.op)
-    case .concat(let a) where a != t: return (n.inputs.map { _ in t }, n.op)
-    case .squeeze(let axes):
-      let kept = (0..<g.type(of: n.inputs[0]).rank).filter { !axes.contains($0) }
-      return ([kept[t]], n.op)
-    case .unsqueeze(let axes):
-      guard !axes.contains(t) else { return nil }
-      return ([t - axes.filter { $0 < t }.count], n.op)
-    case .reshape(let shape):
-      let s = g.type(of: n.inputs[0]).shape
-      let before = shape[..<t].reduce(1, *)
-      var acc = 1
-      for (i, d) in s.enumerated() {
-        if acc == before && d == shape[t] {
-          return ([i], .reshape(shape))
-        }
-        acc *= d
-        if acc > before { break }
-      }
-      return nil
-    case .matMul:
-      let ra = g.type(of: n.inputs[0]).rank, rb = g.type(of: n.inputs[1]).rank
-      if t == r - 2, ra >= 2, g.type(of: n.inputs[0]).shape[ra - 2] == outType.shape[t] { return ([ra - 2, nil], n.op) }
-      if t == r - 1, rb >= 2, g.type(of: n.inputs[1]).shape[rb - 1] == outType.shape[t] { return ([nil, rb - 1], n.op) }
-      return nil
-    default:
-      return nil
-    }
+    n.op.rowAxes(along: t, inputs: n.inputs.map { graph.type(of: $0) }, output: graph.type(of: n.outputs[0])).map { ($0, n.op) }
   }
 
   /// One pass over the gathers: merges duplicates, takes halves of reassemblies, and sinks

@@ -66,7 +66,7 @@ extension GradBuilder {
     case .add:
       return [try unbroadcast(dy, to: type(x[0]).shape), try unbroadcast(dy, to: type(x[1]).shape)]
     case .sub:
-      return [try unbroadcast(dy, to: type(x[0]).shape), try unbroadcast(try one(.neg, [dy]), to: type(x[1]).shape)]
+      return [try unbroadcast(dy, to: type(x[0]).shape), try unbroadcast(try one(.unary(.neg), [dy]), to: type(x[1]).shape)]
     case .mul:
       return [
         try unbroadcast(try one(.mul, [dy, x[1]]), to: type(x[0]).shape),
@@ -75,34 +75,14 @@ extension GradBuilder {
     case .div:
       // y = a/b: da = dy/b, db = −dy·y/b.
       let da = try one(.div, [dy, x[1]])
-      let db = try one(.neg, [try one(.div, [try one(.mul, [dy, node.outputs[0]]), x[1]])])
+      let db = try one(.unary(.neg), [try one(.div, [try one(.mul, [dy, node.outputs[0]]), x[1]])])
       return [try unbroadcast(da, to: type(x[0]).shape), try unbroadcast(db, to: type(x[1]).shape)]
     case .pow:
       guard let c = graph.index().scalar(x[1]) else { throw none("the exponent must be a constant") }
       let e = try one(.pow, [x[0], try scalar(c - 1)])
       return [try unbroadcast(try one(.mul, [dy, try one(.mul, [e, try scalar(c)])]), to: type(x[0]).shape), nil]
-    case .sqrt:
-      return [try one(.div, [try one(.mul, [dy, try scalar(0.5)]), node.outputs[0]])]
-    case .erf:
-      // d erf(x) = 2/√π · exp(−x²).
-      let sq = try one(.mul, [x[0], x[0]])
-      let e = try one(.exp, [try one(.neg, [sq])])
-      return [try one(.mul, [dy, try one(.mul, [e, try scalar(2 / Double.pi.squareRoot())])])]
-    case .tanh:
-      let y = node.outputs[0]
-      return [try one(.mul, [dy, try one(.sub, [try scalar(1), try one(.mul, [y, y])])])]
-    case .exp:
-      return [try one(.mul, [dy, node.outputs[0]])]
-    case .neg:
-      return [try one(.neg, [dy])]
-    case .relu:
-      return [try one(.reluGrad, [x[0], dy])]
-    case .sigmoid:
-      let y = node.outputs[0]
-      return [try one(.mul, [dy, try one(.mul, [y, try one(.sub, [try scalar(1), y])])])]
-    case .reciprocal:
-      let y = node.outputs[0]
-      return [try one(.neg, [try one(.mul, [dy, try one(.mul, [y, y])])])]
+    case .unary(let f):
+      return [try unaryGradient(f, node, dy)]
     case .select:
       let z = try zeros(type(dy))
       return [
@@ -157,8 +137,6 @@ extension GradBuilder {
       var out: [ValueID?] = [g[0], try reshaped(g[1], type(x[1]).shape)]
       if x.count == 3 { out.append(try reshaped(g[2], type(x[2]).shape)) }
       return out
-    case .gelu(let a):
-      return [try one(.geluGrad(a), [x[0], dy])]
     case .softmax(let axis):
       return [try one(.softmaxGrad(axis: axis), [node.outputs[0], dy])]
     case .reshape, .squeeze, .unsqueeze:
@@ -205,9 +183,36 @@ extension GradBuilder {
       return [try one(.mul, [try one(.expand(s), [dy]), try scalar(1 / Double(n))])]
     case .softmaxCrossEntropy:
       return [try one(.softmaxCrossEntropyGrad, [x[0], x[1], dy]), nil]
-    case .softmaxCrossEntropyGrad, .geluGrad, .reluGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
+    case .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
       .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
       throw none("backward and optimizer ops have no gradients of their own")
+    }
+  }
+
+  /// dx of `y = f(x)`: a fused `unary_grad` where the runtime has one, otherwise the
+  /// formula in ops that read y where that saves keeping x.
+  mutating func unaryGradient(_ f: Unary, _ node: Node, _ dy: ValueID) throws -> ValueID {
+    let x = node.inputs[0], y = node.outputs[0]
+    switch f {
+    case .sqrt:
+      return try one(.div, [try one(.mul, [dy, try scalar(0.5)]), y])
+    case .erf:
+      // d erf(x) = 2/√π · exp(−x²).
+      let sq = try one(.mul, [x, x])
+      let e = try one(.unary(.exp), [try one(.unary(.neg), [sq])])
+      return try one(.mul, [dy, try one(.mul, [e, try scalar(2 / Double.pi.squareRoot())])])
+    case .tanh:
+      return try one(.mul, [dy, try one(.sub, [try scalar(1), try one(.mul, [y, y])])])
+    case .exp:
+      return try one(.mul, [dy, y])
+    case .neg:
+      return try one(.unary(.neg), [dy])
+    case .sigmoid:
+      return try one(.mul, [dy, try one(.mul, [y, try one(.sub, [try scalar(1), y])])])
+    case .reciprocal:
+      return try one(.unary(.neg), [try one(.mul, [dy, try one(.mul, [y, y])])])
+    case .relu, .silu, .gelu:
+      return try one(.unaryGrad(f), [x, dy])
     }
   }
 

@@ -68,13 +68,6 @@ struct BlockMatcher {
     }
   }
 
-  static func isActivationFunction(_ op: Op) -> Bool {
-    switch op {
-    case .gelu, .relu, .sigmoid, .tanh: return true
-    default: return false
-    }
-  }
-
   // MARK: Residual units
 
   /// Node indices on some path from `x` to `y` (the node defining `y` included), or nil when
@@ -259,7 +252,7 @@ struct BlockMatcher {
       case .linear where stage <= 2:
         linears.append(i)
         stage = 3
-      case _ where Self.isActivationFunction(n.op) && stage == 3:
+      case _ where n.op.isActivation && stage == 3:
         roles[i] = "mlp.act"
         stage = 4
       case .linear where stage == 4:

@@ -42,23 +42,6 @@ public struct MemoryPlan: Sendable, Equatable {
 
   static func aligned(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
 
-  /// Ops whose result may overwrite an operand of the same type that dies there.
-  static func inPlace(_ op: Op) -> Bool {
-    switch op {
-    case .add, .sub, .mul, .div, .pow, .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu, .reluGrad, .geluGrad:
-      return true
-    default: return false
-    }
-  }
-
-  /// Ops whose result is its operand's bytes under another shape.
-  static func isView(_ op: Op) -> Bool {
-    switch op {
-    case .reshape, .squeeze, .unsqueeze, .stopGradient: return true
-    default: return false
-    }
-  }
-
   /// Results of transposes that swap the last two axes and are read only by matmuls. They are
   /// views: each matmul reads the transpose's operand with the BLAS transpose flag, so no
   /// data moves (attention's Kᵀ and the backward's transposed operands).
@@ -109,12 +92,7 @@ public struct MemoryPlan: Sendable, Equatable {
     let n = g.nodes.count
     var persistent = Set(g.inputs.map(\.value)).union(g.params.map(\.value))
     // Updates all at the end: the gradients form their own persistent region.
-    let isUpdate: (Node) -> Bool = {
-      switch $0.op {
-      case .sgd, .adamw: return true
-      default: return false
-      }
-    }
+    let isUpdate: (Node) -> Bool = { $0.op.isUpdate }
     let firstUpdate = g.nodes.firstIndex(where: isUpdate) ?? n
     let unfused = firstUpdate < n && g.nodes[firstUpdate...].allSatisfy(isUpdate) && g.nodes.filter(isUpdate).count > 1
     let gradients = unfused ? Set(g.nodes.filter(isUpdate).map { $0.inputs[1] }) : []
@@ -165,9 +143,9 @@ public struct MemoryPlan: Sendable, Equatable {
       default: break
       }
       let y = node.outputs[0]
-      if MemoryPlan.isView(node.op) || transposed.contains(y) {
+      if node.op.isView || transposed.contains(y) {
         owner[y] = node.inputs[0]
-      } else if MemoryPlan.inPlace(node.op), node.outputs.count == 1,
+      } else if node.op.isInPlaceable, node.outputs.count == 1,
         let x = node.inputs.first(where: { x in
           let r = root(x)
           return !persistent.contains(r) && g.type(of: x) == g.type(of: y) && end[r] == i && lastUse[x] == i

@@ -205,7 +205,7 @@ public struct PruneBackward: Pass {
       redirect(n.outputs[1], outs[1])
       redirect(n.outputs[2], outs[2])
       return true
-    case .geluGrad:
+    case .unaryGrad:
       guard let s = support[n.inputs[1]], g.type(of: n.inputs[0]) == g.type(of: n.inputs[1]) else { return false }
       let y = try g.append(n.op, [try gather(n.inputs[0], s), try gather(n.inputs[1], s)], name: n.name, attrs: n.attrs)[0]
       redirect(n.outputs[0], try scatter(y, like: n.outputs[0], s))
@@ -252,9 +252,15 @@ enum RowSparsity {
     switch n.op {
     case .scatterRows(let axis, _) where n.inputs.count == 2:
       return (n.inputs[1], axis)
-    case .mul, .geluGrad, .reluGrad, .neg, .div:
+    case .mul, .unaryGrad, .unary(.neg), .div:
       // Zero times anything finite is zero: one sparse factor (of the result's shape) is enough.
-      let factors: [ValueID] = n.op == .div || n.op == .neg ? [n.inputs[0]] : (n.op == .mul ? n.inputs : [n.inputs[1]])
+      // A unary gradient is dy·f′(x), zero where dy is.
+      let factors: [ValueID]
+      switch n.op {
+      case .div, .unary(.neg): factors = [n.inputs[0]]
+      case .mul: factors = n.inputs
+      default: factors = [n.inputs[1]]
+      }
       return factors.lazy.compactMap { v in g.type(of: v) == out ? support[v] : nil }.first
     case .add, .sub:
       guard let a = support[n.inputs[0]], let b = support[n.inputs[1]], a.idx == b.idx, a.axis == b.axis,

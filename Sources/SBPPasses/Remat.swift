@@ -12,14 +12,6 @@ public struct Rematerialize: Pass {
   public let name = "remat"
   public let summary = "recompute cheap forward values (GELU, LayerNorm, data movement) in the backward from values it saves anyway"
 
-  static func isCheap(_ op: Op) -> Bool {
-    switch op {
-    case .gelu, .relu, .sigmoid, .tanh, .layerNorm, .transpose, .reshape, .squeeze, .unsqueeze, .stopGradient, .gatherRows, .slice:
-      return true
-    default: return false
-    }
-  }
-
   public func run(_ graph: inout Graph) throws {
     guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
     var producer: [ValueID: Int] = [:]
@@ -42,7 +34,7 @@ public struct Rematerialize: Pass {
     /// cheap row-wise op applied to those rows of its operands (a gather commutes with it).
     func rows(of x: ValueID, _ idx: ValueID, _ t: Int, depth: Int, top: Bool = false) throws -> ValueID? {
       if !top, let k = gathered["\(x.raw):\(idx.raw):\(t)"], saved.contains(k) || clones[k] != nil { return clones[k] ?? k }
-      guard depth <= 6, let q = producer[x], Rematerialize.isCheap(graph.nodes[q].op), graph.nodes[q].outputs.count == 1,
+      guard depth <= 6, let q = producer[x], graph.nodes[q].op.isCheapToRecompute, graph.nodes[q].outputs.count == 1,
         let m = sinker.operandAxes(graph.nodes[q], t: t)
       else { return nil }
       let f = graph.nodes[q]
@@ -76,7 +68,7 @@ public struct Rematerialize: Pass {
         clones[v] = c
         return c
       }
-      guard Rematerialize.isCheap(n.op), n.outputs.count == 1 else {
+      guard n.op.isCheapToRecompute, n.outputs.count == 1 else {
         failed.insert(v)
         return nil
       }

@@ -15,13 +15,6 @@ public struct Schedule: Pass {
   public let name = "schedule"
   public let summary = "order the step: forward, a backward that frees memory early, optimizer updates as soon as their gradient is done"
 
-  public static func isUpdate(_ op: Op) -> Bool {
-    switch op {
-    case .sgd, .adamw: return true
-    default: return false
-    }
-  }
-
   public func run(_ graph: inout Graph) throws {
     guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
     let nodes = graph.nodes
@@ -50,7 +43,7 @@ public struct Schedule: Pass {
     // Views of a parameter (a reshaped weight) share its memory: their readers read it too.
     var views: [ValueID: [ValueID]] = [:]
     let transposed = MemoryPlan.transposedViews(nodes, outputs: outputs)
-    func isView(_ n: Node) -> Bool { MemoryPlan.isView(n.op) || transposed.contains(n.outputs[0]) }
+    func isView(_ n: Node) -> Bool { n.op.isView || transposed.contains(n.outputs[0]) }
     for n in nodes where isView(n) {
       var r = n.inputs[0]
       while let p = producer[r], isView(nodes[p]) { r = nodes[p].inputs[0] }
@@ -80,17 +73,17 @@ public struct Schedule: Pass {
     // activation early. Until the gradient is ready the gelu waits, unless nothing else can run.
     var partner: [Int: Int] = [:]
     var gelus: [ValueID: [Int]] = [:]
-    for i in pending.sorted() { if case .gelu = nodes[i].op { gelus[nodes[i].inputs[0], default: []].append(i) } }
+    for i in pending.sorted() { if case .unary(.gelu) = nodes[i].op { gelus[nodes[i].inputs[0], default: []].append(i) } }
     for g in pending.sorted() {
-      guard case .geluGrad(let a) = nodes[g].op else { continue }
+      guard case .unaryGrad(.gelu(let a)) = nodes[g].op else { continue }
       let match = (gelus[nodes[g].inputs[0]] ?? []).first { r in
-        if case .gelu(let b) = nodes[r].op, b == a, partner[r] == nil { return true }
+        if case .unary(.gelu(let b)) = nodes[r].op, b == a, partner[r] == nil { return true }
         return false
       }
       if let r = match { (partner[g], partner[r]) = (r, g) }
     }
     func waiting(_ i: Int) -> Bool {
-      guard case .gelu = nodes[i].op, let g = partner[i], pending.contains(g) else { return false }
+      guard case .unary(.gelu) = nodes[i].op, let g = partner[i], pending.contains(g) else { return false }
       return !ready(g)
     }
     // Backward nodes that read only forward values. With no reader close, a recomputation
@@ -103,14 +96,14 @@ public struct Schedule: Pass {
         var fused = true
         while fused {
           fused = false
-          for i in pending.sorted() where Schedule.isUpdate(nodes[i].op) && updateReady(i) {
+          for i in pending.sorted() where nodes[i].op.isUpdate && updateReady(i) {
             run(i)
             fused = true
           }
         }
         if pending.isEmpty { break }
       }
-      let all = pending.filter { !Schedule.isUpdate(nodes[$0].op) && ready($0) }
+      let all = pending.filter { !nodes[$0].op.isUpdate && ready($0) }
       let unpaired = all.filter { !waiting($0) }
       let candidates = unpaired.isEmpty ? all : unpaired
       // A node is wanted now when some reader of its results would become ready with it; a
@@ -123,7 +116,7 @@ public struct Schedule: Pass {
           (readers[o] ?? []).contains { r in
             guard pending.contains(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || (producer[v].map { done[$0] } ?? true) })
             else { return false }
-            guard MemoryPlan.isView(nodes[r].op) else { return true }
+            guard nodes[r].op.isView else { return true }
             made.formUnion(nodes[r].outputs)
             return nodes[r].outputs.contains(where: close)
           }

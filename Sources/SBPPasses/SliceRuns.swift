@@ -66,7 +66,7 @@ public struct SliceRun: Sendable, Equatable {
     var paired: Set<Int> = []
     for (a, b) in MemoryPlan.movementPairs(nodes, outputs: outputs) { paired.formUnion([a, b]) }
     func passive(_ i: Int) -> Bool {
-      MemoryPlan.isView(nodes[i].op) || nodes[i].outputs.count == 1 && transposed.contains(nodes[i].outputs[0])
+      nodes[i].op.isView || nodes[i].outputs.count == 1 && transposed.contains(nodes[i].outputs[0])
     }
     func hoistable(_ i: Int) -> Bool {
       if case .constant = nodes[i].op { return true }

@@ -84,9 +84,9 @@ enum Elementwise {
     }
   }
 
-  /// Unary f32 ops.
-  static func unary(_ op: Op, _ x: Buffer, _ out: Buffer) {
-    switch op {
+  /// out = f(x), f32.
+  static func unary(_ f: Unary, _ x: Buffer, _ out: Buffer) {
+    switch f {
     case .sqrt: map(x, out, Sqrt.self)
     case .erf: map(x, out, Erf.self)
     case .tanh: map(x, out, Tanh.self)
@@ -95,9 +95,26 @@ enum Elementwise {
     case .relu: map(x, out, Relu.self)
     case .sigmoid: map(x, out, Sigmoid.self)
     case .reciprocal: map(x, out, Reciprocal.self)
+    case .silu: map(x, out, Silu.self)
     case .gelu(.none): map(x, out, Gelu.self)
     case .gelu(.tanh): map(x, out, GeluTanh.self)
-    default: preconditionFailure("not a unary op: \(op.name)")
+    }
+  }
+
+  /// dx = dy · f′(x), f32.
+  static func unaryGrad(_ f: Unary, _ x: Buffer, _ dy: Buffer, _ dx: Buffer) {
+    switch f {
+    case .sqrt: map(x, dy, dx, SqrtGrad.self)
+    case .erf: map(x, dy, dx, ErfGrad.self)
+    case .tanh: map(x, dy, dx, TanhGrad.self)
+    case .exp: map(x, dy, dx, ExpGrad.self)
+    case .neg: map(x, dy, dx, NegGrad.self)
+    case .relu: map(x, dy, dx, ReluGrad.self)
+    case .sigmoid: map(x, dy, dx, SigmoidGrad.self)
+    case .reciprocal: map(x, dy, dx, ReciprocalGrad.self)
+    case .silu: map(x, dy, dx, SiluGrad.self)
+    case .gelu(.none): map(x, dy, dx, GeluGrad.self)
+    case .gelu(.tanh): map(x, dy, dx, GeluTanhGrad.self)
     }
   }
 
@@ -113,14 +130,6 @@ enum Elementwise {
     let pa = a.f32, pb = b.f32, po = out.f32
     Parallel.chunks(out.count, grain: grain) { _, r in
       VMath.map(r.count, pa + r.lowerBound, pb + r.lowerBound, po + r.lowerBound, F.apply)
-    }
-  }
-
-  /// dx for gelu given x and dy.
-  static func geluGrad(_ a: GeluApproximation, _ x: Buffer, _ dy: Buffer, _ dx: Buffer) {
-    switch a {
-    case .none: map(x, dy, dx, GeluGrad.self)
-    case .tanh: map(x, dy, dx, GeluTanhGrad.self)
     }
   }
 
@@ -155,8 +164,6 @@ enum Elementwise {
       }
     }
   }
-
-  static func reluGrad(_ x: Buffer, _ dy: Buffer, _ dx: Buffer) { map(x, dy, dx, ReluGrad.self) }
 
   /// Converts between f32 and integer dtypes.
   static func cast(_ x: Buffer, _ out: Buffer) {
@@ -193,6 +200,39 @@ enum Neg: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { -x 
 enum Relu: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { VMath.max(x, V8()) } }
 enum Sigmoid: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 1 / (1 + VMath.exp(-x)) } }
 enum Reciprocal: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 1 / x } }
+
+/// SiLU: x·sigmoid(x).
+enum Silu: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { x / (1 + VMath.exp(-x)) } }
+
+/// dy · SiLU′(x) = dy · s·(1 + x·(1 − s)), s = sigmoid(x).
+enum SiluGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 {
+    let s: V8 = 1 / (1 + VMath.exp(-x))
+    return dy * s * (1 + x * (1 - s))
+  }
+}
+
+/// dy · f′(x) for the arithmetic functions; their usual gradient rules read y instead, so
+/// these run only where a graph asks for `*_grad` itself.
+enum SqrtGrad: BinaryKernel { @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 { 0.5 * dy / x.squareRoot() } }
+enum ErfGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 { dy * (2 * invSqrt2Pi * Float(2).squareRoot()) * VMath.exp(-x * x) }
+}
+enum TanhGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 {
+    let t = VMath.tanh(x)
+    return dy * (1 - t * t)
+  }
+}
+enum ExpGrad: BinaryKernel { @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 { dy * VMath.exp(x) } }
+enum NegGrad: BinaryKernel { @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 { -dy } }
+enum SigmoidGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 {
+    let s: V8 = 1 / (1 + VMath.exp(-x))
+    return dy * s * (1 - s)
+  }
+}
+enum ReciprocalGrad: BinaryKernel { @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 { -dy / (x * x) } }
 
 /// GELU, exact: x·Φ(x).
 enum Gelu: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 0.5 * x * (1 + VMath.erf(x * invSqrt2)) } }

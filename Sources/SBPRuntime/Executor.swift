@@ -118,7 +118,7 @@ public final class Executor {
 
   /// The gradient each optimizer update reads (`--dump-grads` and tests retain them).
   public static func gradientValues(_ g: Graph) -> Set<ValueID> {
-    Set(g.nodes.compactMap { n in Schedule.isUpdate(n.op) ? n.inputs[1] : nil })
+    Set(g.nodes.compactMap { n in n.op.isUpdate ? n.inputs[1] : nil })
   }
 
   /// - Parameter maxMemory: refuse, before allocating anything, a graph needing more bytes.
@@ -207,7 +207,7 @@ public final class Executor {
     }
     Executor.pairGelus(&steps)
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
-    firstUpdate = steps.firstIndex { Schedule.isUpdate($0.node.op) } ?? steps.count
+    firstUpdate = steps.firstIndex { $0.node.op.isUpdate } ?? steps.count
     scratch = .allocate(capacity: max(plan.workspaceBytes / 4, 1))
   }
 
@@ -225,9 +225,9 @@ public final class Executor {
       let (m, n) = (steps[i].node, steps[i + 1].node)
       var grad = -1, approximation = GeluApproximation.none
       switch (m.op, n.op) {
-      case (.geluGrad(let a), .gelu(let b)) where a == b && m.inputs[0] == n.inputs[0]: (grad, approximation) = (i, a)
+      case (.unaryGrad(.gelu(let a)), .unary(.gelu(let b))) where a == b && m.inputs[0] == n.inputs[0]: (grad, approximation) = (i, a)
       // gelu first: its result must not be the gradient's dy, which the pair reads first.
-      case (.gelu(let a), .geluGrad(let b)) where a == b && m.inputs[0] == n.inputs[0] && n.inputs[1] != m.outputs[0]:
+      case (.unary(.gelu(let a)), .unaryGrad(.gelu(let b))) where a == b && m.inputs[0] == n.inputs[0] && n.inputs[1] != m.outputs[0]:
         (grad, approximation) = (i + 1, a)
       default: break
       }
@@ -345,7 +345,7 @@ public final class Executor {
       clipNorm = nil
       return
     }
-    let updates = steps.indices.filter { Schedule.isUpdate(steps[$0].node.op) }
+    let updates = steps.indices.filter { steps[$0].node.op.isUpdate }
     guard let first = updates.first, updates.last! - first + 1 == updates.count, updates.last! == steps.count - 1 else {
       throw RuntimeError("gradient clipping needs every gradient before the first update: compile the plan with --no-fuse-optimizer")
     }
@@ -356,7 +356,7 @@ public final class Executor {
   private func clipGradients() {
     guard let clipNorm else { return }
     var sum: Double = 0
-    for step in steps where Schedule.isUpdate(step.node.op) {
+    for step in steps where step.node.op.isUpdate {
       let g = step.ins[1]
       sum += Double(VMath.dot(g.count, g.f32, g.f32))
     }
@@ -432,7 +432,7 @@ public final class Executor {
     case .add, .sub, .mul, .div, .pow: Elementwise.binary(n.op, ins[0], ins[1], y!, strides: pre.strides)
     case .equal: Elementwise.equal(ins[0], ins[1], y!, strides: pre.strides)
     case .select: Elementwise.select(ins[0], ins[1], ins[2], y!, strides: pre.strides)
-    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .gelu: Elementwise.unary(n.op, ins[0], y!)
+    case .unary(let f): Elementwise.unary(f, ins[0], y!)
     case .cast: Elementwise.cast(ins[0], y!)
     case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!, batch: pre.strides, transA: pre.transA, transB: pre.transB)
     case .linear(let axis, let layout): LinearAlgebra.linear(axis: axis, layout: layout, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
@@ -455,8 +455,7 @@ public final class Executor {
     case .reduceSum: Movement.reduce(strides: pre.strides, mean: false, ins[0], y!)
     case .softmaxCrossEntropy: try Norm.softmaxCrossEntropy(ins[0], ins[1], y!)
     case .softmaxCrossEntropyGrad: try Norm.softmaxCrossEntropyGrad(ins[0], ins[1], ins[2], y!)
-    case .geluGrad(let a): Elementwise.geluGrad(a, ins[0], ins[1], y!)
-    case .reluGrad: Elementwise.reluGrad(ins[0], ins[1], y!)
+    case .unaryGrad(let f): Elementwise.unaryGrad(f, ins[0], ins[1], y!)
     case .softmaxGrad(let axis): Norm.softmaxGrad(axis: axis, ins[0], ins[1], y!)
     case .layerNormGrad(let axis, let eps):
       Norm.layerNormGrad(axis: axis, eps: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])

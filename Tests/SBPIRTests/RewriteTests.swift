@@ -7,7 +7,7 @@ import XCTest
 struct FoldDoubleRelu: RewritePattern {
   let name = "fold-double-relu"
   func match(_ root: Node, _ ud: UseDef) -> Replacement? {
-    guard root.op == .relu, let inner = ud.definingNode(root.inputs[0]), inner.op == .relu else { return nil }
+    guard root.op == .unary(.relu), let inner = ud.definingNode(root.inputs[0]), inner.op == .unary(.relu) else { return nil }
     return .forward(inner.outputs[0])
   }
 }
@@ -16,7 +16,7 @@ struct FoldDoubleRelu: RewritePattern {
 struct BadPattern: RewritePattern {
   let name = "bad"
   func match(_ root: Node, _ ud: UseDef) -> Replacement? {
-    guard root.op == .relu else { return nil }
+    guard root.op == .unary(.relu) else { return nil }
     return Replacement(nodes: [NewNode(.reshape([4]), [.value(root.inputs[0])], name: "r")], results: [.result(node: 0, output: 0)])
   }
 }
@@ -53,7 +53,7 @@ final class RewriteTests: XCTestCase {
     let x = g.addInput("x", TensorType(.f32, [2]))
     let a = g.newValue(TensorType(.f32, [2]))
     let b = g.newValue(TensorType(.f32, [2]))
-    g.nodes = [Node(op: .add, inputs: [x, b], outputs: [a], name: "n1"), Node(op: .relu, inputs: [a], outputs: [b], name: "n2")]
+    g.nodes = [Node(op: .add, inputs: [x, b], outputs: [a], name: "n1"), Node(op: .unary(.relu), inputs: [a], outputs: [b], name: "n2")]
     g.outputs = [GraphInput(value: b, name: "y")]
     XCTAssertThrowsError(try g.sortTopologically()) { e in
       XCTAssertTrue("\(e)".contains("cycle"), "\(e)")

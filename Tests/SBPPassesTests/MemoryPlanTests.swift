@@ -33,12 +33,12 @@ final class MemoryPlanTests: XCTestCase {
       switch rng.below(7) {
       case 0: (op, ins) = (.add, [a, b])
       case 1: (op, ins) = (.mul, [a, b])
-      case 2: op = .gelu(.none)
-      case 3: op = .relu
+      case 2: op = .unary(.gelu(.none))
+      case 3: op = .unary(.relu)
       case 4: (op, ins) = (.matMul, [a, w])
       default:
         let flat = try g.append(.reshape([32]), [a])[0]
-        let back = try g.append(rng.below(2) == 0 ? .neg : .exp, [flat])[0]
+        let back = try g.append(rng.below(2) == 0 ? .unary(.neg) : .unary(.exp), [flat])[0]
         values.append(try g.append(.reshape([4, 8]), [back])[0])
         continue
       }
@@ -77,7 +77,7 @@ final class MemoryPlanTests: XCTestCase {
       for n in g.nodes { for o in n.outputs { producerOp[o] = n.op } }
       func content(_ v: ValueID) -> ValueID {
         var v = v
-        while let op = producerOp[v], MemoryPlan.isView(op), let o = plan.owner[v] { v = o }
+        while let op = producerOp[v], op.isView, let o = plan.owner[v] { v = o }
         return v
       }
       var blocks = [ValueID?](repeating: nil, count: plan.arenaBytes / MemoryPlan.alignment + 1)
@@ -87,7 +87,7 @@ final class MemoryPlanTests: XCTestCase {
           guard let s = slot[root(v)] else { continue }
           for k in blocksOf(s) { XCTAssertEqual(blocks[k], content(v), "seed \(seed): a read of \(v) finds another value's bytes") }
         }
-        for o in n.outputs where !MemoryPlan.isView(n.op) {
+        for o in n.outputs where !n.op.isView {
           guard let s = slot[root(o)] else { continue }
           for k in blocksOf(s) { blocks[k] = o }
         }

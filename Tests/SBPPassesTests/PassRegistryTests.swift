@@ -41,7 +41,7 @@ final class PassRegistryTests: XCTestCase {
     let summary = "test-only: leaves a node reading an undefined value"
     func run(_ graph: inout Graph) throws {
       let ghost = graph.newValue(TensorType(.f32, [2]))
-      graph.nodes.insert(Node(op: .relu, inputs: [ghost], outputs: [graph.newValue(TensorType(.f32, [2]))], name: "bad"), at: 0)
+      graph.nodes.insert(Node(op: .unary(.relu), inputs: [ghost], outputs: [graph.newValue(TensorType(.f32, [2]))], name: "bad"), at: 0)
     }
   }
 

@@ -1,4 +1,4 @@
-// FusedKernelTests.swift: kernels that run two nodes as one give what the two nodes give, and the blocked transpose gives what an element-by-element copy gives.
+// FusedKernelTests.swift: kernels that run two nodes as one give what the two nodes give, the blocked transpose gives what an element-by-element copy gives, and every unary kernel matches its reference.
 import SBPIR
 import SBPPasses
 import XCTest
@@ -26,7 +26,7 @@ final class FusedKernelTests: XCTestCase {
       let x = buffer(xs), dy = buffer(dys)
       let y0 = buffer(xs), dx0 = buffer(dys)
       Elementwise.unary(.gelu(a), x, y0)
-      Elementwise.geluGrad(a, x, dy, dx0)
+      Elementwise.unaryGrad(.gelu(a), x, dy, dx0)
       let y1 = buffer(xs), dx1 = buffer(dys)
       Elementwise.geluAndGrad(a, x, dy, y1, dx1)
       XCTAssertEqual(Array(y1.floats), Array(y0.floats), "\(a): gelu")
@@ -101,6 +101,51 @@ final class FusedKernelTests: XCTestCase {
         }
       }
       XCTAssertEqual(wrong, 0, "\(shape) by \(perm)")
+    }
+  }
+}
+
+/// Each unary function's forward and gradient kernels against `Unary`'s double-precision
+/// reference, over a range with a partial vector at the end: the table a new function is
+/// held to when it is added.
+extension FusedKernelTests {
+  func testEveryUnaryKernelMatchesItsReference() {
+    let n = 8 * 40 + 3
+    for f in Unary.all {
+      let (lo, hi): (Float, Float) =
+        switch f {
+        case .sqrt, .reciprocal: (0.25, 4)
+        case .exp: (-4, 4)
+        case .erf, .tanh, .neg, .relu, .sigmoid, .silu, .gelu: (-6, 6)
+        }
+      let xs = (0..<n).map { lo + (hi - lo) * Float($0) / Float(n - 1) + 1e-3 }
+      let dys = (0..<n).map { Float(($0 * 37) % 19) / 9 - 1 }
+      let x = buffer(xs), dy = buffer(dys), y = buffer(xs), dx = buffer(dys)
+      Elementwise.unary(f, x, y)
+      Elementwise.unaryGrad(f, x, dy, dx)
+      for i in 0..<n {
+        let want = f.apply(Double(xs[i])), wantGrad = Double(dys[i]) * f.derivative(Double(xs[i]))
+        XCTAssertEqual(Double(y.f32[i]), want, accuracy: 2e-6 * max(1, abs(want)), "\(f.name)(\(xs[i]))")
+        XCTAssertEqual(Double(dx.f32[i]), wantGrad, accuracy: 2e-6 * max(1, abs(wantGrad)), "\(f.name)_grad(\(xs[i]))")
+      }
+    }
+  }
+
+  /// The reference derivative is the reference function's slope (central differences in double).
+  func testEveryReferenceDerivativeIsTheSlope() {
+    for f in Unary.all {
+      for x in stride(from: 0.3, through: 3.0, by: 0.45) {
+        let h = 1e-6
+        let slope = (f.apply(x + h) - f.apply(x - h)) / (2 * h)
+        XCTAssertEqual(f.derivative(x), slope, accuracy: 1e-6 * max(1, abs(slope)), "\(f.name)′(\(x))")
+        // The negative side, where the function is defined and smooth there.
+        switch f {
+        case .relu, .sqrt: continue
+        case .erf, .tanh, .exp, .neg, .sigmoid, .reciprocal, .silu, .gelu: break
+        }
+        let slopeNeg = (f.apply(-x + h) - f.apply(-x - h)) / (2 * h)
+        XCTAssertEqual(f.derivative(-x), slopeNeg, accuracy: 1e-6 * max(1, abs(slopeNeg)), "\(f.name)′(\(-x))")
+      }
     }
   }
 }

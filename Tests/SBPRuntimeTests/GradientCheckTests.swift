@@ -108,16 +108,24 @@ final class GradientCheckTests: XCTestCase {
     for c in [
       binary(.add, [2, 3, 4], [3, 1]), binary(.sub, [2, 3], [2, 3]), binary(.sub, [4], [2, 3, 4]),
       binary(.mul, [2, 3, 4], [4]), binary(.div, [2, 3], [2, 1], (0.5, 2)),
-      unary(.sqrt, (0.5, 2)), unary(.erf), unary(.tanh), unary(.exp), unary(.neg), unary(.sigmoid), unary(.reciprocal, (0.5, 2)),
-      unary(.relu, (0.2, 1)), unary(.gelu(.none)), unary(.gelu(.tanh)), unary(.cast(.f32)),
-    ] {
+      unary(.cast(.f32)),
+    ]
+      + Unary.all.map({ f in
+      // Every unary function's rule, on a range where it is smooth.
+      switch f {
+      case .sqrt, .reciprocal: return unary(.unary(f), (0.5, 2))
+      case .relu: return unary(.unary(f), (0.2, 1))
+      case .erf, .tanh, .exp, .neg, .sigmoid, .silu, .gelu: return unary(.unary(f))
+      }
+    })
+    {
       try check(c)
     }
     // relu on both sides of the kink (entries never within ε of 0).
     try check(
       GradCase(name: "relu both signs", shapes: [[6]], range: (0.2, 1)) { g, p in
         try g.append(
-          .relu, [try g.append(.mul, [p[0], try g.append(.constant(Literal(f32: [1, -1, 1, -1, 1, -1], shape: [6])), [])[0]])[0]])[0]
+          .unary(.relu), [try g.append(.mul, [p[0], try g.append(.constant(Literal(f32: [1, -1, 1, -1, 1, -1], shape: [6])), [])[0]])[0]])[0]
       })
     try check(
       GradCase(name: "pow by constant", shapes: [[2, 3]], range: (0.5, 2)) { g, p in

@@ -75,9 +75,9 @@ final class SBPPlanTests: XCTestCase {
         guard let loss = nodes.firstIndex(where: { $0.op == .softmaxCrossEntropy }) else { return XCTFail("no loss in \(model)") }
         var pairs = 0
         for (i, n) in nodes.enumerated() where i > loss {
-          guard case .gelu = n.op else { continue }
+          guard case .unary(.gelu) = n.op else { continue }
           let beside = [i - 1, i + 1].filter { nodes.indices.contains($0) }.contains { j in
-            if case .geluGrad = nodes[j].op { return nodes[j].inputs[0] == n.inputs[0] }
+            if case .unaryGrad(.gelu) = nodes[j].op { return nodes[j].inputs[0] == n.inputs[0] }
             return false
           }
           XCTAssertTrue(beside, "\(model), \(options): \(n.name) is not beside its gelu_grad")
@@ -111,12 +111,12 @@ final class SBPPlanTests: XCTestCase {
         var checked = 0
         for i in (loss + 1)..<nodes.count {
           defer { done.insert(i) }
-          guard fromForward(i), !nodes[i].inputs.isEmpty, !MemoryPlan.isView(nodes[i].op), !Schedule.isUpdate(nodes[i].op) else { continue }
+          guard fromForward(i), !nodes[i].inputs.isEmpty, !nodes[i].op.isView, !nodes[i].op.isUpdate else { continue }
           // A reader, through views, that this node makes ready.
           var made = Set(nodes[i].outputs), frontier = nodes[i].outputs, close = false
           while let v = frontier.popLast(), !close {
             for r in readers[v] ?? [] where !done.contains(r) && r != i && ready(r, with: made) {
-              if MemoryPlan.isView(nodes[r].op) {
+              if nodes[r].op.isView {
                 made.formUnion(nodes[r].outputs)
                 frontier += nodes[r].outputs
               } else {
@@ -126,7 +126,7 @@ final class SBPPlanTests: XCTestCase {
           }
           // Or nothing but recomputations was ready.
           let others = ((i + 1)..<nodes.count).contains { k in
-            !fromForward(k) && !Schedule.isUpdate(nodes[k].op) && ready(k, with: [])
+            !fromForward(k) && !nodes[k].op.isUpdate && ready(k, with: [])
           }
           XCTAssertTrue(close || !others, "\(model), \(options.text): \(nodes[i].name) runs before any reader is ready")
           checked += 1
