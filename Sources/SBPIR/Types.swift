@@ -87,3 +87,16 @@ public func broadcastShapes(_ a: [Int], _ b: [Int]) -> [Int]? {
   }
   return out
 }
+
+/// "284 B", "20.2 MiB", "1.5 GiB".
+public func byteText(_ b: Int) -> String {
+  if b < 1024 { return "\(b) B" }
+  let units = ["KiB", "MiB", "GiB", "TiB"]
+  var v = Double(b) / 1024
+  var u = 0
+  while v >= 1024 && u < units.count - 1 {
+    v /= 1024
+    u += 1
+  }
+  return "\((v * 10).rounded() / 10) \(units[u])"
+}

@@ -179,3 +179,26 @@ public struct PlanError: Error, CustomStringConvertible {
   public let description: String
   public init(_ m: String) { description = m }
 }
+
+extension Plan {
+  /// `compile --max-memory`'s advice for a plan needing `need` bytes, more than `limit`: the
+  /// first smaller keep ratio (then the same with every block) that fits, found by compiling
+  /// each (compiling is cheap), or the smallest tried when none does.
+  public static func fitting(model: String, options: Options, need: Int, limit: Int) throws -> String {
+    let head = "\(model): the plan needs \(byteText(need)), more than --max-memory \(byteText(limit))"
+    var tried: [(SBPOptions, Int)] = []
+    for keep in [0.5, 0.4, 0.3, 0.25, 0.2] where keep < options.sbp.keep {
+      for blocks in [options.sbp.blocks, "all"] {
+        var o = options
+        o.sbp.keep = keep
+        o.sbp.blocks = blocks
+        let bytes = MemoryPlan(try Plan.compile(model: model, options: o).0.train).totalBytes
+        let flags = "--keep \(keep)" + (blocks == options.sbp.blocks ? "" : " --blocks all")
+        if bytes <= limit { return "\(head); \(flags) fits (\(byteText(bytes)))" }
+        tried.append((o.sbp, bytes))
+      }
+    }
+    guard let best = tried.min(by: { $0.1 < $1.1 }) else { return "\(head); lower --batch" }
+    return "\(head); even --keep \(best.0.keep) --blocks \(best.0.blocks ?? "default") needs \(byteText(best.1)); lower --batch"
+  }
+}

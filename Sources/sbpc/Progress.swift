@@ -1,4 +1,4 @@
-// Progress.swift: the training progress line on a terminal, and the JSON-lines log.
+// Progress.swift: the training progress line on a terminal.
 import Foundation
 
 /// One status line on standard error, rewritten in place: step, epoch, loss, throughput and
@@ -10,16 +10,12 @@ final class Progress {
   let start = Date()
   private var lastDraw = Date.distantPast
   private var shown = false
-  /// Images per second since the run (or its resumption) began.
-  private(set) var rate: Double = 0
-
   init(total: Int, first: Int, batch: Int) {
     (self.total, self.first, self.batch) = (total, first, batch)
   }
 
-  func update(step: Int, epoch: (Int, Int)?, loss: Float) {
-    let dt = Date().timeIntervalSince(start)
-    rate = dt > 0 ? Double((step - first) * batch) / dt : 0
+  /// - Parameter rate: images per second since the run (or its resumption) began.
+  func update(step: Int, epoch: (Int, Int)?, loss: Float, rate: Double) {
     guard tty, Date().timeIntervalSince(lastDraw) > 0.1 || step == total else { return }
     lastDraw = Date()
     let left = rate > 0 ? Double((total - step) * batch) / rate : 0
@@ -36,45 +32,4 @@ final class Progress {
     FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
     shown = false
   }
-}
-
-/// A JSON value of a log record.
-enum JSONValue {
-  case string(String), int(Int), double(Double)
-
-  var text: String {
-    switch self {
-    case .string(let s):
-      let data = (try? JSONEncoder().encode(s)) ?? Data("\"\"".utf8)
-      return String(decoding: data, as: UTF8.self)
-    case .int(let i): return String(i)
-    case .double(let d): return d.isFinite ? "\(d)" : "null"
-    }
-  }
-}
-
-/// `--log F.jsonl`: one JSON object per line, keys in sorted order, flushed per record so a
-/// killed run keeps what it logged.
-final class JSONLog {
-  let handle: FileHandle
-
-  init(path: String, append: Bool) throws {
-    if !append || !FileManager.default.fileExists(atPath: path) {
-      guard FileManager.default.createFile(atPath: path, contents: nil) else { throw RuntimeLogError("\(path): cannot create the log") }
-    }
-    guard let h = FileHandle(forWritingAtPath: path) else { throw RuntimeLogError("\(path): cannot open the log") }
-    h.seekToEndOfFile()
-    handle = h
-  }
-
-  func write(_ record: [String: JSONValue]) throws {
-    let body = record.keys.sorted().map { "\"\($0)\": \(record[$0]!.text)" }.joined(separator: ", ")
-    handle.write(Data("{\(body)}\n".utf8))
-  }
-}
-
-/// An error opening the log.
-struct RuntimeLogError: Error, CustomStringConvertible {
-  let description: String
-  init(_ d: String) { description = d }
 }

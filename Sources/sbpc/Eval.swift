@@ -1,0 +1,67 @@
+// Eval.swift: `sbpc eval`, a thin front end over the runtime's Evaluator, and the --max-memory option of the commands that run plans.
+import ArgumentParser
+import Foundation
+import SBPIR
+import SBPPlan
+import SBPRuntime
+
+struct Eval: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Evaluate a plan's forward on a data set: mean loss and top-1 accuracy.")
+
+  @Argument(help: "The plan file.") var plan: String
+  @Option(help: "Images, f32 [N,C,H,W] .npy (any N; a partial last batch is padded), or a folder of NAME.x.npy / NAME.y.npy pairs.")
+  var input: String
+  @Option(help: "Labels, i64 [N] .npy.") var labels: String?
+  @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+  @Option(name: .customLong("dump-logits"), help: "Write every sample's logits to this .npy file, f32 [N, classes].") var dumpLogits:
+    String?
+  @OptionGroup var memory: MemoryOptions
+
+  func run() throws {
+    try reportingErrors {
+      let p = try Plan.load(plan)
+      let g = p.eval
+      let evaluator = try Evaluator(eval: g, threads: threads, maxMemory: memory.limit)
+      evaluator.keepLogits = dumpLogits != nil
+      let shape = Array(g.type(of: g.inputs[0].value).shape.dropFirst())
+      let data = try DataSet(images: input, labels: labels, imageShape: shape, classes: g.type(of: g.outputs[0].value).shape[1])
+      let (loss, top1) = try evaluator.evaluate(data)
+      let correct = Int((top1 * Double(data.count)).rounded())
+      print(String(format: "loss %.5f  top-1 %.2f%% (%d/%d)", loss, 100 * top1, correct, data.count))
+      if let dumpLogits {
+        try NPYArray(f32: evaluator.lastLogits, shape: [data.count, evaluator.lastLogits.count / data.count]).write(dumpLogits)
+      }
+    }
+  }
+}
+
+/// `--max-memory`: a plan needing more is refused before anything is allocated.
+struct MemoryOptions: ParsableArguments {
+  @Option(
+    name: .customLong("max-memory"),
+    help: ArgumentHelp("Refuse plans needing more memory than this, e.g. 512M or 8G (default: the machine's memory).", valueName: "SIZE"))
+  var maxMemory: String?
+
+  func validate() throws {
+    if let maxMemory, MemoryOptions.parse(maxMemory) == nil {
+      throw ValidationError("--max-memory expects a size such as 512M, 8G or a byte count, got '\(maxMemory)'")
+    }
+  }
+
+  /// The limit in bytes: the flag, or the machine's physical memory.
+  var limit: Int { maxMemory.flatMap(MemoryOptions.parse) ?? Int(clamping: ProcessInfo.processInfo.physicalMemory) }
+
+  /// "512M", "8G", "8GB", "1.5G" or a plain byte count.
+  static func parse(_ s: String) -> Int? {
+    let units: [Character: Double] = ["K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024, "T": 1024 * 1024 * 1024 * 1024]
+    var text = s.uppercased()
+    if text.count > 1, text.hasSuffix("B"), units[text[text.index(text.endIndex, offsetBy: -2)]] != nil { text.removeLast() }
+    var unit = 1.0
+    if let u = text.last.flatMap({ units[$0] }) {
+      unit = u
+      text.removeLast()
+    }
+    guard let n = Double(text), n > 0, n.isFinite, n * unit < 9e18 else { return nil }
+    return Int(n * unit)
+  }
+}
