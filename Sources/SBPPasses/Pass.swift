@@ -15,28 +15,60 @@ public struct PassError: Error, CustomStringConvertible {
   public init(_ m: String) { description = m }
 }
 
+/// The settings of the passes that take any, as one typed value: `sbpc compile` and
+/// `sbpc opt --passes` build their passes from it through the registry, so the two run the
+/// same pass values.
+public struct PipelineOptions: Sendable, Equatable {
+  /// `insert-sbp`'s keep ratio, mask, attention split and blocks.
+  public var sbp: SBPOptions
+  /// The update `autodiff` appends per parameter.
+  public var optimizer: OptimizerConfig
+  /// `schedule`: each update as soon as its gradient is complete.
+  public var fuseOptimizer: Bool
+
+  public init(sbp: SBPOptions = SBPOptions(), optimizer: OptimizerConfig = .defaultSGD, fuseOptimizer: Bool = true) {
+    self.sbp = sbp
+    self.optimizer = optimizer
+    self.fuseOptimizer = fuseOptimizer
+  }
+}
+
 /// Every pass sbpc knows, by name. New passes are added here and nowhere else.
 public enum PassRegistry {
-  public static let all: [any Pass] = [
-    Canonicalize(),
-    Mark(),
-    InsertSBP(),
-    DeadRows(),
-    Autodiff(),
-    PruneBackward(),
-    Rematerialize(),
-    Schedule(),
-    PlanMemory(),
-    DeadCodeElimination(),
-  ]
+  /// Every pass, configured by `options`.
+  public static func all(_ options: PipelineOptions) -> [any Pass] {
+    [
+      Canonicalize(),
+      Mark(),
+      InsertSBP(options.sbp),
+      DeadRows(),
+      Autodiff(optimizer: options.optimizer),
+      PruneBackward(),
+      Rematerialize(),
+      Schedule(fuseOptimizer: options.fuseOptimizer),
+      PlanMemory(),
+      DeadCodeElimination(),
+    ]
+  }
 
-  public static func named(_ name: String) -> (any Pass)? { all.first { $0.name == name } }
+  /// Every pass with the default options.
+  public static let all: [any Pass] = all(PipelineOptions())
 
-  /// Resolves a comma-separated list such as `canonicalize,dce`.
-  public static func pipeline(_ spec: String) throws -> [any Pass] {
-    try spec.split(separator: ",", omittingEmptySubsequences: false).map { raw in
+  /// What `sbpc compile` runs: `model` on the imported graph (which is also the evaluation
+  /// forward), then `training` on a copy of it, which becomes the training step.
+  public static let modelPipeline = "canonicalize,mark"
+  public static let trainingPipeline = "insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
+
+  public static func named(_ name: String, _ options: PipelineOptions = PipelineOptions()) -> (any Pass)? {
+    all(options).first { $0.name == name }
+  }
+
+  /// Resolves a comma-separated list such as `canonicalize,dce`, each pass configured by `options`.
+  public static func pipeline(_ spec: String, _ options: PipelineOptions = PipelineOptions()) throws -> [any Pass] {
+    let known = all(options)
+    return try spec.split(separator: ",", omittingEmptySubsequences: false).map { raw in
       let n = raw.trimmingSpaces()
-      guard let p = named(n) else {
+      guard let p = known.first(where: { $0.name == n }) else {
         throw PassError("unknown pass '\(n)'; known passes: \(all.map(\.name).joined(separator: ", "))")
       }
       return p

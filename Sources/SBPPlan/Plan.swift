@@ -42,17 +42,12 @@ public struct Plan: Sendable {
   public static func compile(model: String, options: Options) throws -> (Plan, notes: [String]) {
     let imported = try importONNX(path: model, options: ImportOptions(batch: options.batch, dims: options.dims))
     var eval = imported.graph
-    try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&eval)
+    let passOptions = PipelineOptions(sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer)
+    try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
     var notes = imported.notes
     if let spec = options.sbp.blocks, options.sbp.keep < 1 { _ = try BlockSelector.parse(spec, table: BlockTable(eval), notes: &notes) }
     var train = eval
-    try PassPipeline(
-      passes: [
-        InsertSBP(options.sbp), DeadRows(), Autodiff(optimizer: options.optimizer), PruneBackward(), Rematerialize(),
-        Schedule(fuseOptimizer: options.fuseOptimizer), PlanMemory(),
-      ],
-      verifyEach: true
-    ).run(&train)
+    try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.trainingPipeline, passOptions), verifyEach: true).run(&train)
     let path = URL(fileURLWithPath: model).standardizedFileURL.path
     let layout = try SBPLayout.make(eval, options: options.sbp)
     return (Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout), notes)

@@ -33,10 +33,10 @@ struct Opt: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      // insert-sbp takes its settings from the SBP flags (default: keep 0.5, grid, qkv, default blocks).
-      let list = (passes.isEmpty ? [] : try PassRegistry.pipeline(passes)).map { p -> any Pass in
-        p.name == "insert-sbp" ? InsertSBP(sbp.options) : p
-      }
+      // The passes take their settings from the flags, as compile's do (default: keep 0.5, grid,
+      // qkv, default blocks; SGD; fused updates).
+      let options = PipelineOptions(sbp: sbp.options)
+      let list = passes.isEmpty ? [] : try PassRegistry.pipeline(passes, options)
       for p in printAfter where PassRegistry.named(p) == nil {
         throw PassError("--print-after: unknown pass '\(p)'")
       }

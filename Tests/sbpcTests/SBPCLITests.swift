@@ -201,3 +201,21 @@ final class DesignCardTests: XCTestCase {
     XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: d + "/model.onnx")), before)
   }
 }
+
+/// `compile` and `opt --passes` build their passes from one registry with one set of typed
+/// options, so the same flags give the same training step.
+final class OnePipelineTests: XCTestCase {
+  func testOptRunsTheSamePassesAsCompile() throws {
+    let d = try tmp()
+    let passes = "canonicalize,mark,insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
+    for flags in [["--keep", "0.5"], ["--keep", "0.25", "--attention", "query", "--blocks", "last:2"]] {
+      let (s, _, err) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/v.plan", "--quiet"] + flags)
+      XCTAssertEqual(s, 0, err)
+      let plan = try String(contentsOfFile: d + "/v.plan", encoding: .utf8)
+      let train = plan.components(separatedBy: "== train\n")[1].components(separatedBy: "== eval\n")[0]
+      let (o, out, oerr) = try sbpc(["opt", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "--passes", passes] + flags)
+      XCTAssertEqual(o, 0, oerr)
+      XCTAssertEqual(out, train, "\(flags)")
+    }
+  }
+}
