@@ -39,7 +39,11 @@ let package = Package(
     .target(name: "SBPONNX", dependencies: ["SBPIR", "CONNXProto", "CProtobufC"]),
     .target(name: "SBPPasses", dependencies: ["SBPIR"]),
     .target(name: "SBPPlan", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
-    .target(name: "SBPRuntime", dependencies: ["SBPIR", "SBPPasses", "SBPPlan", "COpenBLAS"], swiftSettings: kernelFlags),
+    // The runtime reads plans; it never runs a pass. MemberImportVisibility makes that a
+    // compile error: no member of a passes type is visible here, even through a plan.
+    .target(
+      name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS"],
+      swiftSettings: kernelFlags + [.enableUpcomingFeature("MemberImportVisibility")]),
     .executableTarget(
       name: "sbpc",
       dependencies: [

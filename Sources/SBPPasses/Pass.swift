@@ -58,6 +58,8 @@ public enum PassRegistry {
   /// forward), then `training` on a copy of it, which becomes the training step.
   public static let modelPipeline = "canonicalize,mark"
   public static let trainingPipeline = "insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
+  /// Run on the evaluation forward after the training copy is made: its memory layout.
+  public static let evaluationPipeline = "schedule,plan-memory"
 
   public static func named(_ name: String, _ options: PipelineOptions = PipelineOptions()) -> (any Pass)? {
     all(options).first { $0.name == name }

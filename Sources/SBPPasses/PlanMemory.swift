@@ -17,7 +17,7 @@ public struct MemoryPlan: Sendable, Equatable {
     public var end: Int
   }
 
-  public static let alignment = 64
+  public static let alignment = BufferLayout.alignment
 
   public var slots: [Slot]
   /// Each value that shares another's memory, mapped to the value that owns it.
@@ -138,8 +138,8 @@ public struct MemoryPlan: Sendable, Equatable {
         for k in 0..<3 { owner[node.outputs[k]] = node.inputs[k == 0 ? 0 : k + 1] }
         persistent.formUnion(node.outputs)
         continue
-      case .conv(let geo), .convGradInput(let geo, _), .convGradWeight(let geo, _):
-        workspace = max(workspace, MemoryPlan.im2colBytes(node, g, geo))
+      case .conv, .convGradInput, .convGradWeight:
+        workspace = max(workspace, g.workspaceBytes(node))
       default: break
       }
       let y = node.outputs[0]
@@ -212,19 +212,6 @@ public struct MemoryPlan: Sendable, Equatable {
     sliceRuns = runs
   }
 
-  /// Bytes of the im2col buffer a convolution node needs: (C/group)·kh·kw rows by the output's
-  /// H·W columns.
-  static func im2colBytes(_ node: Node, _ g: Graph, _ geo: ConvGeometry) -> Int {
-    let w: [Int], y: [Int]
-    switch node.op {
-    case .convGradInput: (w, y) = (g.type(of: node.inputs[1]).shape, g.type(of: node.inputs[0]).shape)
-    case .convGradWeight(_, let ws): (w, y) = (ws, g.type(of: node.inputs[1]).shape)
-    default: (w, y) = (g.type(of: node.inputs[1]).shape, g.type(of: node.outputs[0]).shape)
-    }
-    guard w.count == 4, y.count == 4 else { return 0 }
-    return w[1] * w[2] * w[3] * y[2] * y[3] * 4
-  }
-
   /// The arena offset of each value that lives in the arena (views and in-place results
   /// report their owner's offset).
   public func offset(of v: ValueID) -> Int? {
@@ -236,7 +223,9 @@ public struct MemoryPlan: Sendable, Equatable {
 
 /// The plan-memory pass: computes the `MemoryPlan` and writes it onto the nodes, so the plan
 /// file names every kernel's buffers: `mem.offsets` (arena offset per result, −1 when the
-/// result lives elsewhere) and `mem.shares` (the operand whose memory a result reuses, −1 if none).
+/// result lives elsewhere), `mem.shares` (the operand whose memory a result reuses, −1 if
+/// none), `mem.pair` and `mem.run` / `mem.scratch` (the movement pairs and slice runs it made
+/// room for). `Graph.bufferLayout()` reads them back; the runtime needs nothing else.
 public struct PlanMemory: Pass {
   public init() {}
   public let name = "plan-memory"
@@ -252,6 +241,12 @@ public struct PlanMemory: Pass {
       let shares = node.outputs.map { o in plan.owner[o].flatMap { node.inputs.firstIndex(of: $0) } ?? -1 }
       graph.annotate(node: i, "mem.offsets", .ints(offsets))
       graph.annotate(node: i, "mem.shares", .ints(shares))
+    }
+    // The kernels the runtime fuses, exactly those this layout made room for.
+    for first in plan.movementPairs.keys { graph.annotate(node: first, "mem.pair", .int(1)) }
+    for (k, run) in plan.sliceRuns.enumerated() {
+      for i in run.nodes { graph.annotate(node: i, "mem.run", .ints([k, run.slices])) }
+      for i in run.members where run.scratch.contains(graph.nodes[i].outputs[0]) { graph.annotate(node: i, "mem.scratch", .int(1)) }
     }
   }
 }

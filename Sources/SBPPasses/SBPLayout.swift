@@ -44,25 +44,6 @@ public struct SBPOptions: Sendable, Equatable {
   }
 }
 
-/// One grid at which SBP indexes tokens: the graph inputs that carry each step's kept and
-/// dropped token indices there, and how many rows they hold.
-public struct MaskStage: Sendable, Equatable {
-  public var stage: Int
-  /// [H, W] of the stage's token grid.
-  public var grid: [Int]
-  /// Leading non-spatial tokens, always kept and listed first among the kept indices.
-  public var prefix: Int
-  /// The stage grid over the base grid (block replication factor).
-  public var factor: Int
-  /// Rows the kept-index vector holds: the prefix plus the largest kept patch count.
-  public var keptRows: Int
-  /// Rows the dropped-index vector holds: the largest dropped patch count.
-  public var droppedRows: Int
-
-  public var keptInput: String { "sbp.kept.\(stage)" }
-  public var droppedInput: String { "sbp.dropped.\(stage)" }
-}
-
 /// What SBP means for one marked graph: the selected blocks, the base mask and its stages.
 public struct SBPLayout: Sendable, Equatable {
   public var options: SBPOptions
@@ -112,32 +93,19 @@ public struct SBPLayout: Sendable, Equatable {
     return SBPLayout(options: options, blocks: chosen.map(\.index), spec: spec, stages: stages)
   }
 
-  public func stage(_ s: Int) -> MaskStage? { stages.first { $0.stage == s } }
+  public func stage(_ s: Int) -> MaskStage? { mask.stage(s) }
 
-  /// Kept and dropped token indices for each stage under base mask `m`, padded with −1 to the
-  /// stage's row counts. Throws when `m` keeps more or drops more than the buffers hold.
-  public func indices(for m: KeepMask) throws -> [(kept: [Int64], dropped: [Int64])] {
-    guard m.height == spec.height, m.width == spec.width else {
-      throw MaskError("the mask is \(m.height)x\(m.width); this plan's base grid is \(spec.height)x\(spec.width)")
-    }
-    return try stages.map { st in
-      let r = try m.replicated(to: st.grid[0], st.grid[1])
-      var kept = (0..<st.prefix).map { Int64($0) }
-      var dropped: [Int64] = []
-      for (i, k) in r.keep.enumerated() {
-        if k { kept.append(Int64(st.prefix + i)) } else { dropped.append(Int64(st.prefix + i)) }
-      }
-      guard kept.count <= st.keptRows, dropped.count <= st.droppedRows else {
-        let range = spec.keptRange
-        throw MaskError(
-          "the mask keeps \(m.keptCount) of \(m.keep.count) patches; this plan holds \(range.lowerBound)"
-            + (range.count > 1 ? " to \(range.upperBound)" : "") + " kept patches per step (keep \(options.keep), \(options.mask.rawValue))"
-        )
-      }
-      kept += [Int64](repeating: -1, count: st.keptRows - kept.count)
-      dropped += [Int64](repeating: -1, count: st.droppedRows - dropped.count)
-      return (kept, dropped)
-    }
+  /// The masks this layout draws: what the plan file carries for the runtime.
+  public var mask: MaskLayout { MaskLayout(spec: spec, stages: stages) }
+
+  /// Kept and dropped token indices for each stage under base mask `m` (`MaskLayout.indices`).
+  public func indices(for m: KeepMask) throws -> [(kept: [Int64], dropped: [Int64])] { try mask.indices(for: m) }
+
+  public init(options: SBPOptions, blocks: [Int], spec: MaskSpec, stages: [MaskStage]) {
+    self.options = options
+    self.blocks = blocks
+    self.spec = spec
+    self.stages = stages
   }
 
   /// The compile summary: effective keep ratio and kept-count range.

@@ -1,33 +1,7 @@
 // SliceRuns.swift: the runs of per-slice nodes (attention's chain) that the runtime executes slice by slice, and that the memory plan keeps apart.
 import SBPIR
 
-/// Consecutive nodes that each work on the slices of the same leading axes independently
-/// (batch × heads): small batched matmuls, softmax and its gradient along the last axis, a
-/// transpose of the last two axes, and elementwise ops against a scalar; views and constants
-/// may sit between them. The runtime runs such a run slice by slice, so one head's scores
-/// stay in cache from the product that makes them to the one that reads them. That is only
-/// the same computation if no member writes memory another member reads for a later slice,
-/// so the memory plan keeps every value a member reads or writes in memory alive to the
-/// run's end; values made and read only inside the run (`scratch`) never touch memory.
-public struct SliceRun: Sendable, Equatable {
-  /// Schedule positions from the first member to the last.
-  public var nodes: [Int]
-  /// The nodes that compute, in order.
-  public var members: [Int]
-  /// Constants inside the run: they run before it.
-  public var hoisted: [Int]
-  /// Results of members read only by later members (through the run's views), not kept
-  /// after the step, and small enough for per-thread scratch.
-  public var scratch: Set<ValueID>
-  /// Slices (the product of the leading axes) every member works on.
-  public var slices: Int
-
-  /// Largest slice (floats; 1 MiB) kept in scratch: a few per thread should fit in L2.
-  public static let scratchLimit = 1 << 18
-  /// Largest matmul slice (2·M·N·K) in a run: larger products are split over the threads
-  /// by themselves.
-  public static let productLimit = 1 << 25
-
+extension SliceRun {
   /// Slices of a node that can be a member, or nil.
   static func slices(_ n: Node, _ g: Graph, transposed: Set<ValueID>, paired: Set<Int>, at i: Int) -> Int? {
     guard !paired.contains(i), n.outputs.count == 1, !transposed.contains(n.outputs[0]) else { return nil }
@@ -120,15 +94,5 @@ public struct SliceRun: Sendable, Equatable {
       runs.append(SliceRun(nodes: run, members: members, hoisted: run.filter(hoistable), scratch: scratch, slices: count))
     }
     return runs
-  }
-
-  /// The value whose memory a member's operand is: through the run's views back to a
-  /// member's result or to a value made before the run.
-  public func root(_ v: ValueID, _ g: Graph) -> ValueID {
-    var v = v
-    while let p = nodes.first(where: { !members.contains($0) && !hoisted.contains($0) && g.nodes[$0].outputs == [v] }) {
-      v = g.nodes[p].inputs[0]
-    }
-    return v
   }
 }

@@ -1,14 +1,31 @@
-// Plan.swift: a compiled model (training step and evaluation forward) and its interim file format.
+// Plan.swift: a compiled model (training step and evaluation forward) and its file format, which carries everything the runtime reads.
 import Foundation
 import SBPIR
 import SBPONNX
 import SBPPasses
 
 /// What `sbpc compile` produces: the training step and the plain forward for evaluation,
-/// plus where the weights come from. The weights are not copied into the plan; loading
-/// re-reads them from the ONNX model (mapped, not copied).
+/// both scheduled and memory-planned, the masks the step reads, and where the weights come
+/// from. The weights are not copied into the plan; loading re-reads them from the ONNX model
+/// (mapped, not copied). The file is self-describing: the runtime reads the buffer layout
+/// (`mem.*` annotations), the SBP index inputs and their stages and the mask spec from it,
+/// and never runs a pass.
+///
+///     sbpc-plan 5
+///     model "PATH"
+///     batch N
+///     sbp keep R mask grid|random attention qkv|query|none blocks SPEC
+///     checksum HEX16                      (FNV-1a of everything below)
+///     == sbp                              (only when SBP drops something)
+///     blocks 2,3,4,5
+///     mask grid 8x8
+///     stage 0 grid 8x8 prefix 1 factor 1 kept 33 dropped 32
+///     == train
+///     graph @… { … }                      (text IR)
+///     == eval
+///     graph @… { … }
 public struct Plan: Sendable {
-  public static let formatVersion = 4
+  public static let formatVersion = 5
 
   public var model: String
   public var batch: Int
@@ -18,6 +35,10 @@ public struct Plan: Sendable {
   public var eval: Graph
   /// The masks the training step reads each step; nil when SBP drops nothing.
   public var layout: SBPLayout?
+  /// The masks as the runtime draws them (the plan file's `== sbp` section).
+  public var mask: MaskLayout? { layout?.mask }
+  /// Why a plan without masks has none: "keep 1" or "no blocks".
+  public var whyNoSBP: String { sbp.keep >= 1 ? "keep 1" : "no blocks" }
 
   public struct Options: Sendable {
     public var batch: Int?
@@ -48,14 +69,27 @@ public struct Plan: Sendable {
     if let spec = options.sbp.blocks, options.sbp.keep < 1 { _ = try BlockSelector.parse(spec, table: BlockTable(eval), notes: &notes) }
     var train = eval
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.trainingPipeline, passOptions), verifyEach: true).run(&train)
+    // The evaluation forward is scheduled and laid out too, so the runtime reads its memory
+    // from the plan as it does the step's.
+    try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.evaluationPipeline, passOptions), verifyEach: true).run(&eval)
     let path = URL(fileURLWithPath: model).standardizedFileURL.path
     let layout = try SBPLayout.make(eval, options: options.sbp)
     return (Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout), notes)
   }
 
-  /// The plan file: a header, then the two graphs in the text IR.
+  /// The plan file: a header, the masks, then the two graphs in the text IR.
   public func serialized() -> String {
-    let body = "== train\n\(train.printed())== eval\n\(eval.printed())"
+    var body = ""
+    if let l = layout {
+      let s = l.spec
+      body += "== sbp\nblocks \(l.blocks.map(String.init).joined(separator: ","))\nmask \(s.mode.rawValue) \(s.height)x\(s.width)\n"
+      for st in l.stages {
+        body +=
+          "stage \(st.stage) grid \(st.grid.map(String.init).joined(separator: "x")) prefix \(st.prefix) factor \(st.factor) "
+          + "kept \(st.keptRows) dropped \(st.droppedRows)\n"
+      }
+    }
+    body += "== train\n\(train.printed())== eval\n\(eval.printed())"
     return "sbpc-plan \(Plan.formatVersion)\nmodel \(quoted(model))\nbatch \(batch)\nsbp \(sbp.text)\nchecksum \(Plan.checksum(body))\n"
       + body
   }
@@ -119,7 +153,14 @@ public struct Plan: Sendable {
     guard Plan.checksum(data[bodyStart...]) == lines[4].dropFirst("checksum ".count) else {
       throw bad("checksum mismatch: the plan was edited, truncated or damaged; recompile it")
     }
-    guard lines[5] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
+    var trainStart = 5
+    var layout: SBPLayout?
+    if lines[5] == "== sbp" {
+      guard let t = lines.firstIndex(of: "== train") else { throw bad("missing '== train' section") }
+      layout = try readMaskSection(lines[6..<t], options: sbp, firstLine: 7, bad: bad)
+      trainStart = t
+    }
+    guard lines[trainStart] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
       throw bad("missing '== train' or '== eval' section")
     }
     func graph(_ range: Range<Int>, _ what: String) throws -> Graph {
@@ -132,7 +173,7 @@ public struct Plan: Sendable {
         throw bad("\(what) graph: \(e)")
       }
     }
-    var train = try graph(6..<evalStart, "train")
+    var train = try graph((trainStart + 1)..<evalStart, "train")
     var eval = try graph((evalStart + 1)..<lines.count, "eval")
     // Weights come from the model the plan was compiled from, matched by initializer name.
     let weights: Graph
@@ -156,8 +197,12 @@ public struct Plan: Sendable {
       }
       if g == 0 { train = graph } else { eval = graph }
     }
-    let layout: SBPLayout?
-    do { layout = try SBPLayout.make(eval, options: sbp) } catch { throw bad("sbp settings: \(error)") }
+    if layout == nil, let i = train.inputs.first(where: { $0.name.hasPrefix("sbp.") }) {
+      throw bad("the train graph reads \(i.name) but the plan has no '== sbp' section; recompile")
+    }
+    for (g, what) in [(train, "train"), (eval, "eval")] {
+      do { _ = try g.bufferLayout() } catch { throw bad("\(what) graph: \(error)") }
+    }
     for st in layout?.stages ?? [] {
       for (name, rows) in [(st.keptInput, st.keptRows), (st.droppedInput, st.droppedRows)] {
         guard let i = train.inputs.first(where: { $0.name == name }), train.type(of: i.value) == TensorType(.i64, [rows]) else {
@@ -166,6 +211,55 @@ public struct Plan: Sendable {
       }
     }
     return Plan(model: model, batch: batch, sbp: sbp, train: train, eval: eval, layout: layout)
+  }
+}
+
+extension Plan {
+  /// The `== sbp` section: the selected blocks, the base mask and each stage's index inputs,
+  /// as `serialized()` writes them. Every value is checked; nothing is recomputed.
+  static func readMaskSection(
+    _ lines: ArraySlice<Substring>, options: SBPOptions, firstLine: Int, bad: (String) -> PlanError
+  ) throws -> SBPLayout {
+    func grid(_ s: Substring) -> [Int]? {
+      let d = s.split(separator: "x").compactMap { Int($0) }
+      return d.count == 2 && d.allSatisfy({ $0 > 0 }) ? d : nil
+    }
+    var blocks: [Int]?, spec: MaskSpec?, stages: [MaskStage] = []
+    for (k, line) in lines.enumerated() {
+      let f = line.split(separator: " ")
+      let at = "line \(firstLine + k)"
+      switch f.first {
+      case "blocks"?:
+        guard f.count == 2 else { throw bad("\(at): expected blocks N,N,…") }
+        let b = f[1].split(separator: ",").compactMap { Int($0) }
+        guard !b.isEmpty, b.allSatisfy({ $0 >= 0 }) else { throw bad("\(at): expected blocks N,N,…") }
+        blocks = b
+      case "mask"?:
+        guard f.count == 3, let mode = MaskMode(rawValue: String(f[1])), let g = grid(f[2]) else {
+          throw bad("\(at): expected mask grid|random HxW")
+        }
+        do { spec = try MaskSpec(keep: options.keep, mode: mode, height: g[0], width: g[1]) } catch { throw bad("\(at): \(error)") }
+      case "stage"?:
+        guard f.count == 12, f[2] == "grid", f[4] == "prefix", f[6] == "factor", f[8] == "kept", f[10] == "dropped",
+          let s = Int(f[1]), let g = grid(f[3]), let prefix = Int(f[5]), let factor = Int(f[7]), let kept = Int(f[9]),
+          let dropped = Int(f[11]), s >= 0, prefix >= 0, factor >= 1, kept >= 1, dropped >= 1
+        else { throw bad("\(at): expected stage S grid HxW prefix P factor F kept K dropped D") }
+        stages.append(MaskStage(stage: s, grid: g, prefix: prefix, factor: factor, keptRows: kept, droppedRows: dropped))
+      default:
+        throw bad("\(at): unexpected '\(line)' in the sbp section")
+      }
+    }
+    guard let blocks, let spec, !stages.isEmpty else { throw bad("the sbp section needs blocks, mask and stage lines") }
+    for st in stages {
+      // What the runtime relies on when it writes a step's indices: the stage grid is the base
+      // grid block-replicated, and the buffers hold the most rows any mask of the spec needs.
+      let base = spec.height * spec.width, range = spec.keptRange
+      guard st.grid == [spec.height * st.factor, spec.width * st.factor],
+        st.keptRows >= st.prefix + range.upperBound * st.factor * st.factor,
+        st.droppedRows >= (base - range.lowerBound) * st.factor * st.factor
+      else { throw bad("sbp stage \(st.stage) does not fit the \(spec.height)x\(spec.width) mask; recompile") }
+    }
+    return SBPLayout(options: options, blocks: blocks, spec: spec, stages: stages)
   }
 }
 

@@ -3,11 +3,11 @@ import COpenBLAS
 import Dispatch
 import Glibc
 import SBPIR
-import SBPPasses
 
-/// Executes a graph: parameters are copied in once (the optimizer updates them in place),
-/// every other value gets its own buffer at construction, and `run()` walks the nodes in
-/// order. Optimizer updates write into the parameter and state buffers they read.
+/// Executes a scheduled graph whose memory `plan-memory` laid out (`Graph.bufferLayout()`):
+/// parameters are copied in once (the optimizer updates them in place), every other value
+/// lives where the layout says, and `run()` walks the nodes in order. Optimizer updates
+/// write into the parameter and state buffers they read.
 public final class Executor {
   public let graph: Graph
   private var buffers: [Buffer?]
@@ -112,9 +112,16 @@ public final class Executor {
   private var firstUpdate = 0
   private let scratch: UnsafeMutablePointer<Float>
 
-  /// The memory plan the executor lays its buffers out by.
-  public let memory: MemoryPlan
+  /// The layout the executor's buffers follow, as the plan file gave it.
+  public let memory: BufferLayout
+  /// Everything allocated: the arena, parameters, optimizer state, inputs, buffers of their
+  /// own (gradients held to updates at the end) and the convolution workspace.
+  public let totalBytes: Int
+  /// Bytes of results that have buffers of their own (an unfused optimizer's gradients).
+  public let ownBufferBytes: Int
   private let arena: Arena
+  /// Retained values (`retaining`): copied out right after the node that makes them runs.
+  private var snapshots: [Int: [(from: Buffer, to: Buffer)]] = [:]
 
   /// The gradient each optimizer update reads (`--dump-grads` and tests retain them).
   public static func gradientValues(_ g: Graph) -> Set<ValueID> {
@@ -122,17 +129,26 @@ public final class Executor {
   }
 
   /// - Parameter maxMemory: refuse, before allocating anything, a graph needing more bytes.
-  /// - Parameter retaining: values to keep readable after `run()` (they get arena space to
-  ///   the end of the step instead of dying at their last reader).
+  /// - Parameter retaining: values to keep readable after `run()`: each is copied out as
+  ///   soon as it is made (its arena memory is reused later in the step), and the node that
+  ///   makes it runs on its own, outside any fused pair or slice group.
   public init(graph: Graph, threads: Int = 1, maxMemory: Int? = nil, retaining: Set<ValueID> = []) throws {
-    let plan = MemoryPlan(graph, retaining: retaining)
-    let need = plan.totalBytes
+    let plan: BufferLayout
+    do { plan = try graph.bufferLayout() } catch let e as IRError { throw RuntimeError("\(e)") }
+    let workspace = graph.nodes.reduce(0) { max($0, graph.workspaceBytes($1)) }
+    var own = 0
+    for n in graph.nodes {
+      for o in n.outputs where plan.offsets[o] == nil && plan.owner[o] == nil { own += graph.type(of: o).byteCount }
+    }
+    let persistent = graph.params.reduce(0) { $0 + graph.type(of: $1.value).byteCount } + graph.inputs.reduce(0) { $0 + graph.type(of: $1.value).byteCount }
+    let need = plan.arenaBytes + persistent + own + workspace
     if let maxMemory, need > maxMemory {
       throw RuntimeError("the plan needs \(byteText(need)), more than the limit of \(byteText(maxMemory))")
     }
-    if retaining.isEmpty { try Executor.checkAnnotations(graph, plan) }
     self.graph = graph
     memory = plan
+    totalBytes = need
+    ownBufferBytes = own
     // OpenBLAS runs single-threaded: sbpc splits products over its own worker pool, whose
     // spinning workers would hold the cores OpenBLAS's threads wait for.
     GEMM.setThreads(1)
@@ -167,14 +183,12 @@ public final class Executor {
       buffers[p.value.raw] = b
     }
     for i in graph.inputs { buffers[i.value.raw] = Buffer(graph.type(of: i.value)) }
-    var offsetOf: [ValueID: Int] = [:]
-    for s in plan.slots { offsetOf[s.value] = s.offset }
     for n in graph.nodes {
       for o in n.outputs {
         let t = graph.type(of: o)
         if let owner = plan.owner[o], let b = buffers[owner.raw] {
           buffers[o.raw] = Buffer(viewing: b.raw, t, base: b)
-        } else if let off = offsetOf[o] {
+        } else if let off = plan.offsets[o] {
           buffers[o.raw] = Buffer(viewing: arena.base + off, t, base: arena)
         } else {
           buffers[o.raw] = Buffer(t)
@@ -182,7 +196,7 @@ public final class Executor {
       }
     }
     self.buffers = buffers
-    let transposed = MemoryPlan.transposedViews(graph.nodes, outputs: Set(graph.outputs.map(\.value)).union(retaining))
+    let transposed = plan.transposedViews
     steps = graph.nodes.map { n in
       var conv: Conv2D?
       switch n.op {
@@ -199,16 +213,27 @@ public final class Executor {
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
-    // The pairs and runs the memory plan made room for, and only those.
-    Executor.pairMovement(&steps, plan.movementPairs)
-    for g in SliceGroup.groups(steps, runs: plan.sliceRuns, graph: graph, threads: max(threads, 1)) {
+    // The pairs and runs the memory plan made room for, and only those; a node whose result
+    // is retained runs on its own, so its result is there to copy when it has run.
+    var makers: [Int: [ValueID]] = [:]
+    for (i, n) in graph.nodes.enumerated() { for o in n.outputs where retaining.contains(o) { makers[i, default: []].append(o) } }
+    Executor.pairMovement(&steps, plan.movementPairs.filter { makers[$0.key] == nil && makers[$0.value] == nil })
+    let runs = plan.sliceRuns.filter { $0.nodes.allSatisfy { makers[$0] == nil } }
+    for g in SliceGroup.groups(steps, runs: runs, graph: graph, threads: max(threads, 1)) {
       for i in g.steps { steps[i].pre.group = g }
       for i in g.steps.dropFirst() { steps[i].pre.grouped = true }
     }
-    Executor.pairGelus(&steps)
+    Executor.pairGelus(&steps, apart: Set(makers.keys))
     otherFlops = graph.nodes.reduce(0) { $0 + graph.flops($1).other }
     firstUpdate = steps.firstIndex { $0.node.op.isUpdate } ?? steps.count
-    scratch = .allocate(capacity: max(plan.workspaceBytes / 4, 1))
+    scratch = .allocate(capacity: max(workspace / 4, 1))
+    for (i, values) in makers {
+      snapshots[i] = values.map { v in
+        let copy = Buffer(graph.type(of: v))
+        defer { self.buffers[v.raw] = copy }
+        return (self.buffers[v.raw]!, copy)
+      }
+    }
   }
 
   /// Finds each gelu_grad(x, dy) and gelu(x) scheduled one after the other (the backward's
@@ -216,7 +241,7 @@ public final class Executor {
   /// second node's kernel one position early is safe when its result's memory is either an
   /// operand's own memory (elementwise in place) or disjoint from everything both nodes read
   /// and write: any other value whose memory it could share dies before the first node.
-  static func pairGelus(_ steps: inout [Step]) {
+  static func pairGelus(_ steps: inout [Step], apart: Set<Int> = []) {
     func sameOrApart(_ a: Buffer, _ b: Buffer) -> Bool {
       a.raw == b.raw && a.byteCount == b.byteCount || !a.byteRange.overlaps(b.byteRange)
     }
@@ -231,7 +256,7 @@ public final class Executor {
         (grad, approximation) = (i + 1, a)
       default: break
       }
-      guard grad >= 0 else {
+      guard grad >= 0, !apart.contains(i), !apart.contains(i + 1) else {
         i += 1
         continue
       }
@@ -258,27 +283,13 @@ public final class Executor {
     _ = madvise(p, end - start, MADV_DONTNEED)
   }
 
-  /// A plan's `mem.offsets` must be exactly what its graph's liveness gives, or the plan was
-  /// edited or made by another compiler: running it could overwrite live values.
-  static func checkAnnotations(_ graph: Graph, _ plan: MemoryPlan) throws {
-    var offsetOf: [ValueID: Int] = [:]
-    for s in plan.slots { offsetOf[s.value] = s.offset }
-    for n in graph.nodes {
-      guard case .ints(let offs)? = n.attrs["mem.offsets"] else { continue }
-      let want = n.outputs.map { offsetOf[$0] ?? -1 }
-      guard offs == want else {
-        throw RuntimeError("node '\(n.name)': its mem.offsets \(offs) are not the graph's memory plan \(want); recompile the plan")
-      }
-    }
-  }
-
   deinit { scratch.deallocate() }
 
   /// The one allocation every transient buffer lives in.
   final class Arena {
     let base: UnsafeMutableRawPointer
     init(bytes: Int) {
-      base = .allocate(byteCount: max(bytes, 1), alignment: MemoryPlan.alignment)
+      base = .allocate(byteCount: max(bytes, 1), alignment: BufferLayout.alignment)
       base.initializeMemory(as: UInt8.self, repeating: 0, count: max(bytes, 1))
     }
     deinit { base.deallocate() }
@@ -386,6 +397,7 @@ public final class Executor {
       do { try execute(n, step.ins, step.outs, step.conv, step.pre) } catch let e as RuntimeError {
         throw RuntimeError("node '\(n.name)' (\(n.op.name)): \(e)")
       }
+      if let copies = snapshots[i] { for (made, copy) in copies { copy.raw.copyMemory(from: made.raw, byteCount: made.byteCount) } }
       if checkNumerics, !step.pre.unwritten, let bad = firstNonFinite(n) {
         var block = ""
         if case .int(let b)? = n.attrs["sbp.block"] { block = " in block \(b)" }

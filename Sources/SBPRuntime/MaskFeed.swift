@@ -1,6 +1,5 @@
 // MaskFeed.swift: draws each step's SBP keep mask and writes its token indices into the step's inputs.
 import SBPIR
-import SBPPasses
 
 /// Where each step's mask comes from: drawn from the plan's spec with a seed, the grid mask of
 /// one fixed phase, or an explicit mask over the base grid.
@@ -11,7 +10,7 @@ public struct MaskFeed {
     case explicit(KeepMask)
   }
 
-  public let layout: SBPLayout
+  public let layout: MaskLayout
   public let source: Source
   private var rng: SplitMix64
   private let targets: [(kept: Buffer, dropped: Buffer)]
@@ -20,7 +19,7 @@ public struct MaskFeed {
   private var order: [Int]
 
   /// Checks `source` against the plan and finds the index inputs in `executor`.
-  public init(layout: SBPLayout, source: Source, executor: Executor) throws {
+  public init(layout: MaskLayout, source: Source, executor: Executor) throws {
     self.layout = layout
     self.source = source
     current = layout.spec.gridMask(phase: 0)

@@ -1,7 +1,6 @@
 // SliceGroups.swift: runs the memory plan's slice runs (attention's products, softmax, scaling) slice by slice instead of node by node.
 import Dispatch
 import SBPIR
-import SBPPasses
 
 /// The runtime side of a `SliceRun`: consecutive steps that each work on the slices of the
 /// same leading axes independently (batch × heads): small batched matmuls, softmax and its

@@ -1,7 +1,6 @@
 // Trainer.swift: the training loop as a library type: data order, schedules, masks, checkpoints and resume, logging, evaluation.
 import Foundation
 import SBPIR
-import SBPPasses
 import SBPPlan
 
 /// What a training run does, as plain values: `sbpc train` fills this from its flags, and a
@@ -143,10 +142,10 @@ public final class Trainer {
 
   /// The mask source the options ask for; nil for a plan without SBP (mask options then are errors).
   static func maskFeed(_ p: Plan, _ ex: Executor, _ o: TrainerOptions, path: String) throws -> MaskFeed? {
-    guard let layout = p.layout else {
+    guard let layout = p.mask else {
       if o.maskPhase != nil || o.maskFile != nil || o.dumpMask != nil {
         throw RuntimeError(
-          "\(path) was compiled without SBP (\(p.sbp.keep >= 1 ? "keep 1" : "no blocks")); --mask-phase, --mask-file and --dump-mask need an SBP plan"
+          "\(path) was compiled without SBP (\(p.whyNoSBP)); --mask-phase, --mask-file and --dump-mask need an SBP plan"
         )
       }
       return nil

@@ -1,7 +1,6 @@
 // Training.swift: what a training run needs around the step: data sets, batch order, learning-rate schedules, evaluation.
 import Foundation
 import SBPIR
-import SBPPasses
 
 /// Images and labels for training or evaluation: f32 [N, C, H, W] and i64 [N], checked
 /// against a plan before anything runs. N need not be a multiple of the batch.

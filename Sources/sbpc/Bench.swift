@@ -279,7 +279,7 @@ struct BenchChild: ParsableCommand {
       let p = try Plan.load(plan)
       let ex = try Executor(graph: p.train, threads: threads)
       let feed = try Feeder(plan: p, executor: ex, path: plan)
-      var masks = try p.layout.map { try MaskFeed(layout: $0, source: .sampled(seed: seed), executor: ex) }
+      var masks = try p.mask.map { try MaskFeed(layout: $0, source: .sampled(seed: seed), executor: ex) }
       // One fixed synthetic batch, as the PyTorch script uses: the timed step is the mask
       // draw and the plan, not the data generator.
       feed.synthetic(seed: seed, step: 0)

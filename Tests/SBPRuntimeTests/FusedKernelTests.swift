@@ -52,7 +52,7 @@ final class FusedKernelTests: XCTestCase {
     let y = try g.append(.transpose([1, 3, 0, 2, 4]), [c])[0]
     g.outputs = parts.map { GraphInput(value: $0, name: "part") } + [GraphInput(value: y, name: "y")]
     XCTAssertEqual(MemoryPlan.movementPairs(g.nodes, outputs: Set(g.outputs.map(\.value))), [0: 1, 2: 3])
-    let ex = try Executor(graph: g, threads: 2)
+    let ex = try Executor(graph: try g.laidOut(), threads: 2)
     XCTAssertNotNil(ex.steps[1].pre.movement, "transpose → split runs as one kernel")
     XCTAssertNotNil(ex.steps[3].pre.movement, "concat → transpose runs as one kernel")
     let count = shape.reduce(1, *)

@@ -66,7 +66,7 @@ final class GradientCheckTests: XCTestCase {
     let grads = try appendGradients(&g, loss: loss, wrt: params)
     g.outputs = [GraphInput(value: loss, name: "loss")] + params.map { GraphInput(value: grads[$0]!, name: "grad") }
     try g.verify()
-    let ex = try Executor(graph: g)
+    let ex = try Executor(graph: try g.laidOut())
     try ex.run()
     var errors: [Float] = []
     for p in params {

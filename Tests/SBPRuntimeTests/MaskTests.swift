@@ -1,7 +1,7 @@
 // MaskTests.swift: SBP mask sampling follows DESIGN.md's rules exactly.
 import XCTest
 
-@testable import SBPPasses
+@testable import SBPIR
 
 final class MaskTests: XCTestCase {
   func testGridStridesRoundHalfToEven() throws {

@@ -143,7 +143,7 @@ final class SBPPlanTests: XCTestCase {
       let p = try compile(model, options)
       let ex = try Executor(graph: p.train, threads: 1)
       if let layout = p.layout {
-        let feed = try MaskFeed(layout: layout, source: .sampled(seed: 1), executor: ex)
+        let feed = try MaskFeed(layout: layout.mask, source: .sampled(seed: 1), executor: ex)
         try feed.feed(layout.spec.gridMask(phase: 0))
       }
       try ex.run()
@@ -162,7 +162,7 @@ final class SBPPlanTests: XCTestCase {
     for fuse in [true, false] {
       let p = try Plan.compile(model: vit, options: Plan.Options(batch: 2, sbp: SBPOptions(), fuseOptimizer: fuse)).0
       let ex = try Executor(graph: p.train, threads: 1)
-      let feed = try MaskFeed(layout: p.layout!, source: .phase(1), executor: ex)
+      let feed = try MaskFeed(layout: p.layout!.mask, source: .phase(1), executor: ex)
       try feed.feed(feed.layout.spec.gridMask(phase: 1))
       for i in 0..<ex.buffer(p.train.inputs[0].value).count { ex.buffer(p.train.inputs[0].value).f32[i] = Float(i % 7) * 0.1 }
       var l: [Float] = []
@@ -171,10 +171,46 @@ final class SBPPlanTests: XCTestCase {
         l.append(ex.output("loss")!.f32[0])
       }
       losses.append(l)
-      totals.append(ex.memory.totalBytes)
-      XCTAssertEqual(ex.memory.gradientBytes > 0, !fuse)
+      totals.append(ex.totalBytes)
+      XCTAssertEqual(ex.ownBufferBytes > 0, !fuse)
     }
     XCTAssertEqual(losses[0], losses[1])
     XCTAssertLessThan(totals[0], totals[1])
+  }
+}
+
+/// The plan is self-describing: what `plan-memory` decided comes back from the annotations
+/// exactly, and a layout that was tampered with is refused with one line naming the node.
+final class BufferLayoutTests: XCTestCase {
+  func testTheAnnotationsCarryTheWholeMemoryPlan() throws {
+    for (model, keep) in [("vit_p4_d6_ts17", 0.5), ("convnext_t1131_ts17", 0.5), ("vit_avg_p4_d4_ts17", 1.0)] {
+      let p = try Plan.compile(
+        model: repoRoot + "/models/\(model).onnx", options: Plan.Options(batch: 2, sbp: SBPOptions(keep: keep))
+      ).0
+      for g in [p.train, p.eval] {
+        let want = MemoryPlan(g), got = try g.bufferLayout()
+        XCTAssertEqual(got.arenaBytes, want.arenaBytes, model)
+        XCTAssertEqual(got.offsets, Dictionary(uniqueKeysWithValues: want.slots.map { ($0.value, $0.offset) }), model)
+        XCTAssertEqual(got.owner, want.owner, model)
+        XCTAssertEqual(got.movementPairs, want.movementPairs, model)
+        XCTAssertEqual(got.sliceRuns, want.sliceRuns, model)
+      }
+      XCTAssertEqual(try Executor(graph: p.train).totalBytes, MemoryPlan(p.train).totalBytes, model)
+    }
+  }
+
+  func testATamperedLayoutIsRefused() throws {
+    let p = try Plan.compile(model: repoRoot + "/models/vit_p4_d6_ts17.onnx", options: Plan.Options(batch: 1, sbp: .off)).0
+    let i = try XCTUnwrap(p.train.nodes.firstIndex { if case .ints(let o)? = $0.attrs["mem.offsets"] { return o[0] > 0 } else { return false } })
+    for (key, value, message) in [
+      ("mem.offsets", AttrValue.ints([3]), "is not aligned"), ("mem.shares", .ints([7]), "mem.shares names no operand"),
+      ("mem.offsets", .ints([]), "wrong length"), ("mem.pair", .int(1), "not a movement pair"),
+    ] {
+      var g = p.train
+      g.annotate(node: i, key, value)
+      XCTAssertThrowsError(try Executor(graph: g)) { e in
+        XCTAssertTrue("\(e)".contains(message) && "\(e)".contains(p.train.nodes[i].name) && "\(e)".contains("recompile"), "\(e)")
+      }
+    }
   }
 }

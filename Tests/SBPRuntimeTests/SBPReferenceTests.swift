@@ -31,7 +31,7 @@ func runSBPStep(_ model: String, _ onnx: String, config: String, options: SBPOpt
   labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
   let layout = try XCTUnwrap(plan.layout, "\(model) \(config): the plan has no SBP layout")
   let mask = try mask ?? KeepMask(npy: try NPYArray.read(dir + "/mask.npy"), name: "mask.npy")
-  let feed = try MaskFeed(layout: layout, source: .explicit(mask), executor: ex)
+  let feed = try MaskFeed(layout: layout.mask, source: .explicit(mask), executor: ex)
   try feed.feed(mask)
   try ex.run()
   return (ex, plan)
@@ -120,7 +120,7 @@ final class SBPReferenceTests: XCTestCase {
     split.patchDownsamplers = false
     try PassPipeline(passes: [Canonicalize(), Mark()], verifyEach: true).run(&g)
     let layout = try XCTUnwrap(try SBPLayout.make(g, options: split.options))
-    try PassPipeline(passes: [split, DeadRows(), Autodiff(), PruneBackward(), Rematerialize()], verifyEach: true).run(&g)
+    try PassPipeline(passes: [split, DeadRows(), Autodiff(), PruneBackward(), Rematerialize(), Schedule(), PlanMemory()], verifyEach: true).run(&g)
     XCTAssertTrue(g.nodes.contains { $0.op == .conv(ConvGeometry(strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1)) })
     let ex = try Executor(graph: g, threads: 1, retaining: Executor.gradientValues(g))
     x.data.withUnsafeBytes { ex.buffer(g.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -128,7 +128,7 @@ final class SBPReferenceTests: XCTestCase {
       ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count)
     }
     let mask = try KeepMask(npy: try NPYArray.read(dir + "/mask.npy"), name: "mask.npy")
-    try MaskFeed(layout: layout, source: .explicit(mask), executor: ex).feed(mask)
+    try MaskFeed(layout: layout.mask, source: .explicit(mask), executor: ex).feed(mask)
     try ex.run()
     let matched = try assertGradientsMatchPyTorch(
       ex, params: "\(repoRoot)/models/reference/\(model)/ts17.params.json", refDir: dir, what: "\(model) downsampler fallback")

@@ -36,7 +36,7 @@ final class SliceGroupTests: XCTestCase {
         x.data.withUnsafeBytes { ex.buffer(inp.value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         if let layout = plan.layout {
-          let feed = try MaskFeed(layout: layout, source: .explicit(mask), executor: ex)
+          let feed = try MaskFeed(layout: layout.mask, source: .explicit(mask), executor: ex)
           try feed.feed(mask)
         }
         try ex.run(checkNumerics: checked)

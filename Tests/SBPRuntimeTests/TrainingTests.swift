@@ -39,7 +39,7 @@ final class TrainingTests: XCTestCase {
     if case .adamw = op { ins.append(graph.addInput("step", TensorType(.f32, []))) }
     let outs = try graph.append(op, ins)
     graph.outputs = outs.map { GraphInput(value: $0, name: "o") }
-    let ex = try Executor(graph: graph)
+    let ex = try Executor(graph: try graph.laidOut())
     ex.input("step")?.f32[0] = step
     try ex.run()
     return outs.map { Array(ex.buffer($0).floats) }

@@ -130,14 +130,14 @@ final class TrainCLITests: XCTestCase {
     _ = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/v.plan"])
     let good = try String(contentsOfFile: d + "/v.plan", encoding: .utf8)
     try "garbage\n".write(toFile: d + "/garbage.plan", atomically: true, encoding: .utf8)
-    try good.replacingOccurrences(of: "sbpc-plan 4", with: "sbpc-plan 99").write(
+    try good.replacingOccurrences(of: "sbpc-plan 5", with: "sbpc-plan 99").write(
       toFile: d + "/version.plan", atomically: true, encoding: .utf8)
     try String(good.prefix(good.count / 2)).write(toFile: d + "/truncated.plan", atomically: true, encoding: .utf8)
     try good.replacingOccurrences(of: "= softmax(", with: "= softmaxx(").write(toFile: d + "/badop.plan", atomically: true, encoding: .utf8)
     try NPYArray_i64([0, 99]).write(toFile: d + "/badlabels.npy")
     let cases: [([String], String)] = [
       (["train", d + "/garbage.plan"], "not an sbpc plan"),
-      (["train", d + "/version.plan"], "not version 4"),
+      (["train", d + "/version.plan"], "not version 5"),
       (["train", d + "/truncated.plan"], "truncated.plan"),
       (["train", d + "/badop.plan"], "checksum mismatch"),
       (["train", d + "/missing.plan"], "cannot read"),

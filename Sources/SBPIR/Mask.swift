@@ -1,4 +1,4 @@
-// Mask.swift: SBP keep masks over a token grid: grid and random sampling, kept counts, replication across stages.
+// Mask.swift: SBP keep masks over a token grid: grid and random sampling, kept counts, replication across stages, and the stages a plan indexes.
 import Foundation
 
 /// How the kept tokens are chosen at each step (DESIGN.md, "SBP semantics").
@@ -160,5 +160,74 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
   public mutating func normal() -> Float {
     let u1 = Double(next() >> 11 + 1) / Double(1 << 53), u2 = Double(next() >> 11) / Double(1 << 53)
     return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
+  }
+}
+
+/// One grid at which SBP indexes tokens: the graph inputs that carry each step's kept and
+/// dropped token indices there, and how many rows they hold.
+public struct MaskStage: Sendable, Equatable {
+  public var stage: Int
+  /// [H, W] of the stage's token grid.
+  public var grid: [Int]
+  /// Leading non-spatial tokens, always kept and listed first among the kept indices.
+  public var prefix: Int
+  /// The stage grid over the base grid (block replication factor).
+  public var factor: Int
+  /// Rows the kept-index vector holds: the prefix plus the largest kept patch count.
+  public var keptRows: Int
+  /// Rows the dropped-index vector holds: the largest dropped patch count.
+  public var droppedRows: Int
+
+  public init(stage: Int, grid: [Int], prefix: Int, factor: Int, keptRows: Int, droppedRows: Int) {
+    self.stage = stage
+    self.grid = grid
+    self.prefix = prefix
+    self.factor = factor
+    self.keptRows = keptRows
+    self.droppedRows = droppedRows
+  }
+
+  public var keptInput: String { "sbp.kept.\(stage)" }
+  public var droppedInput: String { "sbp.dropped.\(stage)" }
+}
+
+/// The masks a training step reads: the base mask drawn each step and the stages whose
+/// kept and dropped token indices are graph inputs. The compiler decides it; the plan file
+/// carries it, and the runtime draws masks from it without the passes.
+public struct MaskLayout: Sendable, Equatable {
+  public var spec: MaskSpec
+  public var stages: [MaskStage]
+
+  public init(spec: MaskSpec, stages: [MaskStage]) {
+    self.spec = spec
+    self.stages = stages
+  }
+
+  public func stage(_ s: Int) -> MaskStage? { stages.first { $0.stage == s } }
+
+  /// Kept and dropped token indices for each stage under base mask `m`, padded with −1 to the
+  /// stage's row counts. Throws when `m` keeps more or drops more than the buffers hold.
+  public func indices(for m: KeepMask) throws -> [(kept: [Int64], dropped: [Int64])] {
+    guard m.height == spec.height, m.width == spec.width else {
+      throw MaskError("the mask is \(m.height)x\(m.width); this plan's base grid is \(spec.height)x\(spec.width)")
+    }
+    return try stages.map { st in
+      let r = try m.replicated(to: st.grid[0], st.grid[1])
+      var kept = (0..<st.prefix).map { Int64($0) }
+      var dropped: [Int64] = []
+      for (i, k) in r.keep.enumerated() {
+        if k { kept.append(Int64(st.prefix + i)) } else { dropped.append(Int64(st.prefix + i)) }
+      }
+      guard kept.count <= st.keptRows, dropped.count <= st.droppedRows else {
+        let range = spec.keptRange
+        throw MaskError(
+          "the mask keeps \(m.keptCount) of \(m.keep.count) patches; this plan holds \(range.lowerBound)"
+            + (range.count > 1 ? " to \(range.upperBound)" : "") + " kept patches per step (keep \(spec.keep), \(spec.mode.rawValue))"
+        )
+      }
+      kept += [Int64](repeating: -1, count: st.keptRows - kept.count)
+      dropped += [Int64](repeating: -1, count: st.droppedRows - dropped.count)
+      return (kept, dropped)
+    }
   }
 }

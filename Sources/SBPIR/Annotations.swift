@@ -1,0 +1,38 @@
+// Annotations.swift: the keys passes write on nodes, one spelling each, and the graph queries every pass shares.
+
+/// Annotation keys, as typed constants: a misspelt key is a compile error, not a silently
+/// missing annotation.
+public enum Annotation {
+  // mark: what a node is in its block.
+  public static let role = "sbp.role"
+  public static let block = "sbp.block"
+  public static let stage = "sbp.stage"
+  public static let kind = "sbp.kind"
+  public static let layout = "sbp.layout"
+  public static let tokenAxes = "sbp.token_axes"
+  public static let grid = "sbp.grid"
+  public static let prefix = "sbp.prefix"
+  public static let unmatched = "sbp.unmatched"
+  // insert-sbp and prune-backward.
+  public static let from = "sbp.from"
+  public static let sparseRows = "sbp.sparse_rows"
+  // plan-memory: the buffer layout (`BufferLayout`).
+  public static let memOffsets = "mem.offsets"
+  public static let memShares = "mem.shares"
+  public static let memPair = "mem.pair"
+  public static let memRun = "mem.run"
+  public static let memScratch = "mem.scratch"
+}
+
+extension Graph {
+  /// The position of the node that makes each value, over the nodes before `end` (all by default).
+  public func producerIndex(before end: Int? = nil) -> [ValueID: Int] {
+    var producer: [ValueID: Int] = [:]
+    for (i, n) in nodes.enumerated() where i < (end ?? nodes.count) { for o in n.outputs { producer[o] = i } }
+    return producer
+  }
+
+  /// The training step's loss node: autodiff appends it where the forward ends, so every
+  /// node after it is backward or an optimizer update. nil before autodiff.
+  public var lossIndex: Int? { nodes.lastIndex { $0.op.category == .loss } }
+}
