@@ -93,7 +93,7 @@ extension Graph {
     var runNodes: [Int: [Int]] = [:], runSlices: [Int: Int] = [:]
     var arena = 0
     for (i, n) in nodes.enumerated() {
-      guard case .ints(let offs)? = n.attrs["mem.offsets"], case .ints(let shares)? = n.attrs["mem.shares"] else {
+      guard case .ints(let offs)? = n.attrs[Annotation.memOffsets], case .ints(let shares)? = n.attrs[Annotation.memShares] else {
         throw bad(n, "no memory plan (mem.offsets, mem.shares)")
       }
       guard offs.count == n.outputs.count, shares.count == n.outputs.count else { throw bad(n, "mem.offsets or mem.shares has the wrong length") }
@@ -112,14 +112,14 @@ extension Graph {
           throw bad(n, "mem.offsets and mem.shares take −1 or a valid entry")
         }
       }
-      if case .int(1)? = n.attrs["mem.pair"] {
+      if case .int(1)? = n.attrs[Annotation.memPair] {
         guard i + 1 < nodes.count else { throw bad(n, "mem.pair on the last node") }
         switch (n.op, nodes[i + 1].op) {
         case (.transpose, .split), (.concat, .transpose): pairs[i] = i + 1
         default: throw bad(n, "mem.pair joins \(n.op.name) and \(nodes[i + 1].op.name), not a movement pair")
         }
       }
-      if case .ints(let r)? = n.attrs["mem.run"] {
+      if case .ints(let r)? = n.attrs[Annotation.memRun] {
         guard r.count == 2, r[0] >= 0, r[1] > 1 else { throw bad(n, "mem.run must be [run, slices]") }
         runNodes[r[0], default: []].append(i)
         guard runSlices[r[0]] == nil || runSlices[r[0]] == r[1] else { throw bad(n, "mem.run's slice count differs within the run") }
@@ -137,7 +137,7 @@ extension Graph {
           hoisted.append(i)
         } else if !(n.op.isView || n.outputs.count == 1 && transposed.contains(n.outputs[0])) {
           members.append(i)
-          if case .int(1)? = n.attrs["mem.scratch"] { scratch.insert(n.outputs[0]) }
+          if case .int(1)? = n.attrs[Annotation.memScratch] { scratch.insert(n.outputs[0]) }
         }
       }
       guard members.count >= 2 else { throw bad(nodes[at[0]], "slice run \(k) has fewer than two members") }

@@ -54,8 +54,12 @@ public struct MaskSpec: Sendable, Equatable {
   public var height: Int
   public var width: Int
 
+  /// A keep ratio SBP accepts: in (0, 1], where 1 turns SBP off. The one test of it, for
+  /// flags, plan files and specs alike.
+  public static func isValidKeep(_ keep: Double) -> Bool { keep > 0 && keep <= 1 && keep.isFinite }
+
   public init(keep: Double, mode: MaskMode, height: Int, width: Int) throws {
-    guard keep > 0, keep <= 1, keep.isFinite else { throw MaskError("keep ratio must be in (0, 1], got \(keep)") }
+    guard MaskSpec.isValidKeep(keep) else { throw MaskError("keep ratio must be in (0, 1], got \(keep)") }
     guard height > 0, width > 0, height <= 1 << 12, width <= 1 << 12 else {
       throw MaskError("the token grid must be 1x1 to 4096x4096, got \(height)x\(width)")
     }

@@ -119,6 +119,11 @@ extension Graph {
     for i in outputs.indices where outputs[i].value == old { outputs[i].value = new }
   }
 
+  /// Replaces the reads of `old` by `new` in the node at index `node` only.
+  public mutating func replaceUses(of old: ValueID, with new: ValueID, inNode node: Int) {
+    for k in nodes[node].inputs.indices where nodes[node].inputs[k] == old { nodes[node].inputs[k] = new }
+  }
+
   /// Removes nodes whose results nobody reads, and parameters nobody reads.
   public mutating func eliminateDeadCode() {
     var live = Set(outputs.map(\.value))

@@ -24,8 +24,8 @@ public func appendGradients(_ graph: inout Graph, loss: ValueID, wrt: [ValueID])
   if b.type(loss).shape != [] { grads[loss] = try b.one(.expand(b.type(loss).shape), [grads[loss]!]) }
   for n in forward.reversed() where n.outputs.contains(where: { grads[$0] != nil }) && n.inputs.contains(where: requires.contains) {
     var nb = GradBuilder(graph: b.graph, name: n.name)
-    if let block = n.attrs["sbp.block"] { nb.attrs["sbp.block"] = block }
-    if let role = n.attrs["sbp.role"] { nb.attrs["sbp.from"] = role }
+    if let block = n.attrs[Annotation.block] { nb.attrs[Annotation.block] = block }
+    if let role = n.attrs[Annotation.role] { nb.attrs[Annotation.from] = role }
     let dxs = try nb.gradients(of: n, n.outputs.map { grads[$0] })
     b.graph = nb.graph
     for (v, d) in zip(n.inputs, dxs) {

@@ -53,9 +53,9 @@ public struct BlockTable: Sendable, Encodable {
     var unmatched: [UnmatchedUnit] = []
     var stem = 0, down = 0, head = 0
     for n in g.nodes {
-      if case .int(let b)? = n.attrs["sbp.block"] { byBlock[b, default: []].append(n) }
-      if case .string(let r)? = n.attrs["sbp.unmatched"] { unmatched.append(UnmatchedUnit(node: n.name, reason: r)) }
-      switch n.attrs["sbp.role"] {
+      if case .int(let b)? = n.attrs[Annotation.block] { byBlock[b, default: []].append(n) }
+      if case .string(let r)? = n.attrs[Annotation.unmatched] { unmatched.append(UnmatchedUnit(node: n.name, reason: r)) }
+      switch n.attrs[Annotation.role] {
       case .string("stem")?: stem += 1
       case .string("downsample")?: down += 1
       case .string("head")?: head += 1
@@ -65,15 +65,15 @@ public struct BlockTable: Sendable, Encodable {
     let params = Dictionary(uniqueKeysWithValues: g.params.filter(\.trainable).map { ($0.value, $0) })
     blocks = byBlock.keys.sorted().compactMap { b in
       let nodes = byBlock[b]!
-      guard let res = nodes.first(where: { $0.attrs["sbp.role"] == .string("residual") }),
-        case .int(let stage)? = res.attrs["sbp.stage"], case .string(let kind)? = res.attrs["sbp.kind"],
-        case .string(let layout)? = res.attrs["sbp.layout"], case .ints(let axes)? = res.attrs["sbp.token_axes"],
-        case .ints(let grid)? = res.attrs["sbp.grid"], case .int(let prefix)? = res.attrs["sbp.prefix"]
+      guard let res = nodes.first(where: { $0.attrs[Annotation.role] == .string("residual") }),
+        case .int(let stage)? = res.attrs[Annotation.stage], case .string(let kind)? = res.attrs[Annotation.kind],
+        case .string(let layout)? = res.attrs[Annotation.layout], case .ints(let axes)? = res.attrs[Annotation.tokenAxes],
+        case .ints(let grid)? = res.attrs[Annotation.grid], case .int(let prefix)? = res.attrs[Annotation.prefix]
       else { return nil }
       var roles = Set<String>()
       var used = Set<ValueID>()
       for n in nodes {
-        if case .string(let r)? = n.attrs["sbp.role"], r != "residual" { roles.insert(r) }
+        if case .string(let r)? = n.attrs[Annotation.role], r != "residual" { roles.insert(r) }
         used.formUnion(n.inputs.filter { params[$0] != nil })
       }
       let count = used.reduce(0) { $0 + g.type(of: $1).elementCount }

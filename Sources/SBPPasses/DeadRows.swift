@@ -39,8 +39,8 @@ struct RowSinker {
     guard let name = graph.inputs.first(where: { $0.value == kept })?.name,
       let stage = Int(name.dropFirst("sbp.kept.".count))
     else { return 0 }
-    for n in graph.nodes where n.attrs["sbp.role"] == .string("residual") && n.attrs["sbp.stage"] == .int(stage) {
-      if case .int(let p)? = n.attrs["sbp.prefix"] { return p }
+    for n in graph.nodes where n.attrs[Annotation.role] == .string("residual") && n.attrs[Annotation.stage] == .int(stage) {
+      if case .int(let p)? = n.attrs[Annotation.prefix] { return p }
     }
     return 0
   }
@@ -49,8 +49,7 @@ struct RowSinker {
   /// the same rows from the kept rows, so it reads a gather of them instead.
   mutating func seedHead(stages: [(kept: ValueID, rows: Int)]) throws {
     let ud = graph.index()
-    var producer: [ValueID: Int] = [:]
-    for (i, n) in graph.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    let producer = graph.producerIndex()
     for i in graph.nodes.indices {
       let n = graph.nodes[i]
       let v = n.inputs.first
@@ -114,8 +113,7 @@ struct RowSinker {
     }
     if changed { graph.eliminateDeadCode() }
     let ud = graph.index()
-    var producer: [ValueID: Int] = [:]
-    for (i, n) in graph.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    let producer = graph.producerIndex()
     var done = Set<Int>()
     var touched = Set<ValueID>()
     let snapshot = graph.nodes

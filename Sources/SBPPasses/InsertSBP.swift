@@ -48,7 +48,7 @@ struct SBPRewriter {
   init(graph: Graph, layout: SBPLayout) {
     self.graph = graph
     self.layout = layout
-    for (i, n) in graph.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    producer = graph.producerIndex()
   }
 
   func fail(_ block: Int, _ m: String) -> PassError { PassError("insert-sbp: block \(block): \(m)") }
@@ -64,17 +64,17 @@ struct SBPRewriter {
     let selected = Set(layout.blocks)
     var blockNodes: [Int: [Int]] = [:]
     for (i, n) in original.enumerated() {
-      if case .int(let b)? = n.attrs["sbp.block"], selected.contains(b) { blockNodes[b, default: []].append(i) }
+      if case .int(let b)? = n.attrs[Annotation.block], selected.contains(b) { blockNodes[b, default: []].append(i) }
     }
     for b in layout.blocks {
       let nodes = blockNodes[b] ?? []
-      guard let res = nodes.first(where: { original[$0].attrs["sbp.role"] == .string("residual") }),
-        case .int(let stage)? = original[res].attrs["sbp.stage"], case .ints(let axes)? = original[res].attrs["sbp.token_axes"]
+      guard let res = nodes.first(where: { original[$0].attrs[Annotation.role] == .string("residual") }),
+        case .int(let stage)? = original[res].attrs[Annotation.stage], case .ints(let axes)? = original[res].attrs[Annotation.tokenAxes]
       else { throw fail(b, "has no residual annotation; run mark first") }
       let roles = nodes.compactMap { i -> (Int, String)? in
-        if case .string(let r)? = original[i].attrs["sbp.role"] { return (i, r) } else { return nil }
+        if case .string(let r)? = original[i].attrs[Annotation.role] { return (i, r) } else { return nil }
       }
-      stamp = ["sbp.block": .int(b), "sbp.stage": .int(stage)]
+      stamp = [Annotation.block: .int(b), Annotation.stage: .int(stage)]
       let chain = roles.filter { $0.1.hasPrefix("mlp.") || $0.1.hasPrefix("pwconv") }.map(\.0)
       if !chain.isEmpty { try splitTokenwise(block: b, stage: stage, chain: chain, blockAxes: axes) }
       if layout.options.attention != .none, let scores = roles.first(where: { $0.1 == "mhsa.scores" })?.0,
@@ -85,8 +85,8 @@ struct SBPRewriter {
     }
     // Downsamplers feeding a stage whose first block is selected.
     stamp = [:]
-    for n in original where n.attrs["sbp.role"] == .string("downsample") {
-      guard case .int(let s)? = n.attrs["sbp.stage"], let first = table.blocks(inStage: s).first, selected.contains(first.index) else {
+    for n in original where n.attrs[Annotation.role] == .string("downsample") {
+      guard case .int(let s)? = n.attrs[Annotation.stage], let first = table.blocks(inStage: s).first, selected.contains(first.index) else {
         continue
       }
       if try !(patchDownsamplers && splitPatchDownsampler(n, stage: s)) {
@@ -208,7 +208,7 @@ struct SBPRewriter {
     let ym = Self.merged(graph.type(of: y).shape, yAxes)
     let sc = try emit(
       .scatterRows(axis: yAxes[0], size: ym[yAxes[0]]), [halves[0], kept, halves[1], dropped], name: "\(name).sbp.scatter",
-      attrs: ["sbp.block": .int(block)])[0]
+      attrs: [Annotation.block: .int(block)])[0]
     graph.replaceUses(of: y, with: try reshape(sc, to: graph.type(of: y).shape, name: "\(name).sbp.unmerge"))
   }
 
@@ -257,7 +257,7 @@ struct SBPRewriter {
     let rc = graph.type(of: ctx).rank
     let sc = try emit(
       .scatterRows(axis: rc - 2, size: graph.type(of: ctx).shape[rc - 2]), [keptCtx, kept, stopped, dropped], name: name + ".sbp.scatter",
-      attrs: ["sbp.block": .int(block)])[0]
+      attrs: [Annotation.block: .int(block)])[0]
     graph.replaceUses(of: ctx, with: sc)
   }
 
@@ -305,7 +305,7 @@ struct SBPRewriter {
     let ds = try emit(.stopGradient, [d], name: name + ".sbp.dropped.stop")[0]
     let sc = try emit(
       .scatterRows(axis: axes[0], size: Self.merged(shape, axes)[axes[0]]), [k, kept, ds, dropped], name: name + ".sbp.scatter",
-      attrs: ["sbp.role": .string("downsample"), "sbp.stage": .int(stage)])[0]
+      attrs: [Annotation.role: .string("downsample"), Annotation.stage: .int(stage)])[0]
     let out = try reshape(sc, to: shape, name: name + ".sbp.unmerge")
     let merge = graph.nodes.indices.filter { graph.nodes[$0].outputs == [ym] }
     graph.replaceUses(of: y, with: out, except: Set(merge))
@@ -356,7 +356,7 @@ struct SBPRewriter {
     }
     let sc = try emit(
       .scatterRows(axis: 1, size: ho * wo), [halves[0], kept, halves[1], dropped], name: name + ".sbp.scatter",
-      attrs: ["sbp.role": .string("downsample"), "sbp.stage": .int(stage)])[0]
+      attrs: [Annotation.role: .string("downsample"), Annotation.stage: .int(stage)])[0]
     let back = try emit(.transpose([0, 2, 1]), [sc], name: name + ".sbp.unpatch")[0]
     graph.replaceUses(of: conv.outputs[0], with: try reshape(back, to: [b, co, ho, wo], name: name + ".sbp.unpatch"))
     return true

@@ -21,7 +21,7 @@ public struct Mark: Pass {
 }
 
 /// One annotation the matcher wants applied.
-struct Annotation {
+struct PendingAnnotation {
   var node: Int
   var key: String
   var value: AttrValue
@@ -333,13 +333,13 @@ struct BlockMatcher {
 
   // MARK: Annotations
 
-  func annotations() -> [Annotation] {
-    var out: [Annotation] = []
+  func annotations() -> [PendingAnnotation] {
+    var out: [PendingAnnotation] = []
     var units: [Unit] = []
     for r in residuals() {
       switch classify(add: r.add, x: r.x, fx: r.fx, branch: r.branch) {
       case .success(let u): units.append(u)
-      case .failure(let f): out.append(Annotation(node: r.add, key: "sbp.unmatched", value: .string(f.reason)))
+      case .failure(let f): out.append(PendingAnnotation(node: r.add, key: Annotation.unmatched, value: .string(f.reason)))
       }
     }
     // Group: an MHSA unit and the MLP unit reading its sum form one block; other units stand alone.
@@ -363,7 +363,7 @@ struct BlockMatcher {
     for group in groups {
       guard let lay = layout(of: group[0].x, unit: group[0], known: known) else {
         for u in group {
-          out.append(Annotation(node: u.add, key: "sbp.unmatched", value: .string("no token grid found for the block input")))
+          out.append(PendingAnnotation(node: u.add, key: Annotation.unmatched, value: .string("no token grid found for the block input")))
         }
         continue
       }
@@ -375,16 +375,16 @@ struct BlockMatcher {
         known[g.nodes[u.add].outputs[0]] = lay
         for i in u.branch + [u.add] {
           blockNodes.insert(i)
-          out.append(Annotation(node: i, key: "sbp.block", value: .int(blockIndex)))
-          out.append(Annotation(node: i, key: "sbp.stage", value: .int(stage)))
+          out.append(PendingAnnotation(node: i, key: Annotation.block, value: .int(blockIndex)))
+          out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(stage)))
         }
-        for (i, r) in u.roles { out.append(Annotation(node: i, key: "sbp.role", value: .string(r))) }
-        out.append(Annotation(node: u.add, key: "sbp.role", value: .string("residual")))
-        out.append(Annotation(node: u.add, key: "sbp.kind", value: .string(kind)))
-        out.append(Annotation(node: u.add, key: "sbp.layout", value: .string(lay.name)))
-        out.append(Annotation(node: u.add, key: "sbp.token_axes", value: .ints(lay.tokenAxes)))
-        out.append(Annotation(node: u.add, key: "sbp.grid", value: .ints(lay.grid)))
-        out.append(Annotation(node: u.add, key: "sbp.prefix", value: .int(lay.prefix)))
+        for (i, r) in u.roles { out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string(r))) }
+        out.append(PendingAnnotation(node: u.add, key: Annotation.role, value: .string("residual")))
+        out.append(PendingAnnotation(node: u.add, key: Annotation.kind, value: .string(kind)))
+        out.append(PendingAnnotation(node: u.add, key: Annotation.layout, value: .string(lay.name)))
+        out.append(PendingAnnotation(node: u.add, key: Annotation.tokenAxes, value: .ints(lay.tokenAxes)))
+        out.append(PendingAnnotation(node: u.add, key: Annotation.grid, value: .ints(lay.grid)))
+        out.append(PendingAnnotation(node: u.add, key: Annotation.prefix, value: .int(lay.prefix)))
       }
       if firstInput == nil { firstInput = group[0].x }
       lastOutput = g.nodes[group.last!.add].outputs[0]
@@ -396,10 +396,10 @@ struct BlockMatcher {
 
   /// Stem (upstream of the first block), downsamplers (between stages) and head (downstream of the last block).
   func outsideBlocks(blockNodes: Set<Int>, firstInput: ValueID?, lastOutput: ValueID?, stages: [(grid: [Int], stage: Int, firstAdd: Int)])
-    -> [Annotation]
+    -> [PendingAnnotation]
   {
     guard let firstInput, let lastOutput, let lastProducer = producerIndex[lastOutput] else { return [] }
-    var out: [Annotation] = []
+    var out: [PendingAnnotation] = []
     let firstProducer = producerIndex[firstInput] ?? -1
     for (i, n) in g.nodes.enumerated() where !blockNodes.contains(i) {
       let compute: Bool
@@ -408,18 +408,18 @@ struct BlockMatcher {
       default: compute = false
       }
       if i <= firstProducer {
-        if compute { out.append(Annotation(node: i, key: "sbp.role", value: .string("stem"))) }
+        if compute { out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string("stem"))) }
       } else if i > lastProducer {
-        out.append(Annotation(node: i, key: "sbp.role", value: .string("head")))
+        out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string("head")))
       } else if case .conv(let geo) = n.op, geo.group == 1,
         zip(geo.strides, g.type(of: n.inputs[1]).shape.dropFirst(2)).allSatisfy({ $0 == $1 && $0 > 1 }), geo.pads.allSatisfy({ $0 == 0 })
       {
         // A conv whose stride equals its kernel is a linear map over non-overlapping patches.
         let next = stages.first { $0.firstAdd > i }
-        out.append(Annotation(node: i, key: "sbp.role", value: .string("downsample")))
-        if let next { out.append(Annotation(node: i, key: "sbp.stage", value: .int(next.stage))) }
+        out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string("downsample")))
+        if let next { out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(next.stage))) }
       } else if case .layerNorm = n.op {
-        out.append(Annotation(node: i, key: "sbp.role", value: .string("downsample.norm")))
+        out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string("downsample.norm")))
       }
     }
     return out

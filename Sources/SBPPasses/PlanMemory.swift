@@ -239,14 +239,14 @@ public struct PlanMemory: Pass {
       let node = graph.nodes[i]
       let offsets = node.outputs.map { offsetOf[$0] ?? -1 }
       let shares = node.outputs.map { o in plan.owner[o].flatMap { node.inputs.firstIndex(of: $0) } ?? -1 }
-      graph.annotate(node: i, "mem.offsets", .ints(offsets))
-      graph.annotate(node: i, "mem.shares", .ints(shares))
+      graph.annotate(node: i, Annotation.memOffsets, .ints(offsets))
+      graph.annotate(node: i, Annotation.memShares, .ints(shares))
     }
     // The kernels the runtime fuses, exactly those this layout made room for.
-    for first in plan.movementPairs.keys { graph.annotate(node: first, "mem.pair", .int(1)) }
+    for first in plan.movementPairs.keys { graph.annotate(node: first, Annotation.memPair, .int(1)) }
     for (k, run) in plan.sliceRuns.enumerated() {
-      for i in run.nodes { graph.annotate(node: i, "mem.run", .ints([k, run.slices])) }
-      for i in run.members where run.scratch.contains(graph.nodes[i].outputs[0]) { graph.annotate(node: i, "mem.scratch", .int(1)) }
+      for i in run.nodes { graph.annotate(node: i, Annotation.memRun, .ints([k, run.slices])) }
+      for i in run.members where run.scratch.contains(graph.nodes[i].outputs[0]) { graph.annotate(node: i, Annotation.memScratch, .int(1)) }
     }
   }
 }

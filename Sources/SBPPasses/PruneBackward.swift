@@ -17,11 +17,11 @@ public struct PruneBackward: Pass {
   public let summary = "row sparsity: run backward ops whose gradient is zero outside the kept rows on the kept rows only (after autodiff)"
 
   public func run(_ graph: inout Graph) throws {
-    guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }),
+    guard let loss = graph.lossIndex,
       graph.inputs.contains(where: { $0.name.hasPrefix("sbp.kept.") })
     else { return }
     try mergeForwardHalves(&graph)
-    guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
+    guard let loss = graph.lossIndex else { return }
     var support: [ValueID: (idx: ValueID, axis: Int)] = [:]
     var rewrites = 0
     var i = loss + 1
@@ -42,13 +42,13 @@ public struct PruneBackward: Pass {
     // What the analysis finds in the result, for --print-after: each gradient that is still
     // zero outside some rows names them (index input @ axis).
     let names = Dictionary(uniqueKeysWithValues: graph.inputs.map { ($0.value, $0.name) })
-    let end = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) ?? 0
+    let end = graph.lossIndex ?? 0
     var found: [ValueID: (idx: ValueID, axis: Int)] = [:]
     for k in graph.nodes.indices {
-      graph.annotate(node: k, "sbp.sparse_rows", nil)
+      graph.annotate(node: k, Annotation.sparseRows, nil)
       guard k > end, let s = RowSparsity.outputSupport(graph.nodes[k], graph, found) else { continue }
       found[graph.nodes[k].outputs[0]] = s
-      if let name = names[s.idx] { graph.annotate(node: k, "sbp.sparse_rows", .string("\(name)@\(s.axis)")) }
+      if let name = names[s.idx] { graph.annotate(node: k, Annotation.sparseRows, .string("\(name)@\(s.axis)")) }
     }
   }
 
@@ -60,7 +60,7 @@ public struct PruneBackward: Pass {
   /// reads as the kept rows of the whole. (Under `qkv` the halves differ and stay split.)
   func mergeForwardHalves(_ g: inout Graph) throws {
     var candidates: [ValueID] = []
-    guard let loss = g.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
+    guard let loss = g.lossIndex else { return }
     for n in g.nodes[...loss] where n.inputs.count == 4 {
       if case .scatterRows = n.op { candidates.append(n.outputs[0]) }
     }
@@ -73,8 +73,7 @@ public struct PruneBackward: Pass {
   func mergeHalves(_ g: inout Graph, scatterAt si: Int) throws {
     let s = g.nodes[si]
     let (a, ik, sgOut, id) = (s.inputs[0], s.inputs[1], s.inputs[2], s.inputs[3])
-    var producer: [ValueID: Int] = [:]
-    for (i, n) in g.nodes.enumerated() where i < si { for o in n.outputs { producer[o] = i } }
+    let producer = g.producerIndex(before: si)
     guard let sp = producer[sgOut], g.nodes[sp].op == .stopGradient else { return }
     let b = g.nodes[sp].inputs[0]
     // The kept half starts at a gather of the kept rows; the dropped half must gather the same
@@ -146,7 +145,7 @@ public struct PruneBackward: Pass {
         if gathers[v] == nil {
           gathers[v] = try g.append(.gatherRows(axis: axis[v]!), [f, ik], name: g.nodes[producerIndex(of: v, g)].name, attrs: [:])[0]
         }
-        for k in g.nodes[u].inputs.indices where g.nodes[u].inputs[k] == v { g.nodes[u].inputs[k] = gathers[v]! }
+        g.replaceUses(of: v, with: gathers[v]!, inNode: u)
       }
     }
     // Each gather right after the value it reads, so a wide value (fc1's output) can die at
@@ -178,12 +177,7 @@ public struct PruneBackward: Pass {
       support[out] = s
       return out
     }
-    func redirect(_ old: ValueID, _ new: ValueID) {
-      for k in g.nodes.indices where k != i {
-        for j in g.nodes[k].inputs.indices where g.nodes[k].inputs[j] == old { g.nodes[k].inputs[j] = new }
-      }
-      for k in g.outputs.indices where g.outputs[k].value == old { g.outputs[k].value = new }
-    }
+    func redirect(_ old: ValueID, _ new: ValueID) { g.replaceUses(of: old, with: new, except: [i]) }
     switch n.op {
     case .linearGradWeight(let axis, _, _):
       guard let s = support[n.inputs[1]], s.axis != axis, g.type(of: n.inputs[0]).rank == g.type(of: n.inputs[1]).rank else {
@@ -222,9 +216,8 @@ public struct PruneBackward: Pass {
   /// Moves each gather of a forward value to just after that value is made, so the forward
   /// saves the kept rows rather than the whole value.
   func hoistForwardGathers(_ g: inout Graph) {
-    guard let loss = g.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
-    var producer: [ValueID: Int] = [:]
-    for (i, n) in g.nodes.enumerated() where i <= loss { for o in n.outputs { producer[o] = i } }
+    guard let loss = g.lossIndex else { return }
+    let producer = g.producerIndex(before: loss + 1)
     let inputs = Set(g.inputs.map(\.value))
     var after: [Int: [Node]] = [:]
     var moved = Set<Int>()

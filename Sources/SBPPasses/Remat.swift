@@ -13,9 +13,8 @@ public struct Rematerialize: Pass {
   public let summary = "recompute cheap forward values (GELU, LayerNorm, data movement) in the backward from values it saves anyway"
 
   public func run(_ graph: inout Graph) throws {
-    guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
-    var producer: [ValueID: Int] = [:]
-    for (i, n) in graph.nodes.enumerated() where i <= loss { for o in n.outputs { producer[o] = i } }
+    guard let loss = graph.lossIndex else { return }
+    let producer = graph.producerIndex(before: loss + 1)
     var readers: [ValueID: [Int]] = [:]
     for i in graph.nodes.indices where i > loss {
       for v in graph.nodes[i].inputs where producer[v] != nil { readers[v, default: []].append(i) }
@@ -89,7 +88,7 @@ public struct Rematerialize: Pass {
     for v in saved.sorted(by: { (producer[$0]!, $0.raw) < (producer[$1]!, $1.raw) }) {
       guard let c = try recompute(v, depth: 0, root: true), c != v else { continue }
       for u in readers[v]! {
-        for k in graph.nodes[u].inputs.indices where graph.nodes[u].inputs[k] == v { graph.nodes[u].inputs[k] = c }
+        graph.replaceUses(of: v, with: c, inNode: u)
       }
     }
     try graph.sortTopologically()

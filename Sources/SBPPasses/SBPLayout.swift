@@ -37,7 +37,7 @@ public struct SBPOptions: Sendable, Equatable {
   /// Parses `text`; nil when it is not that form.
   public init?(text: String) {
     let f = text.split(separator: " ").map(String.init)
-    guard f.count == 8, f[0] == "keep", let k = Double(f[1]), k > 0, k <= 1, f[2] == "mask", let m = MaskMode(rawValue: f[3]),
+    guard f.count == 8, f[0] == "keep", let k = Double(f[1]), MaskSpec.isValidKeep(k), f[2] == "mask", let m = MaskMode(rawValue: f[3]),
       f[4] == "attention", let a = AttentionSplit(rawValue: f[5]), f[6] == "blocks"
     else { return nil }
     self.init(keep: k, mask: m, attention: a, blocks: f[7] == "default" ? nil : f[7])

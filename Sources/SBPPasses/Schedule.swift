@@ -16,11 +16,10 @@ public struct Schedule: Pass {
   public let summary = "order the step: forward, a backward that frees memory early, optimizer updates as soon as their gradient is done"
 
   public func run(_ graph: inout Graph) throws {
-    guard let loss = graph.nodes.lastIndex(where: { $0.op == .softmaxCrossEntropy }) else { return }
+    guard let loss = graph.lossIndex else { return }
     let nodes = graph.nodes
     let persistent = Set(graph.inputs.map(\.value)).union(graph.params.map(\.value))
-    var producer: [ValueID: Int] = [:]
-    for (i, n) in nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    let producer = graph.producerIndex()
     var remaining: [ValueID: Int] = [:]  // readers not yet scheduled
     var readers: [ValueID: [Int]] = [:]
     for (i, n) in nodes.enumerated() {

@@ -36,9 +36,8 @@ public struct StepCost: Sendable, Encodable, Equatable {
 
   /// Bytes of f32 elements, so the same graph can be costed at another activation dtype.
   public init(train g: Graph, bytesPerElement: Int? = nil) {
-    let lossIndex = g.nodes.lastIndex { $0.op == .softmaxCrossEntropy } ?? g.nodes.count - 1
-    var producer: [ValueID: Int] = [:]
-    for (i, n) in g.nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    let lossIndex = g.lossIndex ?? g.nodes.count - 1
+    let producer = g.producerIndex()
     func root(_ v: ValueID) -> ValueID {
       var v = v
       while let p = producer[v] {
@@ -50,7 +49,7 @@ public struct StepCost: Sendable, Encodable, Equatable {
       return v
     }
     func partName(_ n: Node) -> String {
-      if case .int(let b)? = n.attrs["sbp.block"] { return "block \(b)" }
+      if case .int(let b)? = n.attrs[Annotation.block] { return "block \(b)" }
       return "outside blocks"
     }
     var byName: [String: Part] = [:]
@@ -86,7 +85,7 @@ public struct StepCost: Sendable, Encodable, Equatable {
           let r = root(v)
           if let p = producer[r], p <= lossIndex {
             saved.insert(r)
-            if let from = n.attrs["sbp.from"], core.contains(from) { attention.insert(r) }
+            if let from = n.attrs[Annotation.from], core.contains(from) { attention.insert(r) }
           }
         }
       }

@@ -20,7 +20,7 @@ public struct MemoryTimeline: Sendable {
 
   public init(_ g: Graph, plan: MemoryPlan) {
     let n = g.nodes.count
-    let loss = g.nodes.lastIndex { $0.op == .softmaxCrossEntropy } ?? n - 1
+    let loss = g.lossIndex ?? n - 1
     var saved = Set<ValueID>()
     for s in plan.slots where s.start <= loss && s.end > loss { saved.insert(s.value) }
     var rows = [[Int]](

@@ -400,7 +400,7 @@ public final class Executor {
       if let copies = snapshots[i] { for (made, copy) in copies { copy.raw.copyMemory(from: made.raw, byteCount: made.byteCount) } }
       if checkNumerics, !step.pre.unwritten, let bad = firstNonFinite(n) {
         var block = ""
-        if case .int(let b)? = n.attrs["sbp.block"] { block = " in block \(b)" }
+        if case .int(let b)? = n.attrs[Annotation.block] { block = " in block \(b)" }
         throw NumericError(description: "\(n.op.name) at node '\(n.name)'\(block) produced \(bad)")
       }
     }

@@ -316,7 +316,7 @@ extension Executor {
       let e = byOp[name] ?? (0, 0, 0)
       byOp[name] = (e.ns + ns, e.flops + f.gemm + f.other, e.count + 1)
       let part: String
-      if case .int(let b)? = n.attrs["sbp.block"] { part = "block \(b)" } else { part = "outside blocks" }
+      if case .int(let b)? = n.attrs[Annotation.block] { part = "block \(b)" } else { part = "outside blocks" }
       byPart[part, default: 0] += ns
     }
     let total = max(byOp.values.reduce(0) { $0 + $1.ns }, 1)

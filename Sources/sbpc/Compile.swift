@@ -116,7 +116,7 @@ struct SBPFlags: ParsableArguments {
   var given: Bool { keep != nil || blocks != nil || mask != nil || attention != nil }
 
   func validate() throws {
-    if let keep { guard keep > 0, keep <= 1 else { throw ValidationError("--keep must be in (0, 1], got \(keep)") } }
+    if let keep { guard MaskSpec.isValidKeep(keep) else { throw ValidationError("--keep must be in (0, 1], got \(keep)") } }
     if let mask, MaskMode(rawValue: mask) == nil { throw ValidationError("--mask must be grid or random, got '\(mask)'") }
     if let attention, AttentionSplit(rawValue: attention) == nil {
       throw ValidationError("--attention must be qkv, query or none, got '\(attention)'")

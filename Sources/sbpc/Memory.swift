@@ -136,8 +136,8 @@ struct Memory: ParsableCommand {
   func attentionRows(_ plan: Plan, _ cost: StepCost, _ plain: StepCost?) -> [AttentionRow] {
     guard let layout = plan.layout, layout.options.attention == .qkv else { return [] }
     var out: [AttentionRow] = []
-    for n in plan.eval.nodes where n.attrs["sbp.role"] == .string("mhsa.scores") {
-      guard case .int(let b)? = n.attrs["sbp.block"], layout.blocks.contains(b), case .int(let s)? = n.attrs["sbp.stage"],
+    for n in plan.eval.nodes where n.attrs[Annotation.role] == .string("mhsa.scores") {
+      guard case .int(let b)? = n.attrs[Annotation.block], layout.blocks.contains(b), case .int(let s)? = n.attrs[Annotation.stage],
         let st = layout.stage(s)
       else { continue }
       let tokens = plan.eval.type(of: n.outputs[0]).shape.last ?? 0
