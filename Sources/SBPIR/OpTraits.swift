@@ -95,6 +95,33 @@ extension Op {
   /// An optimizer update: it overwrites its parameter and state in place.
   public var isUpdate: Bool { category == .optimizerUpdate }
 
+  /// For an op whose results overwrite operands in place (an optimizer update writing its
+  /// parameter and state), the operand each result is; nil for every other op.
+  public var overwrittenOperands: [Int]? {
+    switch self {
+    case .sgd: return [0, 2]  // param', velocity'
+    case .adamw: return [0, 2, 3]  // param', m', v'
+    case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
+      .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
+      .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+      .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad:
+      return nil
+    }
+  }
+
+  /// Pure data movement from one operand: the result is the operand's elements rearranged,
+  /// selected or repeated (what `mark` looks through between a block's parts).
+  public var isDataMovement: Bool {
+    switch self {
+    case .transpose, .reshape, .squeeze, .unsqueeze, .split, .slice, .expand: return true
+    case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
+      .softmax, .gather, .concat, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient,
+      .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
+      .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      return false
+    }
+  }
+
   /// A nonlinearity that may sit between the layers of an MLP or PW-Conv branch.
   public var isActivation: Bool {
     if case .unary(let f) = self { return f.isActivation }

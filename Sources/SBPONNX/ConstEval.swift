@@ -150,7 +150,8 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
         case .mul: return p * q
         case .div: return p / q
         case .pow: return powD(p, q)
-        default: return p == q ? 1 : 0
+        case .equal: return p == q ? 1 : 0
+        default: preconditionFailure("\(op.name) is not arithmetic")  // the enclosing case lets only these through
         }
       }
       if op == .equal { return ConstTensor(dtype: .bool, shape: shape, ints: v.map { Int64($0) }) }
@@ -166,7 +167,8 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
       case .mul: v[i] = p &* q
       case .div: v[i] = q == 0 ? 0 : p.dividedReportingOverflow(by: q).partialValue
       case .pow: v[i] = Int64(saturatingInt(powD(Double(p), Double(q)).rounded()))
-      default: v[i] = p == q ? 1 : 0
+      case .equal: v[i] = p == q ? 1 : 0
+      default: preconditionFailure("\(op.name) is not arithmetic")  // the enclosing case lets only these through
       }
     }
     return ConstTensor(dtype: op == .equal ? .bool : x[0].dtype, shape: shape, ints: v)

@@ -122,7 +122,11 @@ struct SBPRewriter {
           guard t.allSatisfy({ aligned[$0] == 1 }) else { throw fail(block, "\(n.op.name) '\(n.name)' reads a per-token constant") }
         }
         out = t
-      default:
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
+        .softmax, .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
+        .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+        .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+        .adamw:
         throw fail(block, "\(n.op.name) '\(n.name)' is not token-wise, so the branch cannot be split by rows")
       }
       axes[n.outputs[0]] = out
@@ -195,7 +199,11 @@ struct SBPRewriter {
             if !mp.contains(m) { mp.append(m) }
           }
           op = .transpose(mp)
-        default: op = n.op
+        case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .softmax,
+          .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean,
+          .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+          .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+          .adamw: op = n.op
         }
         let outs = try emit(op, ins, name: "\(n.name).sbp.\(suffix)", attrs: n.attrs)
         map[n.outputs[0]] = outs[0]

@@ -61,13 +61,6 @@ struct BlockMatcher {
 
   func isActivation(_ v: ValueID) -> Bool { ud.param(v) == nil && ud.literal(v) == nil }
 
-  static func isDataMovement(_ op: Op) -> Bool {
-    switch op {
-    case .transpose, .reshape, .squeeze, .unsqueeze, .split, .slice, .expand: return true
-    default: return false
-    }
-  }
-
   // MARK: Residual units
 
   /// Node indices on some path from `x` to `y` (the node defining `y` included), or nil when
@@ -109,7 +102,7 @@ struct BlockMatcher {
   /// Follows data movement backward from `v`; returns the first value a compute node defines (or v).
   func throughMovement(_ v: ValueID, within: Set<Int>) -> ValueID {
     var v = v
-    while let p = producerIndex[v], within.contains(p), Self.isDataMovement(g.nodes[p].op) { v = g.nodes[p].inputs[0] }
+    while let p = producerIndex[v], within.contains(p), g.nodes[p].op.isDataMovement { v = g.nodes[p].inputs[0] }
     return v
   }
 
@@ -191,7 +184,7 @@ struct BlockMatcher {
     }
     // After the context: exactly one linear (proj), then an optional layer-scale mul.
     let ctxOut = g.nodes[context].outputs[0]
-    let after = branch.filter { $0 > context && !Self.isDataMovement(g.nodes[$0].op) }
+    let after = branch.filter { $0 > context && !g.nodes[$0].op.isDataMovement }
     guard let proj = after.first, case .linear = g.nodes[proj].op, throughMovement(g.nodes[proj].inputs[0], within: inBranch) == ctxOut
     else {
       return .failure(MatchFailure("no output projection (linear) follows the attention context"))
@@ -209,7 +202,7 @@ struct BlockMatcher {
       let n = g.nodes[i]
       let scaling = [.mul, .div, .add].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i > scores && i < softmax
       let qkScaling = [.mul, .div].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i < scores
-      guard Self.isDataMovement(n.op) || scaling || qkScaling || isConstantNode(n) else {
+      guard n.op.isDataMovement || scaling || qkScaling || isConstantNode(n) else {
         return .failure(MatchFailure("unexpected \(describe(n)) in the attention branch"))
       }
     }
@@ -228,7 +221,7 @@ struct BlockMatcher {
   /// MLP after a depthwise conv); [layer_norm] linear [act] [scale] is a lone PW-Conv.
   func matchTokenwise(add: Int, x: ValueID, fx: ValueID, branch: [Int]) -> Result<Unit, MatchFailure> {
     let inBranch = Set(branch)
-    let compute = branch.filter { !Self.isDataMovement(g.nodes[$0].op) && !isConstantNode(g.nodes[$0]) }
+    let compute = branch.filter { !g.nodes[$0].op.isDataMovement && !isConstantNode(g.nodes[$0]) }
     var roles: [Int: String] = [:]
     var prev = x
     var stage = 0  // 0: dwconv? 1: norm? 2: fc1 3: act 4: fc2 5: scale 6: done
@@ -261,7 +254,11 @@ struct BlockMatcher {
       case .mul where (stage == 3 || stage == 5) && n.inputs.contains(where: { ud.trainableParam($0) != nil }):
         roles[i] = "mlp.scale"
         stage = 6
-      default:
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
+        .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+        .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
+        .sgd, .adamw:
         let want = [
           "a depthwise conv, layer_norm or linear", "a layer_norm or linear", "a layer_norm or linear", "an activation or layer-scale mul",
           "the second linear", "a layer-scale mul", "nothing more",
@@ -321,7 +318,11 @@ struct BlockMatcher {
       case .conv?: nchw = true
       case .linear(let axis, _)?: nchw = axis == 1
       case .layerNorm(let axis, _)?: nchw = axis == 1
-      default: nchw = g.nodes[unit.branch[0]].op == .transpose([0, 2, 3, 1])
+      case nil, .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .softmax, .reshape,
+        .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean,
+        .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+        .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+        nchw = g.nodes[unit.branch[0]].op == .transpose([0, 2, 3, 1])
       }
       return nchw
         ? Layout(name: "nchw", tokenAxes: [2, 3], grid: [s[2], s[3]], prefix: 0)
@@ -405,7 +406,10 @@ struct BlockMatcher {
       let compute: Bool
       switch n.op {
       case .conv, .layerNorm, .linear, .matMul, .gemm: compute = true
-      default: compute = false
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .softmax, .reshape, .transpose, .slice,
+        .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
+        .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+        .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: compute = false
       }
       if i <= firstProducer {
         if compute { out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string("stem"))) }

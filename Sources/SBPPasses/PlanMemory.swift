@@ -128,20 +128,12 @@ public struct MemoryPlan: Sendable, Equatable {
     var workspace = 0
     let transposed = MemoryPlan.transposedViews(g.nodes, outputs: Set(g.outputs.map(\.value)).union(retaining))
     for (i, node) in g.nodes.enumerated() {
-      switch node.op {
-      case .sgd:
-        owner[node.outputs[0]] = node.inputs[0]
-        owner[node.outputs[1]] = node.inputs[2]
+      if let overwritten = node.op.overwrittenOperands {
+        for (k, x) in overwritten.enumerated() { owner[node.outputs[k]] = node.inputs[x] }
         persistent.formUnion(node.outputs)
         continue
-      case .adamw:
-        for k in 0..<3 { owner[node.outputs[k]] = node.inputs[k == 0 ? 0 : k + 1] }
-        persistent.formUnion(node.outputs)
-        continue
-      case .conv, .convGradInput, .convGradWeight:
-        workspace = max(workspace, g.workspaceBytes(node))
-      default: break
       }
+      workspace = max(workspace, g.workspaceBytes(node))
       let y = node.outputs[0]
       if node.op.isView || transposed.contains(y) {
         owner[y] = node.inputs[0]

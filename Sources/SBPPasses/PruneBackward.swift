@@ -17,7 +17,7 @@ public struct PruneBackward: Pass {
   public let summary = "row sparsity: run backward ops whose gradient is zero outside the kept rows on the kept rows only (after autodiff)"
 
   public func run(_ graph: inout Graph) throws {
-    guard let loss = graph.lossIndex,
+    guard graph.lossIndex != nil,
       graph.inputs.contains(where: { $0.name.hasPrefix("sbp.kept.") })
     else { return }
     try mergeForwardHalves(&graph)
@@ -208,7 +208,10 @@ public struct PruneBackward: Pass {
       guard let s = support[n.inputs[0]], axes.contains(s.axis) else { return false }
       g.nodes[i].inputs = [try gather(n.inputs[0], s)]
       return true
-    default:
+    case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax,
+      .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
+      .reduceMean, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad,
+      .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
       return false
     }
   }
@@ -252,7 +255,11 @@ enum RowSparsity {
       switch n.op {
       case .div, .unary(.neg): factors = [n.inputs[0]]
       case .mul: factors = n.inputs
-      default: factors = [n.inputs[1]]
+      case .constant, .add, .sub, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
+        .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
+        .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+        .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+        .adamw: factors = [n.inputs[1]]
       }
       return factors.lazy.compactMap { v in g.type(of: v) == out ? support[v] : nil }.first
     case .add, .sub:
@@ -293,7 +300,10 @@ enum RowSparsity {
         n.inputs.allSatisfy({ v in support[v].map { $0.idx == s.idx && $0.axis == s.axis } ?? false })
       else { return nil }
       return s
-    default:
+    case .constant, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax, .slice, .gather, .split,
+      .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
+      .softmaxCrossEntropyGrad, .softmaxGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
+      .sgd, .adamw:
       return nil
     }
   }

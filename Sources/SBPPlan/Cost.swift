@@ -41,10 +41,8 @@ public struct StepCost: Sendable, Encodable, Equatable {
     func root(_ v: ValueID) -> ValueID {
       var v = v
       while let p = producer[v] {
-        switch g.nodes[p].op {
-        case .reshape, .squeeze, .unsqueeze, .stopGradient: v = g.nodes[p].inputs[0]
-        default: return v
-        }
+        guard g.nodes[p].op.isView else { return v }
+        v = g.nodes[p].inputs[0]
       }
       return v
     }
@@ -67,11 +65,9 @@ public struct StepCost: Sendable, Encodable, Equatable {
     for (i, n) in g.nodes.enumerated() {
       let f = g.flops(n)
       let total = f.gemm + f.other
-      switch n.op {
-      case .sgd, .adamw:
+      if n.op.isUpdate {
         opt += total
         continue
-      default: break
       }
       let name = partName(n)
       touch(name)

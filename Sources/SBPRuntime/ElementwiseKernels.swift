@@ -7,19 +7,13 @@ enum Elementwise {
   /// Elements per thread below which a kernel runs on one thread.
   static let grain = 1 << 14
 
-  /// out = a ∘ b with numpy broadcasting, for f32 operands.
+  /// out = a^b with numpy broadcasting, for f32 operands (scalar powf: exporters use pow
+  /// with a constant exponent, rarely on a hot path).
   /// `strides`: each operand's broadcast strides (prepared once by the executor).
-  static func binary(_ op: Op, _ a: Buffer, _ b: Buffer, _ out: Buffer, strides: [[Int]]) {
-    switch op {
-    case .add: binary(a, b, out, strides, Add.self)
-    case .sub: binary(a, b, out, strides, Sub.self)
-    case .mul: binary(a, b, out, strides, Mul.self)
-    case .div: binary(a, b, out, strides, Div.self)
-    default:
-      let pa = a.f32, pb = b.f32, po = out.f32
-      forEachRow(out.type.shape, strides) { o, base, n, st in
-        for i in 0..<n { po[o + i] = powf(pa[base[0] + i * st[0]], pb[base[1] + i * st[1]]) }
-      }
+  static func pow(_ a: Buffer, _ b: Buffer, _ out: Buffer, strides: [[Int]]) {
+    let pa = a.f32, pb = b.f32, po = out.f32
+    forEachRow(out.type.shape, strides) { o, base, n, st in
+      for i in 0..<n { po[o + i] = powf(pa[base[0] + i * st[0]], pb[base[1] + i * st[1]]) }
     }
   }
 

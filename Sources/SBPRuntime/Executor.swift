@@ -103,7 +103,9 @@ public final class Executor {
     case .reduceMean(let axes, _), .reduceSum(let axes, _): return Prepared(strides: [Movement.reduceStrides(axes: axes, ins[0])])
     case .globalAveragePool: return Prepared(strides: [Movement.reduceStrides(axes: Array(2..<ins[0].count), ins[0])])
     case .matMul: return Prepared(strides: LinearAlgebra.matMulBatch(ins[0], ins[1], out))
-    default: return Prepared()
+    case .constant, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .gather, .concat, .split,
+      .gatherRows, .scatterRows, .squeeze, .unsqueeze, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+      .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .gatherGrad, .sgd, .adamw: return Prepared()
     }
   }
   /// FLOPs of the last `run()`: Σ2MNK over its sgemm calls plus the own kernels' counts.
@@ -203,13 +205,20 @@ public final class Executor {
       case .conv(let g), .convGradInput(let g, _), .convGradWeight(let g, _):
         let (x, w, y) = Executor.convShapes(n, graph)
         conv = Conv2D(g, input: x, weight: w, output: y)
-      default: break
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .layerNorm,
+        .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+        .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: break
       }
       var pre = Executor.prepare(n, graph)
       switch n.op {
       case .transpose: pre.skip = transposed.contains(n.outputs[0])
       case .matMul: (pre.transA, pre.transB) = (transposed.contains(n.inputs[0]), transposed.contains(n.inputs[1]))
-      default: break
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm,
+        .softmax, .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
+        .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+        .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+        .adamw: break
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
     }
@@ -299,7 +308,10 @@ public final class Executor {
     switch n.op {
     case .convGradInput(_, let xs): return (xs, g.type(of: n.inputs[1]).shape, g.type(of: n.inputs[0]).shape)
     case .convGradWeight(_, let ws): return (g.type(of: n.inputs[0]).shape, ws, g.type(of: n.inputs[1]).shape)
-    default: return (g.type(of: n.inputs[0]).shape, g.type(of: n.inputs[1]).shape, g.type(of: n.outputs[0]).shape)
+    case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
+      .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
+      .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+      .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return (g.type(of: n.inputs[0]).shape, g.type(of: n.inputs[1]).shape, g.type(of: n.outputs[0]).shape)
     }
   }
 
@@ -441,7 +453,11 @@ public final class Executor {
           for (i, x) in v.enumerated() { y!.u8[i] = UInt8(truncatingIfNeeded: x) }
         }
       }
-    case .add, .sub, .mul, .div, .pow: Elementwise.binary(n.op, ins[0], ins[1], y!, strides: pre.strides)
+    case .add: Elementwise.binary(ins[0], ins[1], y!, pre.strides, Add.self)
+    case .sub: Elementwise.binary(ins[0], ins[1], y!, pre.strides, Sub.self)
+    case .mul: Elementwise.binary(ins[0], ins[1], y!, pre.strides, Mul.self)
+    case .div: Elementwise.binary(ins[0], ins[1], y!, pre.strides, Div.self)
+    case .pow: Elementwise.pow(ins[0], ins[1], y!, strides: pre.strides)
     case .equal: Elementwise.equal(ins[0], ins[1], y!, strides: pre.strides)
     case .select: Elementwise.select(ins[0], ins[1], ins[2], y!, strides: pre.strides)
     case .unary(let f): Elementwise.unary(f, ins[0], y!)

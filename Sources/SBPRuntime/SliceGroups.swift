@@ -18,7 +18,8 @@ final class SliceGroup {
     case softmaxGrad(rows: Int, cols: Int)
     /// [rows, cols] → [cols, rows].
     case transpose(rows: Int, cols: Int)
-    case binary(Op, count: Int)
+    /// An elementwise add, sub, mul or div (`BinaryKernel.apply`) over `count` elements.
+    case binary((V8, V8) -> V8, count: Int)
   }
 
   /// Where a member reads or writes slice i: `base + i·stride` in a buffer (stride 0 for a
@@ -104,16 +105,11 @@ final class SliceGroup {
     case .softmax(let rows, let cols): Norm.softmaxRows(rows, cols, x, y)
     case .softmaxGrad(let rows, let cols): Norm.softmaxGradRows(rows, cols, x, pointer(m.ins[1], s, scratch), y)
     case .transpose(let rows, let cols): transpose(rows, cols, x, y)
-    case .binary(let op, let count):
+    case .binary(let f, let count):
       let b = pointer(m.ins[1], s, scratch)
       // A scalar operand is a splat (stride 0), as `Elementwise.binary` reads it.
       let sa = m.ins[0].isScalar ? 0 : 1, sb = m.ins[1].isScalar ? 0 : 1
-      switch op {
-      case .add: Elementwise.row(count, x, sa, b, sb, y, Add.apply)
-      case .sub: Elementwise.row(count, x, sa, b, sb, y, Sub.apply)
-      case .mul: Elementwise.row(count, x, sa, b, sb, y, Mul.apply)
-      default: Elementwise.row(count, x, sa, b, sb, y, Div.apply)
-      }
+      Elementwise.row(count, x, sa, b, sb, y, f)
     }
     return 0
   }
@@ -160,6 +156,21 @@ extension SliceGroup {
     guard r >= 3 else { return nil }
     let slices = out[..<(r - 2)].reduce(1, *), per = out[r - 2] * out[r - 1]
     guard slices > 1, per > 0 else { return nil }
+    /// An elementwise member: each operand whole (one slice each) or a scalar splat.
+    func binary(_ f: @escaping (V8, V8) -> V8) -> Candidate? {
+      var ins: [Int] = []
+      for x in s.ins {
+        if x.type.shape == out {
+          ins.append(per)
+        } else if x.count == 1 {
+          ins.append(0)
+        } else {
+          return nil
+        }
+      }
+      guard ins.contains(per) else { return nil }
+      return Candidate(slices: slices, kernel: .binary(f, count: per), ins: ins, out: per)
+    }
     switch s.node.op {
     case .matMul:
       let sa = s.ins[0].type.shape, sb = s.ins[1].type.shape
@@ -177,20 +188,14 @@ extension SliceGroup {
       return Candidate(slices: slices, kernel: .softmaxGrad(rows: out[r - 2], cols: out[r - 1]), ins: [per, per], out: per)
     case .transpose(let perm) where perm == Array(0..<(r - 2)) + [r - 1, r - 2]:
       return Candidate(slices: slices, kernel: .transpose(rows: out[r - 1], cols: out[r - 2]), ins: [per], out: per)
-    case .add, .sub, .mul, .div:
-      var ins: [Int] = []
-      for x in s.ins {
-        if x.type.shape == out {
-          ins.append(per)
-        } else if x.count == 1 {
-          ins.append(0)
-        } else {
-          return nil
-        }
-      }
-      guard ins.contains(per) else { return nil }
-      return Candidate(slices: slices, kernel: .binary(s.node.op, count: per), ins: ins, out: per)
-    default: return nil
+    case .add: return binary(Add.apply)
+    case .sub: return binary(Sub.apply)
+    case .mul: return binary(Mul.apply)
+    case .div: return binary(Div.apply)
+    case .constant, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose,
+      .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
+      .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+      .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return nil
     }
   }
 
