@@ -62,7 +62,11 @@ struct RowSinker {
         if let lit = ud.literal(n.inputs[1]), case .ints(let idx) = lit.elements, idx.allSatisfy({ $0 >= 0 }) {
           end = Int(idx.max() ?? 0) + 1
         }
-      default: break
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
+        .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+        .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
+        .sgd, .adamw: break
       }
       guard let end else { continue }
       if let p = producer[v], case .gatherRows = graph.nodes[p].op { continue }
@@ -93,25 +97,12 @@ struct RowSinker {
     n.op.rowAxes(along: t, inputs: n.inputs.map { graph.type(of: $0) }, output: graph.type(of: n.outputs[0])).map { ($0, n.op) }
   }
 
-  /// One pass over the gathers: merges duplicates, takes halves of reassemblies, and sinks
-  /// gathers through producers whose every reader gathers the same rows. Returns whether
-  /// anything changed.
+  /// One pass over the gathers: merges duplicates and takes halves of reassemblies (local
+  /// patterns), then sinks gathers through producers whose every reader gathers the same rows
+  /// (which looks at all of a producer's readers at once). Returns whether anything changed.
   mutating func sweep() throws -> Bool {
-    var changed = false
-    // Duplicate gathers (same operand, rows and axis) become one.
-    var seen: [String: ValueID] = [:]
-    for i in graph.nodes.indices {
-      let n = graph.nodes[i]
-      guard case .gatherRows(let a) = n.op else { continue }
-      let key = "\(n.inputs[0].raw):\(n.inputs[1].raw):\(a)"
-      if let first = seen[key] {
-        graph.replaceUses(of: n.outputs[0], with: first)
-        changed = true
-      } else {
-        seen[key] = n.outputs[0]
-      }
-    }
-    if changed { graph.eliminateDeadCode() }
+    // The local rewrites go through the rewrite API: matched on a read-only view, then applied.
+    var changed = try graph.applyPatterns([MergeDuplicateGathers(), GatherOfReassemblyHalf()]) > 0
     let ud = graph.index()
     let producer = graph.producerIndex()
     var done = Set<Int>()
@@ -123,14 +114,6 @@ struct RowSinker {
       }
       let idx = n.inputs[1]
       let src = snapshot[p]
-      // A gather of SBP's reassembly at the rows one half filled is that half.
-      if case .scatterRows(let a, _) = src.op, a == t {
-        if let k = stride(from: 1, to: src.inputs.count, by: 2).first(where: { src.inputs[$0] == idx }) {
-          graph.replaceUses(of: n.outputs[0], with: src.inputs[k - 1])
-          changed = true
-        }
-        continue
-      }
       // Every reader of every result must gather these rows on this axis.
       let readers = src.outputs.map { ud.users($0) }
       let allGather = readers.allSatisfy { us in
@@ -184,5 +167,31 @@ extension Graph {
       reached.formUnion(nodes[i].outputs)
     }
     return out
+  }
+}
+
+/// Two gathers of the same rows of one value on one axis: the later one reads the first.
+struct MergeDuplicateGathers: RewritePattern {
+  let name = "merge-duplicate-gathers"
+  func match(_ root: Node, _ ud: UseDef) -> Replacement? {
+    guard case .gatherRows(let a) = root.op else { return nil }
+    // Users come in graph order: the first identical gather is the one the others read.
+    for u in ud.users(root.inputs[0]) {
+      let other = ud.graph.nodes[u]
+      if other.outputs == root.outputs { return nil }
+      if other.op == .gatherRows(axis: a) && other.inputs == root.inputs { return .forward(other.outputs[0]) }
+    }
+    return nil
+  }
+}
+
+/// A gather of SBP's reassembly (`scatter_rows`) at the rows one half filled is that half.
+struct GatherOfReassemblyHalf: RewritePattern {
+  let name = "gather-of-reassembly-half"
+  func match(_ root: Node, _ ud: UseDef) -> Replacement? {
+    guard case .gatherRows(let t) = root.op, let src = ud.definingNode(root.inputs[0]), case .scatterRows(let a, _) = src.op, a == t,
+      let k = stride(from: 1, to: src.inputs.count, by: 2).first(where: { src.inputs[$0] == root.inputs[1] })
+    else { return nil }
+    return .forward(src.inputs[k - 1])
   }
 }
