@@ -133,6 +133,18 @@ def ok_linear(out):
     write_model(os.path.join(out, "ok_linear.onnx"), base("ok_linear"))
 
 
+def ok_activations(out):
+    """The base linear, then ReLU6 as Clip(0, 6), HardSwish, HardSigmoid (ONNX's default α)."""
+    nodes = linear_nodes(out="lin") + [
+        helper.make_node("Clip", ["lin", "lo", "hi"], ["c"], name="relu6"),
+        helper.make_node("HardSwish", ["c"], ["hs"], name="hardswish"),
+        helper.make_node("HardSigmoid", ["hs"], ["y"], name="hardsigmoid", alpha=0.2, beta=0.5),
+    ]
+    scalars = [helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]), helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])]
+    m = model("ok_activations", nodes, [x_input()], [y_output()], [init("W", W_VALUES), init("B", B_VALUES)] + scalars)
+    write_model(os.path.join(out, "ok_activations.onnx"), m)
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -260,7 +272,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -298,6 +310,8 @@ def check(out):
         expect(np.allclose(y, want, atol=1e-6), f"{os.path.relpath(path, out)}: checker + onnxruntime match numpy")
 
     run(p("ok_linear.onnx"), ref)
+    c = np.clip(ref, 0, 6)
+    run(p("ok_activations.onnx"), np.clip(0.2 * (c * np.clip(c / 6 + 0.5, 0, 1)) + 0.5, 0, 1))
     run(p("ok_shared_identity.onnx"), 2 * (x @ W_VALUES) + B_VALUES)
     m = onnx.load(p("ok_shared_identity.onnx"))
     expect([i.name for i in m.graph.initializer] == ["W", "B"], "ok_shared_identity: one W initializer")

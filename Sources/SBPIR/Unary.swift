@@ -10,6 +10,13 @@ public enum Unary: Sendable, Hashable {
   /// x·sigmoid(x) (PyTorch's SiLU, also called swish).
   case silu
   case gelu(GeluApproximation)
+  /// max(0, min(1, α·x + β)) (ONNX HardSigmoid; PyTorch's hardsigmoid is α = 1/6, β = 1/2).
+  case hardSigmoid(alpha: Double, beta: Double)
+  /// x·max(0, min(1, x/6 + 1/2)) (ONNX HardSwish, PyTorch's hardswish).
+  case hardSwish
+  /// min(max(x, lo), hi) with constant bounds (ONNX Clip; ReLU6 is clip(0, 6)). A missing
+  /// bound is ±Float.greatestFiniteMagnitude.
+  case clip(min: Double, max: Double)
 
   /// The op's name in the text form; its gradient op is this name + `_grad`.
   public var name: String {
@@ -24,14 +31,19 @@ public enum Unary: Sendable, Hashable {
     case .reciprocal: return "reciprocal"
     case .silu: return "silu"
     case .gelu: return "gelu"
+    case .hardSigmoid: return "hard_sigmoid"
+    case .hardSwish: return "hard_swish"
+    case .clip: return "clip"
     }
   }
 
   /// Payload attributes in the text form.
   public var attributes: [String: AttrValue] {
     switch self {
-    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .silu: return [:]
+    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .silu, .hardSwish: return [:]
     case .gelu(let a): return ["approximate": .string(a.rawValue)]
+    case .hardSigmoid(let alpha, let beta): return ["alpha": .float(alpha), "beta": .float(beta)]
+    case .clip(let lo, let hi): return ["min": .float(lo), "max": .float(hi)]
     }
   }
 
@@ -39,6 +51,7 @@ public enum Unary: Sendable, Hashable {
   /// tests check every entry against its reference derivative.
   public static let all: [Unary] = [
     .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .silu, .gelu(.none), .gelu(.tanh),
+    .hardSigmoid(alpha: 1.0 / 6, beta: 0.5), .hardSwish, .clip(min: 0, max: 6),
   ]
 
   /// Rebuilds a function from its text name and attributes; nil for another name.
@@ -51,7 +64,12 @@ public enum Unary: Sendable, Hashable {
         throw IRError.attribute("\(name): approximate must be \"none\" or \"tanh\", got '\(s)'")
       }
       self = .gelu(g)
-    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .silu: self = base
+    case .hardSigmoid: self = .hardSigmoid(alpha: try a.float("alpha"), beta: try a.float("beta"))
+    case .clip:
+      let lo = try a.float("min"), hi = try a.float("max")
+      guard lo <= hi else { throw IRError.attribute("clip: min \(lo) is above max \(hi)") }
+      self = .clip(min: lo, max: hi)
+    case .sqrt, .erf, .tanh, .exp, .neg, .relu, .sigmoid, .reciprocal, .silu, .hardSwish: self = base
     }
   }
 
@@ -71,6 +89,9 @@ public enum Unary: Sendable, Hashable {
     case .gelu(.none): return 0.5 * x * (1 + Glibc.erf(x / 2.0.squareRoot()))
     case .gelu(.tanh):
       return 0.5 * x * (1 + Glibc.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x)))
+    case .hardSigmoid(let alpha, let beta): return Swift.max(0, Swift.min(1, alpha * x + beta))
+    case .hardSwish: return x * Swift.max(0, Swift.min(1, x / 6 + 0.5))
+    case .clip(let lo, let hi): return Swift.min(Swift.max(x, lo), hi)
     }
   }
 
@@ -97,6 +118,13 @@ public enum Unary: Sendable, Hashable {
       let c = (2 / Double.pi).squareRoot()
       let t = Glibc.tanh(c * (x + 0.044715 * x * x * x))
       return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+    // At the kinks, PyTorch's choices: hardsigmoid's slope only strictly inside, hardswish's
+    // middle piece on [−3, 3], clamp's gradient on the closed interval.
+    case .hardSigmoid(let alpha, let beta):
+      let z = alpha * x + beta
+      return z > 0 && z < 1 ? alpha : 0
+    case .hardSwish: return x < -3 ? 0 : (x <= 3 ? x / 3 + 0.5 : 1)
+    case .clip(let lo, let hi): return x >= lo && x <= hi ? 1 : 0
     }
   }
 
@@ -105,7 +133,7 @@ public enum Unary: Sendable, Hashable {
   /// norms and activations into.
   public var isActivation: Bool {
     switch self {
-    case .relu, .sigmoid, .tanh, .silu, .gelu: return true
+    case .relu, .sigmoid, .tanh, .silu, .gelu, .hardSigmoid, .hardSwish, .clip: return true
     case .sqrt, .erf, .exp, .neg, .reciprocal: return false
     }
   }
@@ -113,7 +141,7 @@ public enum Unary: Sendable, Hashable {
   /// Cheap enough to recompute in the backward instead of saving its result.
   public var isCheapToRecompute: Bool {
     switch self {
-    case .relu, .sigmoid, .tanh, .silu, .gelu: return true
+    case .relu, .sigmoid, .tanh, .silu, .gelu, .hardSigmoid, .hardSwish, .clip: return true
     case .sqrt, .erf, .exp, .neg, .reciprocal: return false
     }
   }

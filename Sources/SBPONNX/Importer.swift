@@ -457,6 +457,19 @@ private struct Importer {
         let a = try string("approximate", "none")
         guard let g = GeluApproximation(rawValue: a) else { throw err("unknown approximate '\(a)'") }
         return try unary(.unary(.gelu(g)))
+      case "HardSigmoid": return try unary(.unary(.hardSigmoid(alpha: try float("alpha", 0.2), beta: try float("beta", 0.5))))
+      case "HardSwish": return try unary(.unary(.hardSwish))
+      case "Clip":
+        // Bounds are optional constant inputs (opset 11 on); a missing one does not clip.
+        func bound(_ i: Int, _ what: String, _ none: Double) throws -> Double {
+          guard let c = try const(i, what) else { return none }
+          guard c.count == 1, let v = c.doubleValues.first else { throw err("\(what) must be a scalar") }
+          return v
+        }
+        let big = Double(Float.greatestFiniteMagnitude)
+        let lo = try bound(1, "min", -big), hi = try bound(2, "max", big)
+        guard lo <= hi else { throw err("min \(lo) is above max \(hi)") }
+        return try unary(.unary(.clip(min: lo, max: hi)))
       case "Softmax": return try unary(.softmax(axis: try axis(-1, rank: importer.type(try required(0)).rank)))
       case "Reshape":
         let x = try required(0)

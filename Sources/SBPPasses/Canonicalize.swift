@@ -10,7 +10,7 @@ public struct Canonicalize: Pass {
   public init() {}
   public let name = "canonicalize"
   public let summary =
-    "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, x*sigmoid(x) to silu, LayerNorm forms to layer_norm, spatial means to global_average_pool; drop no-op data movement"
+    "raise MatMul/Gemm/1x1-Conv to linear, GELU chains to gelu, x*sigmoid(x) to silu, x*hard_sigmoid(x) to hard_swish, LayerNorm forms to layer_norm, spatial means to global_average_pool; drop no-op data movement"
 
   public static let patterns: [any RewritePattern] = [
     LinearFromMatMul(), LinearFromGemm(), LinearFromPointwiseConv(), LinearBias(),
@@ -194,17 +194,29 @@ struct GeluFromTanh: RewritePattern {
   }
 }
 
-/// `x · sigmoid(x)`, either way round, becomes `silu` (PyTorch exports SiLU this way). A
-/// gate `x · sigmoid(g)` with g ≠ x (squeeze-and-excitation) stays a product.
+/// `x · sigmoid(x)`, either way round, becomes `silu` (PyTorch exports SiLU this way), and
+/// `x · hard_sigmoid(x)` with PyTorch's α = 1/6, β = 1/2 becomes `hard_swish` (older opsets
+/// export hardswish this way). A gate `x · sigmoid(g)` with g ≠ x (squeeze-and-excitation)
+/// stays a product.
 struct SiluFromSigmoid: RewritePattern {
   let name = "silu-from-sigmoid"
   func match(_ root: Node, _ ud: UseDef) -> Replacement? {
     guard root.op == .mul else { return nil }
     for (x, s) in [(root.inputs[0], root.inputs[1]), (root.inputs[1], root.inputs[0])] {
-      guard let sig = ud.def(s, { $0 == .unary(.sigmoid) }), sig.inputs[0] == x,
-        ud.graph.type(of: x) == ud.graph.type(of: root.outputs[0])
+      guard let gate = ud.definingNode(s), gate.inputs.first == x, ud.graph.type(of: x) == ud.graph.type(of: root.outputs[0])
       else { continue }
-      return Replacement(nodes: [NewNode(.unary(.silu), [.value(x)], name: root.name)], results: [.result(node: 0, output: 0)])
+      let f: Unary
+      switch gate.op {
+      case .unary(.sigmoid): f = .silu
+      case .unary(.hardSigmoid(let alpha, let beta)) where near(alpha, 1.0 / 6) && near(beta, 0.5): f = .hardSwish
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
+        .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+        .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
+        .sgd, .adamw:
+        continue
+      }
+      return Replacement(nodes: [NewNode(.unary(f), [.value(x)], name: root.name)], results: [.result(node: 0, output: 0)])
     }
     return nil
   }

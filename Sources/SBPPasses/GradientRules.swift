@@ -211,7 +211,7 @@ extension GradBuilder {
       return try one(.mul, [dy, try one(.mul, [y, try one(.sub, [try scalar(1), y])])])
     case .reciprocal:
       return try one(.unary(.neg), [try one(.mul, [dy, try one(.mul, [y, y])])])
-    case .relu, .silu, .gelu:
+    case .relu, .silu, .gelu, .hardSigmoid, .hardSwish, .clip:
       return try one(.unaryGrad(f), [x, dy])
     }
   }

@@ -92,6 +92,13 @@ enum Elementwise {
     case .silu: map(x, out, Silu.self)
     case .gelu(.none): map(x, out, Gelu.self)
     case .gelu(.tanh): map(x, out, GeluTanh.self)
+    case .hardSigmoid(let alpha, let beta):
+      let a = V8(repeating: Float(alpha)), b = V8(repeating: Float(beta))
+      map(x, out) { v in VMath.max(V8(), VMath.min(V8(repeating: 1), a * v + b)) }
+    case .hardSwish: map(x, out, HardSwish.self)
+    case .clip(let lo, let hi):
+      let l = V8(repeating: Float(lo)), h = V8(repeating: Float(hi))
+      map(x, out) { v in VMath.min(VMath.max(v, l), h) }
     }
   }
 
@@ -109,7 +116,29 @@ enum Elementwise {
     case .silu: map(x, dy, dx, SiluGrad.self)
     case .gelu(.none): map(x, dy, dx, GeluGrad.self)
     case .gelu(.tanh): map(x, dy, dx, GeluTanhGrad.self)
+    case .hardSigmoid(let alpha, let beta):
+      let a = V8(repeating: Float(alpha)), b = V8(repeating: Float(beta))
+      map(x, dy, dx) { v, d in
+        let z = a * v + b
+        return (d * a).replacing(with: 0, where: .!((z .> 0) .& (z .< 1)))
+      }
+    case .hardSwish: map(x, dy, dx, HardSwishGrad.self)
+    case .clip(let lo, let hi):
+      let l = V8(repeating: Float(lo)), h = V8(repeating: Float(hi))
+      map(x, dy, dx) { v, d in d.replacing(with: 0, where: .!((v .>= l) .& (v .<= h))) }
     }
+  }
+
+  /// out = f(x) for a function with parameters (a closure; the hot activations are types).
+  static func map(_ x: Buffer, _ out: Buffer, _ f: @escaping (V8) -> V8) {
+    let px = x.f32, po = out.f32
+    Parallel.chunks(out.count, grain: grain) { _, r in VMath.map(r.count, px + r.lowerBound, po + r.lowerBound, f) }
+  }
+
+  /// out = f(a, b) for a function with parameters, over equal shapes.
+  static func map(_ a: Buffer, _ b: Buffer, _ out: Buffer, _ f: @escaping (V8, V8) -> V8) {
+    let pa = a.f32, pb = b.f32, po = out.f32
+    Parallel.chunks(out.count, grain: grain) { _, r in VMath.map(r.count, pa + r.lowerBound, pb + r.lowerBound, po + r.lowerBound, f) }
   }
 
   /// out = F(x) elementwise, split over the threads. F is a type, not a closure, so each
@@ -194,6 +223,19 @@ enum Neg: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { -x 
 enum Relu: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { VMath.max(x, V8()) } }
 enum Sigmoid: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 1 / (1 + VMath.exp(-x)) } }
 enum Reciprocal: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { 1 / x } }
+
+/// HardSwish: x·clamp(x/6 + 1/2, 0, 1).
+enum HardSwish: UnaryKernel {
+  @inline(__always) static func apply(_ x: V8) -> V8 { x * VMath.max(V8(), VMath.min(V8(repeating: 1), x * (1 / 6) + 0.5)) }
+}
+
+/// dy · HardSwish′(x): 0 below −3, x/3 + 1/2 on [−3, 3], 1 above (PyTorch's pieces).
+enum HardSwishGrad: BinaryKernel {
+  @inline(__always) static func apply(_ x: V8, _ dy: V8) -> V8 {
+    let middle: V8 = dy * (x * (1 / 3) + 0.5)
+    return middle.replacing(with: 0, where: x .< -3).replacing(with: dy, where: x .> 3)
+  }
+}
 
 /// SiLU: x·sigmoid(x).
 enum Silu: UnaryKernel { @inline(__always) static func apply(_ x: V8) -> V8 { x / (1 + VMath.exp(-x)) } }

@@ -42,6 +42,17 @@ final class BadInputTests: XCTestCase {
     }
   }
 
+  /// Clip with constant bounds (ReLU6), HardSwish and HardSigmoid import as unary functions
+  /// with their parameters; the bounds are not parameters.
+  func testActivationsImportWithTheirParameters() throws {
+    let g = try importONNX(path: fixtures + "/ok_activations.onnx", options: ImportOptions(batch: 2)).graph
+    let ops = g.nodes.map(\.op).filter { if case .unary = $0 { return true } else { return false } }
+    XCTAssertEqual(ops, [.unary(.clip(min: 0, max: 6)), .unary(.hardSwish), .unary(.hardSigmoid(alpha: Double(Float(0.2)), beta: 0.5))])
+    XCTAssertEqual(g.params.map(\.name), ["W", "B"])
+    // The text form prints the parameters and parses them back.
+    XCTAssertEqual(try parseGraph(g.printed()).printed(), g.printed())
+  }
+
   func testIdentitySharedInitializerStaysOneTensor() throws {
     let g = try importONNX(path: fixtures + "/ok_shared_identity.onnx", options: ImportOptions(batch: 2)).graph
     XCTAssertEqual(g.params.map(\.name).sorted(), ["B", "W"])

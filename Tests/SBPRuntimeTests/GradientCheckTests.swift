@@ -114,8 +114,8 @@ final class GradientCheckTests: XCTestCase {
       // Every unary function's rule, on a range where it is smooth.
       switch f {
       case .sqrt, .reciprocal: return unary(.unary(f), (0.5, 2))
-      case .relu: return unary(.unary(f), (0.2, 1))
-      case .erf, .tanh, .exp, .neg, .sigmoid, .silu, .gelu: return unary(.unary(f))
+      case .relu, .clip: return unary(.unary(f), (0.2, 1))
+      case .erf, .tanh, .exp, .neg, .sigmoid, .silu, .gelu, .hardSigmoid, .hardSwish: return unary(.unary(f))
       }
     })
     {
