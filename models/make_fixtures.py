@@ -145,6 +145,21 @@ def ok_activations(out):
     write_model(os.path.join(out, "ok_activations.onnx"), m)
 
 
+NORM_SCALE = np.array([1.5, -0.5], dtype=np.float32)
+NORM_BIAS = np.array([0.25, 2.0], dtype=np.float32)
+
+
+def ok_norms(out):
+    """x [batch, 2, 6] -> InstanceNormalization(scale, bias) -> ReduceL2 over the last axis -> y [batch, 2]."""
+    nodes = [
+        helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["n"], name="instnorm", epsilon=1e-5),
+        helper.make_node("ReduceL2", ["n"], ["y"], name="l2", axes=[2], keepdims=0),
+    ]
+    m = model("ok_norms", nodes, [x_input(("batch", 2, 6))], [y_output(("batch", 2))],
+              [init("scale", NORM_SCALE), init("bias", NORM_BIAS)])
+    write_model(os.path.join(out, "ok_norms.onnx"), m)
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -272,7 +287,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -312,6 +327,11 @@ def check(out):
     run(p("ok_linear.onnx"), ref)
     c = np.clip(ref, 0, 6)
     run(p("ok_activations.onnx"), np.clip(0.2 * (c * np.clip(c / 6 + 0.5, 0, 1)) + 0.5, 0, 1))
+    xn = (np.arange(24, dtype=np.float32).reshape(2, 2, 6) * 0.37 % 1.9) - 0.8
+    mean, var = xn.mean(axis=2, keepdims=True), xn.var(axis=2, keepdims=True)
+    want = np.sqrt((((xn - mean) / np.sqrt(var + 1e-5) * NORM_SCALE[:, None] + NORM_BIAS[:, None]) ** 2).sum(axis=2))
+    sess = ort.InferenceSession(p("ok_norms.onnx"), providers=["CPUExecutionProvider"])
+    expect(np.allclose(sess.run(["y"], {"x": xn})[0], want, atol=1e-5), "ok_norms.onnx: onnxruntime matches numpy")
     run(p("ok_shared_identity.onnx"), 2 * (x @ W_VALUES) + B_VALUES)
     m = onnx.load(p("ok_shared_identity.onnx"))
     expect([i.name for i in m.graph.initializer] == ["W", "B"], "ok_shared_identity: one W initializer")

@@ -453,6 +453,22 @@ private struct Importer {
         if let b = try sym(2) { ins.append(b) }
         guard try int("stash_type", 1) == 1 else { throw err("stash_type other than float is not supported") }
         return try emit(.layerNorm(axis: try axis(-1, rank: importer.type(ins[0]).rank), epsilon: try float("epsilon", 1e-5)), ins)
+      case "InstanceNormalization":
+        // (x − mean) / √(var + ε) · scale + bias over the spatial axes of each sample and
+        // channel (PyTorch exports GroupNorm through it), in ops that have gradients.
+        let x = try required(0), scale = try required(1), bias = try required(2)
+        let r = importer.type(x).rank
+        guard r >= 3 else { throw err("expects an input of rank 3 or more, got \(importer.type(x))") }
+        let spatial = Array(2..<r), eps = try float("epsilon", 1e-5)
+        let channels = [importer.type(x).shape[1]] + [Int](repeating: 1, count: r - 2)
+        let mean = try emit(.reduceMean(axes: spatial, keepDims: true), [x])
+        let d = try emit(.sub, [x, mean[0]])
+        let variance = try emit(.reduceMean(axes: spatial, keepDims: true), try emit(.mul, [d[0], d[0]]))
+        let epsilon = Sym.const(ConstTensor(dtype: importer.type(x).dtype, shape: [], floats: [eps]))
+        let std = try emit(.unary(.sqrt), try emit(.add, [variance[0], epsilon]))
+        let normalized = try emit(.div, [d[0], std[0]])
+        let scaled = try emit(.mul, [normalized[0], try emit(.reshape(channels), [scale])[0]])
+        return try emit(.add, [scaled[0], try emit(.reshape(channels), [bias])[0]])
       case "Gelu":
         let a = try string("approximate", "none")
         guard let g = GeluApproximation(rawValue: a) else { throw err("unknown approximate '\(a)'") }
@@ -517,7 +533,7 @@ private struct Importer {
         let x = try required(0)
         guard let shape = try const(1, "shape")?.intValues else { throw err("shape must be given") }
         return try emit(.expand(shape), [x])
-      case "ReduceMean", "ReduceSum":
+      case "ReduceMean", "ReduceSum", "ReduceL2":
         let x = try required(0)
         let fromInput = node.opType == "ReduceSum" ? opset >= 13 : opset >= 18
         var ax = (fromInput ? try const(1, "axes")?.intValues : try ints("axes")) ?? []
@@ -527,7 +543,14 @@ private struct Importer {
         ax = ax.map { $0 < 0 ? $0 + r : $0 }.sorted()
         if ax.isEmpty { ax = Array(0..<r) }
         let keep = try int("keepdims", 1) != 0
-        return try emit(node.opType == "ReduceMean" ? .reduceMean(axes: ax, keepDims: keep) : .reduceSum(axes: ax, keepDims: keep), [x])
+        switch node.opType {
+        case "ReduceMean": return try emit(.reduceMean(axes: ax, keepDims: keep), [x])
+        case "ReduceSum": return try emit(.reduceSum(axes: ax, keepDims: keep), [x])
+        default:
+          // ReduceL2 (ConvNeXt-V2's GRN) is √Σx², in ops that have gradients: the norm trains.
+          let sq = try emit(.mul, [x, x])
+          return try emit(.unary(.sqrt), try emit(.reduceSum(axes: ax, keepDims: keep), sq))
+        }
       case "GlobalAveragePool": return try unary(.globalAveragePool)
       default:
         throw err("unsupported op '\(node.opType)'")

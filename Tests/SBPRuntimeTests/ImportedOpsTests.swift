@@ -1,0 +1,50 @@
+// ImportedOpsTests.swift: ONNX ops the importer lowers to other ops compute what ONNX defines, and train.
+import Foundation
+import XCTest
+
+@testable import SBPIR
+@testable import SBPONNX
+@testable import SBPPasses
+@testable import SBPPlan
+@testable import SBPRuntime
+
+final class ImportedOpsTests: XCTestCase {
+  /// InstanceNormalization and ReduceL2 (Tests/Fixtures/ok_norms.onnx, checked against
+  /// onnxruntime by make_fixtures.py --check) against the definitions in double precision.
+  func testInstanceNormAndReduceL2MatchTheirDefinitions() throws {
+    var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_norms.onnx", options: ImportOptions(batch: 2)).graph
+    try PassPipeline(passes: [Canonicalize(), PlanMemory()], verifyEach: true).run(&g)
+    XCTAssertEqual(Set(g.params.map(\.name)), ["scale", "bias"], "the norm's scale and bias are parameters")
+    let ex = try Executor(graph: g)
+    let x = (0..<24).map { Float((Double($0) * 0.37).truncatingRemainder(dividingBy: 1.9) - 0.8) }
+    ex.buffer(g.inputs[0].value).f32.update(from: x, count: 24)
+    try ex.run()
+    let scale = [1.5, -0.5], bias = [0.25, 2.0]
+    for n in 0..<2 {
+      for c in 0..<2 {
+        let row = (0..<6).map { Double(x[(n * 2 + c) * 6 + $0]) }
+        let mean = row.reduce(0, +) / 6
+        let variance = row.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / 6
+        let y = row.map { ($0 - mean) / (variance + 1e-5).squareRoot() * scale[c] + bias[c] }
+        let want = y.map { $0 * $0 }.reduce(0, +).squareRoot()
+        XCTAssertEqual(Double(ex.buffer(g.outputs[0].value).f32[n * 2 + c]), want, accuracy: 1e-5 * max(1, want), "n \(n) c \(c)")
+      }
+    }
+  }
+
+  /// The lowered ops train: a step of the compiled plan gives every parameter a gradient.
+  func testTheLoweredOpsHaveGradients() throws {
+    for model in ["ok_norms", "ok_activations"] {
+      let p = try Plan.compile(model: repoRoot + "/Tests/Fixtures/\(model).onnx", options: Plan.Options(batch: 2, sbp: .off)).0
+      var o = TrainerOptions()
+      o.steps = 1
+      o.threads = 1
+      o.retainGradients = true
+      let t = try Trainer(plan: p, path: model, options: o)
+      try t.run { _ in }
+      let grads = t.gradients()
+      XCTAssertEqual(Set(grads.map(\.name)), Set(p.train.params.filter(\.trainable).map(\.name)), model)
+      for (name, g) in grads { XCTAssertTrue(g.floats.contains { $0 != 0 } && g.floats.allSatisfy(\.isFinite), "\(model): @\(name)") }
+    }
+  }
+}
