@@ -160,6 +160,40 @@ def ok_norms(out):
     write_model(os.path.join(out, "ok_norms.onnx"), m)
 
 
+def ok_pools(out):
+    """x [batch, 2, 6, 6] -> MaxPool(3, s2, p1) -> AveragePool(2, s1, ceil, pad 1, without pads) -> GlobalMaxPool -> Flatten -> y [batch, 2]."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["m"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("AveragePool", ["m"], ["a"], name="avgpool", kernel_shape=[2, 2], strides=[1, 1], pads=[1, 1, 1, 1],
+                         ceil_mode=1, count_include_pad=0),
+        helper.make_node("GlobalMaxPool", ["a"], ["g"], name="globalmax"),
+        helper.make_node("Flatten", ["g"], ["y"], name="flatten"),
+    ]
+    m = model("ok_pools", nodes, [x_input(("batch", 2, 6, 6))], [y_output(("batch", 2))], [])
+    write_model(os.path.join(out, "ok_pools.onnx"), m)
+
+
+def ok_mod(out):
+    """y = x + Cast(Mod([5, -7, 9, -4], 3)) + Mod([5.5, -7.5, 9, -4], 2, fmod=1): integer Mod takes the divisor's sign, fmod the dividend's."""
+    ints = helper.make_tensor("ai", TensorProto.INT64, [4], [5, -7, 9, -4])
+    three = helper.make_tensor("three", TensorProto.INT64, [], [3])
+    floats = helper.make_tensor("af", TensorProto.FLOAT, [4], [5.5, -7.5, 9.0, -4.0])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    # The float operands are Constant nodes, as exporters emit them: a float initializer
+    # with several elements is a weight.
+    nodes = [
+        helper.make_node("Constant", [], ["af"], name="af_const", value=floats),
+        helper.make_node("Constant", [], ["two"], name="two_const", value=two),
+        helper.make_node("Mod", ["ai", "three"], ["mi"], name="mod_int"),
+        helper.make_node("Cast", ["mi"], ["mf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mod", ["af", "two"], ["mo"], name="mod_float", fmod=1),
+        helper.make_node("Add", ["x", "mf"], ["s"], name="add1"),
+        helper.make_node("Add", ["s", "mo"], ["y"], name="add2"),
+    ]
+    m = model("ok_mod", nodes, [x_input()], [y_output(("batch", 4))], [ints, three])
+    write_model(os.path.join(out, "ok_mod.onnx"), m)
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -287,7 +321,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_pools, ok_mod, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -332,6 +366,14 @@ def check(out):
     want = np.sqrt((((xn - mean) / np.sqrt(var + 1e-5) * NORM_SCALE[:, None] + NORM_BIAS[:, None]) ** 2).sum(axis=2))
     sess = ort.InferenceSession(p("ok_norms.onnx"), providers=["CPUExecutionProvider"])
     expect(np.allclose(sess.run(["y"], {"x": xn})[0], want, atol=1e-5), "ok_norms.onnx: onnxruntime matches numpy")
+    sess = ort.InferenceSession(p("ok_mod.onnx"), providers=["CPUExecutionProvider"])
+    expect(np.allclose(sess.run(["y"], {"x": x})[0], x + np.array([2, 2, 0, 2]) + np.array([1.5, -1.5, 1.0, 0.0])),
+           "ok_mod.onnx: onnxruntime gives Python's % for integers and fmod for floats")
+    xp = (np.sin(np.arange(144, dtype=np.float32) * 0.37) * 3).reshape(2, 2, 6, 6).astype(np.float32)
+    sess = ort.InferenceSession(p("ok_pools.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["y"], {"x": xp})[0]
+    np.save(p("ok_pools.expected.npy"), got)
+    expect(got.shape == (2, 2), f"ok_pools.onnx: onnxruntime runs it, y {got.shape} written to ok_pools.expected.npy")
     run(p("ok_shared_identity.onnx"), 2 * (x @ W_VALUES) + B_VALUES)
     m = onnx.load(p("ok_shared_identity.onnx"))
     expect([i.name for i in m.graph.initializer] == ["W", "B"], "ok_shared_identity: one W initializer")

@@ -29,6 +29,44 @@ public struct ConvGeometry: Sendable, Hashable {
   }
 }
 
+/// Static 2-D pooling geometry over NCHW: kernel, strides, pads (top, left, bottom, right),
+/// dilations and ONNX's ceil_mode.
+public struct PoolGeometry: Sendable, Hashable {
+  public var kernel: [Int]
+  public var strides: [Int]
+  public var pads: [Int]
+  public var dilations: [Int]
+  public var ceilMode: Bool
+
+  public init(kernel: [Int], strides: [Int], pads: [Int], dilations: [Int], ceilMode: Bool) {
+    self.kernel = kernel
+    self.strides = strides
+    self.pads = pads
+    self.dilations = dilations
+    self.ceilMode = ceilMode
+  }
+
+  /// Output size along spatial axis i for an input of `size`, as ONNX and PyTorch define it:
+  /// with ceil_mode a last window must still start inside the input or its leading pad.
+  public func outputSize(_ size: Int, axis i: Int) -> Int {
+    let span = dilations[i] * (kernel[i] - 1) + 1
+    let room = size + pads[i] + pads[i + 2] - span
+    var out = (ceilMode ? (room + strides[i] - 1) / strides[i] : room / strides[i]) + 1
+    if ceilMode, (out - 1) * strides[i] >= size + pads[i] { out -= 1 }
+    return out
+  }
+
+  var attributes: [String: AttrValue] {
+    ["kernel": .ints(kernel), "strides": .ints(strides), "pads": .ints(pads), "dilations": .ints(dilations), "ceil_mode": .int(ceilMode ? 1 : 0)]
+  }
+
+  init(_ a: AttrDict) throws {
+    self.init(
+      kernel: try a.ints("kernel"), strides: try a.ints("strides"), pads: try a.ints("pads"), dilations: try a.ints("dilations"),
+      ceilMode: try a.int("ceil_mode") != 0)
+  }
+}
+
 /// Static slice parameters, one entry per sliced axis.
 public struct SliceSpec: Sendable, Hashable {
   public var starts: [Int]
@@ -86,6 +124,11 @@ public enum Op: Sendable, Hashable {
   case reduceMean(axes: [Int], keepDims: Bool)
   case reduceSum(axes: [Int], keepDims: Bool)
   case globalAveragePool
+  /// 2-D max pooling over NCHW; padding never wins.
+  case maxPool(PoolGeometry)
+  /// 2-D average pooling over NCHW; without `countIncludePad` a window divides by its
+  /// elements inside the input.
+  case averagePool(PoolGeometry, countIncludePad: Bool)
   // Training
   /// Identity forward; autodiff treats its result as a constant.
   case stopGradient
@@ -110,6 +153,10 @@ public enum Op: Sendable, Hashable {
   case sliceGrad(SliceSpec, inputShape: [Int])
   /// Inputs: indices, dy → ddata of shape `inputShape`, summing repeated indices.
   case gatherGrad(axis: Int, inputShape: [Int])
+  /// Inputs: x, dy → dx: each window's dy goes to its first maximum, as PyTorch routes it.
+  case maxPoolGrad(PoolGeometry)
+  /// Inputs: dy → dx of shape `inputShape`: each window's dy spread over what it averaged.
+  case averagePoolGrad(PoolGeometry, countIncludePad: Bool, inputShape: [Int])
   // Optimizer updates. They overwrite the parameter and state in place; results alias them.
   /// Inputs: param, grad, velocity → param', velocity'.
   case sgd(lr: Double, momentum: Double, weightDecay: Double)
@@ -149,6 +196,10 @@ public enum Op: Sendable, Hashable {
     case .reduceMean: return "reduce_mean"
     case .reduceSum: return "reduce_sum"
     case .globalAveragePool: return "global_average_pool"
+    case .maxPool: return "max_pool"
+    case .averagePool: return "average_pool"
+    case .maxPoolGrad: return "max_pool_grad"
+    case .averagePoolGrad: return "average_pool_grad"
     case .stopGradient: return "stop_gradient"
     case .softmaxCrossEntropy: return "softmax_cross_entropy"
     case .softmaxCrossEntropyGrad: return "softmax_cross_entropy_grad"
@@ -196,6 +247,10 @@ public enum Op: Sendable, Hashable {
         "starts": .ints(s.starts), "ends": .ints(s.ends), "axes": .ints(s.axes), "steps": .ints(s.steps), "input_shape": .ints(shape),
       ]
     case .gatherGrad(let axis, let shape): return ["axis": .int(axis), "input_shape": .ints(shape)]
+    case .maxPool(let g), .maxPoolGrad(let g): return g.attributes
+    case .averagePool(let g, let include): return g.attributes.merging(["count_include_pad": .int(include ? 1 : 0)]) { a, _ in a }
+    case .averagePoolGrad(let g, let include, let shape):
+      return g.attributes.merging(["count_include_pad": .int(include ? 1 : 0), "input_shape": .ints(shape)]) { a, _ in a }
     case .sgd(let lr, let m, let wd): return ["lr": .float(lr), "momentum": .float(m), "weight_decay": .float(wd)]
     case .adamw(let lr, let b1, let b2, let eps, let wd):
       return ["lr": .float(lr), "beta1": .float(b1), "beta2": .float(b2), "epsilon": .float(eps), "weight_decay": .float(wd)]
@@ -230,7 +285,7 @@ public enum Op: Sendable, Hashable {
       "softmax", "reshape", "transpose", "slice", "gather", "concat", "split", "gather_rows", "scatter_rows", "squeeze", "unsqueeze",
       "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
       "softmax_cross_entropy_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input", "conv_grad_weight", "linear_grad_weight",
-      "slice_grad", "gather_grad", "sgd", "adamw",
+      "slice_grad", "gather_grad", "sgd", "adamw", "max_pool", "average_pool", "max_pool_grad", "average_pool_grad",
     ] + Unary.all.map(\.name).uniqued() + Unary.all.map { $0.name + "_grad" }.uniqued()
 
   /// Rebuilds an op from its text name and payload attributes. `resultType` is needed by
@@ -311,6 +366,12 @@ public enum Op: Sendable, Hashable {
         SliceSpec(starts: try a.ints("starts"), ends: try a.ints("ends"), axes: try a.ints("axes"), steps: try a.ints("steps")),
         inputShape: try a.ints("input_shape"))
     case "gather_grad": self = .gatherGrad(axis: try a.int("axis"), inputShape: try a.ints("input_shape"))
+    case "max_pool": self = .maxPool(try PoolGeometry(a))
+    case "max_pool_grad": self = .maxPoolGrad(try PoolGeometry(a))
+    case "average_pool": self = .averagePool(try PoolGeometry(a), countIncludePad: try a.int("count_include_pad") != 0)
+    case "average_pool_grad":
+      self = .averagePoolGrad(
+        try PoolGeometry(a), countIncludePad: try a.int("count_include_pad") != 0, inputShape: try a.ints("input_shape"))
     case "sgd": self = .sgd(lr: try a.float("lr"), momentum: try a.float("momentum"), weightDecay: try a.float("weight_decay"))
     case "adamw":
       self = .adamw(

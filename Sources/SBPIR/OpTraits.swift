@@ -39,6 +39,9 @@ extension Op {
     case .linearGradWeight: return .backward(of: "linear")
     case .sliceGrad: return .backward(of: "slice")
     case .gatherGrad: return .backward(of: "gather")
+    case .maxPool, .averagePool: return .reduction
+    case .maxPoolGrad: return .backward(of: "max_pool")
+    case .averagePoolGrad: return .backward(of: "average_pool")
     }
   }
 
@@ -60,7 +63,7 @@ extension Op {
     case .equal, .select, .cast, .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose, .slice,
       .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad,
-      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
       return false
     }
   }
@@ -73,7 +76,7 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad,
-      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
       return false
     }
   }
@@ -87,7 +90,7 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .cast, .matMul, .linear, .gemm, .conv, .softmax, .gather,
       .concat, .split, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight,
-      .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
       return false
     }
   }
@@ -104,7 +107,7 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
       .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
-      .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad:
+      .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad:
       return nil
     }
   }
@@ -117,7 +120,7 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .gather, .concat, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient,
       .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
-      .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
       return false
     }
   }
@@ -184,7 +187,7 @@ extension Op {
       return nil  // the op acts along the row axis itself
     case .constant, .gemm, .conv, .slice, .gather, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .convGradInput,
-      .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
       return nil
     }
   }
@@ -234,6 +237,10 @@ extension Graph {
     case .softmaxCrossEntropy, .softmaxCrossEntropyGrad: return (0, 3 * count(0))
     case .reduceMean, .reduceSum, .globalAveragePool: return (0, count(0))
     case .gatherGrad: return (0, count(1))
+    // A compare or add per window element (the gradients scan the same windows).
+    case .maxPool(let g), .averagePool(let g, _): return (0, out * g.kernel.reduce(1, *))
+    case .maxPoolGrad(let g): return (0, count(1) * g.kernel.reduce(1, *))
+    case .averagePoolGrad(let g, _, _): return (0, count(0) * g.kernel.reduce(1, *))
     case .sgd: return (0, 4 * count(0))
     case .adamw: return (0, 10 * count(0))
     case .constant, .cast, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,

@@ -335,10 +335,46 @@ extension Op {
         throw fail("param, grad, m and v must have one type and step must be f32[], got \(t.map(\.description))")
       }
       return [t[0], t[0], t[0]]
+    case .maxPool(let g), .averagePool(let g, _):
+      try arity(1)
+      return [TensorType(t[0].dtype, try Op.poolShape(g, t[0], fail))]
+    case .maxPoolGrad(let g):
+      try arity(2)
+      guard try Op.poolShape(g, t[0], fail) == t[1].shape else { throw fail("dy \(t[1]) does not fit pooling \(t[0])") }
+      return [t[0]]
+    case .averagePoolGrad(let g, _, let shape):
+      try arity(1)
+      let x = TensorType(t[0].dtype, shape)
+      guard try Op.poolShape(g, x, fail) == t[0].shape else { throw fail("dy \(t[0]) does not fit pooling \(x)") }
+      return [x]
     case .globalAveragePool:
       try arity(1)
       guard t[0].rank >= 3 else { throw fail("input must be N,C,spatial…, got \(t[0])") }
       return [TensorType(t[0].dtype, Array(t[0].shape[..<2]) + Array(repeating: 1, count: t[0].rank - 2))]
     }
+  }
+}
+
+extension Op {
+  /// The output shape of 2-D pooling `g` over `x` (NCHW), checking the geometry: attributes
+  /// come from files, so every value is bounded before any arithmetic.
+  static func poolShape(_ g: PoolGeometry, _ x: TensorType, _ fail: (String) -> IRError) throws -> [Int] {
+    guard x.rank == 4 else { throw fail("pooling runs over 2-D NCHW inputs, got \(x)") }
+    guard g.kernel.count == 2, g.strides.count == 2, g.dilations.count == 2, g.pads.count == 4 else {
+      throw fail("kernel, strides and dilations need 2 entries and pads 4")
+    }
+    let limit = 1 << 20
+    guard (g.kernel + g.strides + g.dilations).allSatisfy({ (1...limit).contains($0) }), g.pads.allSatisfy({ (0...limit).contains($0) })
+    else { throw fail("kernel, strides and dilations must be in 1...\(limit), pads in 0...\(limit)") }
+    var s = Array(x.shape[..<2])
+    for i in 0..<2 {
+      guard g.pads[i] < g.dilations[i] * (g.kernel[i] - 1) + 1, g.pads[i + 2] < g.dilations[i] * (g.kernel[i] - 1) + 1 else {
+        throw fail("pads \(g.pads) must be smaller than the kernel \(g.kernel)")
+      }
+      let n = g.outputSize(x.shape[2 + i], axis: i)
+      guard n >= 1 else { throw fail("kernel \(g.kernel) larger than the padded input \(x)") }
+      s.append(n)
+    }
+    return s
   }
 }

@@ -248,7 +248,7 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     }
     return t
   case .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
-    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
+    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
     .softmaxCrossEntropyGrad,
     .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad,
     .gatherGrad, .sgd, .adamw:
@@ -258,3 +258,26 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
 }
 
 private func powD(_ a: Double, _ b: Double) -> Double { Glibc.pow(a, b) }
+
+/// ONNX Mod on constants (shape and index arithmetic, such as Swin's window indices), with
+/// numpy broadcasting: `fmod` 0 takes the divisor's sign (Python's %, integers only), 1 the
+/// dividend's (C's fmod). nil when the shapes do not broadcast or a divisor is zero.
+func constMod(_ a: ConstTensor, _ b: ConstTensor, fmod: Bool) -> ConstTensor? {
+  guard let shape = broadcastShapes(a.shape, b.shape) else { return nil }
+  let n = shape.reduce(1, *)
+  let ia = broadcastIndex(out: shape, inp: a.shape), ib = broadcastIndex(out: shape, inp: b.shape)
+  if a.dtype.isFloat {
+    let x = a.doubleValues, y = b.doubleValues
+    return ConstTensor(dtype: a.dtype, shape: shape, floats: (0..<n).map { Glibc.fmod(x[ia[$0]], y[ib[$0]]) })
+  }
+  let x = a.ints, y = b.ints.isEmpty ? b.doubleValues.map { Int64($0) } : b.ints
+  var out = [Int64](repeating: 0, count: n)
+  for i in 0..<n {
+    let p = x[ia[i]], q = y[ib[i]]
+    guard q != 0 else { return nil }
+    var r = p.remainderReportingOverflow(dividingBy: q).partialValue
+    if !fmod, r != 0, (r < 0) != (q < 0) { r += q }
+    out[i] = r
+  }
+  return ConstTensor(dtype: a.dtype, shape: shape, ints: out)
+}

@@ -431,6 +431,15 @@ private struct Importer {
       case "Pow": return try binary(.pow)
       case "Equal": return try binary(.equal)
       case "Where": return try emit(.select, [try required(0), try required(1), try required(2)])
+      case "Mod":
+        // Only on constants: the exporters emit it for shape and index arithmetic.
+        guard case .const(let a)? = try sym(0), case .const(let b)? = try sym(1) else {
+          throw err("Mod of computed tensors is not supported (it folds only on constants)")
+        }
+        let fmod = try int("fmod", 0) != 0
+        guard fmod || !a.dtype.isFloat else { throw err("Mod of floats needs fmod=1") }
+        guard let r = constMod(a, b, fmod: fmod) else { throw err("operands \(a.shape) and \(b.shape) do not broadcast, or a divisor is 0") }
+        return [.const(r)]
       case "Sqrt": return try unary(.unary(.sqrt))
       case "Erf": return try unary(.unary(.erf))
       case "Tanh": return try unary(.unary(.tanh))
@@ -552,6 +561,7 @@ private struct Importer {
           return try emit(.unary(.sqrt), try emit(.reduceSum(axes: ax, keepDims: keep), sq))
         }
       case "GlobalAveragePool": return try unary(.globalAveragePool)
+      case "MaxPool", "AveragePool", "GlobalMaxPool": return try pool()
       default:
         throw err("unsupported op '\(node.opType)'")
       }
@@ -615,22 +625,51 @@ private struct Importer {
       guard (strides + dil).allSatisfy({ (1...limit).contains($0) }), kernel.allSatisfy({ (0...limit).contains($0) }) else {
         throw err("strides, dilations and kernel_shape must be in 1...\(limit)")
       }
+      pads = try autoPads(Array(xs.dropFirst(2)), kernel: kernel, strides: strides, dilations: dil, pads: pads)
+      var ins = [x, w]
+      if let b = try sym(2) { ins.append(b) }
+      return try emit(.conv(ConvGeometry(strides: strides, pads: pads, dilations: dil, group: try int("group", 1))), ins)
+    }
+
+    /// The pads `auto_pad` asks for (NOTSET keeps `pads`; VALID is none; SAME_UPPER and
+    /// SAME_LOWER put the odd one after or before), for convolution and pooling alike.
+    func autoPads(_ spatial: [Int], kernel: [Int], strides: [Int], dilations dil: [Int], pads: [Int]) throws -> [Int] {
+      let sp = spatial.count
+      var pads = pads
       switch try string("auto_pad", "NOTSET") {
       case "NOTSET": break
       case "VALID": pads = [Int](repeating: 0, count: 2 * sp)
       case let mode where mode == "SAME_UPPER" || mode == "SAME_LOWER":
         for i in 0..<sp {
-          let out = (xs[2 + i] + strides[i] - 1) / strides[i]
-          let total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - xs[2 + i])
+          let out = (spatial[i] + strides[i] - 1) / strides[i]
+          let total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - spatial[i])
           let small = total / 2, big = total - small
           pads[i] = mode == "SAME_UPPER" ? small : big
           pads[i + sp] = mode == "SAME_UPPER" ? big : small
         }
       case let mode: throw err("unsupported auto_pad '\(mode)'")
       }
-      var ins = [x, w]
-      if let b = try sym(2) { ins.append(b) }
-      return try emit(.conv(ConvGeometry(strides: strides, pads: pads, dilations: dil, group: try int("group", 1))), ins)
+      return pads
+    }
+
+    /// MaxPool, AveragePool and GlobalMaxPool over NCHW.
+    mutating func pool() throws -> [Sym] {
+      let x = try required(0)
+      let xs = importer.type(x).shape
+      guard xs.count == 4 else { throw err("pooling runs over 2-D NCHW inputs, got \(importer.type(x))") }
+      if node.opType == "GlobalMaxPool" {
+        return try emit(.maxPool(PoolGeometry(kernel: [xs[2], xs[3]], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], ceilMode: false)), [x])
+      }
+      guard node.outputs.count < 2 || node.outputs[1].isEmpty else { throw err("the Indices output is not supported") }
+      guard try int("storage_order", 0) == 0 else { throw err("storage_order 1 is not supported") }
+      guard let kernel = try ints("kernel_shape"), kernel.count == 2 else { throw err("kernel_shape must have 2 entries") }
+      let strides = try ints("strides") ?? [1, 1], dil = try ints("dilations") ?? [1, 1]
+      guard strides.count == 2, dil.count == 2 else { throw err("strides and dilations must have 2 entries") }
+      let pads = try autoPads(Array(xs.dropFirst(2)), kernel: kernel, strides: strides, dilations: dil, pads: try ints("pads") ?? [0, 0, 0, 0])
+      let g = PoolGeometry(kernel: kernel, strides: strides, pads: pads, dilations: dil, ceilMode: try int("ceil_mode", 0) != 0)
+      if node.opType == "MaxPool" { return try emit(.maxPool(g), [x]) }
+      guard dil == [1, 1] else { throw err("AveragePool with dilations is not supported") }
+      return try emit(.averagePool(g, countIncludePad: try int("count_include_pad", 0) != 0), [x])
     }
 
     mutating func split() throws -> [Sym] {

@@ -177,6 +177,10 @@ extension GradBuilder {
         g = try one(.mul, [g, try scalar(1 / Double(n))])
       }
       return [g]
+    case .maxPool(let g):
+      return [try one(.maxPoolGrad(g), [x[0], dy])]
+    case .averagePool(let g, let include):
+      return [try one(.averagePoolGrad(g, countIncludePad: include, inputShape: type(x[0]).shape), [dy])]
     case .globalAveragePool:
       let s = type(x[0]).shape
       let n = s.dropFirst(2).reduce(1, *)
@@ -184,7 +188,7 @@ extension GradBuilder {
     case .softmaxCrossEntropy:
       return [try one(.softmaxCrossEntropyGrad, [x[0], x[1], dy]), nil]
     case .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
-      .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
       throw none("backward and optimizer ops have no gradients of their own")
     }
   }

@@ -105,7 +105,9 @@ public final class Executor {
     case .matMul: return Prepared(strides: LinearAlgebra.matMulBatch(ins[0], ins[1], out))
     case .constant, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .gather, .concat, .split,
       .gatherRows, .scatterRows, .squeeze, .unsqueeze, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
-      .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .gatherGrad, .sgd, .adamw: return Prepared()
+      .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .gatherGrad, .sgd, .adamw,
+      .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad:
+      return Prepared()
     }
   }
   /// FLOPs of the last `run()`: Σ2MNK over its sgemm calls plus the own kernels' counts.
@@ -207,7 +209,7 @@ public final class Executor {
         conv = Conv2D(g, input: x, weight: w, output: y)
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .layerNorm,
         .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-        .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
         .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: break
       }
       var pre = Executor.prepare(n, graph)
@@ -216,7 +218,7 @@ public final class Executor {
       case .matMul: (pre.transA, pre.transB) = (transposed.contains(n.inputs[0]), transposed.contains(n.inputs[1]))
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm,
         .softmax, .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-        .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+        .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
         .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
         .adamw: break
       }
@@ -310,7 +312,7 @@ public final class Executor {
     case .convGradWeight(_, let ws): return (g.type(of: n.inputs[0]).shape, ws, g.type(of: n.inputs[1]).shape)
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-      .expand, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+      .expand, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
       .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return (g.type(of: n.inputs[0]).shape, g.type(of: n.inputs[1]).shape, g.type(of: n.outputs[0]).shape)
     }
   }
@@ -494,6 +496,10 @@ public final class Executor {
     case .linearGradWeight(let axis, let layout, _): LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!)
     case .sliceGrad: Movement.sliceGrad(base: pre.base, strides: pre.strides, ins[0], y!)
     case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
+    case .maxPool(let g): Pool.maxPool(g, ins[0], y!)
+    case .averagePool(let g, let include): Pool.averagePool(g, includePad: include, ins[0], y!)
+    case .maxPoolGrad(let g): Pool.maxPoolGrad(g, ins[0], ins[1], y!)
+    case .averagePoolGrad(let g, let include, _): Pool.averagePoolGrad(g, includePad: include, ins[0], y!)
     case .sgd(let lr, let m, let wd):
       Optimizer.sgd(lr: Float(lr) * learningRateScale, momentum: Float(m), wd: Float(wd), gscale: gradientScale, ins[0], ins[1], ins[2])
     case .adamw(let lr, let b1, let b2, let eps, let wd):

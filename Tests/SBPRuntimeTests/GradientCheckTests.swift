@@ -207,6 +207,26 @@ final class GradientCheckTests: XCTestCase {
     try check(conv("conv stride 2, one column", x: [1, 2, 3, 1], w: [3, 2, 3, 3], stride: 2, pad: 1, group: 1))
   }
 
+  func pool(_ name: String, _ op: Op, x: [Int]) -> GradCase {
+    GradCase(name: name, shapes: [x]) { g, p in try g.append(op, [p[0]])[0] }
+  }
+
+  /// Pooling: overlapping and ceil-mode windows, padding on both sides, both divisors. Max
+  /// pooling's gradient is piecewise: random inputs keep every window's maximum apart by
+  /// more than the step.
+  func testPoolingRules() throws {
+    func geo(_ k: Int, _ s: Int, _ p: Int, ceil: Bool = false, dilation: Int = 1) -> PoolGeometry {
+      PoolGeometry(kernel: [k, k], strides: [s, s], pads: [p, p, p, p], dilations: [dilation, dilation], ceilMode: ceil)
+    }
+    try check(pool("max_pool 3x3 s2 p1", .maxPool(geo(3, 2, 1)), x: [2, 2, 7, 7]))
+    try check(pool("max_pool 2x2 s2 ceil", .maxPool(geo(2, 2, 0, ceil: true)), x: [1, 2, 5, 5]))
+    try check(pool("max_pool 3x3 dilated", .maxPool(geo(3, 1, 2, dilation: 2)), x: [1, 1, 6, 6]))
+    for include in [false, true] {
+      try check(pool("average_pool 3x3 s1 p1 \(include)", .averagePool(geo(3, 1, 1), countIncludePad: include), x: [2, 2, 5, 6]))
+      try check(pool("average_pool 2x2 s2 ceil \(include)", .averagePool(geo(2, 2, 0, ceil: true), countIncludePad: include), x: [1, 2, 5, 5]))
+    }
+  }
+
   func testNormalizationRules() throws {
     try check(
       GradCase(name: "layer_norm", shapes: [[2, 3, 6], [6], [6]]) { g, p in try g.append(.layerNorm(axis: 2, epsilon: 1e-5), p)[0] })

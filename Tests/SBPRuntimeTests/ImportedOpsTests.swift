@@ -32,6 +32,33 @@ final class ImportedOpsTests: XCTestCase {
     }
   }
 
+  /// MaxPool (pads), AveragePool (ceil mode, divisor without pads) and GlobalMaxPool as
+  /// onnxruntime runs them (its output for the same input is ok_pools.expected.npy).
+  func testPoolingImportsAsOnnxruntimeRunsIt() throws {
+    var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_pools.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertEqual(g.nodes.map(\.op.name).filter { $0.hasSuffix("pool") }, ["max_pool", "average_pool", "max_pool"])
+    try PassPipeline(passes: [Canonicalize(), PlanMemory()], verifyEach: true).run(&g)
+    let ex = try Executor(graph: g)
+    let x = (0..<144).map { Float(sin(Double(Float($0) * 0.37)) * 3) }
+    ex.buffer(g.inputs[0].value).f32.update(from: x, count: 144)
+    try ex.run()
+    let want = try NPYArray.read(repoRoot + "/Tests/Fixtures/ok_pools.expected.npy")
+    let got = Array(ex.buffer(g.outputs[0].value).floats)
+    XCTAssertEqual(want.shape, [2, 2])
+    want.data.withUnsafeBytes { raw in
+      for (i, w) in raw.bindMemory(to: Float.self).enumerated() { XCTAssertEqual(got[i], w, accuracy: 1e-5, "y[\(i)]") }
+    }
+  }
+
+  /// Mod folds at import, with Python's sign for integers and C's fmod for floats.
+  func testModFoldsAsOnnxDefinesIt() throws {
+    var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_mod.onnx", options: ImportOptions(batch: 1)).graph
+    try PassPipeline(passes: [PlanMemory()], verifyEach: true).run(&g)
+    let ex = try Executor(graph: g)
+    try ex.run()
+    XCTAssertEqual(Array(ex.buffer(g.outputs[0].value).floats), [3.5, 0.5, 1, 2])
+  }
+
   /// The lowered ops train: a step of the compiled plan gives every parameter a gradient.
   func testTheLoweredOpsHaveGradients() throws {
     for model in ["ok_norms", "ok_activations"] {

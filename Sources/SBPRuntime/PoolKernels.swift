@@ -1,0 +1,107 @@
+// PoolKernels.swift: 2-D max and average pooling over NCHW and their gradients, one plane per task.
+import SBPIR
+
+/// Pooling kernels. Each (n, c) plane is independent, so planes split over the threads; a
+/// window's bounds are clipped to the input once per output position.
+enum Pool {
+  /// The input rows (or columns) window `o` covers along axis `i`: first position, step, count,
+  /// and how many of the window's positions lie in the padded extent (`count_include_pad`).
+  @inline(__always) static func window(_ g: PoolGeometry, axis i: Int, _ o: Int, size: Int) -> (first: Int, step: Int, n: Int, padded: Int) {
+    let d = g.dilations[i]
+    let start = o * g.strides[i] - g.pads[i]
+    var k0 = 0, k1 = g.kernel[i]
+    while k0 < k1 && start + k0 * d < 0 { k0 += 1 }
+    while k1 > k0 && start + (k1 - 1) * d >= size { k1 -= 1 }
+    // Positions inside input + pads (PyTorch's divisor with count_include_pad, ceil_mode included).
+    let end = Swift.min(start + (g.kernel[i] - 1) * d + 1, size + g.pads[i + 2])
+    let padded = (end - start + d - 1) / d
+    return (start + k0 * d, d, k1 - k0, padded)
+  }
+
+  static func planes(_ t: TensorType) -> (count: Int, h: Int, w: Int) { (t.shape[0] * t.shape[1], t.shape[2], t.shape[3]) }
+
+  /// Calls `body(p, o, rows, cols)` for every output position o of every plane p, with the
+  /// window's input rows and columns; planes split over the threads (each plane is written
+  /// by one thread only).
+  @inline(__always) static func forEachWindow(
+    _ g: PoolGeometry, input: TensorType, output: TensorType,
+    _ body: (_ plane: Int, _ o: Int, _ rows: (first: Int, step: Int, n: Int, padded: Int), _ cols: (first: Int, step: Int, n: Int, padded: Int)) -> Void
+  ) {
+    let (planes, h, w) = Pool.planes(input), (oh, ow) = (output.shape[2], output.shape[3])
+    Parallel.chunks(planes, grain: 1) { _, range in
+      for p in range {
+        for i in 0..<oh {
+          let r = window(g, axis: 0, i, size: h)
+          for j in 0..<ow { body(p, i * ow + j, r, window(g, axis: 1, j, size: w)) }
+        }
+      }
+    }
+  }
+
+  static func maxPool(_ g: PoolGeometry, _ x: Buffer, _ y: Buffer) {
+    let (_, h, w) = planes(x.type), out = y.type.shape[2] * y.type.shape[3]
+    let px = x.f32, py = y.f32
+    forEachWindow(g, input: x.type, output: y.type) { p, o, r, c in
+      var m = -Float.infinity
+      for a in 0..<r.n {
+        let row = px + p * h * w + (r.first + a * r.step) * w
+        for b in 0..<c.n {
+          let v = row[c.first + b * c.step]
+          if v > m || v.isNaN { m = v }
+        }
+      }
+      py[p * out + o] = m
+    }
+  }
+
+  /// dx: each window's dy added at its first maximum in scan order (PyTorch's choice on ties).
+  static func maxPoolGrad(_ g: PoolGeometry, _ x: Buffer, _ dy: Buffer, _ dx: Buffer) {
+    let (_, h, w) = planes(x.type), out = dy.type.shape[2] * dy.type.shape[3]
+    let px = x.f32, pd = dy.f32, pg = dx.f32
+    pg.update(repeating: 0, count: dx.count)
+    forEachWindow(g, input: x.type, output: dy.type) { p, o, r, c in
+      let xp = px + p * h * w
+      var m = -Float.infinity, at = -1
+      for a in 0..<r.n {
+        let row = (r.first + a * r.step) * w
+        for b in 0..<c.n {
+          let k = row + c.first + b * c.step
+          if xp[k] > m || xp[k].isNaN || at < 0 {
+            m = xp[k]
+            at = k
+          }
+        }
+      }
+      if at >= 0 { pg[p * h * w + at] += pd[p * out + o] }
+    }
+  }
+
+  static func averagePool(_ g: PoolGeometry, includePad: Bool, _ x: Buffer, _ y: Buffer) {
+    let (_, h, w) = planes(x.type), out = y.type.shape[2] * y.type.shape[3]
+    let px = x.f32, py = y.f32
+    forEachWindow(g, input: x.type, output: y.type) { p, o, r, c in
+      var s: Float = 0
+      for a in 0..<r.n {
+        let row = px + p * h * w + (r.first + a * r.step) * w
+        for b in 0..<c.n { s += row[c.first + b * c.step] }
+      }
+      let count = includePad ? r.padded * c.padded : r.n * c.n
+      py[p * out + o] = count > 0 ? s / Float(count) : 0
+    }
+  }
+
+  static func averagePoolGrad(_ g: PoolGeometry, includePad: Bool, _ dy: Buffer, _ dx: Buffer) {
+    let (_, h, w) = planes(dx.type), out = dy.type.shape[2] * dy.type.shape[3]
+    let pd = dy.f32, pg = dx.f32
+    pg.update(repeating: 0, count: dx.count)
+    forEachWindow(g, input: dx.type, output: dy.type) { p, o, r, c in
+      let count = includePad ? r.padded * c.padded : r.n * c.n
+      guard count > 0 else { return }
+      let share = pd[p * out + o] / Float(count)
+      for a in 0..<r.n {
+        let row = pg + p * h * w + (r.first + a * r.step) * w
+        for b in 0..<c.n { row[c.first + b * c.step] += share }
+      }
+    }
+  }
+}
