@@ -158,7 +158,8 @@ extension Graph {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .layerNorm, .softmax,
       .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean,
       .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
-      .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad:
+      .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
+      .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats:
       return 0
     }
     guard w.count == 4, y.count == 4 else { return 0 }

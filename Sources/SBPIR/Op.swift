@@ -103,6 +103,12 @@ public enum Op: Sendable, Hashable {
   // Normalization and activations
   /// Normalizes over axes [axis, rank). Inputs: x, scale, optional bias.
   case layerNorm(axis: Int, epsilon: Double)
+  /// BatchNorm with running statistics (evaluation): per channel (axis 1),
+  /// (x − mean) / √(var + ε) · scale + bias. Inputs: x, scale, bias, mean, var.
+  case batchNorm(epsilon: Double, momentum: Double)
+  /// BatchNorm with the batch's statistics over every axis but the channel (training).
+  /// Inputs: x, scale, bias → y, mean, var (biased, what normalizes y).
+  case batchNormTraining(epsilon: Double)
   case softmax(axis: Int)
   // Data movement; shapes are static payloads.
   case reshape([Int])
@@ -153,6 +159,12 @@ public enum Op: Sendable, Hashable {
   case sliceGrad(SliceSpec, inputShape: [Int])
   /// Inputs: indices, dy → ddata of shape `inputShape`, summing repeated indices.
   case gatherGrad(axis: Int, inputShape: [Int])
+  /// Inputs: x, scale, mean, var, dy → dx, dscale, dbias of `batchNormTraining`.
+  case batchNormGrad(epsilon: Double)
+  /// Running statistics, updated in place as PyTorch's training does: mean' = m·mean + (1 − m)·μ,
+  /// var' = m·var + (1 − m)·σ²·n/(n − 1) over n = `count` values per channel (ONNX's momentum
+  /// m). Inputs: mean, var, μ, σ² → mean', var' (the first two operands' memory).
+  case runningStats(momentum: Double, count: Int)
   /// Inputs: x, dy → dx: each window's dy goes to its first maximum, as PyTorch routes it.
   case maxPoolGrad(PoolGeometry)
   /// Inputs: dy → dx of shape `inputShape`: each window's dy spread over what it averaged.
@@ -196,6 +208,10 @@ public enum Op: Sendable, Hashable {
     case .reduceMean: return "reduce_mean"
     case .reduceSum: return "reduce_sum"
     case .globalAveragePool: return "global_average_pool"
+    case .batchNorm: return "batch_norm"
+    case .batchNormTraining: return "batch_norm_training"
+    case .batchNormGrad: return "batch_norm_grad"
+    case .runningStats: return "running_stats"
     case .maxPool: return "max_pool"
     case .averagePool: return "average_pool"
     case .maxPoolGrad: return "max_pool_grad"
@@ -247,6 +263,9 @@ public enum Op: Sendable, Hashable {
         "starts": .ints(s.starts), "ends": .ints(s.ends), "axes": .ints(s.axes), "steps": .ints(s.steps), "input_shape": .ints(shape),
       ]
     case .gatherGrad(let axis, let shape): return ["axis": .int(axis), "input_shape": .ints(shape)]
+    case .batchNorm(let eps, let m): return ["epsilon": .float(eps), "momentum": .float(m)]
+    case .batchNormTraining(let eps), .batchNormGrad(let eps): return ["epsilon": .float(eps)]
+    case .runningStats(let m, let n): return ["momentum": .float(m), "count": .int(n)]
     case .maxPool(let g), .maxPoolGrad(let g): return g.attributes
     case .averagePool(let g, let include): return g.attributes.merging(["count_include_pad": .int(include ? 1 : 0)]) { a, _ in a }
     case .averagePoolGrad(let g, let include, let shape):
@@ -286,6 +305,7 @@ public enum Op: Sendable, Hashable {
       "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
       "softmax_cross_entropy_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input", "conv_grad_weight", "linear_grad_weight",
       "slice_grad", "gather_grad", "sgd", "adamw", "max_pool", "average_pool", "max_pool_grad", "average_pool_grad",
+      "batch_norm", "batch_norm_training", "batch_norm_grad", "running_stats",
     ] + Unary.all.map(\.name).uniqued() + Unary.all.map { $0.name + "_grad" }.uniqued()
 
   /// Rebuilds an op from its text name and payload attributes. `resultType` is needed by
@@ -366,6 +386,10 @@ public enum Op: Sendable, Hashable {
         SliceSpec(starts: try a.ints("starts"), ends: try a.ints("ends"), axes: try a.ints("axes"), steps: try a.ints("steps")),
         inputShape: try a.ints("input_shape"))
     case "gather_grad": self = .gatherGrad(axis: try a.int("axis"), inputShape: try a.ints("input_shape"))
+    case "batch_norm": self = .batchNorm(epsilon: try a.float("epsilon"), momentum: try a.float("momentum"))
+    case "batch_norm_training": self = .batchNormTraining(epsilon: try a.float("epsilon"))
+    case "batch_norm_grad": self = .batchNormGrad(epsilon: try a.float("epsilon"))
+    case "running_stats": self = .runningStats(momentum: try a.float("momentum"), count: try a.int("count"))
     case "max_pool": self = .maxPool(try PoolGeometry(a))
     case "max_pool_grad": self = .maxPoolGrad(try PoolGeometry(a))
     case "average_pool": self = .averagePool(try PoolGeometry(a), countIncludePad: try a.int("count_include_pad") != 0)

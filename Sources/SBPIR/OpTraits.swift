@@ -13,6 +13,8 @@ public enum OpCategory: Sendable, Hashable {
   case normalization
   case loss
   case optimizerUpdate
+  /// Non-trainable state a training step updates in place (BatchNorm's running statistics).
+  case stateUpdate
   /// A backward op autodiff emits, with the name of the forward op it differentiates.
   case backward(of: String)
 }
@@ -40,6 +42,9 @@ extension Op {
     case .sliceGrad: return .backward(of: "slice")
     case .gatherGrad: return .backward(of: "gather")
     case .maxPool, .averagePool: return .reduction
+    case .batchNorm, .batchNormTraining: return .normalization
+    case .batchNormGrad: return .backward(of: "batch_norm_training")
+    case .runningStats: return .stateUpdate
     case .maxPoolGrad: return .backward(of: "max_pool")
     case .averagePoolGrad: return .backward(of: "average_pool")
     }
@@ -51,7 +56,7 @@ extension Op {
     switch category {
     case .unaryElementwise, .binaryElementwise: return true
     case .backward: if case .unaryGrad = self { return true } else { return false }
-    case .source, .reduction, .movement, .linearAlgebra, .normalization, .loss, .optimizerUpdate: return false
+    case .source, .reduction, .movement, .linearAlgebra, .normalization, .loss, .optimizerUpdate, .stateUpdate: return false
     }
   }
 
@@ -63,7 +68,8 @@ extension Op {
     case .equal, .select, .cast, .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose, .slice,
       .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad,
-      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
+      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad,
+      .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
       return false
     }
   }
@@ -76,7 +82,8 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad,
-      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
+      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad,
+      .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
       return false
     }
   }
@@ -90,7 +97,8 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .cast, .matMul, .linear, .gemm, .conv, .softmax, .gather,
       .concat, .split, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight,
-      .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
+      .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining,
+      .batchNormGrad, .runningStats, .sgd, .adamw:
       return false
     }
   }
@@ -104,10 +112,12 @@ extension Op {
     switch self {
     case .sgd: return [0, 2]  // param', velocity'
     case .adamw: return [0, 2, 3]  // param', m', v'
+    case .runningStats: return [0, 1]  // mean', var'
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
       .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
-      .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad:
+      .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool,
+      .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad:
       return nil
     }
   }
@@ -120,7 +130,8 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .gather, .concat, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient,
       .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
-      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
+      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm,
+      .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
       return false
     }
   }
@@ -187,7 +198,8 @@ extension Op {
       return nil  // the op acts along the row axis itself
     case .constant, .gemm, .conv, .slice, .gather, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .convGradInput,
-      .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
+      .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
+      .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
       return nil
     }
   }
@@ -240,6 +252,10 @@ extension Graph {
     // A compare or add per window element (the gradients scan the same windows).
     case .maxPool(let g), .averagePool(let g, _): return (0, out * g.kernel.reduce(1, *))
     case .maxPoolGrad(let g): return (0, count(1) * g.kernel.reduce(1, *))
+    case .batchNorm: return (0, 2 * out)
+    case .batchNormTraining: return (0, 5 * out)
+    case .batchNormGrad: return (0, 8 * count(0))
+    case .runningStats: return (0, 6 * count(0))
     case .averagePoolGrad(let g, _, _): return (0, count(0) * g.kernel.reduce(1, *))
     case .sgd: return (0, 4 * count(0))
     case .adamw: return (0, 10 * count(0))

@@ -335,6 +335,22 @@ extension Op {
         throw fail("param, grad, m and v must have one type and step must be f32[], got \(t.map(\.description))")
       }
       return [t[0], t[0], t[0]]
+    case .batchNorm, .batchNormTraining:
+      let inference = { if case .batchNorm = self { return true } else { return false } }()
+      try arity(inference ? 5 : 3)
+      let c = try Op.channels(t[0], fail)
+      guard t.dropFirst().allSatisfy({ $0 == c }) else { throw fail("scale, bias and statistics must be \(c), got \(t.dropFirst().map(\.description))") }
+      return inference ? [t[0]] : [t[0], c, c]
+    case .batchNormGrad:
+      try arity(5)
+      let c = try Op.channels(t[0], fail)
+      guard t[1] == c, t[2] == c, t[3] == c, t[4] == t[0] else { throw fail("expects x, scale, mean, var \(c) and dy \(t[0])") }
+      return [t[0], c, c]
+    case .runningStats(let m, let n):
+      try arity(4)
+      guard t[0].rank == 1, t[0].dtype == .f32, t.allSatisfy({ $0 == t[0] }) else { throw fail("expects four f32[C] statistics") }
+      guard m >= 0, m <= 1, n >= 2 else { throw fail("momentum must be in [0, 1] and count at least 2") }
+      return [t[0], t[0]]
     case .maxPool(let g), .averagePool(let g, _):
       try arity(1)
       return [TensorType(t[0].dtype, try Op.poolShape(g, t[0], fail))]
@@ -356,6 +372,12 @@ extension Op {
 }
 
 extension Op {
+  /// f32[C] for an f32 input [N, C, …] (BatchNorm's per-channel vectors).
+  static func channels(_ x: TensorType, _ fail: (String) -> IRError) throws -> TensorType {
+    guard x.rank >= 2, x.dtype == .f32 else { throw fail("expects an f32 input [N, C, …], got \(x)") }
+    return TensorType(.f32, [x.shape[1]])
+  }
+
   /// The output shape of 2-D pooling `g` over `x` (NCHW), checking the geometry: attributes
   /// come from files, so every value is bounded before any arithmetic.
   static func poolShape(_ g: PoolGeometry, _ x: TensorType, _ fail: (String) -> IRError) throws -> [Int] {

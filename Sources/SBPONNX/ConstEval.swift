@@ -248,7 +248,9 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     }
     return t
   case .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
-    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
+    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining,
+    .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
+    .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
     .softmaxCrossEntropyGrad,
     .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad,
     .gatherGrad, .sgd, .adamw:

@@ -57,8 +57,12 @@ extension GradBuilder {
     func none(_ why: String = "") -> NoGradientRule {
       NoGradientRule(description: "no gradient rule for \(node.op.name) at node '\(node.name)'\(why.isEmpty ? "" : " (\(why))")")
     }
-    // Split is the one forward op with several results; every other rule reads dys[0].
+    // Split is the one forward op with several results whose gradients all count; batch
+    // statistics feed only the running averages, which the loss never reads.
     if case .split = node.op { return try splitGradient(node, dys) }
+    if case .batchNormTraining = node.op, dys.dropFirst().contains(where: { $0 != nil }) {
+      throw none("the loss reads the batch statistics")
+    }
     guard let dy = dys[0] else { return x.map { _ in nil } }
     switch node.op {
     case .constant, .stopGradient, .equal:
@@ -177,6 +181,11 @@ extension GradBuilder {
         g = try one(.mul, [g, try scalar(1 / Double(n))])
       }
       return [g]
+    case .batchNormTraining(let eps):
+      let g = try emit(.batchNormGrad(epsilon: eps), [x[0], x[1], node.outputs[1], node.outputs[2], dy])
+      return [g[0], try reshaped(g[1], type(x[1]).shape), try reshaped(g[2], type(x[2]).shape)]
+    case .batchNorm:
+      throw none("a training step normalizes with the batch's statistics (batch_norm_training), not the running ones")
     case .maxPool(let g):
       return [try one(.maxPoolGrad(g), [x[0], dy])]
     case .averagePool(let g, let include):
@@ -188,8 +197,9 @@ extension GradBuilder {
     case .softmaxCrossEntropy:
       return [try one(.softmaxCrossEntropyGrad, [x[0], x[1], dy]), nil]
     case .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
-      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
-      throw none("backward and optimizer ops have no gradients of their own")
+      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPoolGrad, .averagePoolGrad, .batchNormGrad, .runningStats,
+      .sgd, .adamw:
+      throw none("backward, optimizer and state-update ops have no gradients of their own")
     }
   }
 

@@ -124,7 +124,9 @@ struct SBPRewriter {
         out = t
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
         .softmax, .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-        .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+        .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+        .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
+        .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
         .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
         .adamw:
         throw fail(block, "\(n.op.name) '\(n.name)' is not token-wise, so the branch cannot be split by rows")
@@ -201,7 +203,9 @@ struct SBPRewriter {
           op = .transpose(mp)
         case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .softmax,
           .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean,
-          .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+          .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+          .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
+          .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
           .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
           .adamw: op = n.op
         }

@@ -256,7 +256,9 @@ struct BlockMatcher {
         stage = 6
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
         .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-        .expand, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
+        .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
+        .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
         .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
         .sgd, .adamw:
         let want = [
@@ -320,7 +322,9 @@ struct BlockMatcher {
       case .layerNorm(let axis, _)?: nchw = axis == 1
       case nil, .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .softmax, .reshape,
         .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean,
-        .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+        .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool,
+        .maxPoolGrad, .averagePoolGrad, .stopGradient,
+        .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
         .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
         nchw = g.nodes[unit.branch[0]].op == .transpose([0, 2, 3, 1])
       }
@@ -408,7 +412,9 @@ struct BlockMatcher {
       case .conv, .layerNorm, .linear, .matMul, .gemm: compute = true
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .softmax, .reshape, .transpose, .slice,
         .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
-        .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+        .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool,
+        .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
+        .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
         .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: compute = false
       }
       if i <= firstProducer {

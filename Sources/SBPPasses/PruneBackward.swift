@@ -210,7 +210,9 @@ public struct PruneBackward: Pass {
       return true
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax,
       .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-      .reduceMean, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad,
+      .reduceMean, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool,
+      .maxPoolGrad, .averagePoolGrad, .stopGradient,
+      .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad,
       .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
       return false
     }
@@ -257,7 +259,9 @@ enum RowSparsity {
       case .mul: factors = n.inputs
       case .constant, .add, .sub, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
         .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-        .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+        .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+        .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
+        .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
         .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
         .adamw: factors = [n.inputs[1]]
       }
@@ -301,7 +305,9 @@ enum RowSparsity {
       else { return nil }
       return s
     case .constant, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax, .slice, .gather, .split,
-      .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
+      .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining,
+      .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
+      .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .softmaxGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
       .sgd, .adamw:
       return nil

@@ -28,7 +28,9 @@ extension SliceRun {
       guard types.allSatisfy({ $0.shape == s || $0.elementCount == 1 }), types.contains(where: { $0.shape == s }) else { return nil }
       return slices
     case .constant, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .reshape, .slice, .gather,
-      .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
+      .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool,
+      .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
+      .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
       .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .layerNormGrad, .convGradInput,
       .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return nil
     }

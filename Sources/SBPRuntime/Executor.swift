@@ -106,7 +106,7 @@ public final class Executor {
     case .constant, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .gather, .concat, .split,
       .gatherRows, .scatterRows, .squeeze, .unsqueeze, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
       .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .gatherGrad, .sgd, .adamw,
-      .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad:
+      .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats:
       return Prepared()
     }
   }
@@ -209,7 +209,9 @@ public final class Executor {
         conv = Conv2D(g, input: x, weight: w, output: y)
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .layerNorm,
         .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-        .expand, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
+        .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
+        .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
         .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: break
       }
       var pre = Executor.prepare(n, graph)
@@ -218,7 +220,9 @@ public final class Executor {
       case .matMul: (pre.transA, pre.transB) = (transposed.contains(n.inputs[0]), transposed.contains(n.inputs[1]))
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm,
         .softmax, .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-        .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
+        .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+        .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
+        .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
         .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
         .adamw: break
       }
@@ -312,8 +316,11 @@ public final class Executor {
     case .convGradWeight(_, let ws): return (g.type(of: n.inputs[0]).shape, ws, g.type(of: n.inputs[1]).shape)
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-      .expand, .reduceMean, .reduceSum, .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
-      .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return (g.type(of: n.inputs[0]).shape, g.type(of: n.inputs[1]).shape, g.type(of: n.outputs[0]).shape)
+      .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
+      .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
+      .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+      .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+      .adamw: return (g.type(of: n.inputs[0]).shape, g.type(of: n.inputs[1]).shape, g.type(of: n.outputs[0]).shape)
     }
   }
 
@@ -496,6 +503,10 @@ public final class Executor {
     case .linearGradWeight(let axis, let layout, _): LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!)
     case .sliceGrad: Movement.sliceGrad(base: pre.base, strides: pre.strides, ins[0], y!)
     case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
+    case .batchNorm(let eps, _): BatchNorm.inference(epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], y!)
+    case .batchNormTraining(let eps): BatchNorm.training(epsilon: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])
+    case .batchNormGrad(let eps): BatchNorm.gradient(epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], outs[0], outs[1], outs[2])
+    case .runningStats(let m, let n): BatchNorm.runningStats(momentum: Float(m), count: n, ins[0], ins[1], ins[2], ins[3])
     case .maxPool(let g): Pool.maxPool(g, ins[0], y!)
     case .averagePool(let g, let include): Pool.averagePool(g, includePad: include, ins[0], y!)
     case .maxPoolGrad(let g): Pool.maxPoolGrad(g, ins[0], ins[1], y!)

@@ -194,7 +194,9 @@ extension SliceGroup {
     case .div: return binary(Div.apply)
     case .constant, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose,
       .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
-      .globalAveragePool, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+      .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
+      .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
+      .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
       .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return nil
     }
   }

@@ -228,6 +228,16 @@ final class GradientCheckTests: XCTestCase {
   }
 
   func testNormalizationRules() throws {
+    // BatchNorm with batch statistics: every input's gradient flows through the mean and
+    // variance too (N = 3, a 2×2 plane: 12 values per channel).
+    try check(
+      GradCase(name: "batch_norm_training", shapes: [[3, 2, 2, 2], [2], [2]]) { g, p in
+        try g.append(.batchNormTraining(epsilon: 1e-5), p)[0]
+      })
+    try check(
+      GradCase(name: "batch_norm_training on [N, C]", shapes: [[5, 3], [3], [3]]) { g, p in
+        try g.append(.batchNormTraining(epsilon: 1e-3), p)[0]
+      })
     try check(
       GradCase(name: "layer_norm", shapes: [[2, 3, 6], [6], [6]]) { g, p in try g.append(.layerNorm(axis: 2, epsilon: 1e-5), p)[0] })
     try check(

@@ -56,3 +56,43 @@ final class PoolTests: XCTestCase {
       [0, 0, 0, 2, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0])
   }
 }
+
+/// BatchNorm's kernels against their definitions: evaluation with running statistics, the
+/// batch statistics training returns, and PyTorch's running-average update (unbiased variance).
+final class BatchNormKernelTests: XCTestCase {
+  func testBatchNormKernelsFollowTheirDefinitions() throws {
+    let (n, c, s) = (3, 2, 4)
+    let x = (0..<(n * c * s)).map { Float(sin(Double($0) * 0.7) * 2 + Double($0 % 3)) }
+    var g = Graph(name: "bn")
+    let input = g.addInput("x", TensorType(.f32, [n, c, 2, 2]))
+    func param(_ name: String, _ v: [Float]) -> ValueID {
+      v.withUnsafeBytes { g.addParam(name, TensorType(.f32, [c]), trainable: name.count == 1, data: TensorBytes(copying: $0)) }
+    }
+    let scale = param("w", [1.5, -0.5]), bias = param("b", [0.25, 2]), rm = param("rm", [0.1, -0.2]), rv = param("rv", [1.2, 0.8])
+    let t = try g.append(.batchNormTraining(epsilon: 1e-5), [input, scale, bias])
+    let e = try g.append(.batchNorm(epsilon: 1e-5, momentum: 0.9), [input, scale, bias, rm, rv])[0]
+    let u = try g.append(.runningStats(momentum: 0.9, count: n * s), [rm, rv, t[1], t[2]])
+    g.outputs = [GraphInput(value: t[0], name: "y"), GraphInput(value: e, name: "eval")] + u.map { GraphInput(value: $0, name: "stat") }
+    let ex = try Executor(graph: try g.laidOut())
+    ex.buffer(input).f32.update(from: x, count: x.count)
+    let before = (Array(ex.buffer(rm).floats), Array(ex.buffer(rv).floats))
+    try ex.run()
+    for ch in 0..<c {
+      let vals = (0..<n).flatMap { b in (0..<s).map { Double(x[(b * c + ch) * s + $0]) } }
+      let mu = vals.reduce(0, +) / Double(vals.count)
+      let v = vals.map { ($0 - mu) * ($0 - mu) }.reduce(0, +) / Double(vals.count)
+      let w = [1.5, -0.5][ch], b = [0.25, 2.0][ch]
+      for bi in 0..<n {
+        for k in 0..<s {
+          let i = (bi * c + ch) * s + k
+          XCTAssertEqual(Double(ex.buffer(t[0]).f32[i]), (Double(x[i]) - mu) / (v + 1e-5).squareRoot() * w + b, accuracy: 1e-5)
+          let r = (Double(x[i]) - Double(before.0[ch])) / (Double(before.1[ch]) + 1e-5).squareRoot() * w + b
+          XCTAssertEqual(Double(ex.buffer(e).f32[i]), r, accuracy: 1e-5)
+        }
+      }
+      // The update ran in place: the running statistics' own buffers hold the new values.
+      XCTAssertEqual(Double(ex.buffer(rm).f32[ch]), 0.9 * Double(before.0[ch]) + 0.1 * mu, accuracy: 1e-6)
+      XCTAssertEqual(Double(ex.buffer(rv).f32[ch]), 0.9 * Double(before.1[ch]) + 0.1 * v * 12 / 11, accuracy: 1e-5)
+    }
+  }
+}
