@@ -35,4 +35,11 @@ extension Graph {
   /// The training step's loss node: autodiff appends it where the forward ends, so every
   /// node after it is backward or an optimizer update. nil before autodiff.
   public var lossIndex: Int? { nodes.lastIndex { $0.op.category == .loss } }
+
+  /// Non-trainable parameters a training step updates in place (BatchNorm's running
+  /// statistics): checkpoints keep them, evaluation reads them, export writes them back.
+  public var stateParameters: [Param] {
+    let updated = Set(nodes.filter { $0.op.category == .stateUpdate }.flatMap { n in (n.op.overwrittenOperands ?? []).map { n.inputs[$0] } })
+    return params.filter { updated.contains($0.value) }
+  }
 }

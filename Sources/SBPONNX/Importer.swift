@@ -462,6 +462,21 @@ private struct Importer {
         if let b = try sym(2) { ins.append(b) }
         guard try int("stash_type", 1) == 1 else { throw err("stash_type other than float is not supported") }
         return try emit(.layerNorm(axis: try axis(-1, rank: importer.type(ins[0]).rank), epsilon: try float("epsilon", 1e-5)), ins)
+      case "BatchNormalization":
+        // Running statistics are the model's state, not weights: gradients never reach them;
+        // the training step updates them from each batch (the batch-norm-train pass).
+        let ins = try (0..<5).map { try required($0) }
+        for (i, what) in [(3, "running mean"), (4, "running variance")] {
+          guard case .value(let v) = ins[i], let k = importer.graph.params.firstIndex(where: { $0.value == v }) else {
+            throw err("the \(what) must be an initializer of one value per channel")
+          }
+          importer.graph.params[k].trainable = false
+        }
+        if try int("training_mode", 0) == 0 {
+          importer.notes.append(
+            "BatchNorm '\(node.name)' was exported in eval mode; the training step uses each batch's statistics, as PyTorch's train() does")
+        }
+        return try emit(.batchNorm(epsilon: try float("epsilon", 1e-5), momentum: try float("momentum", 0.9)), ins)
       case "InstanceNormalization":
         // (x − mean) / √(var + ε) · scale + bias over the spatial axes of each sample and
         // channel (PyTorch exports GroupNorm through it), in ops that have gradients.

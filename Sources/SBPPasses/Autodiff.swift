@@ -59,6 +59,9 @@ public struct Autodiff: Pass {
     let params = graph.params.filter(\.trainable)
     let grads = try appendGradients(&graph, loss: loss, wrt: params.map(\.value))
     var outputs = [GraphInput(value: logits, name: logitsOut.name), GraphInput(value: loss, name: "loss")]
+    // State the forward updates (running statistics) stays an output, so it is kept.
+    let stateUpdates = Set(graph.nodes.filter { $0.op.category == .stateUpdate }.flatMap(\.outputs))
+    outputs += graph.outputs.filter { stateUpdates.contains($0.value) }
     var step: ValueID?
     for p in params {
       let t = graph.type(of: p.value)

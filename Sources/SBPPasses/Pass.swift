@@ -40,6 +40,7 @@ public enum PassRegistry {
     [
       Canonicalize(),
       Mark(),
+      BatchNormTrain(),
       InsertSBP(options.sbp),
       DeadRows(),
       Autodiff(optimizer: options.optimizer),
@@ -57,7 +58,7 @@ public enum PassRegistry {
   /// What `sbpc compile` runs: `model` on the imported graph (which is also the evaluation
   /// forward), then `training` on a copy of it, which becomes the training step.
   public static let modelPipeline = "canonicalize,mark"
-  public static let trainingPipeline = "insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
+  public static let trainingPipeline = "batch-norm-train,insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
   /// Run on the evaluation forward after the training copy is made: its memory layout.
   public static let evaluationPipeline = "schedule,plan-memory"
 

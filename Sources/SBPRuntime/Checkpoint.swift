@@ -29,9 +29,13 @@ public enum Checkpoint {
     }
   }
 
-  /// The tensors a checkpoint holds: trainable weights and optimizer state, in graph order.
+  /// The tensors a checkpoint holds: trainable weights, state the step updates (running
+  /// statistics) and optimizer state, in graph order.
   static func tensors(_ ex: Executor) -> [(name: String, buffer: Buffer)] {
-    ex.graph.params.filter { $0.trainable || $0.name.hasPrefix("opt.") }.map { ($0.name, ex.buffer($0.value)) }
+    let state = Set(ex.graph.stateParameters.map(\.value))
+    return ex.graph.params.filter { $0.trainable || state.contains($0.value) || $0.name.hasPrefix("opt.") }.map {
+      ($0.name, ex.buffer($0.value))
+    }
   }
 
   static func digest(_ parts: [(name: String, buffer: Buffer)]) -> String {

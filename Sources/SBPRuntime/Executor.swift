@@ -328,8 +328,8 @@ public final class Executor {
   /// an evaluation executor takes a training executor's current weights this way.
   public func copyParameters(from other: Executor) {
     var theirs: [String: Buffer] = [:]
-    for p in other.graph.params where p.trainable { theirs[p.name] = other.buffer(p.value) }
-    for p in graph.params where p.trainable {
+    for p in other.graph.params.filter(\.trainable) + other.graph.stateParameters { theirs[p.name] = other.buffer(p.value) }
+    for p in graph.params {
       guard let src = theirs[p.name] else { continue }
       let dst = buffer(p.value)
       if src.byteCount == dst.byteCount { dst.raw.copyMemory(from: src.raw, byteCount: dst.byteCount) }

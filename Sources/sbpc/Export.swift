@@ -25,7 +25,7 @@ struct Export: ParsableCommand {
       let p = try Plan.load(plan)
       let (state, tensors) = try Checkpoint.read(from: weights)
       let trained = tensors.filter { !$0.key.hasPrefix("opt.") }
-      let names = Set(p.train.params.filter(\.trainable).map(\.name))
+      let names = Set(p.train.params.filter(\.trainable).map(\.name) + p.train.stateParameters.map(\.name))
       guard Set(trained.keys) == names else {
         let odd = Set(trained.keys).symmetricDifference(names).sorted().first ?? "?"
         throw RuntimeError("\(weights): the checkpoint is not of \(plan) (tensor @\(odd) is in one and not the other)")

@@ -207,7 +207,7 @@ final class DesignCardTests: XCTestCase {
 final class OnePipelineTests: XCTestCase {
   func testOptRunsTheSamePassesAsCompile() throws {
     let d = try tmp()
-    let passes = "canonicalize,mark,insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
+    let passes = "canonicalize,mark,batch-norm-train,insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
     for flags in [["--keep", "0.5"], ["--keep", "0.25", "--attention", "query", "--blocks", "last:2"]] {
       let (s, _, err) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "-o", d + "/v.plan", "--quiet"] + flags)
       XCTAssertEqual(s, 0, err)

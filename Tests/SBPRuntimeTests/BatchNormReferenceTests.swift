@@ -1,0 +1,69 @@
+// BatchNormReferenceTests.swift: a BatchNorm CNN exported for training takes PyTorch's train-mode step: logits, loss, every gradient and the running statistics.
+import Foundation
+import XCTest
+
+@testable import SBPIR
+@testable import SBPPasses
+@testable import SBPPlan
+@testable import SBPRuntime
+
+final class BatchNormReferenceTests: XCTestCase {
+  let ref = repoRoot + "/models/reference_bn/cnn_bn"
+
+  func floats(_ path: String) throws -> [Float] { try NPYArray.read(path).floats }
+
+  /// models/bn_reference.py: conv, BatchNorm, ReLU, max pool, 1×1 conv, BatchNorm, ReLU,
+  /// mean, linear; one step of PyTorch in train() mode at batch 4.
+  func testOneStepMatchesPyTorchInTrainMode() throws {
+    let x = try NPYArray.read(ref + "/input.npy"), labels = try NPYArray.read(ref + "/labels.npy")
+    let (plan, _) = try Plan.compile(model: repoRoot + "/models/reference_bn/cnn_bn.onnx", options: Plan.Options(batch: 4))
+    XCTAssertEqual(plan.train.nodes.filter { $0.op.category == .stateUpdate }.count, 2)
+    XCTAssertEqual(Set(plan.train.stateParameters.map(\.name)), ["bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"])
+    XCTAssertFalse(plan.train.params.contains { $0.trainable && $0.name.contains("running") })
+    let ex = try Executor(graph: plan.train, threads: 1, retaining: Executor.gradientValues(plan.train))
+    x.data.withUnsafeBytes { ex.buffer(plan.train.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    // The running statistics as loaded, to check the update against PyTorch's rule below.
+    try ex.run()
+    let (lrel, _) = compare(Array(ex.buffer(plan.train.outputs[0].value).floats), try floats(ref + "/logits.npy"))
+    XCTAssertLessThan(lrel, 1e-4, "logits")
+    XCTAssertEqual(ex.output("loss")!.f32[0], try floats(ref + "/loss.npy")[0], accuracy: 1e-5)
+    let grads = gradients(ex)
+    XCTAssertEqual(grads.count, 9, "every weight, bias and BatchNorm scale and shift trains")
+    // A bias right before a BatchNorm in train mode has a gradient of exactly zero (the
+    // batch mean takes it out again); both frameworks then hold rounding noise, whose cosine
+    // means nothing. Such a gradient must stay at noise level against the step's largest.
+    let scale = try grads.keys.map { try floats(ref + "/grads/\($0).npy").map(abs).max() ?? 0 }.max() ?? 1
+    for (name, g) in grads {
+      let want = try floats(ref + "/grads/\(name).npy")
+      if (want.map(abs).max() ?? 0) < 1e-6 * scale {
+        XCTAssertLessThan(g.floats.map(abs).max() ?? 0, 1e-6 * scale, "@\(name) should be zero up to rounding")
+        continue
+      }
+      let (rel, cos) = compare(Array(g.floats), want)
+      XCTAssertGreaterThan(cos, 0.9999, "@\(name)")
+      XCTAssertLessThan(rel, 1e-3, "@\(name)")
+    }
+    XCTAssertTrue(grads.keys.contains("conv1.bias"))
+    for p in plan.train.stateParameters {
+      let (rel, _) = compare(Array(ex.buffer(p.value).floats), try floats(ref + "/state/\(p.name).npy"))
+      XCTAssertLessThan(rel, 1e-5, "@\(p.name) after the step")
+    }
+  }
+
+  /// Evaluation normalizes with the running statistics the training step left, and a
+  /// checkpoint carries them.
+  func testEvaluationReadsTheUpdatedRunningStatistics() throws {
+    let (plan, _) = try Plan.compile(model: repoRoot + "/models/reference_bn/cnn_bn.onnx", options: Plan.Options(batch: 4))
+    XCTAssertTrue(plan.eval.nodes.contains { if case .batchNorm = $0.op { return true } else { return false } })
+    let train = try Executor(graph: plan.train, threads: 1)
+    try train.run()
+    let eval = try Executor(graph: plan.eval, threads: 1)
+    eval.copyParameters(from: train)
+    for p in plan.train.stateParameters {
+      let q = try XCTUnwrap(plan.eval.params.first { $0.name == p.name })
+      XCTAssertEqual(Array(eval.buffer(q.value).floats), Array(train.buffer(p.value).floats), p.name)
+    }
+    XCTAssertEqual(Set(Checkpoint.tensors(train).map(\.name)).intersection(plan.train.stateParameters.map(\.name)).count, 4)
+  }
+}
