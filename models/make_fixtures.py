@@ -194,6 +194,29 @@ def ok_mod(out):
     write_model(os.path.join(out, "ok_mod.onnx"), m)
 
 
+def bn_model(out, name, shared, training_mode):
+    """x [batch, 2, 3] -> BatchNormalization -> BatchNormalization -> mean over the last axis -> y [batch, 2]."""
+    c = np.array([0.5, 1.5], dtype=np.float32)
+    inits = [init("s1", c), init("b1", c + 0.25), init("m1", c - 0.3), init("v1", c + 0.7),
+             init("s2", c + 1), init("b2", c - 1), init("m2", c + 0.1), init("v2", c + 0.9)]
+    stats2 = ["m1", "v1"] if shared else ["m2", "v2"]
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "s1", "b1", "m1", "v1"], ["n1"], name="bn1", training_mode=training_mode),
+        helper.make_node("BatchNormalization", ["n1", "s2", "b2"] + stats2, ["n2"], name="bn2", training_mode=training_mode),
+        helper.make_node("ReduceMean", ["n2"], ["y"], name="mean", axes=[2], keepdims=0),
+    ]
+    write_model(os.path.join(out, name + ".onnx"),
+                model(name, nodes, [x_input(("batch", 2, 3))], [y_output(("batch", 2))], inits, opset=15))
+
+
+def ok_bn_eval_mode(out):
+    bn_model(out, "ok_bn_eval_mode", shared=False, training_mode=0)
+
+
+def bad_bn_shared(out):
+    bn_model(out, "bad_bn_shared", shared=True, training_mode=1)
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -321,7 +344,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_pools, ok_mod, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_pools, ok_mod, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]

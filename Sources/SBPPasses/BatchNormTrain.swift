@@ -16,7 +16,6 @@ public struct BatchNormTrain: Pass {
     let norms = graph.nodes.indices.filter { if case .batchNorm = graph.nodes[$0].op { return true } else { return false } }
     guard !norms.isEmpty else { return }
     let ud = graph.index()
-    var claimed: [ValueID: String] = [:]
     var replacements: [Int: [Node]] = [:], renamed: [ValueID: ValueID] = [:]
     for i in norms {
       let n = graph.nodes[i]
@@ -26,15 +25,15 @@ public struct BatchNormTrain: Pass {
         guard let p = ud.param(v), !p.trainable else {
           throw PassError("batch-norm-train: '\(n.name)' reads running statistics that are not non-trainable parameters")
         }
-        if let other = claimed[v] {
+        let others = ud.users(v).filter { $0 != i }
+        if let j = others.first(where: { if case .batchNorm = graph.nodes[$0].op { return true } else { return false } }) {
           throw PassError(
-            "batch-norm-train: '\(n.name)' and '\(other)' share the running statistics @\(p.name) (the exporter merged equal tensors); export a model whose statistics differ"
+            "batch-norm-train: '\(graph.nodes[max(i, j)].name)' and '\(graph.nodes[min(i, j)].name)' share the running statistics @\(p.name) (the exporter merged equal tensors); export a model whose statistics differ"
           )
         }
-        guard ud.users(v).count == 1, !graph.outputs.contains(where: { $0.value == v }) else {
+        guard others.isEmpty, !graph.outputs.contains(where: { $0.value == v }) else {
           throw PassError("batch-norm-train: @\(p.name) is read by more than BatchNorm '\(n.name)'")
         }
-        claimed[v] = n.name
         stats.append(p)
       }
       let x = graph.type(of: n.inputs[0])

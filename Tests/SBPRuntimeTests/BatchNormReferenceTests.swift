@@ -67,3 +67,26 @@ final class BatchNormReferenceTests: XCTestCase {
     XCTAssertEqual(Set(Checkpoint.tensors(train).map(\.name)).intersection(plan.train.stateParameters.map(\.name)).count, 4)
   }
 }
+
+/// What a user hears about BatchNorms sbpc cannot train as PyTorch would, or trains differently
+/// from the export's mode.
+final class BatchNormInputTests: XCTestCase {
+  /// Running statistics shared by two BatchNorms would be updated twice per step: one line
+  /// names both nodes and the tensor.
+  func testSharedRunningStatisticsAreRefused() throws {
+    XCTAssertThrowsError(
+      try Plan.compile(model: repoRoot + "/Tests/Fixtures/bad_bn_shared.onnx", options: Plan.Options(batch: 2))
+    ) { e in
+      let m = "\(e)"
+      XCTAssertFalse(m.contains("\n"), m)
+      XCTAssertTrue(m.contains("'bn2' and 'bn1' share the running statistics @m1"), m)
+    }
+  }
+
+  /// An eval-mode export trains with batch statistics all the same, and says so.
+  func testAnEvalModeExportIsNoted() throws {
+    let (plan, notes) = try Plan.compile(model: repoRoot + "/Tests/Fixtures/ok_bn_eval_mode.onnx", options: Plan.Options(batch: 2))
+    XCTAssertEqual(notes.filter { $0.contains("exported in eval mode") }.count, 2, "\(notes)")
+    XCTAssertEqual(plan.train.nodes.filter { if case .batchNormTraining = $0.op { return true } else { return false } }.count, 2)
+  }
+}
