@@ -217,6 +217,34 @@ def bad_bn_shared(out):
     bn_model(out, "bad_bn_shared", shared=True, training_mode=1)
 
 
+def ok_scalar_params(out):
+    """StarReLU's form: y = act.scale · relu(x·W + B)·onnx::Mul_7 + act.bias, with one-element
+    parameters `act.scale` and `act.bias` and an exporter-named scalar constant."""
+    nodes = linear_nodes(out="lin") + [
+        helper.make_node("Relu", ["lin"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "onnx::Mul_7"], ["r2"], name="const_mul"),
+        helper.make_node("Mul", ["r2", "act.scale"], ["s"], name="scale"),
+        helper.make_node("Add", ["s", "act.bias"], ["y"], name="bias"),
+    ]
+    scalars = [helper.make_tensor("act.scale", TensorProto.FLOAT, [1], [0.8944]),
+               helper.make_tensor("act.bias", TensorProto.FLOAT, [1], [-0.4472]),
+               helper.make_tensor("onnx::Mul_7", TensorProto.FLOAT, [], [2.0])]
+    m = model("ok_scalar_params", nodes, [x_input()], [y_output()], [init("W", W_VALUES), init("B", B_VALUES)] + scalars)
+    write_model(os.path.join(out, "ok_scalar_params.onnx"), m)
+
+
+def ok_groupnorm(out):
+    """x [batch, 4, 3] -> GroupNormalization(num_groups 2, opset 18: scale and bias per group) -> mean over the last axis."""
+    nodes = [
+        helper.make_node("GroupNormalization", ["x", "gscale", "gbias"], ["n"], name="groupnorm", num_groups=2, epsilon=1e-5),
+        helper.make_node("ReduceMean", ["n", "axes"], ["y"], name="mean", keepdims=0),
+    ]
+    inits = [init("gscale", np.array([1.5, -0.5], dtype=np.float32)), init("gbias", np.array([0.25, 2.0], dtype=np.float32)),
+             helper.make_tensor("axes", TensorProto.INT64, [1], [2])]
+    write_model(os.path.join(out, "ok_groupnorm.onnx"),
+                model("ok_groupnorm", nodes, [x_input(("batch", 4, 3))], [y_output(("batch", 4))], inits, opset=18))
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -344,7 +372,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_pools, ok_mod, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -382,6 +410,7 @@ def check(out):
         expect(np.allclose(y, want, atol=1e-6), f"{os.path.relpath(path, out)}: checker + onnxruntime match numpy")
 
     run(p("ok_linear.onnx"), ref)
+    run(p("ok_scalar_params.onnx"), 0.8944 * np.maximum(ref, 0) * 2 - 0.4472)
     c = np.clip(ref, 0, 6)
     run(p("ok_activations.onnx"), np.clip(0.2 * (c * np.clip(c / 6 + 0.5, 0, 1)) + 0.5, 0, 1))
     xn = (np.arange(24, dtype=np.float32).reshape(2, 2, 6) * 0.37 % 1.9) - 0.8
@@ -392,6 +421,12 @@ def check(out):
     sess = ort.InferenceSession(p("ok_mod.onnx"), providers=["CPUExecutionProvider"])
     expect(np.allclose(sess.run(["y"], {"x": x})[0], x + np.array([2, 2, 0, 2]) + np.array([1.5, -1.5, 1.0, 0.0])),
            "ok_mod.onnx: onnxruntime gives Python's % for integers and fmod for floats")
+    xg = (np.cos(np.arange(24, dtype=np.float32) * 0.9) * 2).reshape(2, 4, 3).astype(np.float32)
+    grp = xg.reshape(2, 2, 6)
+    ng = ((grp - grp.mean(axis=2, keepdims=True)) / np.sqrt(grp.var(axis=2, keepdims=True) + 1e-5)).reshape(2, 4, 3)
+    want = (ng * np.repeat([1.5, -0.5], 2)[:, None] + np.repeat([0.25, 2.0], 2)[:, None]).mean(axis=2)
+    sess = ort.InferenceSession(p("ok_groupnorm.onnx"), providers=["CPUExecutionProvider"])
+    expect(np.allclose(sess.run(["y"], {"x": xg})[0], want, atol=1e-5), "ok_groupnorm.onnx: onnxruntime matches numpy")
     xp = (np.sin(np.arange(144, dtype=np.float32) * 0.37) * 3).reshape(2, 2, 6, 6).astype(np.float32)
     sess = ort.InferenceSession(p("ok_pools.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["y"], {"x": xp})[0]

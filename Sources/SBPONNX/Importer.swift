@@ -55,6 +55,8 @@ private struct Importer {
   var graph: Graph
   var syms: [String: Sym] = [:]
   var materialized: [String: ValueID] = [:]
+  /// Float scalar initializers the model named: parameters wherever computation reads them.
+  var scalarParameters: Set<String> = []
   var notes: [String] = []
   var batch = ImportOptions.defaultBatch
   var batchNames: Set<String> = []
@@ -118,7 +120,10 @@ private struct Importer {
       let (type, bytes) = try tensorData(t, "initializer")
       guard syms[t.name] == nil else { throw err("initializer '\(t.name)' is defined twice") }
       // Floating tensors with more than one element are the model's weights. Scalars and integer
-      // tensors are the exporter's constants: they take part in folding and are never trained.
+      // tensors take part in folding; a float scalar the model named (StarReLU's scale and bias,
+      // not the exporter's `val_58`) becomes a trained parameter where computation reads it
+      // (`materialize`), and stays a constant where an op needs one (Clip's bounds, shapes).
+      if type.dtype.isFloat && type.elementCount == 1 && !Importer.isExporterConstant(t.name) { scalarParameters.insert(t.name) }
       if type.dtype.isFloat && type.elementCount > 1 {
         syms[t.name] = .value(graph.addParam(t.name, type, trainable: true, data: bytes))
       } else if type.elementCount <= maxFoldElements, let c = ConstTensor.decode(type.dtype, shape: type.shape, bytes: bytes.buffer) {
@@ -127,6 +132,15 @@ private struct Importer {
         syms[t.name] = .value(graph.addParam(t.name, type, trainable: false, data: bytes))
       }
     }
+  }
+
+  /// Names exporters give the constants they make: TorchScript's `onnx::Mul_12` and
+  /// `/blocks/attn/Constant_output_0`, dynamo's `val_58`, `_val_3` and `scalar_tensor_default`.
+  /// A model's own parameters are named after their module path (`blocks.0.mlp.act.scale`).
+  static func isExporterConstant(_ name: String) -> Bool {
+    if name.hasPrefix("onnx::") || name.hasPrefix("/") || name.contains("Constant") { return true }
+    for prefix in ["val_", "_val_", "scalar_tensor", "const_", "_const"] where name.hasPrefix(prefix) { return true }
+    return false
   }
 
   mutating func importInputs() throws {
@@ -248,7 +262,9 @@ private struct Importer {
     case .const(let c):
       if let v = materialized[name] { return v }
       let v: ValueID
-      if c.count <= Literal.maxInlineElements {
+      if scalarParameters.contains(name), let bytes = model.initializers.first(where: { $0.name == name }) {
+        v = graph.addParam(name, c.type, trainable: true, data: try tensorData(bytes, "initializer").1)
+      } else if c.count <= Literal.maxInlineElements {
         v = try graph.append(.constant(c.literal), [], name: name)[0]
       } else {
         var pname = name.isEmpty ? "const" : name
@@ -480,19 +496,28 @@ private struct Importer {
       case "InstanceNormalization":
         // (x − mean) / √(var + ε) · scale + bias over the spatial axes of each sample and
         // channel (PyTorch exports GroupNorm through it), in ops that have gradients.
-        let x = try required(0), scale = try required(1), bias = try required(2)
+        let x = try required(0)
         let r = importer.type(x).rank
         guard r >= 3 else { throw err("expects an input of rank 3 or more, got \(importer.type(x))") }
-        let spatial = Array(2..<r), eps = try float("epsilon", 1e-5)
-        let channels = [importer.type(x).shape[1]] + [Int](repeating: 1, count: r - 2)
-        let mean = try emit(.reduceMean(axes: spatial, keepDims: true), [x])
-        let d = try emit(.sub, [x, mean[0]])
-        let variance = try emit(.reduceMean(axes: spatial, keepDims: true), try emit(.mul, [d[0], d[0]]))
-        let epsilon = Sym.const(ConstTensor(dtype: importer.type(x).dtype, shape: [], floats: [eps]))
-        let std = try emit(.unary(.sqrt), try emit(.add, [variance[0], epsilon]))
-        let normalized = try emit(.div, [d[0], std[0]])
-        let scaled = try emit(.mul, [normalized[0], try emit(.reshape(channels), [scale])[0]])
-        return try emit(.add, [scaled[0], try emit(.reshape(channels), [bias])[0]])
+        let normalized = try normalize(x, axes: Array(2..<r), epsilon: try float("epsilon", 1e-5))
+        return try affine(normalized, scale: try required(1), bias: try required(2), rank: r)
+      case "GroupNormalization":
+        // The same over each group of channels and the spatial axes. Opset 18 gave scale and
+        // bias one value per group, opset 21 one per channel: both are read.
+        let x = try required(0)
+        let t = importer.type(x), groups = try int("num_groups", 0)
+        guard t.rank >= 3, groups >= 1, t.shape[1] % groups == 0 else {
+          throw err("num_groups \(groups) does not divide the \(t.shape[1]) channels of \(t)")
+        }
+        let grouped = try emit(.reshape([t.shape[0], groups, t.elementCount / (t.shape[0] * groups)]), [x])
+        let normalized = try emit(.reshape(t.shape), [try normalize(grouped[0], axes: [2], epsilon: try float("epsilon", 1e-5))])
+        var scale = try required(1), bias = try required(2)
+        if importer.type(scale).elementCount == groups && groups != t.shape[1] {
+          let perChannel = [groups, t.shape[1] / groups]
+          scale = try emit(.reshape([t.shape[1]]), try emit(.expand(perChannel), try emit(.reshape([groups, 1]), [scale])))[0]
+          bias = try emit(.reshape([t.shape[1]]), try emit(.expand(perChannel), try emit(.reshape([groups, 1]), [bias])))[0]
+        }
+        return try affine(normalized[0], scale: scale, bias: bias, rank: t.rank)
       case "Gelu":
         let a = try string("approximate", "none")
         guard let g = GeluApproximation(rawValue: a) else { throw err("unknown approximate '\(a)'") }
@@ -665,6 +690,26 @@ private struct Importer {
       case let mode: throw err("unsupported auto_pad '\(mode)'")
       }
       return pads
+    }
+
+    /// (x − mean) / √(var + ε) over `axes` (kept), for the norms lowered at import.
+    mutating func normalize(_ x: Sym, axes: [Int], epsilon eps: Double) throws -> Sym {
+      let mean = try emit(.reduceMean(axes: axes, keepDims: true), [x])
+      let d = try emit(.sub, [x, mean[0]])
+      let variance = try emit(.reduceMean(axes: axes, keepDims: true), try emit(.mul, [d[0], d[0]]))
+      let epsilon = Sym.const(ConstTensor(dtype: importer.type(x).dtype, shape: [], floats: [eps]))
+      let std = try emit(.unary(.sqrt), try emit(.add, [variance[0], epsilon]))
+      return try emit(.div, [d[0], std[0]])[0]
+    }
+
+    /// y · scale + bias with one scale and bias per channel (axis 1) of a rank-`rank` y.
+    mutating func affine(_ y: Sym, scale: Sym, bias: Sym, rank: Int) throws -> [Sym] {
+      let channels = [importer.type(y).shape[1]] + [Int](repeating: 1, count: rank - 2)
+      guard importer.type(scale).elementCount == channels[0], importer.type(bias).elementCount == channels[0] else {
+        throw err("scale \(importer.type(scale)) and bias \(importer.type(bias)) must have one value per channel (\(channels[0]))")
+      }
+      let scaled = try emit(.mul, [y, try emit(.reshape(channels), [scale])[0]])
+      return try emit(.add, [scaled[0], try emit(.reshape(channels), [bias])[0]])
     }
 
     /// MaxPool, AveragePool and GlobalMaxPool over NCHW.

@@ -32,6 +32,28 @@ final class ImportedOpsTests: XCTestCase {
     }
   }
 
+  /// GroupNormalization (opset 18: scale and bias per group) against its definition.
+  func testGroupNormMatchesItsDefinition() throws {
+    var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_groupnorm.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertEqual(Set(g.params.filter(\.trainable).map(\.name)), ["gscale", "gbias"])
+    try PassPipeline(passes: [Canonicalize(), PlanMemory()], verifyEach: true).run(&g)
+    let ex = try Executor(graph: g)
+    let x = (0..<24).map { Float(cos(Double(Float($0) * 0.9)) * 2) }
+    ex.buffer(g.inputs[0].value).f32.update(from: x, count: 24)
+    try ex.run()
+    let scale = [1.5, -0.5], bias = [0.25, 2.0]
+    for n in 0..<2 {
+      for grp in 0..<2 {
+        let vals = (0..<6).map { Double(x[n * 12 + grp * 6 + $0]) }
+        let mean = vals.reduce(0, +) / 6, v = vals.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / 6
+        for cc in 0..<2 {
+          let want = (0..<3).map { (vals[cc * 3 + $0] - mean) / (v + 1e-5).squareRoot() * scale[grp] + bias[grp] }.reduce(0, +) / 3
+          XCTAssertEqual(Double(ex.buffer(g.outputs[0].value).f32[n * 4 + grp * 2 + cc]), want, accuracy: 1e-5)
+        }
+      }
+    }
+  }
+
   /// MaxPool (pads), AveragePool (ceil mode, divisor without pads) and GlobalMaxPool as
   /// onnxruntime runs them (its output for the same input is ok_pools.expected.npy).
   func testPoolingImportsAsOnnxruntimeRunsIt() throws {
@@ -59,9 +81,33 @@ final class ImportedOpsTests: XCTestCase {
     XCTAssertEqual(Array(ex.buffer(g.outputs[0].value).floats), [3.5, 0.5, 1, 2])
   }
 
+  /// Every float initializer of the model trains, one-element ones included (StarReLU's
+  /// scale and bias); a scalar named as exporters name their constants folds instead.
+  func testScalarParametersTrain() throws {
+    let p = try Plan.compile(model: repoRoot + "/Tests/Fixtures/ok_scalar_params.onnx", options: Plan.Options(batch: 2, sbp: .off)).0
+    XCTAssertEqual(Set(p.train.params.filter(\.trainable).map(\.name)), ["W", "B", "act.scale", "act.bias"])
+    XCTAssertFalse(p.eval.params.contains { $0.name == "onnx::Mul_7" })
+    var o = TrainerOptions()
+    o.steps = 1
+    o.threads = 1
+    o.retainGradients = true
+    let t = try Trainer(plan: p, path: "scalars", options: o)
+    let before = try ["act.scale", "act.bias"].map { name in try XCTUnwrap(p.train.params.first { $0.name == name }) }.map {
+      t.executor.buffer($0.value).f32[0]
+    }
+    try t.run { _ in }
+    let grads = Dictionary(uniqueKeysWithValues: t.gradients().map { ($0.name, $0.gradient.f32[0]) })
+    for (k, name) in ["act.scale", "act.bias"].enumerated() {
+      let g = try XCTUnwrap(grads[name])
+      XCTAssertTrue(g != 0 && g.isFinite, name)
+      let after = t.executor.buffer(p.train.params.first { $0.name == name }!.value).f32[0]
+      XCTAssertEqual(after, before[k] - 0.01 * g, accuracy: 1e-6, "\(name): one SGD step")
+    }
+  }
+
   /// The lowered ops train: a step of the compiled plan gives every parameter a gradient.
   func testTheLoweredOpsHaveGradients() throws {
-    for model in ["ok_norms", "ok_activations"] {
+    for model in ["ok_norms", "ok_activations", "ok_groupnorm", "ok_scalar_params"] {
       let p = try Plan.compile(model: repoRoot + "/Tests/Fixtures/\(model).onnx", options: Plan.Options(batch: 2, sbp: .off)).0
       var o = TrainerOptions()
       o.steps = 1
