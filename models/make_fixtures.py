@@ -245,6 +245,21 @@ def ok_groupnorm(out):
                 model("ok_groupnorm", nodes, [x_input(("batch", 4, 3))], [y_output(("batch", 4))], inits, opset=18))
 
 
+def ok_pad(out):
+    """x [batch, 2, 3] -> Pad(reflect, last axis 2 and 1) -> Pad(constant 0.5, axis 1: 1 and 0, via opset 18's axes) -> Pad(edge, axis 2 begin 1, axis 1 end 2) -> mean -> y [batch, 5]."""
+    nodes = [
+        helper.make_node("Pad", ["x", "p1"], ["a"], name="reflect", mode="reflect"),
+        helper.make_node("Pad", ["a", "p2", "cv", "ax"], ["b"], name="constant", mode="constant"),
+        helper.make_node("Pad", ["b", "p3"], ["c"], name="edge", mode="edge"),
+        helper.make_node("ReduceMean", ["c", "mx"], ["y"], name="mean", keepdims=0),
+    ]
+    ints = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
+    inits = [ints("p1", [0, 0, 2, 0, 0, 1]), ints("p2", [1, 0]), ints("ax", [1]), ints("p3", [0, 0, 1, 0, 2, 0]),
+             ints("mx", [2]), helper.make_tensor("cv", TensorProto.FLOAT, [], [0.5])]
+    write_model(os.path.join(out, "ok_pad.onnx"),
+                model("ok_pad", nodes, [x_input(("batch", 2, 3))], [y_output(("batch", 5))], inits, opset=18))
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -372,7 +387,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -427,6 +442,14 @@ def check(out):
     want = (ng * np.repeat([1.5, -0.5], 2)[:, None] + np.repeat([0.25, 2.0], 2)[:, None]).mean(axis=2)
     sess = ort.InferenceSession(p("ok_groupnorm.onnx"), providers=["CPUExecutionProvider"])
     expect(np.allclose(sess.run(["y"], {"x": xg})[0], want, atol=1e-5), "ok_groupnorm.onnx: onnxruntime matches numpy")
+    xq = (np.arange(12, dtype=np.float32).reshape(2, 2, 3) * 0.7 - 3).astype(np.float32)
+    a = np.pad(xq, [(0, 0), (0, 0), (2, 1)], mode="reflect")
+    b = np.pad(a, [(0, 0), (1, 0), (0, 0)], mode="constant", constant_values=0.5)
+    c = np.pad(b, [(0, 0), (0, 2), (1, 0)], mode="edge")
+    sess = ort.InferenceSession(p("ok_pad.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["y"], {"x": xq})[0]
+    np.save(p("ok_pad.expected.npy"), got)
+    expect(np.allclose(got, c.mean(axis=2)), "ok_pad.onnx: onnxruntime matches numpy's pad (reflect, constant, edge)")
     xp = (np.sin(np.arange(144, dtype=np.float32) * 0.37) * 3).reshape(2, 2, 6, 6).astype(np.float32)
     sess = ort.InferenceSession(p("ok_pools.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["y"], {"x": xp})[0]

@@ -157,7 +157,8 @@ extension Graph {
     case .conv: (w, y) = (type(of: node.inputs[1]).shape, type(of: node.outputs[0]).shape)
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .layerNorm, .softmax,
       .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean,
-      .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+      .reduceSum, .globalAveragePool, .pad, .padGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
+      .unaryGrad, .softmaxGrad,
       .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
       .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats:
       return 0

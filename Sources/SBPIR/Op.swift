@@ -67,6 +67,12 @@ public struct PoolGeometry: Sendable, Hashable {
   }
 }
 
+/// How `pad` fills: with a constant, by mirroring without repeating the edge (reflect), or by
+/// repeating the edge.
+public enum PadMode: String, Sendable, Hashable {
+  case constant, reflect, edge
+}
+
 /// Static slice parameters, one entry per sliced axis.
 public struct SliceSpec: Sendable, Hashable {
   public var starts: [Int]
@@ -124,6 +130,8 @@ public enum Op: Sendable, Hashable {
   /// and index −1 is skipped. Inputs: data0, idx0, [data1, idx1, …].
   case scatterRows(axis: Int, size: Int)
   case squeeze([Int])
+  /// Pads every axis by `pads` (begins, then ends; none negative). Inputs: x.
+  case pad(pads: [Int], mode: PadMode, value: Double)
   case unsqueeze([Int])
   case expand([Int])
   // Reductions
@@ -159,6 +167,9 @@ public enum Op: Sendable, Hashable {
   case sliceGrad(SliceSpec, inputShape: [Int])
   /// Inputs: indices, dy → ddata of shape `inputShape`, summing repeated indices.
   case gatherGrad(axis: Int, inputShape: [Int])
+  /// Inputs: dy → dx of shape `inputShape`: the interior of dy, plus what reflect or edge
+  /// padding copied from each element.
+  case padGrad(pads: [Int], mode: PadMode, inputShape: [Int])
   /// Inputs: x, scale, mean, var, dy → dx, dscale, dbias of `batchNormTraining`.
   case batchNormGrad(epsilon: Double)
   /// Running statistics, updated in place as PyTorch's training does: mean' = m·mean + (1 − m)·μ,
@@ -208,6 +219,8 @@ public enum Op: Sendable, Hashable {
     case .reduceMean: return "reduce_mean"
     case .reduceSum: return "reduce_sum"
     case .globalAveragePool: return "global_average_pool"
+    case .pad: return "pad"
+    case .padGrad: return "pad_grad"
     case .batchNorm: return "batch_norm"
     case .batchNormTraining: return "batch_norm_training"
     case .batchNormGrad: return "batch_norm_grad"
@@ -263,6 +276,8 @@ public enum Op: Sendable, Hashable {
         "starts": .ints(s.starts), "ends": .ints(s.ends), "axes": .ints(s.axes), "steps": .ints(s.steps), "input_shape": .ints(shape),
       ]
     case .gatherGrad(let axis, let shape): return ["axis": .int(axis), "input_shape": .ints(shape)]
+    case .pad(let pads, let mode, let value): return ["pads": .ints(pads), "mode": .string(mode.rawValue), "value": .float(value)]
+    case .padGrad(let pads, let mode, let shape): return ["pads": .ints(pads), "mode": .string(mode.rawValue), "input_shape": .ints(shape)]
     case .batchNorm(let eps, let m): return ["epsilon": .float(eps), "momentum": .float(m)]
     case .batchNormTraining(let eps), .batchNormGrad(let eps): return ["epsilon": .float(eps)]
     case .runningStats(let m, let n): return ["momentum": .float(m), "count": .int(n)]
@@ -305,7 +320,7 @@ public enum Op: Sendable, Hashable {
       "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
       "softmax_cross_entropy_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input", "conv_grad_weight", "linear_grad_weight",
       "slice_grad", "gather_grad", "sgd", "adamw", "max_pool", "average_pool", "max_pool_grad", "average_pool_grad",
-      "batch_norm", "batch_norm_training", "batch_norm_grad", "running_stats",
+      "batch_norm", "batch_norm_training", "batch_norm_grad", "running_stats", "pad", "pad_grad",
     ] + Unary.all.map(\.name).uniqued() + Unary.all.map { $0.name + "_grad" }.uniqued()
 
   /// Rebuilds an op from its text name and payload attributes. `resultType` is needed by
@@ -386,6 +401,13 @@ public enum Op: Sendable, Hashable {
         SliceSpec(starts: try a.ints("starts"), ends: try a.ints("ends"), axes: try a.ints("axes"), steps: try a.ints("steps")),
         inputShape: try a.ints("input_shape"))
     case "gather_grad": self = .gatherGrad(axis: try a.int("axis"), inputShape: try a.ints("input_shape"))
+    case "pad", "pad_grad":
+      let s = try a.string("mode")
+      guard let mode = PadMode(rawValue: s) else { throw IRError.attribute("\(name): mode must be constant, reflect or edge, got '\(s)'") }
+      self =
+        name == "pad"
+        ? .pad(pads: try a.ints("pads"), mode: mode, value: try a.float("value"))
+        : .padGrad(pads: try a.ints("pads"), mode: mode, inputShape: try a.ints("input_shape"))
     case "batch_norm": self = .batchNorm(epsilon: try a.float("epsilon"), momentum: try a.float("momentum"))
     case "batch_norm_training": self = .batchNormTraining(epsilon: try a.float("epsilon"))
     case "batch_norm_grad": self = .batchNormGrad(epsilon: try a.float("epsilon"))

@@ -45,6 +45,8 @@ extension Op {
     case .batchNorm, .batchNormTraining: return .normalization
     case .batchNormGrad: return .backward(of: "batch_norm_training")
     case .runningStats: return .stateUpdate
+    case .pad: return .movement
+    case .padGrad: return .backward(of: "pad")
     case .maxPoolGrad: return .backward(of: "max_pool")
     case .averagePoolGrad: return .backward(of: "average_pool")
     }
@@ -69,7 +71,7 @@ extension Op {
       .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad,
       .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad,
-      .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
+      .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad, .sgd, .adamw:
       return false
     }
   }
@@ -83,7 +85,7 @@ extension Op {
       .softmax, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad,
       .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad,
-      .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
+      .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad, .sgd, .adamw:
       return false
     }
   }
@@ -95,7 +97,7 @@ extension Op {
     case .unary(let f): return f.isCheapToRecompute
     case .layerNorm, .transpose, .reshape, .squeeze, .unsqueeze, .stopGradient, .gatherRows, .slice: return true
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .cast, .matMul, .linear, .gemm, .conv, .softmax, .gather,
-      .concat, .split, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .softmaxCrossEntropy,
+      .concat, .split, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight,
       .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining,
       .batchNormGrad, .runningStats, .sgd, .adamw:
@@ -117,7 +119,7 @@ extension Op {
       .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
       .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
       .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool,
-      .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad:
+      .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .pad, .padGrad:
       return nil
     }
   }
@@ -128,7 +130,7 @@ extension Op {
     switch self {
     case .transpose, .reshape, .squeeze, .unsqueeze, .split, .slice, .expand: return true
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
-      .softmax, .gather, .concat, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .stopGradient,
+      .softmax, .gather, .concat, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .stopGradient,
       .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
       .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm,
       .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
@@ -199,7 +201,7 @@ extension Op {
     case .constant, .gemm, .conv, .slice, .gather, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .convGradInput,
       .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
-      .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
+      .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad, .sgd, .adamw:
       return nil
     }
   }
@@ -256,6 +258,7 @@ extension Graph {
     case .batchNormTraining: return (0, 5 * out)
     case .batchNormGrad: return (0, 8 * count(0))
     case .runningStats: return (0, 6 * count(0))
+    case .pad, .padGrad: return (0, 0)
     case .averagePoolGrad(let g, _, _): return (0, count(0) * g.kernel.reduce(1, *))
     case .sgd: return (0, 4 * count(0))
     case .adamw: return (0, 10 * count(0))

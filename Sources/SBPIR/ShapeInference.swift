@@ -335,6 +335,13 @@ extension Op {
         throw fail("param, grad, m and v must have one type and step must be f32[], got \(t.map(\.description))")
       }
       return [t[0], t[0], t[0]]
+    case .pad(let pads, let mode, _):
+      try arity(1)
+      return [TensorType(t[0].dtype, try Op.paddedShape(t[0].shape, pads, mode, fail))]
+    case .padGrad(let pads, let mode, let shape):
+      try arity(1)
+      guard try Op.paddedShape(shape, pads, mode, fail) == t[0].shape else { throw fail("dy \(t[0]) does not fit padding \(shape)") }
+      return [TensorType(t[0].dtype, shape)]
     case .batchNorm, .batchNormTraining:
       let inference = { if case .batchNorm = self { return true } else { return false } }()
       try arity(inference ? 5 : 3)
@@ -372,6 +379,23 @@ extension Op {
 }
 
 extension Op {
+  /// The shape `pad` gives `shape`: pads are begins then ends, none negative, and a mirror
+  /// (reflect) needs more elements than it pads.
+  static func paddedShape(_ shape: [Int], _ pads: [Int], _ mode: PadMode, _ fail: (String) -> IRError) throws -> [Int] {
+    let r = shape.count
+    guard pads.count == 2 * r, pads.allSatisfy({ (0...(1 << 20)).contains($0) }) else {
+      throw fail("pads \(pads) must be \(2 * r) values in 0...\(1 << 20) (cropping is not supported)")
+    }
+    for a in 0..<r where pads[a] + pads[a + r] > 0 {
+      switch mode {
+      case .reflect: guard pads[a] < shape[a], pads[a + r] < shape[a] else { throw fail("reflect pads \(pads) need axis \(a) longer than each pad") }
+      case .edge: guard shape[a] > 0 else { throw fail("edge padding of an empty axis") }
+      case .constant: break
+      }
+    }
+    return (0..<r).map { shape[$0] + pads[$0] + pads[$0 + r] }
+  }
+
   /// f32[C] for an f32 input [N, C, …] (BatchNorm's per-channel vectors).
   static func channels(_ x: TensorType, _ fail: (String) -> IRError) throws -> TensorType {
     guard x.rank >= 2, x.dtype == .f32 else { throw fail("expects an f32 input [N, C, …], got \(x)") }

@@ -248,7 +248,7 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     }
     return t
   case .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
-    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining,
+    .split, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining,
     .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
     .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
     .softmaxCrossEntropyGrad,

@@ -602,6 +602,26 @@ private struct Importer {
         }
       case "GlobalAveragePool": return try unary(.globalAveragePool)
       case "MaxPool", "AveragePool", "GlobalMaxPool": return try pool()
+      case "Pad":
+        let x = try required(0)
+        let r = importer.type(x).rank
+        guard let given = try const(1, "pads")?.intValues else { throw err("missing pads") }
+        // Opset 18's axes name the padded axes; without them pads cover every axis.
+        var pads = [Int](repeating: 0, count: 2 * r)
+        if let axes = try const(3, "axes")?.intValues {
+          guard given.count == 2 * axes.count else { throw err("\(given.count) pads for \(axes.count) axes") }
+          for (k, a) in axes.enumerated() {
+            guard let n = normalizeAxis(a, rank: r) else { throw err("axis \(a) out of range for rank \(r)") }
+            (pads[n], pads[n + r]) = (given[k], given[k + axes.count])
+          }
+        } else {
+          guard given.count == 2 * r else { throw err("\(given.count) pads for rank \(r)") }
+          pads = given
+        }
+        let m = try string("mode", "constant")
+        guard let mode = PadMode(rawValue: m) else { throw err("mode '\(m)' is not supported (constant, reflect or edge)") }
+        let value = try const(2, "constant_value")?.doubleValues.first ?? 0
+        return try emit(.pad(pads: pads, mode: mode, value: value), [x])
       default:
         throw err("unsupported op '\(node.opType)'")
       }

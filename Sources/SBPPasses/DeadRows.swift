@@ -64,7 +64,7 @@ struct RowSinker {
         }
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
         .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-        .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
         .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
         .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
         .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,

@@ -186,6 +186,8 @@ extension GradBuilder {
       return [g[0], try reshaped(g[1], type(x[1]).shape), try reshaped(g[2], type(x[2]).shape)]
     case .batchNorm:
       throw none("a training step normalizes with the batch's statistics (batch_norm_training), not the running ones")
+    case .pad(let pads, let mode, _):
+      return [try one(.padGrad(pads: pads, mode: mode, inputShape: type(x[0]).shape), [dy])]
     case .maxPool(let g):
       return [try one(.maxPoolGrad(g), [x[0], dy])]
     case .averagePool(let g, let include):
@@ -197,7 +199,7 @@ extension GradBuilder {
     case .softmaxCrossEntropy:
       return [try one(.softmaxCrossEntropyGrad, [x[0], x[1], dy]), nil]
     case .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
-      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPoolGrad, .averagePoolGrad, .batchNormGrad, .runningStats,
+      .linearGradWeight, .sliceGrad, .gatherGrad, .maxPoolGrad, .averagePoolGrad, .batchNormGrad, .runningStats, .padGrad,
       .sgd, .adamw:
       throw none("backward, optimizer and state-update ops have no gradients of their own")
     }

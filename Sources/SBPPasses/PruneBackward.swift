@@ -210,7 +210,8 @@ public struct PruneBackward: Pass {
       return true
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax,
       .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-      .reduceMean, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool,
+      .reduceMean, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+      .averagePool,
       .maxPoolGrad, .averagePoolGrad, .stopGradient,
       .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad,
       .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
@@ -259,7 +260,8 @@ enum RowSparsity {
       case .mul: factors = n.inputs
       case .constant, .add, .sub, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
         .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-        .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+        .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad,
+        .runningStats, .maxPool,
         .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
         .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
         .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
@@ -305,7 +307,7 @@ enum RowSparsity {
       else { return nil }
       return s
     case .constant, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax, .slice, .gather, .split,
-      .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining,
+      .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining,
       .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
       .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .softmaxGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,

@@ -29,6 +29,7 @@ extension SliceRun {
       return slices
     case .constant, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .reshape, .slice, .gather,
       .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool,
+      .pad, .padGrad,
       .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
       .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
       .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .layerNormGrad, .convGradInput,

@@ -106,7 +106,7 @@ public final class Executor {
     case .constant, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .gather, .concat, .split,
       .gatherRows, .scatterRows, .squeeze, .unsqueeze, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
       .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .gatherGrad, .sgd, .adamw,
-      .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats:
+      .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad:
       return Prepared()
     }
   }
@@ -209,7 +209,7 @@ public final class Executor {
         conv = Conv2D(g, input: x, weight: w, output: y)
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .layerNorm,
         .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-        .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
+        .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
         .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
         .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
         .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: break
@@ -220,7 +220,8 @@ public final class Executor {
       case .matMul: (pre.transA, pre.transB) = (transposed.contains(n.inputs[0]), transposed.contains(n.inputs[1]))
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm,
         .softmax, .reshape, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
-        .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+        .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad,
+        .runningStats, .maxPool,
         .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
         .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
         .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
@@ -316,7 +317,7 @@ public final class Executor {
     case .convGradWeight(_, let ws): return (g.type(of: n.inputs[0]).shape, ws, g.type(of: n.inputs[1]).shape)
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
-      .expand, .reduceMean, .reduceSum, .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
+      .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
       .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
       .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
       .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
@@ -507,6 +508,8 @@ public final class Executor {
     case .batchNormTraining(let eps): BatchNorm.training(epsilon: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])
     case .batchNormGrad(let eps): BatchNorm.gradient(epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], outs[0], outs[1], outs[2])
     case .runningStats(let m, let n): BatchNorm.runningStats(momentum: Float(m), count: n, ins[0], ins[1], ins[2], ins[3])
+    case .pad(let pads, let mode, let value): Padding.pad(pads, mode, Float(value), ins[0], y!)
+    case .padGrad(let pads, let mode, _): Padding.grad(pads, mode, ins[0], y!)
     case .maxPool(let g): Pool.maxPool(g, ins[0], y!)
     case .averagePool(let g, let include): Pool.averagePool(g, includePad: include, ins[0], y!)
     case .maxPoolGrad(let g): Pool.maxPoolGrad(g, ins[0], ins[1], y!)

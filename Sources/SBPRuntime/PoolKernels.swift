@@ -1,4 +1,4 @@
-// PoolKernels.swift: 2-D max and average pooling over NCHW and their gradients, one plane per task.
+// PoolKernels.swift: 2-D max and average pooling over NCHW and their gradients, one plane per task, and padding with its gradient.
 import SBPIR
 
 /// Pooling kernels. Each (n, c) plane is independent, so planes split over the threads; a
@@ -103,5 +103,56 @@ enum Pool {
         for b in 0..<c.n { row[c.first + b * c.step] += share }
       }
     }
+  }
+}
+
+/// Padding: each result element reads one operand element (by the mode's index map) or the
+/// constant; the gradient adds each dy element back where it was read from.
+enum Padding {
+  /// The operand index along one axis for result index `o`, or nil for a constant pad.
+  @inline(__always) static func source(_ o: Int, begin: Int, size: Int, _ mode: PadMode) -> Int? {
+    let i = o - begin
+    if i >= 0 && i < size { return i }
+    switch mode {
+    case .constant: return nil
+    case .edge: return i < 0 ? 0 : size - 1
+    case .reflect: return i < 0 ? -i : 2 * (size - 1) - i
+    }
+  }
+
+  /// Calls `body(result offset, operand offset or nil)` for every result element, in order.
+  static func forEach(_ pads: [Int], _ mode: PadMode, input: [Int], output: [Int], _ body: (Int, Int?) -> Void) {
+    let r = input.count
+    let inStrides = rowMajorStrides(input)
+    var index = [Int](repeating: 0, count: r)
+    for o in 0..<output.reduce(1, *) {
+      var src: Int? = 0
+      for a in 0..<r {
+        guard let s = src, let i = source(index[a], begin: pads[a], size: input[a], mode) else {
+          src = nil
+          break
+        }
+        src = s + i * inStrides[a]
+      }
+      body(o, src)
+      var a = r - 1
+      while a >= 0 {
+        index[a] += 1
+        if index[a] < output[a] { break }
+        index[a] = 0
+        a -= 1
+      }
+    }
+  }
+
+  static func pad(_ pads: [Int], _ mode: PadMode, _ value: Float, _ x: Buffer, _ y: Buffer) {
+    let px = x.f32, py = y.f32
+    forEach(pads, mode, input: x.type.shape, output: y.type.shape) { o, s in py[o] = s.map { px[$0] } ?? value }
+  }
+
+  static func grad(_ pads: [Int], _ mode: PadMode, _ dy: Buffer, _ dx: Buffer) {
+    let pd = dy.f32, pg = dx.f32
+    pg.update(repeating: 0, count: dx.count)
+    forEach(pads, mode, input: dx.type.shape, output: dy.type.shape) { o, s in if let s { pg[s] += pd[o] } }
   }
 }

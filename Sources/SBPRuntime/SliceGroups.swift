@@ -194,7 +194,8 @@ extension SliceGroup {
     case .div: return binary(Div.apply)
     case .constant, .pow, .equal, .select, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose,
       .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
-      .globalAveragePool, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
+      .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
+      .averagePool, .maxPoolGrad,
       .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
       .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return nil

@@ -207,6 +207,16 @@ final class GradientCheckTests: XCTestCase {
     try check(conv("conv stride 2, one column", x: [1, 2, 3, 1], w: [3, 2, 3, 3], stride: 2, pad: 1, group: 1))
   }
 
+  /// Padding: the gradient of a mirror or an edge copy adds back into the elements copied.
+  func testPaddingRules() throws {
+    for mode in [PadMode.constant, .reflect, .edge] {
+      try check(
+        GradCase(name: "pad \(mode)", shapes: [[2, 3, 4]]) { g, p in
+          try g.append(.pad(pads: [0, 2, 1, 0, 1, 3], mode: mode, value: 0.5), [p[0]])[0]
+        })
+    }
+  }
+
   func pool(_ name: String, _ op: Op, x: [Int]) -> GradCase {
     GradCase(name: name, shapes: [x]) { g, p in try g.append(op, [p[0]])[0] }
   }

@@ -105,6 +105,21 @@ final class ImportedOpsTests: XCTestCase {
     }
   }
 
+  /// Pad in reflect, constant (opset 18's axes input) and edge modes, as onnxruntime runs it.
+  func testPadImportsAsOnnxruntimeRunsIt() throws {
+    var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_pad.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertEqual(g.nodes.filter { $0.op.name == "pad" }.count, 3)
+    try PassPipeline(passes: [Canonicalize(), PlanMemory()], verifyEach: true).run(&g)
+    let ex = try Executor(graph: g)
+    let x = (0..<12).map { Float($0) * 0.7 - 3 }
+    ex.buffer(g.inputs[0].value).f32.update(from: x, count: 12)
+    try ex.run()
+    let want = try NPYArray.read(repoRoot + "/Tests/Fixtures/ok_pad.expected.npy").floats
+    let got = Array(ex.buffer(g.outputs[0].value).floats)
+    XCTAssertEqual(got.count, want.count)
+    for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+  }
+
   /// The lowered ops train: a step of the compiled plan gives every parameter a gradient.
   func testTheLoweredOpsHaveGradients() throws {
     for model in ["ok_norms", "ok_activations", "ok_groupnorm", "ok_scalar_params"] {
