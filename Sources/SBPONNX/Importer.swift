@@ -26,6 +26,16 @@ public struct ImportedModel: Sendable {
   public var notes: [String]
   /// ONNX op histogram of the file as written.
   public var onnxHistogram: [String: Int]
+  /// Every initializer of the file, in its order: trained or not, and why.
+  public var initializers: [InitializerRole] = []
+}
+
+/// How one initializer of the file is used: trained by the training step, or not and why.
+public struct InitializerRole: Sendable, Encodable, Equatable {
+  public var name: String
+  public var type: String
+  public var trainable: Bool
+  public var reason: String
 }
 
 /// Largest node (and initializer) count the importer accepts, so a hostile file cannot make it
@@ -57,6 +67,8 @@ private struct Importer {
   var materialized: [String: ValueID] = [:]
   /// Float scalar initializers the model named: parameters wherever computation reads them.
   var scalarParameters: Set<String> = []
+  /// Why each initializer trains or not (`ImportedModel.initializers`).
+  var roles: [String: (trainable: Bool, reason: String)] = [:]
   var notes: [String] = []
   var batch = ImportOptions.defaultBatch
   var batchNames: Set<String> = []
@@ -91,7 +103,15 @@ private struct Importer {
     do { try graph.verify() } catch let e as IRError { throw err("internal: imported graph does not verify: \(e)") }
     var hist: [String: Int] = [:]
     for n in model.nodes { hist[n.opType, default: 0] += 1 }
-    return ImportedModel(graph: graph, opset: opset, producer: model.producer, batch: batch, notes: notes, onnxHistogram: hist)
+    var imported = ImportedModel(graph: graph, opset: opset, producer: model.producer, batch: batch, notes: notes, onnxHistogram: hist)
+    let live = Set(graph.params.map(\.name))
+    imported.initializers = model.initializers.map { t in
+      var role = roles[t.name] ?? (false, "not read")
+      if role.trainable && !live.contains(t.name) { role = (false, "read by nothing the model computes") }
+      let type = dtype(onnx: t.onnxType).map { TensorType($0, t.dims).description } ?? "type \(t.onnxType)"
+      return InitializerRole(name: t.name, type: type, trainable: role.trainable, reason: role.reason)
+    }
+    return imported
   }
 
   // MARK: Initializers and inputs
@@ -124,6 +144,14 @@ private struct Importer {
       // not the exporter's `val_58`) becomes a trained parameter where computation reads it
       // (`materialize`), and stays a constant where an op needs one (Clip's bounds, shapes).
       if type.dtype.isFloat && type.elementCount == 1 && !Importer.isExporterConstant(t.name) { scalarParameters.insert(t.name) }
+      roles[t.name] =
+        !type.dtype.isFloat
+        ? (false, "integer: shape and index arithmetic, folded")
+        : type.elementCount > 1
+          ? (true, "weight")
+          : scalarParameters.contains(t.name)
+            ? (false, "a named scalar only ops that need a constant read (folded)")
+            : (false, "a constant the exporter made (its name), folded")
       if type.dtype.isFloat && type.elementCount > 1 {
         syms[t.name] = .value(graph.addParam(t.name, type, trainable: true, data: bytes))
       } else if type.elementCount <= maxFoldElements, let c = ConstTensor.decode(type.dtype, shape: type.shape, bytes: bytes.buffer) {
@@ -264,6 +292,7 @@ private struct Importer {
       let v: ValueID
       if scalarParameters.contains(name), let bytes = model.initializers.first(where: { $0.name == name }) {
         v = graph.addParam(name, c.type, trainable: true, data: try tensorData(bytes, "initializer").1)
+        roles[name] = (true, "a scalar the model named, read by computation")
       } else if c.count <= Literal.maxInlineElements {
         v = try graph.append(.constant(c.literal), [], name: name)[0]
       } else {
@@ -487,6 +516,7 @@ private struct Importer {
             throw err("the \(what) must be an initializer of one value per channel")
           }
           importer.graph.params[k].trainable = false
+          importer.roles[importer.graph.params[k].name] = (false, "BatchNorm \(what): state the training step updates in place")
         }
         if try int("training_mode", 0) == 0 {
           importer.notes.append(

@@ -76,6 +76,8 @@ struct ModelSummary: Encodable {
   var parameters: Int
   var parameterBytes: Int
   var parameterTensors: Int
+  /// Every initializer: trained or not, and why.
+  var initializers: [InitializerRole]
   var blocks: [BlockInfo]
   var stages: Int
   var selection: String
@@ -111,6 +113,7 @@ struct ModelSummary: Encodable {
     parameters = p.elements
     parameterBytes = p.bytes
     parameterTensors = g.params.filter(\.trainable).count
+    initializers = m.initializers
   }
 
   var text: String {
@@ -118,6 +121,16 @@ struct ModelSummary: Encodable {
     for i in inputs { s += "input     \(i.name) : \(i.type)\n" }
     for o in outputs { s += "output    \(o.name) : \(o.type)\n" }
     s += "params    \(parameters) in \(parameterTensors) tensors (\(formatBytes(parameterBytes)))\n\n"
+    if !initializers.isEmpty {
+      let trained = initializers.filter(\.trainable).count
+      s += "Initializers (\(initializers.count): \(trained) trained, \(initializers.count - trained) not)\n"
+      let width = min(max(initializers.map(\.name.count).max() ?? 0, 4), 48)
+      for t in initializers {
+        s += "  " + t.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + t.type.padding(toLength: 18, withPad: " ", startingAt: 0)
+          + (t.trainable ? "  trained: " : "  not trained: ") + t.reason + "\n"
+      }
+      s += "\n"
+    }
     s += "ONNX ops (\(onnxOps.values.reduce(0, +)))\n"
     s += columns(onnxOps.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" })
     s += "\nIR ops          imported  canonical\n"

@@ -120,6 +120,20 @@ final class ImportedOpsTests: XCTestCase {
     for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-5) }
   }
 
+  /// `inspect`'s list: every initializer, trained or not, with the reason.
+  func testEveryInitializerHasARole() throws {
+    let m = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_scalar_params.onnx", options: ImportOptions(batch: 2))
+    XCTAssertEqual(m.initializers.map(\.name), ["W", "B", "act.scale", "act.bias", "onnx::Mul_7"])
+    XCTAssertEqual(m.initializers.map(\.trainable), [true, true, true, true, false])
+    XCTAssertEqual(m.initializers.last?.reason, "a constant the exporter made (its name), folded")
+    let bn = try importONNX(path: repoRoot + "/models/reference_bn/cnn_bn.onnx", options: ImportOptions(batch: 2))
+    let stats = bn.initializers.filter { $0.name.contains("running") }
+    XCTAssertEqual(stats.count, 4)
+    XCTAssertTrue(stats.allSatisfy { !$0.trainable && $0.reason.hasPrefix("BatchNorm running") })
+    // The roles agree with the graph: exactly the trained initializers are trainable parameters.
+    XCTAssertEqual(Set(bn.initializers.filter(\.trainable).map(\.name)), Set(bn.graph.params.filter(\.trainable).map(\.name)))
+  }
+
   /// The lowered ops train: a step of the compiled plan gives every parameter a gradient.
   func testTheLoweredOpsHaveGradients() throws {
     for model in ["ok_norms", "ok_activations", "ok_groupnorm", "ok_scalar_params"] {
