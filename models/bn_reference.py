@@ -93,5 +93,26 @@ def main():
     print("wrote", ONNX, "and", OUT)
 
 
+def groupnorm():
+    """TorchScript exports GroupNorm through InstanceNormalization whose scale and bias are
+    Constant nodes: models/reference_bn/groupnorm.onnx and its forward on a fixed input."""
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    with torch.no_grad():
+        m[1].weight.add_(torch.rand(4))
+        m[1].bias.add_(torch.rand(4))
+    x = torch.tensor(((np.arange(2 * 3 * 5 * 5) * 0.53) % 1.7 - 0.8).reshape(2, 3, 5, 5), dtype=torch.float32)
+    path = os.path.join(HERE, "reference_bn", "groupnorm.onnx")
+    torch.onnx.export(
+        m, (x,), path, opset_version=17, training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+        input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    out = os.path.join(HERE, "reference_bn", "groupnorm")
+    os.makedirs(out, exist_ok=True)
+    np.save(os.path.join(out, "input.npy"), x.numpy())
+    np.save(os.path.join(out, "logits.npy"), m(x).detach().numpy())
+    print("wrote", path, "and", out)
+
+
 if __name__ == "__main__":
+    groupnorm()
     main()

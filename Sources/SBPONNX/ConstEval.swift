@@ -4,7 +4,7 @@ import SBPIR
 
 /// A tensor whose value is known while importing: shape vectors, scalars, Constant nodes,
 /// and integer initializers. Trainable weights are never ConstTensors, so they are never folded.
-struct ConstTensor {
+struct ConstTensor: Equatable {
   var dtype: DType
   var shape: [Int]
   /// Exactly one of these holds the elements: `floats` for floating dtypes, `ints` otherwise.

@@ -356,8 +356,15 @@ private struct Importer {
       return c
     }
 
+    /// `s` as a graph value. A constant is named after (and cached under) the node's input i
+    /// only when it is that input's own value: a lowering emits intermediate constants (an
+    /// epsilon) at positions whose ONNX input is something else.
     mutating func value(_ s: Sym, _ i: Int) throws -> ValueID {
-      try importer.materialize(s, name: i < node.inputs.count ? node.inputs[i] : "")
+      var name = ""
+      if i < node.inputs.count, case .const(let c) = s, case .const(let own)? = importer.syms[node.inputs[i]], own == c {
+        name = node.inputs[i]
+      }
+      return try importer.materialize(s, name: name)
     }
 
     func int(_ k: String, _ d: Int) throws -> Int {

@@ -134,6 +134,20 @@ final class ImportedOpsTests: XCTestCase {
     XCTAssertEqual(Set(bn.initializers.filter(\.trainable).map(\.name)), Set(bn.graph.params.filter(\.trainable).map(\.name)))
   }
 
+  /// PyTorch's GroupNorm through TorchScript: InstanceNormalization whose scale and bias are
+  /// Constant nodes. The lowering's own constants (its epsilon) must not take their place.
+  func testTorchScriptGroupNormMatchesPyTorch() throws {
+    let dir = repoRoot + "/models/reference_bn"
+    var g = try importONNX(path: dir + "/groupnorm.onnx", options: ImportOptions(batch: 2)).graph
+    try PassPipeline(passes: [Canonicalize(), PlanMemory()], verifyEach: true).run(&g)
+    let ex = try Executor(graph: g)
+    let x = try NPYArray.read(dir + "/groupnorm/input.npy")
+    x.data.withUnsafeBytes { ex.buffer(g.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    try ex.run()
+    let (rel, _) = compare(Array(ex.buffer(g.outputs[0].value).floats), try NPYArray.read(dir + "/groupnorm/logits.npy").floats)
+    XCTAssertLessThan(rel, 1e-4)
+  }
+
   /// The lowered ops train: a step of the compiled plan gives every parameter a gradient.
   func testTheLoweredOpsHaveGradients() throws {
     for model in ["ok_norms", "ok_activations", "ok_groupnorm", "ok_scalar_params"] {
