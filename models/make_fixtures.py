@@ -260,6 +260,29 @@ def ok_pad(out):
                 model("ok_pad", nodes, [x_input(("batch", 2, 3))], [y_output(("batch", 5))], inits, opset=18))
 
 
+def ok_scalar_with_constant(out):
+    """y = (x·W + B) · (act.shift · 2): the product of a named scalar and a constant must not fold away."""
+    nodes = linear_nodes(out="lin") + [
+        helper.make_node("Mul", ["act.shift", "onnx::Mul_3"], ["m"], name="scaled_shift"),
+        helper.make_node("Mul", ["lin", "m"], ["y"], name="shift"),
+    ]
+    scalars = [helper.make_tensor("act.shift", TensorProto.FLOAT, [1], [0.3]),
+               helper.make_tensor("onnx::Mul_3", TensorProto.FLOAT, [], [2.0])]
+    write_model(os.path.join(out, "ok_scalar_with_constant.onnx"),
+                model("ok_scalar_with_constant", nodes, [x_input()], [y_output()], [init("W", W_VALUES), init("B", B_VALUES)] + scalars))
+
+
+def bad_scalar_bound_and_weight(out):
+    """`act.lo` is both Clip's lower bound (a constant) and a factor computation reads (a parameter)."""
+    nodes = linear_nodes(out="lin") + [
+        helper.make_node("Clip", ["lin", "act.lo", ""], ["c"], name="clip"),
+        helper.make_node("Mul", ["c", "act.lo"], ["y"], name="scale"),
+    ]
+    scalars = [helper.make_tensor("act.lo", TensorProto.FLOAT, [], [0.5])]
+    write_model(os.path.join(out, "bad_scalar_bound_and_weight.onnx"),
+                model("bad_scalar_bound_and_weight", nodes, [x_input()], [y_output()], [init("W", W_VALUES), init("B", B_VALUES)] + scalars))
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -387,7 +410,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -426,6 +449,8 @@ def check(out):
 
     run(p("ok_linear.onnx"), ref)
     run(p("ok_scalar_params.onnx"), 0.8944 * np.maximum(ref, 0) * 2 - 0.4472)
+    run(p("ok_scalar_with_constant.onnx"), ref * 0.6)
+    run(p("bad_scalar_bound_and_weight.onnx"), np.maximum(ref, 0.5) * 0.5)
     c = np.clip(ref, 0, 6)
     run(p("ok_activations.onnx"), np.clip(0.2 * (c * np.clip(c / 6 + 0.5, 0, 1)) + 0.5, 0, 1))
     xn = (np.arange(24, dtype=np.float32).reshape(2, 2, 6) * 0.37 % 1.9) - 0.8

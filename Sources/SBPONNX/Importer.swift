@@ -52,6 +52,11 @@ public func importONNX(path: String, options: ImportOptions = ImportOptions()) t
   return try imp.run()
 }
 
+/// Names recorded from read-only lowering helpers (a reference, so a non-mutating helper can add).
+final class NameLog: @unchecked Sendable {
+  var names: [String: String] = [:]
+}
+
 /// What an ONNX value name stands for while importing.
 private enum Sym {
   case value(ValueID)
@@ -67,6 +72,9 @@ private struct Importer {
   var materialized: [String: ValueID] = [:]
   /// Float scalar initializers the model named: parameters wherever computation reads them.
   var scalarParameters: Set<String> = []
+  /// Named scalars an op read as a constant (Clip's bounds), with the reading node: such a
+  /// scalar must not also train, or the op would keep its first value.
+  let scalarsReadAsConstants = NameLog()
   /// Why each initializer trains or not (`ImportedModel.initializers`).
   var roles: [String: (trainable: Bool, reason: String)] = [:]
   var notes: [String] = []
@@ -103,6 +111,9 @@ private struct Importer {
     do { try graph.verify() } catch let e as IRError { throw err("internal: imported graph does not verify: \(e)") }
     var hist: [String: Int] = [:]
     for n in model.nodes { hist[n.opType, default: 0] += 1 }
+    for (name, reader) in scalarsReadAsConstants.names.sorted(by: { $0.key < $1.key }) where roles[name]?.trainable == true {
+      throw err("the scalar @\(name) trains where computation reads it, but node '\(reader)' needs it as a constant; sbpc cannot train it consistently")
+    }
     var imported = ImportedModel(graph: graph, opset: opset, producer: model.producer, batch: batch, notes: notes, onnxHistogram: hist)
     let live = Set(graph.params.map(\.name))
     imported.initializers = model.initializers.map { t in
@@ -353,18 +364,25 @@ private struct Importer {
     func const(_ i: Int, _ what: String) throws -> ConstTensor? {
       guard let s = try sym(i) else { return nil }
       guard case .const(let c) = s else { throw err("input \(i) (\(what)) must be constant after folding; sbpc needs static shapes") }
+      if importer.scalarParameters.contains(node.inputs[i]) { importer.scalarsReadAsConstants.names[node.inputs[i]] = node.name }
       return c
+    }
+
+    /// True when `s` is input i's own value (not an intermediate a lowering emits at position i).
+    func isOwnInput(_ s: Sym, _ i: Int) -> Bool {
+      guard i < node.inputs.count, let own = importer.syms[node.inputs[i]] else { return false }
+      switch (s, own) {
+      case (.const(let a), .const(let b)): return a == b
+      case (.value(let a), .value(let b)): return a == b
+      default: return false
+      }
     }
 
     /// `s` as a graph value. A constant is named after (and cached under) the node's input i
     /// only when it is that input's own value: a lowering emits intermediate constants (an
     /// epsilon) at positions whose ONNX input is something else.
     mutating func value(_ s: Sym, _ i: Int) throws -> ValueID {
-      var name = ""
-      if i < node.inputs.count, case .const(let c) = s, case .const(let own)? = importer.syms[node.inputs[i]], own == c {
-        name = node.inputs[i]
-      }
-      return try importer.materialize(s, name: name)
+      try importer.materialize(s, name: isOwnInput(s, i) ? node.inputs[i] : "")
     }
 
     func int(_ k: String, _ d: Int) throws -> Int {
@@ -415,7 +433,9 @@ private struct Importer {
       let types: [TensorType]
       do { types = try op.inferTypes(ins.map(importer.type)) } catch let e as IRError { throw err(e.description) }
       let consts = ins.compactMap { s -> ConstTensor? in if case .const(let c) = s { return c } else { return nil } }
-      if consts.count == ins.count, types.count == 1, types[0].elementCount <= maxFoldElements,
+      // A named scalar parameter is never folded away: it would get no gradient.
+      let readsParameter = ins.indices.contains { isOwnInput(ins[$0], $0) && importer.scalarParameters.contains(node.inputs[$0]) }
+      if consts.count == ins.count, !readsParameter, types.count == 1, types[0].elementCount <= maxFoldElements,
         let folded = evaluate(op, consts, outType: types[0])
       {
         return [.const(folded)]

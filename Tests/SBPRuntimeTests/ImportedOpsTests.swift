@@ -120,6 +120,28 @@ final class ImportedOpsTests: XCTestCase {
     for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-5) }
   }
 
+  /// A named scalar multiplied by a constant still trains: the product is not folded.
+  func testANamedScalarIsNotFoldedAway() throws {
+    let p = try Plan.compile(model: repoRoot + "/Tests/Fixtures/ok_scalar_with_constant.onnx", options: Plan.Options(batch: 2, sbp: .off)).0
+    XCTAssertTrue(p.train.params.contains { $0.name == "act.shift" && $0.trainable })
+    var o = TrainerOptions()
+    o.steps = 1
+    o.threads = 1
+    o.retainGradients = true
+    let t = try Trainer(plan: p, path: "shift", options: o)
+    try t.run { _ in }
+    let g = try XCTUnwrap(t.gradients().first { $0.name == "act.shift" }).gradient.f32[0]
+    XCTAssertTrue(g != 0 && g.isFinite)
+  }
+
+  /// A scalar that is both a constant bound and a trained factor is refused in one line.
+  func testAScalarBothBoundAndParameterIsRefused() throws {
+    XCTAssertThrowsError(try importONNX(path: repoRoot + "/Tests/Fixtures/bad_scalar_bound_and_weight.onnx")) { e in
+      XCTAssertTrue("\(e)".contains("the scalar @act.lo trains where computation reads it, but node 'clip' needs it as a constant"), "\(e)")
+      XCTAssertFalse("\(e)".contains("\n"))
+    }
+  }
+
   /// `inspect`'s list: every initializer, trained or not, with the reason.
   func testEveryInitializerHasARole() throws {
     let m = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_scalar_params.onnx", options: ImportOptions(batch: 2))
