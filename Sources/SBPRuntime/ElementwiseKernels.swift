@@ -130,13 +130,13 @@ enum Elementwise {
   }
 
   /// out = f(x) for a function with parameters (a closure; the hot activations are types).
-  static func map(_ x: Buffer, _ out: Buffer, _ f: @escaping (V8) -> V8) {
+  static func map(_ x: Buffer, _ out: Buffer, _ f: (V8) -> V8) {
     let px = x.f32, po = out.f32
     Parallel.chunks(out.count, grain: grain) { _, r in VMath.map(r.count, px + r.lowerBound, po + r.lowerBound, f) }
   }
 
   /// out = f(a, b) for a function with parameters, over equal shapes.
-  static func map(_ a: Buffer, _ b: Buffer, _ out: Buffer, _ f: @escaping (V8, V8) -> V8) {
+  static func map(_ a: Buffer, _ b: Buffer, _ out: Buffer, _ f: (V8, V8) -> V8) {
     let pa = a.f32, pb = b.f32, po = out.f32
     Parallel.chunks(out.count, grain: grain) { _, r in VMath.map(r.count, pa + r.lowerBound, pb + r.lowerBound, po + r.lowerBound, f) }
   }

@@ -121,11 +121,29 @@ enum Padding {
   }
 
   /// Calls `body(result offset, operand offset or nil)` for every result element, in order.
+  /// The index and strides live on the stack: a step allocates nothing.
   static func forEach(_ pads: [Int], _ mode: PadMode, input: [Int], output: [Int], _ body: (Int, Int?) -> Void) {
     let r = input.count
-    let inStrides = rowMajorStrides(input)
-    var index = [Int](repeating: 0, count: r)
-    for o in 0..<output.reduce(1, *) {
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * r) { scratch in
+      let index = scratch.baseAddress!, inStrides = index + r
+      var stride = 1
+      for a in (0..<r).reversed() {
+        index[a] = 0
+        inStrides[a] = stride
+        stride *= input[a]
+      }
+      walk(pads, mode, input: input, output: output, index: index, inStrides: inStrides, body)
+    }
+  }
+
+  private static func walk(
+    _ pads: [Int], _ mode: PadMode, input: [Int], output: [Int], index: UnsafeMutablePointer<Int>, inStrides: UnsafeMutablePointer<Int>,
+    _ body: (Int, Int?) -> Void
+  ) {
+    let r = input.count
+    var total = 1
+    for d in output { total *= d }
+    for o in 0..<total {
       var src: Int? = 0
       for a in 0..<r {
         guard let s = src, let i = source(index[a], begin: pads[a], size: input[a], mode) else {
