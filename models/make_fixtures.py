@@ -283,6 +283,14 @@ def bad_scalar_bound_and_weight(out):
                 model("bad_scalar_bound_and_weight", nodes, [x_input()], [y_output()], [init("W", W_VALUES), init("B", B_VALUES)] + scalars))
 
 
+def bad_dropout_training(out):
+    """The base linear, then Dropout(ratio 0.1, training_mode true), as a training-mode export of nn.Dropout(0.1)."""
+    nodes = linear_nodes(out="lin") + [helper.make_node("Dropout", ["lin", "ratio", "train"], ["y"], name="dropout")]
+    extra = [helper.make_tensor("ratio", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("train", TensorProto.BOOL, [], [True])]
+    write_model(os.path.join(out, "bad_dropout_training.onnx"),
+                model("bad_dropout_training", nodes, [x_input()], [y_output()], [init("W", W_VALUES), init("B", B_VALUES)] + extra))
+
+
 def ok_shared_identity(out):
     nodes = [
         helper.make_node("Identity", ["W"], ["W_alias"], name="alias"),
@@ -410,7 +418,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]

@@ -457,7 +457,15 @@ private struct Importer {
       let opset = importer.opset
       switch node.opType {
       case "Identity": return [try required(0)]
-      case "Dropout": return [try required(0)]
+      case "Dropout":
+        // In a training-mode export a dropout with a rate drops in PyTorch's training; sbpc has
+        // no dropout, so it refuses rather than train a different model.
+        let ratio = try const(1, "ratio")?.doubleValues.first ?? 0.5
+        let training = try const(2, "training_mode")?.intValues.first ?? 0
+        guard training == 0 || ratio == 0 else {
+          throw err("dropout with rate \(ratio) in a training-mode export: sbpc does not run dropout; export the model with drop_rate=0")
+        }
+        return [try required(0)]
       case "Constant": return [.const(try constantValue())]
       case "Shape":
         let shape = importer.type(try required(0)).shape

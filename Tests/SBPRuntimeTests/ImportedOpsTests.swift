@@ -142,6 +142,14 @@ final class ImportedOpsTests: XCTestCase {
     }
   }
 
+  /// A dropout that drops in PyTorch's training is refused, not silently skipped.
+  func testDropoutInATrainingExportIsRefused() throws {
+    XCTAssertThrowsError(try importONNX(path: repoRoot + "/Tests/Fixtures/bad_dropout_training.onnx")) { e in
+      XCTAssertTrue("\(e)".contains("node 'dropout' (Dropout): dropout with rate 0.1"), "\(e)")
+      XCTAssertTrue("\(e)".contains("drop_rate=0"), "\(e)")
+    }
+  }
+
   /// `inspect`'s list: every initializer, trained or not, with the reason.
   func testEveryInitializerHasARole() throws {
     let m = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_scalar_params.onnx", options: ImportOptions(batch: 2))
