@@ -283,3 +283,17 @@ func constMod(_ a: ConstTensor, _ b: ConstTensor, fmod: Bool) -> ConstTensor? {
   }
   return ConstTensor(dtype: a.dtype, shape: shape, ints: out)
 }
+
+/// Elementwise max (or min) of two broadcast constants, as ONNX's Max and Min; nil if the
+/// shapes do not broadcast.
+func constExtremum(_ a: ConstTensor, _ b: ConstTensor, max: Bool) -> ConstTensor? {
+  guard let shape = broadcastShapes(a.shape, b.shape) else { return nil }
+  let n = shape.reduce(1, *)
+  let ia = broadcastIndex(out: shape, inp: a.shape), ib = broadcastIndex(out: shape, inp: b.shape)
+  if a.dtype.isFloat || b.dtype.isFloat {
+    let x = a.doubleValues, y = b.doubleValues
+    return ConstTensor(dtype: a.dtype, shape: shape, floats: (0..<n).map { max ? Swift.max(x[ia[$0]], y[ib[$0]]) : Swift.min(x[ia[$0]], y[ib[$0]]) })
+  }
+  let x = a.ints, y = b.ints
+  return ConstTensor(dtype: a.dtype, shape: shape, ints: (0..<n).map { max ? Swift.max(x[ia[$0]], y[ib[$0]]) : Swift.min(x[ia[$0]], y[ib[$0]]) })
+}

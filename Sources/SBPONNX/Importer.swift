@@ -147,6 +147,7 @@ private struct Importer {
   }
 
   mutating func importInitializers() throws {
+    let buffers = Importer.dynamoBuffers(model.graphMetadata)
     for t in model.initializers {
       let (type, bytes) = try tensorData(t, "initializer")
       guard syms[t.name] == nil else { throw err("initializer '\(t.name)' is defined twice") }
@@ -154,9 +155,12 @@ private struct Importer {
       // tensors take part in folding; a float scalar the model named (StarReLU's scale and bias,
       // not the exporter's `val_58`) becomes a trained parameter where computation reads it
       // (`materialize`), and stays a constant where an op needs one (Clip's bounds, shapes).
-      if type.dtype.isFloat && type.elementCount == 1 && !Importer.isExporterConstant(t.name) { scalarParameters.insert(t.name) }
+      let buffer = buffers.contains(t.name)
+      if type.dtype.isFloat && type.elementCount == 1 && !buffer && !Importer.isExporterConstant(t.name) { scalarParameters.insert(t.name) }
       roles[t.name] =
-        !type.dtype.isFloat
+        buffer
+        ? (false, "a buffer in PyTorch, not a parameter (the export's graph signature)")
+        : !type.dtype.isFloat
         ? (false, "integer: shape and index arithmetic, folded")
         : type.elementCount > 1
           ? (true, "weight")
@@ -164,13 +168,30 @@ private struct Importer {
             ? (false, "a named scalar only ops that need a constant read (folded)")
             : (false, "a constant the exporter made (its name), folded")
       if type.dtype.isFloat && type.elementCount > 1 {
-        syms[t.name] = .value(graph.addParam(t.name, type, trainable: true, data: bytes))
+        syms[t.name] = .value(graph.addParam(t.name, type, trainable: !buffer, data: bytes))
       } else if type.elementCount <= maxFoldElements, let c = ConstTensor.decode(type.dtype, shape: type.shape, bytes: bytes.buffer) {
         syms[t.name] = .const(c)
       } else {
         syms[t.name] = .value(graph.addParam(t.name, type, trainable: false, data: bytes))
       }
     }
+  }
+
+  /// The initializers PyTorch holds as buffers (swin's attention mask, a relative-position
+  /// table's coordinates), from the graph signature the dynamo exporter writes into the graph's
+  /// metadata: `b_name: BUFFER target='layers.0.blocks.1.attn_mask' persistent=False`. They are
+  /// constants to train with, not parameters. TorchScript files say nothing; there the buffers
+  /// it keeps are folded (integers) or, for float tensors, weigh like weights (see `inspect`).
+  static func dynamoBuffers(_ metadata: [String: String]) -> Set<String> {
+    guard let signature = metadata["pkg.torch.export.ExportedProgram.graph_signature"] else { return [] }
+    var names: Set<String> = []
+    for line in signature.split(separator: "\n") {
+      guard line.contains(": BUFFER ") || line.contains(": CONSTANT_TENSOR "),
+        let start = line.range(of: "target='"), let end = line[start.upperBound...].firstIndex(of: "'")
+      else { continue }
+      names.insert(String(line[start.upperBound..<end]))
+    }
+    return names
   }
 
   /// Names exporters give the constants they make: TorchScript's `onnx::Mul_12` and
@@ -463,7 +484,9 @@ private struct Importer {
         let ratio = try const(1, "ratio")?.doubleValues.first ?? 0.5
         let training = try const(2, "training_mode")?.intValues.first ?? 0
         guard training == 0 || ratio == 0 else {
-          throw err("dropout with rate \(ratio) in a training-mode export: sbpc does not run dropout; export the model with drop_rate=0")
+          throw err(
+            "dropout with rate \(ratio) in a training-mode export: sbpc does not run dropout; export with every dropout rate 0 (timm: drop_rate=0, drop_path_rate=0; models/export_for_training.py also zeroes rates a model hard-codes)"
+          )
         }
         return [try required(0)]
       case "Constant": return [.const(try constantValue())]
@@ -520,6 +543,32 @@ private struct Importer {
         guard fmod || !a.dtype.isFloat else { throw err("Mod of floats needs fmod=1") }
         guard let r = constMod(a, b, fmod: fmod) else { throw err("operands \(a.shape) and \(b.shape) do not broadcast, or a divisor is 0") }
         return [.const(r)]
+      case "Max", "Min":
+        // Variadic. The exporters emit it on index arithmetic (dynamo: a one-input Max over
+        // the relative-position index) and as a clamp against a constant bound.
+        let isMax = node.opType == "Max"
+        let syms = try (0..<node.inputs.count).map { try required($0) }
+        guard !syms.isEmpty else { throw err("needs at least one input") }
+        let consts = syms.compactMap { s -> ConstTensor? in if case .const(let c) = s { return c } else { return nil } }
+        if consts.count == syms.count {
+          var acc = consts[0]
+          for c in consts.dropFirst() {
+            guard let r = constExtremum(acc, c, max: isMax) else { throw err("operands \(acc.shape) and \(c.shape) do not broadcast") }
+            acc = r
+          }
+          return [.const(acc)]
+        }
+        let computed = syms.filter { if case .const = $0 { return false } else { return true } }
+        guard computed.count == 1, consts.allSatisfy({ $0.count == 1 && $0.dtype.isFloat }) else {
+          throw err("\(node.opType) of two computed tensors is not supported (only against constant scalars)")
+        }
+        guard consts.isEmpty || importer.type(computed[0]).shape.count >= consts.map(\.shape.count).max()! else {
+          throw err("a constant operand broadcasts the computed one to a larger rank")
+        }
+        if consts.isEmpty { return computed }
+        let bound = isMax ? consts.map { $0.doubleValues[0] }.max()! : consts.map { $0.doubleValues[0] }.min()!
+        let big = Double(Float.greatestFiniteMagnitude)
+        return try emit(.unary(isMax ? .clip(min: bound, max: big) : .clip(min: -big, max: bound)), computed)
       case "Sqrt": return try unary(.unary(.sqrt))
       case "Erf": return try unary(.unary(.erf))
       case "Tanh": return try unary(.unary(.tanh))
@@ -628,6 +677,33 @@ private struct Importer {
         return try emit(.slice(spec), [x])
       case "Gather":
         return try emit(.gather(axis: try axis(0, rank: importer.type(try required(0)).rank)), [try required(0), try required(1)])
+      case "GatherND":
+        // Dynamo writes `table[index]` as GatherND with index [..., k]. With constant indices
+        // and no batch dims it is one Gather over the first k axes flattened.
+        let data = try required(0)
+        let shape = importer.type(data).shape
+        guard try int("batch_dims", 0) == 0 else { throw err("batch_dims other than 0 is not supported") }
+        guard let idx = try const(1, "indices"), let k = idx.shape.last, k >= 1, k <= shape.count else {
+          throw err("indices must be a constant whose last axis indexes the data's leading axes")
+        }
+        var linear: [Int64] = []
+        linear.reserveCapacity(idx.count / k)
+        let raw = idx.intValues
+        for row in stride(from: 0, to: raw.count, by: k) {
+          var l = 0
+          for j in 0..<k {
+            var i = raw[row + j]
+            if i < 0 { i += shape[j] }
+            guard i >= 0, i < shape[j] else { throw err("index \(raw[row + j]) is out of range for axis \(j) of size \(shape[j])") }
+            l = l * shape[j] + i
+          }
+          linear.append(Int64(l))
+        }
+        let rest = Array(shape[k...])
+        let table = k == 1 ? data : try emit(.reshape([shape[..<k].reduce(1, *)] + rest), [data])[0]
+        let indices = ConstTensor(dtype: .i64, shape: [linear.count], ints: linear)
+        let gathered = try emit(.gather(axis: 0), [table, .const(indices)])[0]
+        return try emit(.reshape(Array(idx.shape.dropLast()) + rest), [gathered])
       case "Concat":
         let ins = try (0..<node.inputs.count).compactMap { try sym($0) }
         guard let first = ins.first else { throw err("has no inputs") }

@@ -10,6 +10,9 @@ struct StrippedModel {
   var skeleton: [UInt8]
   /// For each initializer, in order, the byte range of its raw_data in the file, if it had one.
   var rawData: [Range<Int>?]
+  /// GraphProto.metadata_props (field 16, newer than the schema protobuf-c was built from):
+  /// dynamo writes its graph signature there, which says which initializers are buffers.
+  var graphMetadata: [String: String] = [:]
 }
 
 private struct Reader {
@@ -93,12 +96,18 @@ private func nested(_ field: UInt64, into out: inout [UInt8], _ fill: (inout [UI
 /// Strips initializer raw_data from the ModelProto in `buf`; nil when the wire format is malformed.
 func stripInitializerData(_ buf: UnsafeRawBufferPointer) -> StrippedModel? {
   var raw: [Range<Int>?] = []
+  var metadata: [String: String] = [:]
   var out: [UInt8] = []
   out.reserveCapacity(min(buf.count, 1 << 20))
   let ok = copyMessage(buf, 0..<buf.count, into: &out) { field, body, out in
     guard field == 7 else { return false }  // ModelProto.graph
     return nested(7, into: &out) { graph in
       copyMessage(buf, body, into: &graph) { gField, gBody, graph in
+        if gField == 16 {  // GraphProto.metadata_props: StringStringEntryProto {key = 1, value = 2}
+          guard let (k, v) = stringPair(buf, gBody) else { return nil }
+          metadata[k] = v
+          return true
+        }
         guard gField == 5 else { return false }  // GraphProto.initializer
         var found: Range<Int>?
         let ok = nested(5, into: &graph) { tensor in
@@ -113,5 +122,18 @@ func stripInitializerData(_ buf: UnsafeRawBufferPointer) -> StrippedModel? {
       }
     }
   }
-  return ok ? StrippedModel(skeleton: out, rawData: raw) : nil
+  return ok ? StrippedModel(skeleton: out, rawData: raw, graphMetadata: metadata) : nil
+}
+
+/// The key and value of a StringStringEntryProto; nil when malformed.
+private func stringPair(_ buf: UnsafeRawBufferPointer, _ range: Range<Int>) -> (String, String)? {
+  var key = "", value = ""
+  var r = Reader(buf: buf, pos: range.lowerBound, end: range.upperBound)
+  while r.pos < r.end {
+    guard let k = r.varint(), let body = r.payload(wireType: k & 7) else { return nil }
+    guard k & 7 == 2, k >> 3 == 1 || k >> 3 == 2 else { continue }
+    let text = String(decoding: UnsafeRawBufferPointer(rebasing: buf[body]), as: UTF8.self)
+    if k >> 3 == 1 { key = text } else { value = text }
+  }
+  return (key, value)
 }

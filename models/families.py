@@ -1,0 +1,298 @@
+# families.py: tiny and full-size timm families exported for training, and PyTorch's train-mode step on each (sbpc's coverage oracle).
+"""Export timm families for training and write PyTorch's reference step.
+
+    python3 models/families.py                 # tiny versions -> models/families/ (committed)
+    python3 models/families.py --only swin     # one family
+    python3 models/families.py --full          # full size -> models/full/families/ (make check-torch)
+
+For each family: build the model with seeded random weights, move every parameter and
+BatchNorm statistic to distinct values (so no exporter merges two tensors and each
+reference belongs to one initializer), export it with models/export_for_training.py
+(TorchScript at opset 17, and for some families the dynamo exporter too), and run one
+training step in PyTorch train() mode on a fixed batch.  Written per family, in
+models/families/<name>/:
+
+    model_ts17.onnx, model_dynamo.onnx(+.data)   the exports
+    input.npy labels.npy logits.npy loss.npy    the step (mean cross-entropy)
+    grads/<initializer>.npy                     each trainable initializer's gradient, in the
+                                                ONNX initializer's layout (matched by value)
+    state/<initializer>.npy                     BatchNorm running statistics after the step
+    manifest.json                               batch, exports, counts
+
+sbpc's FamilyReferenceTests run every folder; `make check-torch` runs the full-size ones
+with models/compare_family.py.
+"""
+
+import argparse
+import collections
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import export_for_training as eft  # noqa: E402  (imports export: torchvision without its ops)
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import torch  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+Family = collections.namedtuple("Family", "build chw batch dynamo")
+
+
+def timm(name, **overrides):
+    """timm's model `name` with some of its registered arguments replaced.
+
+    An entry point writes its arguments into a dict together with the caller's kwargs,
+    so a kwarg it also sets (depths, dims, patch_size) collides.  Wrap the module's
+    `_create_*` functions for the call instead: they receive the registered arguments,
+    and the overrides win."""
+    def build():
+        import timm as t
+        try:
+            return eft.timm_model(name, 5, **overrides)
+        except TypeError as e:
+            if "multiple values" not in str(e):
+                raise
+        entry = t.models.model_entrypoint(name)
+        module = sys.modules[entry.__module__]
+        originals = {k: v for k, v in vars(module).items() if k.startswith("_create") and callable(v)}
+
+        def wrap(f):
+            return lambda *a, **kw: f(*a, **dict(kw, **overrides))
+        try:
+            for k, f in originals.items():
+                setattr(module, k, wrap(f))
+            return eft.timm_model(name, 5)
+        finally:
+            for k, f in originals.items():
+                setattr(module, k, f)
+    return build
+
+
+def resnet(block, **kw):
+    def build():
+        from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+        return ResNet({"basic": BasicBlock, "bottleneck": Bottleneck}[block], num_classes=5, **kw)
+    return build
+
+
+def efficientnet(variant, gen, **kw):
+    def build():
+        from timm.models import efficientnet as e, mobilenetv3 as m
+        return {"efficientnet": e._gen_efficientnet, "mobilenetv3": m._gen_mobilenet_v3}[gen](
+            variant, num_classes=5, drop_rate=0.0, drop_path_rate=0.0, **kw)
+    return build
+
+
+def regnet(**cfg):
+    def build():
+        from timm.models.regnet import RegNet, RegNetCfg
+        return RegNet(RegNetCfg(**cfg), num_classes=5)
+    return build
+
+
+# Tiny versions of each family: the same blocks, ops and exporter artefacts as the
+# named model, at a width and depth whose files and references stay small.
+TINY = {
+    "resnet18": Family(resnet("basic", layers=(1, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8),
+                       (3, 32, 32), 4, True),
+    "resnet50": Family(resnet("bottleneck", layers=(1, 1, 1, 1), channels=(4, 8, 12, 16), stem_width=8),
+                       (3, 32, 32), 4, False),
+    "efficientnet_b0": Family(efficientnet("efficientnet_b0", "efficientnet", channel_multiplier=0.25,
+                                           depth_multiplier=0.3), (3, 64, 64), 4, True),
+    "mobilenetv3_small_100": Family(efficientnet("mobilenetv3_small_100", "mobilenetv3", channel_multiplier=0.25),
+                          (3, 64, 64), 4, False),
+    "regnety_002": Family(regnet(depth=6, w0=8, wa=8.0, wm=2.0, group_size=4, se_ratio=0.25, stem_width=8),
+                          (3, 32, 32), 4, False),
+    "swin_tiny_patch4_window7_224": Family(
+        timm("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4, embed_dim=16,
+             depths=(2, 2), num_heads=(1, 2)), (3, 32, 32), 2, True),
+    "poolformer_s12": Family(timm("poolformer_s12", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), (3, 32, 32), 2, False),
+    "caformer_s18": Family(timm("caformer_s18", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), (3, 64, 64), 2, False),
+    "convformer_s18": Family(timm("convformer_s18", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), (3, 32, 32), 2, False),
+    "levit_128s": Family(timm("levit_128s", img_size=128, embed_dim=(16, 24, 32), key_dim=8, depth=(1, 1, 1),
+                              num_heads=(2, 2, 2)), (3, 128, 128), 4, False),
+    "convnextv2_atto": Family(timm("convnextv2_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), (3, 32, 32), 2, False),
+    "deit3_small_patch16_224": Family(timm("deit3_small_patch16_224", img_size=32, patch_size=4, embed_dim=32,
+                                           depth=2, num_heads=2), (3, 32, 32), 2, False),
+    "beit_base_patch16_224": Family(timm("beit_base_patch16_224", img_size=32, patch_size=4, embed_dim=32,
+                                         depth=2, num_heads=2), (3, 32, 32), 2, False),
+    "eva02_tiny_patch14_224": Family(timm("eva02_tiny_patch14_224", img_size=28, patch_size=7, embed_dim=32,
+                                          depth=2, num_heads=2), (3, 28, 28), 2, False),
+    "cait_xxs24_224": Family(timm("cait_xxs24_224", img_size=32, patch_size=4, embed_dim=32, depth=2,
+                                  depth_token_only=1, num_heads=2), (3, 32, 32), 2, False),
+    "pvt_v2_b0": Family(timm("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32), num_heads=(1, 1, 2, 2)),
+                        (3, 64, 64), 2, False),
+    "mixer_b16_224": Family(timm("mixer_b16_224", img_size=32, patch_size=4, embed_dim=32, num_blocks=2),
+                            (3, 32, 32), 2, False),
+    "resmlp_12_224": Family(timm("resmlp_12_224", img_size=32, patch_size=4, embed_dim=32, num_blocks=2),
+                            (3, 32, 32), 2, False),
+    "vit_relpos_small_patch16_224": Family(timm("vit_relpos_small_patch16_224", img_size=32, patch_size=4,
+                                                embed_dim=32, depth=2, num_heads=2), (3, 32, 32), 2, True),
+}
+
+FULL_DYNAMO = {"resnet50", "swin_tiny_patch4_window7_224", "efficientnet_b0"}
+FULL = {name: Family(functools.partial(eft.timm_model, name), (3, 224, 224), 2, name in FULL_DYNAMO)
+        for name in ("resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_small_100", "regnety_002",
+                     "swin_tiny_patch4_window7_224", "poolformer_s12", "caformer_s18", "convformer_s18",
+                     "levit_128s", "convnextv2_atto", "deit3_small_patch16_224", "beit_base_patch16_224",
+                     "eva02_tiny_patch14_224", "cait_xxs24_224", "pvt_v2_b0", "mixer_b16_224",
+                     "resmlp_12_224", "vit_relpos_small_patch16_224")}
+
+
+def seed(name, salt):
+    import zlib
+    return zlib.crc32(f"{name}/{salt}".encode())
+
+
+@torch.no_grad()
+def perturb(model, name):
+    """Distinct values everywhere: norm weights near 1, running variances positive,
+    layer-scale-like tiny parameters lifted so their branches matter."""
+    g = torch.Generator().manual_seed(seed(name, "perturb"))
+    for pname, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if not p.is_floating_point() or p.numel() == 0:
+            continue
+        noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+        if pname.endswith("running_var"):
+            p.copy_(0.5 + noise.abs())
+        elif pname.endswith("running_mean"):
+            p.copy_(0.1 * noise)
+        elif isinstance(p, torch.nn.Parameter):
+            small = float(p.abs().max()) < 1e-3 if p.numel() else False
+            p.add_((0.2 if small else 0.02) * noise)
+    seen = {}
+    for pname, p in model.named_parameters():
+        d = hashlib.sha256(p.detach().numpy().tobytes()).hexdigest()
+        if d in seen:
+            raise SystemExit(f"{name}: parameters {seen[d]} and {pname} are equal")
+        seen[d] = pname
+
+
+def build(name, fam):
+    torch.manual_seed(seed(name, "init"))
+    model = fam.build()
+    perturb(model, name)
+    return model
+
+
+def initializer_map(path, model):
+    """{initializer: (param, transpose, shape)} by value, with every trainable parameter
+    found exactly once; BatchNorm statistics by value too, as ('buffer', name)."""
+    params = {k: v.detach().numpy() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().numpy() for k, v in model.named_buffers()
+               if k.endswith(("running_mean", "running_var"))}
+    by_bytes = collections.defaultdict(list)
+    for kind, table in (("param", params), ("buffer", buffers)):
+        for k, v in table.items():
+            by_bytes[np.ascontiguousarray(v).tobytes()].append((kind, k, False))
+            if v.ndim == 2 and v.shape[0] != v.shape[1] and 1 not in v.shape:
+                by_bytes[np.ascontiguousarray(v.T).tobytes()].append((kind, k, True))
+    m = onnx.load(path)
+    mapping, used = {}, collections.Counter()
+    for t in m.graph.initializer:
+        if t.data_type != onnx.TensorProto.FLOAT:
+            continue
+        a = numpy_helper.to_array(t, base_dir=os.path.dirname(path))
+        hits = by_bytes.get(np.ascontiguousarray(a).tobytes(), [])
+        if len(hits) > 1:
+            raise SystemExit(f"{path}: {t.name} matches {hits}")
+        if hits:
+            kind, k, tr = hits[0]
+            mapping[t.name] = (kind, k, tr, list(a.shape))
+            used[k] += 1
+    missing = [k for k in params if used[k] != 1]
+    if missing:
+        raise SystemExit(f"{path}: parameters not one-to-one with initializers: "
+                         f"{[(k, used[k]) for k in missing]}")
+    return mapping
+
+
+def write_reference(name, fam, out, dynamo_too):
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    model = build(name, fam)
+    exports = {"ts17": os.path.join(out, "model_ts17.onnx")}
+    eft.export_for_training(model, exports["ts17"], fam.chw, 17, False, check=True)
+    if dynamo_too:
+        exports["dynamo"] = os.path.join(out, "model_dynamo.onnx")
+        eft.export_for_training(model, exports["dynamo"], fam.chw, 18, True, check=True)
+    maps = {stem: initializer_map(p, model) for stem, p in exports.items()}
+    x = torch.randn((fam.batch, *fam.chw), generator=torch.Generator().manual_seed(seed(name, "input")))
+    labels = torch.arange(fam.batch) % 5
+    # The step runs in float64, and its results are rounded to float32: the reference is
+    # then the exact step up to one rounding, and a PyTorch float32 step is compared with
+    # it like sbpc is.  (On a BatchNorm net at a small batch, PyTorch's own float32 step is
+    # up to 5e-3 away from float64 in max-relative terms: a float32 reference would measure
+    # PyTorch's rounding as much as sbpc's.)
+    model.double().train()
+    model.zero_grad()
+    logits = model(x.double())
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    loss.backward()
+    np.save(os.path.join(out, "input.npy"), x.numpy())
+    np.save(os.path.join(out, "labels.npy"), labels.numpy().astype(np.int64))
+    np.save(os.path.join(out, "logits.npy"), logits.detach().float().numpy())
+    np.save(os.path.join(out, "loss.npy"), np.array([loss.item()], dtype=np.float32))
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    manifest = {"family": name, "batch": fam.batch, "input": list(fam.chw), "exports": {}}
+    for stem, mapping in maps.items():
+        gdir, sdir = os.path.join(out, stem, "grads"), os.path.join(out, stem, "state")
+        os.makedirs(gdir)
+        os.makedirs(sdir)
+        trainable, state = [], []
+        for init, (kind, k, tr, shape) in sorted(mapping.items()):
+            fname = init.replace("/", "_") + ".npy"
+            if kind == "param":
+                g = params[k].grad
+                g = torch.zeros_like(params[k]) if g is None else g
+                g = g.detach().float().numpy()
+                np.save(os.path.join(gdir, fname), (g.T if tr else g).reshape(shape))
+                trainable.append(init)
+            else:
+                np.save(os.path.join(sdir, fname), buffers[k].detach().float().numpy().reshape(shape))
+                state.append(init)
+        manifest["exports"][stem] = {"file": os.path.basename(exports[stem]), "trainable": trainable, "state": state}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return manifest
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="full-size models into models/full/families/")
+    ap.add_argument("--only", action="append", default=[], help="families whose name contains this")
+    ap.add_argument("--export-only", action="store_true", help="export, skip nothing else (same files)")
+    args = ap.parse_args(argv)
+    table = FULL if args.full else TINY
+    root = os.path.join(HERE, "full", "families") if args.full else os.path.join(HERE, "families")
+    failed = []
+    for name, fam in table.items():
+        if args.only and not any(o in name for o in args.only):
+            continue
+        t0 = time.time()
+        try:
+            m = write_reference(name, fam, os.path.join(root, name), fam.dynamo)
+            n = len(m["exports"]["ts17"]["trainable"])
+            print(f"{name}: {n} trainable initializers, exports {sorted(m['exports'])} ({time.time() - t0:.1f} s)")
+        except (SystemExit, Exception) as e:  # keep going: report every family
+            failed.append(name)
+            print(f"{name}: FAILED: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    if failed:
+        print("failed:", " ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
