@@ -304,6 +304,39 @@ def ok_shared_identity(out):
     write_model(os.path.join(out, "ok_shared_identity.onnx"), m)
 
 
+def warn_attention_bias(out):
+    """Attention over 3 tokens of width 4 whose scores get a dense f32[1,3,3] `rel_bias`, as an
+    export that folded Swin's relative-position gather leaves it: q = x·Wq, k = x·Wk,
+    softmax(q·kᵀ + rel_bias)·x, mean over tokens -> y [batch, 4]."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["x", "Wk"], ["k"], name="k"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node("Add", ["s", "rel_bias"], ["sb"], name="add_bias"),
+        helper.make_node("Softmax", ["sb"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["o"], name="av"),
+        helper.make_node("ReduceMean", ["o", "ax"], ["y"], name="mean", keepdims=0),
+    ]
+    inits = [init("Wq", rng.standard_normal((4, 4)).astype(np.float32)),
+             init("Wk", rng.standard_normal((4, 4)).astype(np.float32)),
+             init("rel_bias", rng.standard_normal((1, 3, 3)).astype(np.float32)),
+             helper.make_tensor("ax", TensorProto.INT64, [1], [1])]
+    write_model(os.path.join(out, "warn_attention_bias.onnx"),
+                model("warn_attention_bias", nodes, [x_input(("batch", 3, 4))], [y_output(("batch", 4))], inits, opset=18))
+
+
+def warn_qkv_bias(out):
+    """x·Wqkv + qkv_bias with qkv_bias = [q_bias, 0, 0, v_bias] over 2+2+2 outputs: BEiT's
+    cat(q_bias, zeros, v_bias) folded by the exporter -> y [batch, 6]."""
+    bias = np.array([0.5, -0.25, 0.0, 0.0, 0.75, 1.25], dtype=np.float32)
+    w = (np.arange(24, dtype=np.float32).reshape(4, 6) * 0.0625 - 0.5).astype(np.float32)
+    nodes = linear_nodes(w="Wqkv", b="qkv_bias")
+    write_model(os.path.join(out, "warn_qkv_bias.onnx"),
+                model("warn_qkv_bias", nodes, [x_input()], [y_output(("batch", 6))], [init("Wqkv", w), init("qkv_bias", bias)]))
+
+
 def ok_external(out):
     d = os.path.join(out, "ok_external")
     fresh_dir(d)
@@ -418,7 +451,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]

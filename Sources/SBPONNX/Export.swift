@@ -24,6 +24,8 @@ public func exportONNX(model: String, weights: [String: [UInt8]], to output: Str
   var replaced = 0
   var copies: [UnsafeMutablePointer<UInt8>] = []  // the replacement bytes the message points at
   defer { for c in copies { c.deallocate() } }
+  var copiesAlive: [UnsafeMutablePointer<UInt8>] = []  // the bytes of initializers added for untied copies
+  defer { for c in copiesAlive { c.deallocate() } }
   for i in 0..<Int(g.pointee.n_initializer) {
     guard let t = g.pointee.initializer[i] else { continue }
     let name = t.pointee.name.map { String(cString: $0) } ?? ""
@@ -88,6 +90,29 @@ public func exportONNX(model: String, weights: [String: [UInt8]], to output: Str
     }
     t.pointee.n_external_data = kept
   }
+  let inFile = Set((0..<Int(g.pointee.n_initializer)).compactMap { g.pointee.initializer[$0]?.pointee.name.map { String(cString: $0) } })
+  // Copies the importer made of a tied weight (`<weight>.copy<k>`) become initializers of their
+  // own, and their readers read them: the exported model is the one that was trained.
+  if weights.keys.contains(where: { !inFile.contains($0) }) {
+    let file = try readONNX(path: model)
+    for t in findTiedWeights(file) {
+      guard let dims = file.initializers.first(where: { $0.name == t.name })?.dims else { continue }
+      for name in Set(t.copies.map(\.copy)).sorted() {
+        guard let w = weights[name] else { continue }
+        guard w.count == dims.reduce(4, *) else {
+          throw ImportError("\(model): the trained copy '\(name)' holds \(w.count) bytes, '\(t.name)' \(dims.reduce(4, *))")
+        }
+        try appendInitializer(g, name: name, dims: dims, bytes: w, keepAlive: &copiesAlive)
+        for r in t.copies where r.copy == name {
+          guard r.node < Int(g.pointee.n_node), let n = g.pointee.node[r.node], r.input < Int(n.pointee.n_input) else {
+            throw ImportError("\(model): the graph changed since it was read")
+          }
+          n.pointee.input[r.input] = strdup(name)
+        }
+        replaced += 1
+      }
+    }
+  }
   let unknown = weights.keys.filter { n in
     !(0..<Int(g.pointee.n_initializer)).contains { g.pointee.initializer[$0]?.pointee.name.map { String(cString: $0) } == n }
   }
@@ -98,6 +123,34 @@ public func exportONNX(model: String, weights: [String: [UInt8]], to output: Str
   if !blob.isEmpty { try writeAtomically(blob, to: (folder.isEmpty ? "" : folder + "/") + dataName) }
   try writeAtomically(out, to: output)
   return replaced
+}
+
+/// Appends an f32 initializer with inline bytes to the decoded graph `g` (protobuf-c's arrays
+/// are malloc'ed, so they grow with realloc; the message is never freed, see above).
+private func appendInitializer(
+  _ g: UnsafeMutablePointer<Onnx__GraphProto>, name: String, dims: [Int], bytes: [UInt8], keepAlive: inout [UnsafeMutablePointer<UInt8>]
+) throws {
+  let n = Int(g.pointee.n_initializer)
+  guard let grown = realloc(g.pointee.initializer, (n + 1) * MemoryLayout<UnsafeMutablePointer<Onnx__TensorProto>?>.stride) else {
+    throw ImportError("out of memory adding initializer '\(name)'")
+  }
+  g.pointee.initializer = grown.assumingMemoryBound(to: UnsafeMutablePointer<Onnx__TensorProto>?.self)
+  let t = UnsafeMutablePointer<Onnx__TensorProto>.allocate(capacity: 1)
+  onnx__tensor_proto__init(t)
+  t.pointee.name = strdup(name)
+  let d = UnsafeMutablePointer<Int64>.allocate(capacity: max(dims.count, 1))
+  for (i, v) in dims.enumerated() { d[i] = Int64(v) }
+  t.pointee.dims = d
+  t.pointee.n_dims = dims.count
+  t.pointee.has_data_type = 1
+  t.pointee.data_type = 1
+  let b = UnsafeMutablePointer<UInt8>.allocate(capacity: max(bytes.count, 1))
+  b.initialize(from: bytes, count: bytes.count)
+  keepAlive.append(b)
+  t.pointee.raw_data = ProtobufCBinaryData(len: bytes.count, data: b)
+  t.pointee.has_raw_data = 1
+  g.pointee.initializer[n] = t
+  g.pointee.n_initializer = n + 1
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.

@@ -8,12 +8,52 @@ public struct ImportOptions: Sendable {
   /// Values for other named symbolic dimensions.
   public var dims: [String: Int]
 
+  /// Initializer-name patterns that do not train (`--freeze`): `*` and `?` are wildcards; a
+  /// pattern without them names an initializer or a dotted prefix (`blocks.0`).
+  public var freeze: [String]
+  /// Keep an initializer that feeds several layers as one shared tensor (`--keep-tied`);
+  /// by default each reader gets its own copy.
+  public var keepTied: Bool
+
   public static let defaultBatch = 32
 
-  public init(batch: Int? = nil, dims: [String: Int] = [:]) {
+  public init(batch: Int? = nil, dims: [String: Int] = [:], freeze: [String] = [], keepTied: Bool = false) {
     self.batch = batch
     self.dims = dims
+    self.freeze = freeze
+    self.keepTied = keepTied
   }
+
+  /// The first `freeze` pattern that names `name`.
+  public func frozenBy(_ name: String) -> String? { freeze.first { ImportOptions.pattern($0, names: name) } }
+
+  static func pattern(_ p: String, names name: String) -> Bool {
+    p.contains("*") || p.contains("?") ? globMatch(p, name) : name == p || name.hasPrefix(p + ".")
+  }
+}
+
+/// Shell-style matching of the whole name: `*` any run of characters, `?` one.
+func globMatch(_ pattern: String, _ name: String) -> Bool {
+  let p = Array(pattern.utf8), s = Array(name.utf8)
+  var pi = 0, si = 0, star = -1, mark = 0
+  while si < s.count {
+    if pi < p.count && (p[pi] == UInt8(ascii: "?") || p[pi] == s[si]) {
+      pi += 1
+      si += 1
+    } else if pi < p.count && p[pi] == UInt8(ascii: "*") {
+      star = pi
+      mark = si
+      pi += 1
+    } else if star >= 0 {
+      pi = star + 1
+      mark += 1
+      si = mark
+    } else {
+      return false
+    }
+  }
+  while pi < p.count && p[pi] == UInt8(ascii: "*") { pi += 1 }
+  return pi == p.count
 }
 
 /// The imported graph with what the importer learned about the file.
@@ -47,8 +87,16 @@ public let supportedOpsets = 13...21
 
 /// Imports the ONNX model at `path`. Every error is one line naming the file and the thing at fault.
 public func importONNX(path: String, options: ImportOptions = ImportOptions()) throws -> ImportedModel {
-  let model = try readONNX(path: path)
+  var model = try readONNX(path: path)
+  let ties = findTiedWeights(model)
+  if !options.keepTied { untie(&model, ties) }
   var imp = Importer(path: path, model: model, options: options)
+  imp.notes += ties.map { t in
+    let layers = "\(t.nodeNames.count) layers (\(t.nodeNames.map { "'\($0)'" }.joined(separator: ", ")))"
+    return options.keepTied
+      ? "warning: initializer '\(t.name)' feeds \(layers): trained as one shared tensor (--keep-tied)"
+      : "warning: initializer '\(t.name)' feeds \(layers), as if the exporter merged equal tensors: each layer gets its own copy (\(Set(t.copies.map(\.copy)).sorted().joined(separator: ", "))); --keep-tied trains one shared tensor"
+  }
   return try imp.run()
 }
 
@@ -114,6 +162,19 @@ private struct Importer {
     for (name, reader) in scalarsReadAsConstants.names.sorted(by: { $0.key < $1.key }) where roles[name]?.trainable == true {
       throw err("the scalar @\(name) trains where computation reads it, but node '\(reader)' needs it as a constant; sbpc cannot train it consistently")
     }
+    let frozenNames = roles.filter { $0.value.reason.hasPrefix("frozen by --freeze ") }.map(\.key)
+    for p in options.freeze where !frozenNames.contains(where: { ImportOptions.pattern(p, names: $0) }) {
+      throw err("--freeze \(p): names no trainable initializer (see `sbpc inspect` for their names)")
+    }
+    notes += artefactWarnings(graph)
+    if !options.freeze.isEmpty {
+      let g = graph
+      let frozen = g.params.filter { frozenNames.contains($0.name) }
+      let trained = g.params.filter(\.trainable)
+      func count(_ ps: [Param]) -> Int { ps.reduce(0) { $0 + g.type(of: $1.value).elementCount } }
+      notes.append(
+        "--freeze: \(frozen.count) initializers (\(count(frozen)) values) frozen; \(trained.count) initializers (\(count(trained)) values) train")
+    }
     var imported = ImportedModel(graph: graph, opset: opset, producer: model.producer, batch: batch, notes: notes, onnxHistogram: hist)
     let live = Set(graph.params.map(\.name))
     imported.initializers = model.initializers.map { t in
@@ -168,7 +229,9 @@ private struct Importer {
             ? (false, "a named scalar only ops that need a constant read (folded)")
             : (false, "a constant the exporter made (its name), folded")
       if type.dtype.isFloat && type.elementCount > 1 {
-        syms[t.name] = .value(graph.addParam(t.name, type, trainable: !buffer, data: bytes))
+        let frozen = buffer ? nil : options.frozenBy(t.name)
+        if let frozen { roles[t.name] = (false, "frozen by --freeze \(frozen)") }
+        syms[t.name] = .value(graph.addParam(t.name, type, trainable: !buffer && frozen == nil, data: bytes))
       } else if type.elementCount <= maxFoldElements, let c = ConstTensor.decode(type.dtype, shape: type.shape, bytes: bytes.buffer) {
         syms[t.name] = .const(c)
       } else {
@@ -323,8 +386,9 @@ private struct Importer {
       if let v = materialized[name] { return v }
       let v: ValueID
       if scalarParameters.contains(name), let bytes = model.initializers.first(where: { $0.name == name }) {
-        v = graph.addParam(name, c.type, trainable: true, data: try tensorData(bytes, "initializer").1)
-        roles[name] = (true, "a scalar the model named, read by computation")
+        let frozen = options.frozenBy(name)
+        v = graph.addParam(name, c.type, trainable: frozen == nil, data: try tensorData(bytes, "initializer").1)
+        roles[name] = frozen.map { (false, "frozen by --freeze \($0)") } ?? (true, "a scalar the model named, read by computation")
       } else if c.count <= Literal.maxInlineElements {
         v = try graph.append(.constant(c.literal), [], name: name)[0]
       } else {

@@ -47,21 +47,28 @@ public struct Plan: Sendable {
     public var sbp: SBPOptions
     /// Run each optimizer update as soon as its gradient is complete (the gradient dies there).
     public var fuseOptimizer: Bool
+    /// Initializer patterns that do not train (`ImportOptions.freeze`).
+    public var freeze: [String]
+    /// Keep tied initializers shared (`ImportOptions.keepTied`).
+    public var keepTied: Bool
     public init(
       batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
-      fuseOptimizer: Bool = true
+      fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false
     ) {
       self.batch = batch
       self.dims = dims
       self.optimizer = optimizer
       self.sbp = sbp
       self.fuseOptimizer = fuseOptimizer
+      self.freeze = freeze
+      self.keepTied = keepTied
     }
   }
 
   /// Imports, canonicalizes and marks the model, then derives the training step.
   public static func compile(model: String, options: Options) throws -> (Plan, notes: [String]) {
-    let imported = try importONNX(path: model, options: ImportOptions(batch: options.batch, dims: options.dims))
+    let imported = try importONNX(
+      path: model, options: ImportOptions(batch: options.batch, dims: options.dims, freeze: options.freeze, keepTied: options.keepTied))
     var eval = imported.graph
     let passOptions = PipelineOptions(sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)

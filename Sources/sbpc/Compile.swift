@@ -48,6 +48,7 @@ struct Compile: ParsableCommand {
   @Option(help: "SGD momentum.") var momentum: Double = 0.9
   @Option(name: .customLong("weight-decay"), help: "Weight decay (decoupled for adamw).") var weightDecay: Double = 0
   @OptionGroup var shape: ShapeOptions
+  @OptionGroup var parameters: ParameterFlags
 
   func validate() throws {
     if let maxMemory, MemoryOptions.parse(maxMemory) == nil {
@@ -66,7 +67,8 @@ struct Compile: ParsableCommand {
         ? .sgd(lr: lr, momentum: momentum, weightDecay: weightDecay)
         : .adamw(lr: lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: weightDecay)
       let options = Plan.Options(
-        batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer)
+        batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer,
+        freeze: parameters.freeze, keepTied: parameters.keepTied)
       let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {

@@ -30,10 +30,11 @@ struct Inspect: ParsableCommand {
   var blocks: String?
 
   @OptionGroup var shape: ShapeOptions
+  @OptionGroup var parameters: ParameterFlags
 
   func run() throws {
     try reportingErrors {
-      let m = try importONNX(path: model, options: shape.importOptions)
+      let m = try importONNX(path: model, options: shape.importOptions(parameters))
       var g = m.graph
       let imported = g.opHistogram
       try Canonicalize().run(&g)

@@ -94,6 +94,30 @@ struct ShapeOptions: ParsableArguments {
 
   /// Valid after `validate()`, which ArgumentParser runs before any command.
   var importOptions: ImportOptions { ImportOptions(batch: batch, dims: (try? parsedDims()) ?? [:]) }
+
+  func importOptions(_ p: ParameterFlags) -> ImportOptions {
+    ImportOptions(batch: batch, dims: (try? parsedDims()) ?? [:], freeze: p.freeze, keepTied: p.keepTied)
+  }
+}
+
+/// Which initializers train: `compile` and `inspect` share these.
+struct ParameterFlags: ParsableArguments {
+  @Option(
+    name: .customLong("freeze"),
+    help: ArgumentHelp(
+      "Do not train the initializers PATTERN names: a name, a dotted prefix (blocks.0), or a pattern with * and ? (quote it: 'stages.0.*'). Repeatable.",
+      valueName: "PATTERN"))
+  var freeze: [String] = []
+  @Flag(
+    name: .customLong("keep-tied"),
+    help: "Train an initializer that feeds several layers as one shared tensor (default: each layer gets its own copy, as PyTorch had before the exporter merged equal tensors).")
+  var keepTied = false
+
+  func validate() throws {
+    for p in freeze where p.isEmpty || p.contains(where: \.isWhitespace) {
+      throw ValidationError("--freeze expects an initializer name or pattern, got '\(p)'")
+    }
+  }
 }
 
 /// Prints a one-line error and exits non-zero; every command funnels its failures through this.
@@ -129,5 +153,9 @@ func loadGraph(_ path: String, shape: ShapeOptions, notes: inout [String]) throw
 }
 
 func printNotes(_ notes: [String]) {
-  for n in notes { FileHandle.standardError.write(Data("sbpc: note: \(n)\n".utf8)) }
+  // A note that starts "warning: " is one: something the user should act on (an exporter artefact).
+  for n in notes {
+    let line = n.hasPrefix("warning: ") ? "sbpc: \(n)" : "sbpc: note: \(n)"
+    FileHandle.standardError.write(Data("\(line)\n".utf8))
+  }
 }

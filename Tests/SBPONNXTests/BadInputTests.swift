@@ -53,11 +53,54 @@ final class BadInputTests: XCTestCase {
     XCTAssertEqual(try parseGraph(g.printed()).printed(), g.printed())
   }
 
-  func testIdentitySharedInitializerStaysOneTensor() throws {
-    let g = try importONNX(path: fixtures + "/ok_shared_identity.onnx", options: ImportOptions(batch: 2)).graph
-    XCTAssertEqual(g.params.map(\.name).sorted(), ["B", "W"])
-    let w = try XCTUnwrap(g.params.first { $0.name == "W" })
-    XCTAssertEqual(g.nodes.filter { $0.op == .matMul && $0.inputs[1] == w.value }.count, 2)
+  /// `W` feeds two MatMuls, the second through an Identity: as an exporter leaves tensors it
+  /// merged. By default each reader trains its own copy and a warning says so; --keep-tied
+  /// keeps one tensor.
+  func testATiedInitializerIsUntiedWithAWarning() throws {
+    let m = try importONNX(path: fixtures + "/ok_shared_identity.onnx", options: ImportOptions(batch: 2))
+    XCTAssertEqual(m.graph.params.map(\.name).sorted(), ["B", "W", "W.copy1"])
+    XCTAssertTrue(m.graph.params.allSatisfy(\.trainable))
+    let readers = m.graph.nodes.filter { $0.op == .matMul }.map { n in m.graph.params.first { $0.value == n.inputs[1] }?.name }
+    XCTAssertEqual(readers, ["W", "W.copy1"])
+    XCTAssertEqual(m.notes.filter { $0.hasPrefix("warning: initializer 'W' feeds 2 layers ('matmul1', 'matmul2')") }.count, 1, "\(m.notes)")
+    XCTAssertFalse(m.notes.joined().contains("\n"))
+
+    let kept = try importONNX(path: fixtures + "/ok_shared_identity.onnx", options: ImportOptions(batch: 2, keepTied: true))
+    XCTAssertEqual(kept.graph.params.map(\.name).sorted(), ["B", "W"])
+    let w = try XCTUnwrap(kept.graph.params.first { $0.name == "W" })
+    XCTAssertEqual(kept.graph.nodes.filter { $0.op == .matMul && $0.inputs[1] == w.value }.count, 2)
+    XCTAssertTrue(kept.notes.contains { $0.contains("trained as one shared tensor (--keep-tied)") }, "\(kept.notes)")
+  }
+
+  /// A dense bias added to attention scores (a folded relative-position lookup) and a q/k/v
+  /// bias with a zero middle third (a folded cat(q_bias, 0, v_bias)) each get one warning
+  /// line naming the initializer; the bundled exports for training get none.
+  func testExporterArtefactsAreReported() throws {
+    let a = try importONNX(path: fixtures + "/warn_attention_bias.onnx", options: ImportOptions(batch: 2)).notes
+    XCTAssertEqual(a.filter { $0.hasPrefix("warning: @rel_bias f32[1,3,3] is added to the attention scores of 'softmax'") }.count, 1, "\(a)")
+    let q = try importONNX(path: fixtures + "/warn_qkv_bias.onnx", options: ImportOptions(batch: 2)).notes
+    XCTAssertEqual(q.filter { $0.hasPrefix("warning: @qkv_bias looks like q, k and v biases") }.count, 1, "\(q)")
+    for f in ["ok_linear", "ok_activations", "ok_norms"] {
+      let n = try importONNX(path: fixtures + "/\(f).onnx", options: ImportOptions(batch: 2)).notes
+      XCTAssertFalse(n.contains { $0.hasPrefix("warning:") }, "\(f): \(n)")
+    }
+  }
+
+  /// --freeze takes names, dotted prefixes and wildcards; what it names does not train, and a
+  /// pattern that names nothing is an error naming it.
+  func testFreezeLeavesInitializersOut() throws {
+    let m = try importONNX(path: fixtures + "/warn_attention_bias.onnx", options: ImportOptions(batch: 2, freeze: ["W?"]))
+    XCTAssertEqual(m.graph.params.filter(\.trainable).map(\.name), ["rel_bias"])
+    XCTAssertEqual(m.initializers.first { $0.name == "Wq" }?.reason, "frozen by --freeze W?")
+    XCTAssertTrue(m.notes.contains { $0.hasPrefix("--freeze: 2 initializers (32 values) frozen; 1 initializers (9 values) train") }, "\(m.notes)")
+    XCTAssertEqual(ImportOptions(freeze: ["blocks.1"]).frozenBy("blocks.1.attn.qkv.weight"), "blocks.1")
+    XCTAssertNil(ImportOptions(freeze: ["blocks.1"]).frozenBy("blocks.10.attn.qkv.weight"))
+    XCTAssertEqual(ImportOptions(freeze: ["*.bias"]).frozenBy("head.bias"), "*.bias")
+    XCTAssertNil(ImportOptions(freeze: ["*.bias"]).frozenBy("head.bias.x"))
+    XCTAssertThrowsError(try importONNX(path: fixtures + "/warn_attention_bias.onnx", options: ImportOptions(batch: 2, freeze: ["head.*"]))) { e in
+      XCTAssertEqual("\(e)".components(separatedBy: "\n").count, 1)
+      XCTAssertTrue("\(e)".contains("--freeze head.*: names no trainable initializer"), "\(e)")
+    }
   }
 
   func testEmptyFile() throws {

@@ -71,11 +71,15 @@ final class BatchNormReferenceTests: XCTestCase {
 /// What a user hears about BatchNorms sbpc cannot train as PyTorch would, or trains differently
 /// from the export's mode.
 final class BatchNormInputTests: XCTestCase {
-  /// Running statistics shared by two BatchNorms would be updated twice per step: one line
-  /// names both nodes and the tensor.
-  func testSharedRunningStatisticsAreRefused() throws {
+  /// Running statistics shared by two BatchNorms are an exporter's merge: by default each
+  /// BatchNorm gets its own copy, with a warning. Kept shared (--keep-tied) they would be
+  /// updated twice per step: one line names both nodes and the tensor.
+  func testSharedRunningStatisticsAreUntiedOrRefused() throws {
+    let (plan, notes) = try Plan.compile(model: repoRoot + "/Tests/Fixtures/bad_bn_shared.onnx", options: Plan.Options(batch: 2))
+    XCTAssertEqual(plan.train.stateParameters.count, 4)
+    XCTAssertTrue(notes.contains { $0.hasPrefix("warning: initializer 'm1' feeds 2 layers") }, "\(notes)")
     XCTAssertThrowsError(
-      try Plan.compile(model: repoRoot + "/Tests/Fixtures/bad_bn_shared.onnx", options: Plan.Options(batch: 2))
+      try Plan.compile(model: repoRoot + "/Tests/Fixtures/bad_bn_shared.onnx", options: Plan.Options(batch: 2, keepTied: true))
     ) { e in
       let m = "\(e)"
       XCTAssertFalse(m.contains("\n"), m)

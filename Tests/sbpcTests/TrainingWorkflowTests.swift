@@ -151,4 +151,22 @@ final class TrainingWorkflowTests: XCTestCase {
         out3.hasPrefix(trainedVal ?? "-"), "\(model): eval of the export '\(out3)' differs from training's '\(trainedVal ?? "")'")
     }
   }
+
+  /// A tied initializer trains as one copy per layer, and `sbpc export` writes each copy as
+  /// an initializer of its own that its layer reads: the exported model has no tie left.
+  func testUntiedCopiesAreExported() throws {
+    let d = try tmp()
+    let (s1, _, e1) = try sbpc(["compile", "Tests/Fixtures/ok_shared_identity.onnx", "--batch", "2", "-o", d + "/t.plan"])
+    XCTAssertEqual(s1, 0, e1)
+    XCTAssertTrue(e1.contains("warning: initializer 'W' feeds 2 layers"), e1)
+    let (s2, _, e2) = try sbpc(["train", d + "/t.plan", "--steps", "3", "--checkpoint", d + "/ck"])
+    XCTAssertEqual(s2, 0, e2)
+    let (s3, out3, e3) = try sbpc(["export", d + "/t.plan", "--weights", d + "/ck", "-o", d + "/out.onnx"])
+    XCTAssertEqual(s3, 0, e3)
+    XCTAssertTrue(out3.contains("3 trained initializers"), out3)
+    let (s4, out4, e4) = try sbpc(["inspect", d + "/out.onnx", "--batch", "2"])
+    XCTAssertEqual(s4, 0, e4)
+    XCTAssertFalse(e4.contains("warning"), e4)
+    XCTAssertTrue(out4.contains("W.copy1"), out4)
+  }
 }
