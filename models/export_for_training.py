@@ -112,12 +112,13 @@ def zero_dropout(model):
     return n
 
 
-def export_for_training(model, path, chw, opset=17, dynamo=False, check=True, keep_dropout=False):
+def export_for_training(model, path, chw, opset=17, dynamo=False, check=True, keep_dropout=False, fixed_batch=None):
     """Write `path` (and, with dynamo, path + '.data' for the weights) for sbpc to train.
+    With fixed_batch the batch is not symbolic (what many exports do; sbpc re-batches them).
     Returns how many dropout rates were set to 0."""
     zeroed = 0 if keep_dropout else zero_dropout(model)
     model.train()
-    x = torch.randn((2, *chw), generator=torch.Generator().manual_seed(0))
+    x = torch.randn((fixed_batch or 2, *chw), generator=torch.Generator().manual_seed(0))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # Exporting runs the model in train mode, which moves BatchNorm's running statistics.
     # Export a copy of the state and restore it, so the file holds the model as given.
@@ -128,8 +129,7 @@ def export_for_training(model, path, chw, opset=17, dynamo=False, check=True, ke
             program = torch.onnx.export(
                 model, (x,), dynamo=True, opset_version=max(opset, 18),
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes={"x": {0: torch.export.Dim(BATCH_DIM, min=1, max=4096)}}
-                if _first_arg(model) == "x" else ({0: torch.export.Dim(BATCH_DIM, min=1, max=4096)},),
+                dynamic_shapes=None if fixed_batch else ({0: torch.export.Dim(BATCH_DIM, min=1, max=4096)},),
                 optimize=False, training=torch.onnx.TrainingMode.TRAINING)
             model.load_state_dict(state)
             program.apply_weights({k: v for k, v in state.items()})
@@ -140,12 +140,12 @@ def export_for_training(model, path, chw, opset=17, dynamo=False, check=True, ke
                 model, (x,), path, dynamo=False, opset_version=opset,
                 training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}})
+                dynamic_axes=None if fixed_batch else {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}})
             model.load_state_dict(state)
             _restore_state(path, model)
     onnx.checker.check_model(path if not dynamo else path, full_check=False)
     if check:
-        check_against_torch(model, path, chw)
+        check_against_torch(model, path, chw, (fixed_batch,) if fixed_batch else (2, 3))
     return zeroed
 
 
@@ -170,13 +170,6 @@ def _mark_training_batchnorm(path):
         onnx.save(m, path)
 
 
-def _first_arg(model):
-    import inspect
-
-    params = list(inspect.signature(model.forward).parameters)
-    return params[0] if params else "x"
-
-
 def _restore_state(path, model):
     """Write the model's state (before the export's forward moved BatchNorm's running
     statistics) into the file's initializers of the same name."""
@@ -193,13 +186,13 @@ def _restore_state(path, model):
         onnx.save(m, path)
 
 
-def check_against_torch(model, path, chw):
+def check_against_torch(model, path, chw, batches=(2, 3)):
     """onnxruntime runs the file in train-mode semantics; compare with PyTorch's forward."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for batch in (2, 3):
+    for batch in batches:
         x = torch.randn((batch, *chw), generator=torch.Generator().manual_seed(batch))
         model.train()
         with torch.no_grad():

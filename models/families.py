@@ -138,6 +138,15 @@ TINY = {
                                                 embed_dim=32, depth=2, num_heads=2), (3, 32, 32), 2, True),
 }
 
+# Families also exported at a fixed batch: (stem, dynamo?, batch). sbpc re-batches them to
+# the reference's batch. (A BatchNorm net in train mode cannot run at batch 1.)
+FIXED_BATCH = {
+    "resnet18": (("ts17_b2", False, 2), ("dynamo_b2", True, 2)),
+    "deit3_small_patch16_224": (("ts17_b1", False, 1), ("dynamo_b1", True, 1)),
+}
+
+FIXED_BATCH_REFUSED = {"swin_tiny_patch4_window7_224"}
+
 FULL_DYNAMO = {"resnet50", "swin_tiny_patch4_window7_224", "efficientnet_b0"}
 # Batch 8 for the ResNets: at batch 2 PyTorch's own float32 step misses the bars against
 # float64 on 115 of resnet50's 161 gradients (a deep random-init BatchNorm net at 2 samples).
@@ -227,6 +236,14 @@ def write_reference(name, fam, out, dynamo_too):
     if dynamo_too:
         exports["dynamo"] = os.path.join(out, "model_dynamo.onnx")
         eft.export_for_training(model, exports["dynamo"], fam.chw, 18, True, check=True)
+    for stem, dyn, b in FIXED_BATCH.get(name, ()):
+        exports[stem] = os.path.join(out, f"model_{stem}.onnx")
+        eft.export_for_training(model, exports[stem], fam.chw, 18 if dyn else 17, dyn, check=True, fixed_batch=b)
+    refused = []
+    if name in FIXED_BATCH_REFUSED:
+        # Swin merges the batch into its windows ([B·nW, …]): sbpc refuses to re-batch it.
+        refused.append("model_ts17_b1.onnx")
+        eft.export_for_training(model, os.path.join(out, refused[0]), fam.chw, 17, False, check=True, fixed_batch=1)
     maps = {stem: initializer_map(p, model) for stem, p in exports.items()}
     x = torch.randn((fam.batch, *fam.chw), generator=torch.Generator().manual_seed(seed(name, "input")))
     labels = torch.arange(fam.batch) % 5
@@ -246,7 +263,7 @@ def write_reference(name, fam, out, dynamo_too):
     np.save(os.path.join(out, "loss.npy"), np.array([loss.item()], dtype=np.float32))
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
-    manifest = {"family": name, "batch": fam.batch, "input": list(fam.chw), "exports": {}}
+    manifest = {"family": name, "batch": fam.batch, "input": list(fam.chw), "exports": {}, "rebatch_refused": refused}
     for stem, mapping in maps.items():
         gdir, sdir = os.path.join(out, stem, "grads"), os.path.join(out, stem, "state")
         os.makedirs(gdir)

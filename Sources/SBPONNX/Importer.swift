@@ -128,6 +128,12 @@ private struct Importer {
   var notes: [String] = []
   var batch = ImportOptions.defaultBatch
   var batchNames: Set<String> = []
+  /// A model exported at a fixed batch, compiled at another (`--batch`): axis 0 of the inputs
+  /// changes, and shape constants that hard-code the old batch on data are rewritten.
+  var rebatch: (from: Int, to: Int)?
+  var rebatchedShapes = 0
+  /// Values computed from the graph inputs: where a shape constant's axis 0 is the batch.
+  var fromInputs: Set<ValueID> = []
   var opset = 0
   let external: ExternalStore
 
@@ -155,6 +161,10 @@ private struct Importer {
       graph.outputs.append(GraphInput(value: try materialize(s, name: o.name), name: o.name))
     }
     try checkDeclaredTypes()
+    if let rb = rebatch {
+      notes.append(
+        "the model was exported at batch \(rb.from); re-batched to \(rb.to) (\(rebatchedShapes) shape constant\(rebatchedShapes == 1 ? "" : "s") that hard-coded the batch rewritten)")
+    }
     graph.eliminateDeadCode()
     do { try graph.verify() } catch let e as IRError { throw err("internal: imported graph does not verify: \(e)") }
     var hist: [String: Int] = [:]
@@ -275,7 +285,7 @@ private struct Importer {
       var shape: [Int] = []
       for (axis, d) in dims.enumerated() {
         if let v = d.value, v > 0 {
-          shape.append(v)
+          shape.append(axis == 0 && options.batch != nil ? options.batch! : v)
           if axis == 0 { fixedBatch = v }
         } else if let p = d.param, let v = options.dims[p] {
           shape.append(v)
@@ -291,16 +301,16 @@ private struct Importer {
         }
       }
       guard checkedElementCount(shape) != nil else { throw err("graph input '\(inp.name)' has a too large shape \(shape)") }
-      syms[inp.name] = .value(graph.addInput(inp.name, TensorType(dt, shape)))
+      let v = graph.addInput(inp.name, TensorType(dt, shape))
+      syms[inp.name] = .value(v)
+      fromInputs.insert(v)
     }
     if sawSymbolicBatch {
       batch = options.batch ?? ImportOptions.defaultBatch
       if options.batch == nil { notes.append("batch size defaults to \(ImportOptions.defaultBatch) (set it with --batch N)") }
     } else if let fixedBatch {
-      if let b = options.batch, b != fixedBatch {
-        throw err("the model's batch is fixed at \(fixedBatch); --batch \(b) cannot change it")
-      }
-      batch = fixedBatch
+      batch = options.batch ?? fixedBatch
+      if batch != fixedBatch { rebatch = (fixedBatch, batch) }
     }
   }
 
@@ -349,7 +359,10 @@ private struct Importer {
   /// Checks our inferred types against the types the exporter wrote (outputs and value_info),
   /// where those are fully known.
   func checkDeclaredTypes() throws {
-    for vi in model.outputs + model.valueInfo {
+    // Re-batched, the file's declared shapes hold the old batch: the outputs' axis 0 is
+    // checked as the new one, and intermediate declarations (a [1, C, 1, 1] bias is not
+    // batched) are not checked.
+    for vi in model.outputs + (rebatch == nil ? model.valueInfo : []) {
       guard let s = syms[vi.name], let dims = vi.dims, let et = vi.elemType, let dt = dtype(onnx: et) else { continue }
       let t: TensorType
       switch s {
@@ -357,8 +370,10 @@ private struct Importer {
       case .const(let c): t = c.type
       }
       var expect: [Int] = []
-      for d in dims {
-        if let v = d.value {
+      for (axis, d) in dims.enumerated() {
+        if let v = d.value, let rb = rebatch, axis == 0, v == rb.from {
+          expect.append(rb.to)
+        } else if let v = d.value {
           expect.append(v)
         } else if let p = d.param, batchNames.contains(p) {
           expect.append(batch)
@@ -516,7 +531,12 @@ private struct Importer {
     /// Emits `op`, folding it when every operand is constant and the op folds.
     mutating func emit(_ op: Op, _ ins: [Sym]) throws -> [Sym] {
       let types: [TensorType]
-      do { types = try op.inferTypes(ins.map(importer.type)) } catch let e as IRError { throw err(e.description) }
+      do { types = try op.inferTypes(ins.map(importer.type)) } catch let e as IRError {
+        guard let rb = importer.rebatch else { throw err(e.description) }
+        throw err(
+          "\(e.description); the model was exported at batch \(rb.from) and this node's shapes do not follow --batch \(rb.to): export with a symbolic batch (models/export_for_training.py) or compile at --batch \(rb.from)"
+        )
+      }
       let consts = ins.compactMap { s -> ConstTensor? in if case .const(let c) = s { return c } else { return nil } }
       // A named scalar parameter is never folded away: it would get no gradient.
       let readsParameter = ins.indices.contains { isOwnInput(ins[$0], $0) && importer.scalarParameters.contains(node.inputs[$0]) }
@@ -528,7 +548,9 @@ private struct Importer {
       var vals: [ValueID] = []
       for (i, s) in ins.enumerated() { vals.append(try value(s, i)) }
       do {
-        return try importer.graph.append(op, vals, name: node.name).map { .value($0) }
+        let outs = try importer.graph.append(op, vals, name: node.name)
+        if vals.contains(where: importer.fromInputs.contains) { importer.fromInputs.formUnion(outs) }
+        return outs.map { .value($0) }
       } catch let e as IRError { throw err(e.description) }
     }
 
@@ -717,7 +739,24 @@ private struct Importer {
       case "Reshape":
         let x = try required(0)
         guard let shapeC = try const(1, "shape") else { throw err("missing shape") }
-        return try emit(.reshape(try reshapeTarget(importer.type(x).shape, shapeC.intValues, allowZero: try int("allowzero", 0) != 0)), [x])
+        var spec = shapeC.intValues
+        if let rb = importer.rebatch, case .value(let v) = x, importer.fromInputs.contains(v) {
+          // Data whose axis 0 is the batch, reshaped to a shape that starts with the exported batch.
+          if importer.type(x).shape.first == rb.to, spec.first == rb.from {
+            spec[0] = rb.to
+            importer.rebatchedShapes += 1
+          }
+          // Per-sample reshapes keep the batch on axis 0; one that merges it into another axis
+          // (Swin's windows, [B·nW, …]) cannot be re-batched by rewriting a constant.
+          let target = try? reshapeTarget(importer.type(x).shape, spec, allowZero: try int("allowzero", 0) != 0)
+          guard let target, importer.type(x).shape.first != rb.to || target.first == rb.to else {
+            throw err(
+              "reshape of \(importer.type(x)) to \(shapeC.intValues) does not keep the batch on axis 0, so sbpc cannot re-batch this export (made at batch \(rb.from)); export with a symbolic batch (models/export_for_training.py) or compile at --batch \(rb.from)"
+            )
+          }
+          return try emit(.reshape(target), [x])
+        }
+        return try emit(.reshape(try reshapeTarget(importer.type(x).shape, spec, allowZero: try int("allowzero", 0) != 0)), [x])
       case "Flatten":
         let x = try required(0)
         let s = importer.type(x).shape
@@ -785,7 +824,14 @@ private struct Importer {
         return try emit(.unsqueeze(ax.map { $0 < 0 ? $0 + r : $0 }.sorted()), [x])
       case "Expand":
         let x = try required(0)
-        guard let shape = try const(1, "shape")?.intValues else { throw err("shape must be given") }
+        guard var shape = try const(1, "shape")?.intValues else { throw err("shape must be given") }
+        // A folded `cls_token.expand(batch, -1, -1)`: the exported batch as a constant.
+        if let rb = importer.rebatch, shape.first == rb.from, shape.count == importer.type(x).rank,
+          let d0 = importer.type(x).shape.first, d0 == 1 || d0 == rb.from
+        {
+          shape[0] = rb.to
+          importer.rebatchedShapes += 1
+        }
         return try emit(.expand(shape), [x])
       case "ReduceMean", "ReduceSum", "ReduceL2":
         let x = try required(0)

@@ -16,6 +16,8 @@ private struct FamilyManifest: Decodable {
   var family: String
   var batch: Int
   var exports: [String: Export]
+  /// Fixed-batch exports sbpc cannot re-batch (the batch leaves axis 0).
+  var rebatch_refused: [String]
 }
 
 final class FamilyReferenceTests: XCTestCase {
@@ -34,6 +36,30 @@ final class FamilyReferenceTests: XCTestCase {
     XCTAssertEqual(Set(Self.expected).subtracting(have), [], "families without a reference")
     let dynamo = try Self.expected.filter { try manifest($0).exports["dynamo"] != nil }
     XCTAssertGreaterThanOrEqual(dynamo.count, 3, "families with a dynamo export: \(dynamo)")
+    // Exports made at a fixed batch, from both exporters, train at the reference's batch.
+    let fixed = try Self.expected.flatMap { f in try manifest(f).exports.keys.filter { $0.contains("_b") }.map { "\(f)/\($0)" } }
+    XCTAssertGreaterThanOrEqual(fixed.count, 4, "fixed-batch exports: \(fixed)")
+  }
+
+  /// A fixed-batch export whose reshapes merge the batch into another axis (Swin's windows)
+  /// cannot be re-batched by rewriting constants: one line names the node and says what to do.
+  func testAnUntraceableFixedBatchIsRefusedInOneLine() throws {
+    var refused = 0
+    for family in Self.expected {
+      let m = try manifest(family)
+      for file in m.rebatch_refused {
+        refused += 1
+        XCTAssertThrowsError(try Plan.compile(model: "\(Self.root)/\(family)/\(file)", options: Plan.Options(batch: m.batch))) { e in
+          let s = "\(e)"
+          XCTAssertFalse(s.contains("\n"), s)
+          XCTAssertTrue(s.contains("node '") && s.contains("(Reshape)") && s.contains("does not keep the batch on axis 0"), s)
+          XCTAssertTrue(s.contains("compile at --batch 1"), s)
+        }
+        // At the batch it was exported with, it compiles.
+        XCTAssertNoThrow(try Plan.compile(model: "\(Self.root)/\(family)/\(file)", options: Plan.Options(batch: 1)))
+      }
+    }
+    XCTAssertEqual(refused, 1)
   }
 
   private func manifest(_ family: String) throws -> FamilyManifest {
