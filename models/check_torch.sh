@@ -8,7 +8,7 @@
 # relative error < 1e-3). Then the same with SBP at keep 0.5 and the default blocks (qkv for the
 # ViTs), fed the reference's mask with --mask-file, against reference.py --sbp --full. Needs the
 # PyTorch tools from models/requirements.txt; it exports the models and references first if
-# they are missing.
+# they are missing. Last, models/check_families.sh runs the nineteen timm families at full size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SBPC="${SBPC:-.build/release/sbpc}"
@@ -53,4 +53,8 @@ for spec in "${models[@]}"; do
     done
   done
 done
+# The timm families (models/families.py): one step of each, full size, against PyTorch's
+# float64 train-mode step.
+echo "== timm families, full size (models/check_families.sh)"
+models/check_families.sh || status=1
 exit $status

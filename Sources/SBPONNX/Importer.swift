@@ -85,6 +85,17 @@ public let maxGraphNodes = 1_000_000
 /// Opsets of the default domain the importer understands.
 public let supportedOpsets = 13...21
 
+/// The ONNX ops the importer reads (default domain), sorted: its op table, one `case` each
+/// in `lower()`. `OpTableTests` checks the two agree and writes the README's list from this.
+public let supportedONNXOps: [String] = [
+  "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat", "Constant", "ConstantOfShape",
+  "Conv", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm",
+  "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
+  "InstanceNormalization", "LayerNormalization", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Pad", "Pow",
+  "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice",
+  "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where"
+]
+
 /// Imports the ONNX model at `path`. Every error is one line naming the file and the thing at fault.
 public func importONNX(path: String, options: ImportOptions = ImportOptions()) throws -> ImportedModel {
   var model = try readONNX(path: path)
