@@ -209,6 +209,21 @@ def bn_model(out, name, shared, training_mode):
                 model(name, nodes, [x_input(("batch", 2, 3))], [y_output(("batch", 2))], inits, opset=15))
 
 
+def bad_bn_statistics(out):
+    """Two BatchNorms, each with one bad statistic: bad_bn_stat_size's running variance has 3
+    values for 2 channels; bad_bn_stat_dtype's running mean is int64."""
+    c = np.array([0.5, 1.5], dtype=np.float32)
+    for name, mean, var in (("bad_bn_stat_size", init("m", c), init("v", np.array([1, 2, 3], dtype=np.float32))),
+                            ("bad_bn_stat_dtype", helper.make_tensor("m", TensorProto.INT64, [2], [0, 1]), init("v", c + 1))):
+        nodes = [
+            helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"], name="bn", training_mode=1),
+            helper.make_node("ReduceMean", ["n"], ["y"], name="mean", axes=[2], keepdims=0),
+        ]
+        write_model(os.path.join(out, name + ".onnx"),
+                    model(name, nodes, [x_input(("batch", 2, 3))], [y_output(("batch", 2))],
+                          [init("s", c), init("b", c), mean, var], opset=15))
+
+
 def ok_bn_eval_mode(out):
     bn_model(out, "ok_bn_eval_mode", shared=False, training_mode=0)
 
@@ -451,7 +466,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]

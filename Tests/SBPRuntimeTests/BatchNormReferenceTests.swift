@@ -87,6 +87,17 @@ final class BatchNormInputTests: XCTestCase {
     }
   }
 
+  /// A statistic of the wrong size or type: one line naming the node and what it got.
+  func testBadStatisticsAreRefusedInOneLine() throws {
+    for (file, says) in [("bad_bn_stat_size", "got [\"f32[2]\", \"f32[2]\", \"f32[2]\", \"f32[3]\"]"), ("bad_bn_stat_dtype", "running mean must be a float initializer with one value per channel, got i64[2]")] {
+      XCTAssertThrowsError(try Plan.compile(model: repoRoot + "/Tests/Fixtures/\(file).onnx", options: Plan.Options(batch: 2))) { e in
+        let m = "\(e)"
+        XCTAssertFalse(m.contains("\n"), m)
+        XCTAssertTrue(m.contains("node 'bn' (BatchNormalization)") && m.contains(says), m)
+      }
+    }
+  }
+
   /// An eval-mode export trains with batch statistics all the same, and says so.
   func testAnEvalModeExportIsNoted() throws {
     let (plan, notes) = try Plan.compile(model: repoRoot + "/Tests/Fixtures/ok_bn_eval_mode.onnx", options: Plan.Options(batch: 2))
