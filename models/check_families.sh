@@ -3,6 +3,8 @@
 #
 #   models/check_families.sh            # full size: models/full/families (exported first if missing)
 #   models/check_families.sh --tiny     # the committed tiny versions in models/families
+#   models/check_families.sh --opsets   # the tiny versions exported at TorchScript opsets 13-16
+#                                       # and 18-20 and dynamo 18, 20, 21, against the same references
 #
 # For each family and export (ts17; dynamo where models/families.py makes one): compile at the
 # reference batch with --keep 1, run one step on the reference input and labels, dump logits,
@@ -14,6 +16,39 @@ cd "$(dirname "$0")/.."
 SBPC="${SBPC:-.build/release/sbpc}"
 root=models/full/families
 if [ "${1:-}" = --tiny ]; then root=models/families; fi
+# One step of FILE, compiled at the family's batch, against the family's reference STEM.
+step() {
+  local d="$1" stem="$2" file="$3" dump="$4" batch
+  batch="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['batch'])" "$d/manifest.json")"
+  mkdir -p "$dump"
+  if ! "$SBPC" compile "$file" --batch "$batch" --keep 1 --quiet -o "$dump/model.plan" > /dev/null 2> "$dump/err" ||
+    ! "$SBPC" train "$dump/model.plan" --steps 1 --input "$d/input.npy" --labels "$d/labels.npy" \
+      --dump-loss --dump-logits "$dump/logits.npy" --dump-grads "$dump/grads" > "$dump/loss.txt" 2>> "$dump/err"; then
+    echo "FAIL $(basename "$d") ($(basename "$file")): $(tail -1 "$dump/err")"
+    return 1
+  fi
+  python3 -c "import numpy as np, sys; np.save(sys.argv[2], np.array([float(open(sys.argv[1]).read().split()[0])], dtype=np.float32))" \
+    "$dump/loss.txt" "$dump/loss.npy"
+  local st=0
+  python3 models/compare_family.py "$d" "$stem" "$dump" > "$dump/compare.txt" || st=1
+  grep -m 5 '^FAIL' "$dump/compare.txt" || true
+  tail -1 "$dump/compare.txt"
+  return $st
+}
+if [ "${1:-}" = --opsets ]; then
+  out="$(mktemp -d)"
+  trap 'rm -rf "$out"' EXIT
+  python3 models/families.py --sweep "$out/onnx" > /dev/null
+  status=0; n=0
+  for f in "$out"/onnx/*.onnx; do
+    b="$(basename "$f" .onnx)"; fam="${b%__*}"; v="${b##*__}"; stem=ts17
+    if [[ $v == dy* ]] && [ -d "models/families/$fam/dynamo" ]; then stem=dynamo; fi
+    step "models/families/$fam" "$stem" "$f" "$out/$b" > "$out/$b.txt" || { status=1; cat "$out/$b.txt"; }
+    n=$((n + 1))
+  done
+  echo "$n exports checked"
+  exit $status
+fi
 if [ "$root" = models/full/families ] && [ ! -f "$root/resnet50/manifest.json" ]; then python3 models/families.py --full; fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
@@ -21,21 +56,9 @@ status=0
 for d in "$root"/*/; do
   d="${d%/}"
   fam="$(basename "$d")"
-  batch="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['batch'])" "$d/manifest.json")"
   for stem in $(python3 -c "import json,sys; print(' '.join(sorted(json.load(open(sys.argv[1]))['exports'])))" "$d/manifest.json"); do
     file="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['exports'][sys.argv[2]]['file'])" "$d/manifest.json" "$stem")"
-    dump="$out/$fam-$stem"
-    mkdir -p "$dump"
-    if ! "$SBPC" compile "$d/$file" --batch "$batch" --keep 1 --quiet -o "$dump/model.plan" > /dev/null 2> "$dump/err" ||
-      ! "$SBPC" train "$dump/model.plan" --steps 1 --input "$d/input.npy" --labels "$d/labels.npy" \
-        --dump-loss --dump-logits "$dump/logits.npy" --dump-grads "$dump/grads" > "$dump/loss.txt" 2>> "$dump/err"; then
-      echo "FAIL $fam ($stem): $(tail -1 "$dump/err")"
-      status=1
-      continue
-    fi
-    python3 -c "import numpy as np, sys; np.save(sys.argv[2], np.array([float(open(sys.argv[1]).read().split()[0])], dtype=np.float32))" \
-      "$dump/loss.txt" "$dump/loss.npy"
-    python3 models/compare_family.py "$d" "$stem" "$dump" || status=1
+    step "$d" "$stem" "$d/$file" "$out/$fam-$stem" || status=1
   done
 done
 exit $status

@@ -4,6 +4,7 @@
     python3 models/families.py                 # tiny versions -> models/families/ (committed)
     python3 models/families.py --only swin     # one family
     python3 models/families.py --full          # full size -> models/full/families/ (make check-torch)
+    python3 models/families.py --sweep DIR     # tiny, at the other opsets of both exporters
 
 For each family: build the model with seeded random weights, move every parameter and
 BatchNorm statistic to distinct values (so no exporter merges two tensors and each
@@ -118,14 +119,14 @@ TINY = {
     "caformer_s18": Family(timm("caformer_s18", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), (3, 64, 64), 2, False),
     "convformer_s18": Family(timm("convformer_s18", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), (3, 32, 32), 2, False),
     "levit_128s": Family(timm("levit_128s", img_size=128, embed_dim=(16, 24, 32), key_dim=8, depth=(1, 1, 1),
-                              num_heads=(2, 2, 2)), (3, 128, 128), 4, False),
+                              num_heads=(2, 2, 2)), (3, 128, 128), 4, True),
     "convnextv2_atto": Family(timm("convnextv2_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), (3, 32, 32), 2, False),
     "deit3_small_patch16_224": Family(timm("deit3_small_patch16_224", img_size=32, patch_size=4, embed_dim=32,
                                            depth=2, num_heads=2), (3, 32, 32), 2, False),
     "beit_base_patch16_224": Family(timm("beit_base_patch16_224", img_size=32, patch_size=4, embed_dim=32,
                                          depth=2, num_heads=2), (3, 32, 32), 2, False),
     "eva02_tiny_patch14_224": Family(timm("eva02_tiny_patch14_224", img_size=28, patch_size=7, embed_dim=32,
-                                          depth=2, num_heads=2), (3, 28, 28), 2, False),
+                                          depth=2, num_heads=2), (3, 28, 28), 2, True),
     "cait_xxs24_224": Family(timm("cait_xxs24_224", img_size=32, patch_size=4, embed_dim=32, depth=2,
                                   depth_token_only=1, num_heads=2), (3, 32, 32), 2, False),
     "pvt_v2_b0": Family(timm("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32), num_heads=(1, 1, 2, 2)),
@@ -287,13 +288,36 @@ def write_reference(name, fam, out, dynamo_too):
     return manifest
 
 
+SWEEP_TS = (13, 14, 15, 16, 18, 19, 20)
+SWEEP_DYNAMO = (18, 20, 21)
+
+
+def sweep(out, only=()):
+    """Export every tiny family at the other opsets, TorchScript and dynamo, into `out`, as
+    <family>__ts<opset>.onnx / <family>__dy<opset>.onnx, same weights as models/families/."""
+    os.makedirs(out, exist_ok=True)
+    for name, fam in TINY.items():
+        if only and not any(o in name for o in only):
+            continue
+        model = build(name, fam)
+        for dyn, opsets in ((False, SWEEP_TS), (True, SWEEP_DYNAMO)):
+            for opset in opsets:
+                path = os.path.join(out, f"{name}__{'dy' if dyn else 'ts'}{opset}.onnx")
+                eft.export_for_training(model, path, fam.chw, opset, dyn, check=False)
+                print("wrote", path, flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="full-size models into models/full/families/")
     ap.add_argument("--only", action="append", default=[], help="families whose name contains this")
-    ap.add_argument("--export-only", action="store_true", help="export, skip nothing else (same files)")
+    ap.add_argument("--sweep", metavar="DIR", help="only export the tiny families at opsets "
+                    f"{SWEEP_TS} (TorchScript) and {SWEEP_DYNAMO} (dynamo) into DIR")
     args = ap.parse_args(argv)
+    if args.sweep:
+        sweep(args.sweep, args.only)
+        return 0
     table = FULL if args.full else TINY
     root = os.path.join(HERE, "full", "families") if args.full else os.path.join(HERE, "families")
     failed = []

@@ -28,29 +28,46 @@ func findTiedWeights(_ m: OModel) -> [TiedWeight] {
     while let next = identityOf[r], seen.insert(r).inserted { r = next }
     return r
   }
-  let weights = Set(m.initializers.filter { $0.onnxType == 1 && $0.dims.reduce(1, *) > 1 }.map(\.name))
-  var readers: [String: [(node: Int, input: Int, via: String)]] = [:]
+  // A tensor PyTorch holds as a buffer (a rotary table every block reads) is a constant, and
+  // sharing it is no tie.
+  let buffers = dynamoBuffers(m.graphMetadata)
+  let weights = Set(m.initializers.filter { $0.onnxType == 1 && $0.dims.reduce(1, *) > 1 && !buffers.contains($0.name) }.map(\.name))
+  // dynamo names every initializer after the one parameter it is (its graph signature lists
+  // them): a parameter several nodes read is shared in PyTorch itself, not by the exporter.
+  let parameters = dynamoParameters(m.graphMetadata)
+  var readers: [String: [(node: Int, input: Int)]] = [:]
   for (i, n) in m.nodes.enumerated() where n.opType != "Identity" && n.opType != "Shape" && n.opType != "Size" {
-    for (k, inp) in n.inputs.enumerated() where !inp.isEmpty {
+    for (k, inp) in n.inputs.enumerated() where !inp.isEmpty && !(n.opType == "CastLike" && k == 1) {  // reads only the type
       let r = root(inp)
-      if weights.contains(r) { readers[r, default: []].append((i, k, inp)) }
+      if weights.contains(r) { readers[r, default: []].append((i, k)) }
     }
+  }
+  // One layer may read its weight twice: TorchScript names nodes by module scope
+  // (`/layer1/layer1.0/conv1/Conv`), and readers in one scope are one layer. Nodes named
+  // without a scope are each a layer.
+  func scope(_ i: Int) -> String {
+    let name = m.nodes[i].name
+    return name.contains("/") ? String(name[..<name.lastIndex(of: "/")!]) : "node \(i)"
   }
   var taken = Set(m.initializers.map(\.name)).union(m.nodes.flatMap(\.outputs))
   var out: [TiedWeight] = []
   for t in m.initializers {
-    guard let rs = readers[t.name] else { continue }
-    let nodes = rs.map(\.node).reduce(into: [Int]()) { if !$0.contains($1) { $0.append($1) } }
-    guard nodes.count >= 2 else { continue }
-    // The first reader keeps the weight; every later reader node gets its own copy, named
-    // `<weight>.copy<k>` (k counts from 1 in node order).
+    guard let rs = readers[t.name], !parameters.contains(t.name) else { continue }
+    var layers: [(scope: String, readers: [(node: Int, input: Int)])] = []
+    for r in rs {
+      let sc = scope(r.node)
+      if let k = layers.firstIndex(where: { $0.scope == sc }) { layers[k].readers.append((r.node, r.input)) } else { layers.append((sc, [(r.node, r.input)])) }
+    }
+    guard layers.count >= 2 else { continue }
+    // The first layer keeps the weight; each later one gets its own copy, `<weight>.copy<k>`.
     var copies: [TiedWeight.Reader] = []
-    for (k, node) in nodes.dropFirst().enumerated() {
+    for (k, layer) in layers.dropFirst().enumerated() {
       var name = "\(t.name).copy\(k + 1)"
       while taken.contains(name) { name += "_" }
       taken.insert(name)
-      for r in rs where r.node == node { copies.append(.init(node: node, input: r.input, copy: name)) }
+      for r in layer.readers { copies.append(.init(node: r.node, input: r.input, copy: name)) }
     }
+    let nodes = layers.map { $0.readers[0].node }
     out.append(TiedWeight(name: t.name, nodeNames: nodes.map { m.nodes[$0].name }, copies: copies))
   }
   return out

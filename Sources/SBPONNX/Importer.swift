@@ -92,8 +92,9 @@ public let supportedONNXOps: [String] = [
   "Conv", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm",
   "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
   "InstanceNormalization", "LayerNormalization", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Pad", "Pow",
-  "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice",
-  "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where"
+  "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "SequenceAt", "Shape", "Sigmoid",
+  "Size", "Slice", "Softmax", "Split", "SplitToSequence", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+  "Where"
 ]
 
 /// Imports the ONNX model at `path`. Every error is one line naming the file and the thing at fault.
@@ -109,6 +110,28 @@ public func importONNX(path: String, options: ImportOptions = ImportOptions()) t
       : "warning: initializer '\(t.name)' feeds \(layers), as if the exporter merged equal tensors: each layer gets its own copy (\(Set(t.copies.map(\.copy)).sorted().joined(separator: ", "))); --keep-tied trains one shared tensor"
   }
   return try imp.run()
+}
+
+/// The initializers PyTorch holds as buffers (swin's attention mask, a relative-position
+/// table's coordinates), from the graph signature the dynamo exporter writes into the graph's
+/// metadata: `b_name: BUFFER target='layers.0.blocks.1.attn_mask' persistent=False`. They are
+/// constants to train with, not parameters. TorchScript files say nothing; there the buffers
+/// it keeps are folded (integers) or, for float tensors, weigh like weights (see `inspect`).
+func dynamoBuffers(_ metadata: [String: String]) -> Set<String> { dynamoSignature(metadata, kinds: [": BUFFER ", ": CONSTANT_TENSOR "]) }
+
+/// The initializers that are PyTorch parameters, by the same signature.
+func dynamoParameters(_ metadata: [String: String]) -> Set<String> { dynamoSignature(metadata, kinds: [": PARAMETER "]) }
+
+private func dynamoSignature(_ metadata: [String: String], kinds: [String]) -> Set<String> {
+  guard let signature = metadata["pkg.torch.export.ExportedProgram.graph_signature"] else { return [] }
+  var names: Set<String> = []
+  for line in signature.split(separator: "\n") {
+    guard kinds.contains(where: { line.contains($0) }),
+      let start = line.range(of: "target='"), let end = line[start.upperBound...].firstIndex(of: "'")
+    else { continue }
+    names.insert(String(line[start.upperBound..<end]))
+  }
+  return names
 }
 
 /// Names recorded from read-only lowering helpers (a reference, so a non-mutating helper can add).
@@ -145,6 +168,8 @@ private struct Importer {
   var rebatchedShapes = 0
   /// Values computed from the graph inputs: where a shape constant's axis 0 is the batch.
   var fromInputs: Set<ValueID> = []
+  /// ONNX sequences (dynamo's SplitToSequence), by name: their tensors, read by SequenceAt.
+  var sequences: [String: [Sym]] = [:]
   var opset = 0
   let external: ExternalStore
 
@@ -229,7 +254,7 @@ private struct Importer {
   }
 
   mutating func importInitializers() throws {
-    let buffers = Importer.dynamoBuffers(model.graphMetadata)
+    let buffers = dynamoBuffers(model.graphMetadata)
     for t in model.initializers {
       let (type, bytes) = try tensorData(t, "initializer")
       guard syms[t.name] == nil else { throw err("initializer '\(t.name)' is defined twice") }
@@ -259,23 +284,6 @@ private struct Importer {
         syms[t.name] = .value(graph.addParam(t.name, type, trainable: false, data: bytes))
       }
     }
-  }
-
-  /// The initializers PyTorch holds as buffers (swin's attention mask, a relative-position
-  /// table's coordinates), from the graph signature the dynamo exporter writes into the graph's
-  /// metadata: `b_name: BUFFER target='layers.0.blocks.1.attn_mask' persistent=False`. They are
-  /// constants to train with, not parameters. TorchScript files say nothing; there the buffers
-  /// it keeps are folded (integers) or, for float tensors, weigh like weights (see `inspect`).
-  static func dynamoBuffers(_ metadata: [String: String]) -> Set<String> {
-    guard let signature = metadata["pkg.torch.export.ExportedProgram.graph_signature"] else { return [] }
-    var names: Set<String> = []
-    for line in signature.split(separator: "\n") {
-      guard line.contains(": BUFFER ") || line.contains(": CONSTANT_TENSOR "),
-        let start = line.range(of: "target='"), let end = line[start.upperBound...].firstIndex(of: "'")
-      else { continue }
-      names.insert(String(line[start.upperBound..<end]))
-    }
-    return names
   }
 
   /// Names exporters give the constants they make: TorchScript's `onnx::Mul_12` and
@@ -442,7 +450,7 @@ private struct Importer {
     self = ctx.importer
     for (name, s) in zip(n.outputs, results) where !name.isEmpty { syms[name] = s }
     if n.outputs.count > results.count {
-      for extra in n.outputs[results.count...] where !extra.isEmpty && isUsed(extra) {
+      for extra in n.outputs[results.count...] where !extra.isEmpty && isUsed(extra) && sequences[extra] == nil {
         throw err(
           "node '\(n.name)' (\(n.opType)): output '\(extra)' is used, but sbpc supports only the first \(results.count) output(s) of \(n.opType)"
         )
@@ -823,6 +831,30 @@ private struct Importer {
         guard let first = ins.first else { throw err("has no inputs") }
         return try emit(.concat(axis: try axis(0, rank: importer.type(first).rank)), ins)
       case "Split": return try split()
+      case "SplitToSequence":
+        // Dynamo writes torch.split as a sequence read back by SequenceAt: a Split whose
+        // outputs the sequence holds.
+        let x = try required(0)
+        let shape = importer.type(x).shape
+        let axis = try int("axis", 0)
+        guard let a = normalizeAxis(axis, rank: shape.count) else { throw err("axis \(axis) out of range") }
+        let sizes: [Int]
+        if let c = try const(1, "split") {
+          let v = c.intValues
+          sizes = c.shape.isEmpty ? stride(from: 0, to: shape[a], by: max(v[0], 1)).map { min(v[0], shape[a] - $0) } : v
+        } else {
+          sizes = [Int](repeating: 1, count: shape[a])
+        }
+        var parts = try emit(.split(axis: a, sizes: sizes), [x])
+        if try const(1, "split") == nil, try int("keepdims", 1) == 0 { parts = try parts.map { try emit(.squeeze([a]), [$0])[0] } }
+        importer.sequences[node.outputs[0]] = parts
+        return []
+      case "SequenceAt":
+        guard let seq = importer.sequences[node.inputs.first ?? ""] else { throw err("reads '\(node.inputs.first ?? "")', which is not a sequence sbpc made") }
+        guard let p = try const(1, "position")?.intValues.first else { throw err("position must be a constant") }
+        let i = p < 0 ? p + seq.count : p
+        guard i >= 0, i < seq.count else { throw err("position \(p) is outside the sequence of \(seq.count)") }
+        return [seq[i]]
       case "Squeeze":
         let x = try required(0)
         let s = importer.type(x).shape
