@@ -56,7 +56,11 @@ func findTiedWeights(_ m: OModel) -> [TiedWeight] {
     var layers: [(scope: String, readers: [(node: Int, input: Int)])] = []
     for r in rs {
       let sc = scope(r.node)
-      if let k = layers.firstIndex(where: { $0.scope == sc }) { layers[k].readers.append((r.node, r.input)) } else { layers.append((sc, [(r.node, r.input)])) }
+      if let k = layers.firstIndex(where: { $0.scope == sc }) {
+        layers[k].readers.append((r.node, r.input))
+      } else {
+        layers.append((sc, [(r.node, r.input)]))
+      }
     }
     guard layers.count >= 2 else { continue }
     // The first layer keeps the weight; each later one gets its own copy, `<weight>.copy<k>`.

@@ -32,7 +32,8 @@ final class OpTableTests: XCTestCase {
     guard let b = readme.range(of: begin), let e = readme.range(of: end, range: b.upperBound..<readme.endIndex) else {
       return XCTFail("README.md has no \(begin) … \(end) section")
     }
-    let list = "\(supportedONNXOps.count) ops, opsets \(supportedOpsets.lowerBound) to \(supportedOpsets.upperBound): "
+    let list =
+      "\(supportedONNXOps.count) ops, opsets \(supportedOpsets.lowerBound) to \(supportedOpsets.upperBound): "
       + supportedONNXOps.map { "`\($0)`" }.joined(separator: ", ") + ".\n"
     if ProcessInfo.processInfo.environment["UPDATE_GOLDEN"] == "1" {
       try (readme[..<b.upperBound] + list + readme[e.lowerBound...]).write(toFile: path, atomically: true, encoding: .utf8)

@@ -92,13 +92,15 @@ final class FamilyReferenceTests: XCTestCase {
 
     let logits = try NPYArray.read(dir + "/logits.npy").floats
     XCTAssertLessThan(relError(Array(ex.buffer(plan.train.outputs[0].value).floats), logits), 1e-4, "\(tag): logits")
-    XCTAssertEqual(Double(ex.output("loss")!.f32[0]), Double(try NPYArray.read(dir + "/loss.npy").floats[0]), accuracy: 1e-5, "\(tag): loss")
+    XCTAssertEqual(
+      Double(ex.output("loss")!.f32[0]), Double(try NPYArray.read(dir + "/loss.npy").floats[0]), accuracy: 1e-5, "\(tag): loss")
 
     let grads = gradients(ex)
     XCTAssertEqual(Set(grads.keys), Set(export.trainable), "\(tag): sbpc must train exactly what PyTorch trains")
-    let want = try Dictionary(uniqueKeysWithValues: export.trainable.map { name in
-      (name, try NPYArray.read("\(dir)/\(stem)/grads/\(name.replacingOccurrences(of: "/", with: "_")).npy").floats)
-    })
+    let want = try Dictionary(
+      uniqueKeysWithValues: export.trainable.map { name in
+        (name, try NPYArray.read("\(dir)/\(stem)/grads/\(name.replacingOccurrences(of: "/", with: "_")).npy").floats)
+      })
     let scale = want.values.map { $0.map(abs).max() ?? 0 }.max() ?? 1
     for (name, g) in grads {
       guard let w = want[name] else { continue }
