@@ -10,7 +10,16 @@ import SBPIR
 /// beside the output, `<output name>.data`, holding all of them; the original's files are
 /// only read. Both files are written under temporary names and renamed at the end.
 /// Returns the number of initializers replaced.
-public func exportONNX(model: String, weights: [String: [UInt8]], to output: String) throws -> Int {
+///
+/// With `numClasses`, the model's classifier was replaced (`--num-classes`): its initializers
+/// take their new shapes, the output its new class count, and the intermediate `value_info`
+/// (which holds the old count) is left out.
+public func exportONNX(model: String, weights: [String: [UInt8]], to output: String, numClasses: Int? = nil) throws -> Int {
+  var head: ReplacedHead?
+  if let n = numClasses {
+    var file = try readONNX(path: model)
+    head = try replaceHead(&file, classes: n, seed: 0, path: model)
+  }
   let bytes = try readFileBytes(model)
   guard let m = bytes.withUnsafeBufferPointer({ onnx__model_proto__unpack(nil, $0.count, $0.baseAddress) }) else {
     throw ImportError("\(model): not a valid ONNX protobuf (truncated or corrupt)")
@@ -29,7 +38,14 @@ public func exportONNX(model: String, weights: [String: [UInt8]], to output: Str
   for i in 0..<Int(g.pointee.n_initializer) {
     guard let t = g.pointee.initializer[i] else { continue }
     let name = t.pointee.name.map { String(cString: $0) } ?? ""
-    let dims = (0..<Int(t.pointee.n_dims)).map { Int(t.pointee.dims[$0]) }
+    var dims = (0..<Int(t.pointee.n_dims)).map { Int(t.pointee.dims[$0]) }
+    if let resized = head?.shapes[name] {
+      let d = UnsafeMutablePointer<Int64>.allocate(capacity: max(resized.count, 1))
+      for (k, v) in resized.enumerated() { d[k] = Int64(v) }
+      t.pointee.dims = d
+      t.pointee.n_dims = resized.count
+      dims = resized
+    }
     let external = t.pointee.has_data_location != 0 && t.pointee.data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL
     var new = weights[name]
     if let w = new {
@@ -113,6 +129,17 @@ public func exportONNX(model: String, weights: [String: [UInt8]], to output: Str
       }
     }
   }
+  if let head, weights[head.weight] == nil {
+    throw ImportError("\(model): the new classifier @\(head.weight) has no trained weights to export (was it frozen?)")
+  }
+  if let head, g.pointee.n_output > 0, let o = g.pointee.output[0], let type = o.pointee.type,
+    type.pointee.value_case == ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE, let shape = type.pointee.tensor_type?.pointee.shape,
+    shape.pointee.n_dim > 0, let last = shape.pointee.dim[shape.pointee.n_dim - 1],
+    last.pointee.value_case == ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE, last.pointee.dim_value == Int64(head.oldClasses)
+  {
+    last.pointee.dim_value = Int64(head.classes)
+  }
+  if head != nil { g.pointee.n_value_info = 0 }
   let unknown = weights.keys.filter { n in
     !(0..<Int(g.pointee.n_initializer)).contains { g.pointee.initializer[$0]?.pointee.name.map { String(cString: $0) } == n }
   }

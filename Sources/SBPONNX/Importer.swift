@@ -15,13 +15,23 @@ public struct ImportOptions: Sendable {
   /// by default each reader gets its own copy.
   public var keepTied: Bool
 
+  /// Replace the classifier with a fresh layer of this many classes (`--num-classes`).
+  public var numClasses: Int?
+  /// Seeds the new classifier's weights (`freshHeadWeights`).
+  public var headSeed: UInt64
+
   public static let defaultBatch = 32
 
-  public init(batch: Int? = nil, dims: [String: Int] = [:], freeze: [String] = [], keepTied: Bool = false) {
+  public init(
+    batch: Int? = nil, dims: [String: Int] = [:], freeze: [String] = [], keepTied: Bool = false, numClasses: Int? = nil,
+    headSeed: UInt64 = 0
+  ) {
     self.batch = batch
     self.dims = dims
     self.freeze = freeze
     self.keepTied = keepTied
+    self.numClasses = numClasses
+    self.headSeed = headSeed
   }
 
   /// The first `freeze` pattern that names `name`.
@@ -68,6 +78,8 @@ public struct ImportedModel: Sendable {
   public var onnxHistogram: [String: Int]
   /// Every initializer of the file, in its order: trained or not, and why.
   public var initializers: [InitializerRole] = []
+  /// The classifier `--num-classes` replaced, if any.
+  public var head: ReplacedHead?
 }
 
 /// How one initializer of the file is used: trained by the training step, or not and why.
@@ -100,16 +112,28 @@ public let supportedONNXOps: [String] = [
 /// Imports the ONNX model at `path`. Every error is one line naming the file and the thing at fault.
 public func importONNX(path: String, options: ImportOptions = ImportOptions()) throws -> ImportedModel {
   var model = try readONNX(path: path)
+  var head: ReplacedHead?
+  if let n = options.numClasses {
+    guard n >= 2 else { throw ImportError("\(path): --num-classes must be at least 2, got \(n)") }
+    head = try replaceHead(&model, classes: n, seed: options.headSeed, path: path)
+  }
   let ties = findTiedWeights(model)
   if !options.keepTied { untie(&model, ties) }
   var imp = Importer(path: path, model: model, options: options)
+  if let h = head {
+    imp.notes.append(
+      "--num-classes: the classifier '\(h.node)' now has \(h.classes) outputs (was \(h.oldClasses)): @\(h.weight) drawn from a normal of σ 0.02 truncated at ±2σ (seed \(options.headSeed))\(h.bias.map { ", @\($0) zeros" } ?? "")"
+    )
+  }
   imp.notes += ties.map { t in
     let layers = "\(t.nodeNames.count) layers (\(t.nodeNames.map { "'\($0)'" }.joined(separator: ", ")))"
     return options.keepTied
       ? "warning: initializer '\(t.name)' feeds \(layers): trained as one shared tensor (--keep-tied)"
       : "warning: initializer '\(t.name)' feeds \(layers), as if the exporter merged equal tensors: each layer gets its own copy (\(Set(t.copies.map(\.copy)).sorted().joined(separator: ", "))); --keep-tied trains one shared tensor"
   }
-  return try imp.run()
+  var imported = try imp.run()
+  imported.head = head
+  return imported
 }
 
 /// The initializers PyTorch holds as buffers (swin's attention mask, a relative-position

@@ -37,6 +37,9 @@ public struct Plan: Sendable {
   public var layout: SBPLayout?
   /// The masks as the runtime draws them (the plan file's `== sbp` section).
   public var mask: MaskLayout? { layout?.mask }
+  /// The classifier `--num-classes` gave the model (the plan file's `== head` section):
+  /// loading the plan replaces it again, from the same seed, to find the weights.
+  public var head: HeadSpec?
   /// Why a plan without masks has none: "keep 1" or "no blocks".
   public var whyNoSBP: String { sbp.keep >= 1 ? "keep 1" : "no blocks" }
 
@@ -51,10 +54,13 @@ public struct Plan: Sendable {
     public var freeze: [String]
     /// Keep tied initializers shared (`ImportOptions.keepTied`).
     public var keepTied: Bool
+    /// A fresh classifier (`ImportOptions.numClasses` and `headSeed`).
+    public var head: HeadSpec?
     public init(
       batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
-      fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false
+      fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false, head: HeadSpec? = nil
     ) {
+      self.head = head
       self.batch = batch
       self.dims = dims
       self.optimizer = optimizer
@@ -68,7 +74,10 @@ public struct Plan: Sendable {
   /// Imports, canonicalizes and marks the model, then derives the training step.
   public static func compile(model: String, options: Options) throws -> (Plan, notes: [String]) {
     let imported = try importONNX(
-      path: model, options: ImportOptions(batch: options.batch, dims: options.dims, freeze: options.freeze, keepTied: options.keepTied))
+      path: model,
+      options: ImportOptions(
+        batch: options.batch, dims: options.dims, freeze: options.freeze, keepTied: options.keepTied, numClasses: options.head?.classes,
+        headSeed: options.head?.seed ?? 0))
     var eval = imported.graph
     let passOptions = PipelineOptions(sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
@@ -81,12 +90,15 @@ public struct Plan: Sendable {
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.evaluationPipeline, passOptions), verifyEach: true).run(&eval)
     let path = URL(fileURLWithPath: model).standardizedFileURL.path
     let layout = try SBPLayout.make(eval, options: options.sbp)
-    return (Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout), notes)
+    var plan = Plan(model: path, batch: imported.batch, sbp: options.sbp, train: train, eval: eval, layout: layout)
+    plan.head = options.head
+    return (plan, notes)
   }
 
   /// The plan file: a header, the masks, then the two graphs in the text IR.
   public func serialized() -> String {
     var body = ""
+    if let h = head { body += "== head\nclasses \(h.classes) seed \(h.seed)\n" }
     if let l = layout {
       let s = l.spec
       body += "== sbp\nblocks \(l.blocks.map(String.init).joined(separator: ","))\nmask \(s.mode.rawValue) \(s.height)x\(s.width)\n"
@@ -161,10 +173,20 @@ public struct Plan: Sendable {
       throw bad("checksum mismatch: the plan was edited, truncated or damaged; recompile it")
     }
     var trainStart = 5
+    var head: HeadSpec?
+    if lines[5] == "== head" {
+      guard lines.count > 8 else { throw bad("the '== head' section ends the file") }
+      let f = lines[6].split(separator: " ")
+      guard f.count == 4, f[0] == "classes", f[2] == "seed", let n = Int(f[1]), n >= 2, let seed = UInt64(f[3]) else {
+        throw bad("line 7: expected classes N seed S")
+      }
+      head = HeadSpec(classes: n, seed: seed)
+      trainStart = 7
+    }
     var layout: SBPLayout?
-    if lines[5] == "== sbp" {
+    if lines[trainStart] == "== sbp" {
       guard let t = lines.firstIndex(of: "== train") else { throw bad("missing '== train' section") }
-      layout = try readMaskSection(lines[6..<t], options: sbp, firstLine: 7, bad: bad)
+      layout = try readMaskSection(lines[(trainStart + 1)..<t], options: sbp, firstLine: trainStart + 2, bad: bad)
       trainStart = t
     }
     guard lines[trainStart] == "== train", let evalStart = lines.firstIndex(of: "== eval") else {
@@ -184,7 +206,9 @@ public struct Plan: Sendable {
     var eval = try graph((evalStart + 1)..<lines.count, "eval")
     // Weights come from the model the plan was compiled from, matched by initializer name.
     let weights: Graph
-    do { weights = try importONNX(path: model, options: ImportOptions(batch: batch)).graph } catch {
+    do {
+      weights = try importONNX(path: model, options: ImportOptions(batch: batch, numClasses: head?.classes, headSeed: head?.seed ?? 0)).graph
+    } catch {
       throw bad("loading weights: \(error)")
     }
     let byName = Dictionary(uniqueKeysWithValues: weights.params.map { ($0.name, $0) })
@@ -217,7 +241,9 @@ public struct Plan: Sendable {
         }
       }
     }
-    return Plan(model: model, batch: batch, sbp: sbp, train: train, eval: eval, layout: layout)
+    var plan = Plan(model: model, batch: batch, sbp: sbp, train: train, eval: eval, layout: layout)
+    plan.head = head
+    return plan
   }
 }
 
@@ -271,6 +297,16 @@ extension Plan {
 }
 
 /// A plan that cannot be built or read.
+/// A replaced classifier: how many classes and the seed of its initial weights.
+public struct HeadSpec: Sendable, Equatable {
+  public var classes: Int
+  public var seed: UInt64
+  public init(classes: Int, seed: UInt64) {
+    self.classes = classes
+    self.seed = seed
+  }
+}
+
 public struct PlanError: Error, CustomStringConvertible {
   public let description: String
   public init(_ m: String) { description = m }

@@ -68,7 +68,8 @@ struct Compile: ParsableCommand {
         : .adamw(lr: lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: weightDecay)
       let options = Plan.Options(
         batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer,
-        freeze: parameters.freeze, keepTied: parameters.keepTied)
+        freeze: parameters.freeze, keepTied: parameters.keepTied,
+        head: parameters.numClasses.map { HeadSpec(classes: $0, seed: parameters.seed) })
       let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {

@@ -30,7 +30,7 @@ struct Export: ParsableCommand {
         let odd = Set(trained.keys).symmetricDifference(names).sorted().first ?? "?"
         throw RuntimeError("\(weights): the checkpoint is not of \(plan) (tensor @\(odd) is in one and not the other)")
       }
-      let n = try exportONNX(model: p.model, weights: trained, to: output)
+      let n = try exportONNX(model: p.model, weights: trained, to: output, numClasses: p.head?.classes)
       print("\(output): \(n) trained initializers from step \(state.step) of \(weights)")
     }
   }

@@ -96,11 +96,12 @@ struct ShapeOptions: ParsableArguments {
   var importOptions: ImportOptions { ImportOptions(batch: batch, dims: (try? parsedDims()) ?? [:]) }
 
   func importOptions(_ p: ParameterFlags) -> ImportOptions {
-    ImportOptions(batch: batch, dims: (try? parsedDims()) ?? [:], freeze: p.freeze, keepTied: p.keepTied)
+    ImportOptions(
+      batch: batch, dims: (try? parsedDims()) ?? [:], freeze: p.freeze, keepTied: p.keepTied, numClasses: p.numClasses, headSeed: p.seed)
   }
 }
 
-/// Which initializers train: `compile` and `inspect` share these.
+/// Which initializers train, and a new classifier: `compile` and `inspect` share these.
 struct ParameterFlags: ParsableArguments {
   @Option(
     name: .customLong("freeze"),
@@ -112,8 +113,16 @@ struct ParameterFlags: ParsableArguments {
     name: .customLong("keep-tied"),
     help: "Train an initializer that feeds several layers as one shared tensor (default: each layer gets its own copy, as PyTorch had before the exporter merged equal tensors).")
   var keepTied = false
+  @Option(
+    name: .customLong("num-classes"),
+    help: ArgumentHelp(
+      "Replace the classifier (the last linear or 1×1 conv before the output) with a fresh N-way one: weight from a normal of σ 0.02 truncated at ±2σ (timm's trunc_normal_), bias zero, seeded by --seed. `sbpc export` writes the new head.",
+      valueName: "N"))
+  var numClasses: Int?
+  @Option(help: "Seed of the new classifier's weights (--num-classes).") var seed: UInt64 = 0
 
   func validate() throws {
+    if let n = numClasses, n < 2 { throw ValidationError("--num-classes must be at least 2, got \(n)") }
     for p in freeze where p.isEmpty || p.contains(where: \.isWhitespace) {
       throw ValidationError("--freeze expects an initializer name or pattern, got '\(p)'")
     }

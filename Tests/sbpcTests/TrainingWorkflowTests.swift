@@ -169,4 +169,32 @@ final class TrainingWorkflowTests: XCTestCase {
     XCTAssertFalse(e4.contains("warning"), e4)
     XCTAssertTrue(out4.contains("W.copy1"), out4)
   }
+
+  /// `--num-classes` replaces the classifier with a seeded fresh one: the plan finds the same
+  /// weights again when it loads (same first loss for the same seed, another for another),
+  /// training runs, and `sbpc export` writes the new head and output size.
+  func testNumClassesReplacesTheHead() throws {
+    let d = try tmp()
+    func firstLoss(_ seed: Int, _ name: String) throws -> String {
+      let (s, _, e) = try sbpc([
+        "compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "--keep", "1", "--num-classes", "3", "--seed", "\(seed)", "-o", d + "/\(name).plan",
+      ])
+      XCTAssertEqual(s, 0, e)
+      XCTAssertTrue(e.contains("the classifier '/head/Gemm' now has 3 outputs (was 10)"), e)
+      let (s2, out, e2) = try sbpc(["train", d + "/\(name).plan", "--steps", "2", "--dump-loss", "--checkpoint", d + "/ck_\(name)"])
+      XCTAssertEqual(s2, 0, e2)
+      return String(out.split(separator: "\n").first ?? "")
+    }
+    let a = try firstLoss(7, "a"), b = try firstLoss(7, "b"), c = try firstLoss(8, "c")
+    XCTAssertEqual(a, b, "the same seed gives the same head")
+    XCTAssertNotEqual(a, c, "another seed, another head")
+    let (s3, _, e3) = try sbpc(["export", d + "/a.plan", "--weights", d + "/ck_a", "-o", d + "/out.onnx"])
+    XCTAssertEqual(s3, 0, e3)
+    let (s4, out4, e4) = try sbpc(["inspect", d + "/out.onnx", "--batch", "2"])
+    XCTAssertEqual(s4, 0, e4)
+    XCTAssertTrue(out4.contains("head.weight") && out4.contains("f32[3,64]"), out4)
+    let (s5, _, e5) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--num-classes", "1", "-o", d + "/x.plan"])
+    XCTAssertNotEqual(s5, 0)
+    XCTAssertTrue(e5.contains("--num-classes must be at least 2"), e5)
+  }
 }
