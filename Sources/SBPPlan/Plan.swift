@@ -76,12 +76,24 @@ public struct Plan: Sendable {
     let imported = try importONNX(
       path: model,
       options: ImportOptions(
-        batch: options.batch, dims: options.dims, freeze: options.freeze, keepTied: options.keepTied, numClasses: options.head?.classes,
+        batch: options.batch, dims: options.dims, freeze: options.freeze.filter { !FreezeSpec.isStructural($0) },
+        keepTied: options.keepTied, numClasses: options.head?.classes,
         headSeed: options.head?.seed ?? 0))
     var eval = imported.graph
     let passOptions = PipelineOptions(sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
     var notes = imported.notes
+    // Structural --freeze specs (stem, head, norm, blocks) read mark's annotations.
+    let structural = options.freeze.filter(FreezeSpec.isStructural)
+    if !structural.isEmpty {
+      var frozen: Set<String> = []
+      for spec in structural { frozen.formUnion(try FreezeSpec.parameters(eval, spec: spec, notes: &notes)) }
+      for i in eval.params.indices where frozen.contains(eval.params[i].name) { eval.params[i].trainable = false }
+      let count = { (ps: [Param]) in ps.reduce(0) { $0 + eval.type(of: $1.value).elementCount } }
+      let still = eval.params.filter(\.trainable)
+      notes.append(
+        "--freeze \(structural.joined(separator: " ")): \(frozen.count) parameters frozen; \(still.count) (\(count(still)) values) train")
+    }
     if let spec = options.sbp.blocks, options.sbp.keep < 1 { _ = try BlockSelector.parse(spec, table: BlockTable(eval), notes: &notes) }
     var train = eval
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.trainingPipeline, passOptions), verifyEach: true).run(&train)

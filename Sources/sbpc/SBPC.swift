@@ -106,8 +106,8 @@ struct ParameterFlags: ParsableArguments {
   @Option(
     name: .customLong("freeze"),
     help: ArgumentHelp(
-      "Do not train the initializers PATTERN names: a name, a dotted prefix (blocks.0), or a pattern with * and ? (quote it: 'stages.0.*'). Repeatable.",
-      valueName: "PATTERN"))
+      "Do not train what SPEC names: stem (before the first block), head (after the last), norm (every LayerNorm and BatchNorm scale and shift), blocks in the --blocks grammar (first:6, 0-5, stage:0), or initializer names: a name, a dotted prefix (blocks.0), or a pattern with * and ? (quote it: 'stages.0.*'). Frozen parameters get no gradient, no optimizer state and no update, and a frozen prefix runs no backward. Repeatable.",
+      valueName: "SPEC"))
   var freeze: [String] = []
   @Flag(
     name: .customLong("keep-tied"),

@@ -197,4 +197,34 @@ final class TrainingWorkflowTests: XCTestCase {
     XCTAssertNotEqual(s5, 0)
     XCTAssertTrue(e5.contains("--num-classes must be at least 2"), e5)
   }
+
+  /// --freeze takes the --blocks grammar, stem, head and norm: frozen parameters get no
+  /// gradient, the backward of a frozen prefix is gone (fewer FLOPs and saved bytes), and the
+  /// gradients of the rest are those of the unfrozen model.
+  func testFreezingAPrefixKeepsTheOtherGradients() throws {
+    let d = try tmp()
+    for (name, flags) in [("all", [String]()), ("frozen", ["--freeze", "stem", "--freeze", "first:3"])] {
+      let (s, _, e) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "4", "--keep", "1", "-o", d + "/\(name).plan"] + flags)
+      XCTAssertEqual(s, 0, e)
+      if name == "frozen" { XCTAssertTrue(e.contains("--freeze stem first:3: 40 parameters frozen"), e) }
+      let (s2, _, e2) = try sbpc(["train", d + "/\(name).plan", "--steps", "1", "--dump-grads", d + "/g_\(name)"])
+      XCTAssertEqual(s2, 0, e2)
+    }
+    let all = try FileManager.default.contentsOfDirectory(atPath: d + "/g_all")
+    let frozen = try FileManager.default.contentsOfDirectory(atPath: d + "/g_frozen")
+    XCTAssertEqual(all.count, 80)
+    XCTAssertEqual(frozen.count, 40)
+    for f in frozen {
+      XCTAssertEqual(
+        try Data(contentsOf: URL(fileURLWithPath: d + "/g_frozen/" + f)), try Data(contentsOf: URL(fileURLWithPath: d + "/g_all/" + f)), f)
+    }
+    func flops(_ plan: String) throws -> String {
+      let (_, out, _) = try sbpc(["memory", plan])
+      return String(out.split(separator: "\n").first { $0.hasPrefix("step FLOPs") } ?? "")
+    }
+    XCTAssertNotEqual(try flops(d + "/all.plan"), try flops(d + "/frozen.plan"))
+    let (s3, _, e3) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--freeze", "stage:3", "-o", d + "/x.plan"])
+    XCTAssertNotEqual(s3, 0)
+    XCTAssertTrue(e3.contains("--freeze stage:3:") && !e3.dropLast().contains("\n"), e3)
+  }
 }
