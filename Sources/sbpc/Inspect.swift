@@ -34,7 +34,7 @@ struct Inspect: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      let m = try importONNX(path: model, options: shape.importOptions(parameters))
+      var m = try importONNX(path: model, options: shape.importOptions(parameters))
       var g = m.graph
       let imported = g.opHistogram
       try Canonicalize().run(&g)
@@ -42,6 +42,14 @@ struct Inspect: ParsableCommand {
       try Mark().run(&g)
       let table = BlockTable(g)
       var notes = m.notes
+      // Structural --freeze specs name parameters by mark's blocks, so they apply here.
+      for spec in parameters.freeze where FreezeSpec.isStructural(spec) {
+        let names = try FreezeSpec.parameters(g, spec: spec, notes: &notes)
+        for i in m.initializers.indices where names.contains(m.initializers[i].name) {
+          m.initializers[i].trainable = false
+          m.initializers[i].reason = "frozen by --freeze \(spec)"
+        }
+      }
       let selected = try blocks.map { try BlockSelector.parse($0, table: table, notes: &notes) } ?? table.defaultSelection
       let s = ModelSummary(
         model: model, imported: m, canonical: g, importedHistogram: imported, canonicalHistogram: canonical, table: table,

@@ -97,7 +97,8 @@ struct ShapeOptions: ParsableArguments {
 
   func importOptions(_ p: ParameterFlags) -> ImportOptions {
     ImportOptions(
-      batch: batch, dims: (try? parsedDims()) ?? [:], freeze: p.freeze, keepTied: p.keepTied, numClasses: p.numClasses, headSeed: p.seed)
+      batch: batch, dims: (try? parsedDims()) ?? [:], freeze: p.freeze.filter { !FreezeSpec.isStructural($0) }, keepTied: p.keepTied,
+      numClasses: p.numClasses, headSeed: p.seed)
   }
 }
 
