@@ -1,4 +1,5 @@
 // Autodiff.swift: reverse-mode gradients, the training loss, and optimizer updates as graph nodes.
+import Glibc
 import SBPIR
 
 /// Optimizer and its hyperparameters, stored in the update nodes.
@@ -45,7 +46,11 @@ public func appendGradients(_ graph: inout Graph, loss: ValueID, wrt: [ValueID])
 /// parameters and optimizer state.
 public struct Autodiff: Pass {
   public var optimizer: OptimizerConfig
-  public init(optimizer: OptimizerConfig = .defaultSGD) { self.optimizer = optimizer }
+  public var groups: ParameterGroups
+  public init(optimizer: OptimizerConfig = .defaultSGD, groups: ParameterGroups = ParameterGroups()) {
+    self.optimizer = optimizer
+    self.groups = groups
+  }
   public let name = "autodiff"
   public let summary = "append the loss, reverse-mode gradients and optimizer updates (a training step)"
 
@@ -63,10 +68,11 @@ public struct Autodiff: Pass {
     let stateUpdates = Set(graph.nodes.filter { $0.op.category == .stateUpdate }.flatMap(\.outputs))
     outputs += graph.outputs.filter { stateUpdates.contains($0.value) }
     var step: ValueID?
+    let layers = groups.layerDecay == nil ? [:] : ParameterGroups.layerIDs(graph)
     for p in params {
       let t = graph.type(of: p.value)
       let g = grads[p.value]!
-      switch optimizer {
+      switch groups.apply(optimizer, type: t, layer: layers[p.name]) {
       case .sgd(let lr, let momentum, let wd):
         let v = graph.addParam("opt.velocity." + p.name, t, trainable: false, data: nil)
         let r = try graph.append(.sgd(lr: lr, momentum: momentum, weightDecay: wd), [p.value, g, v], name: "update." + p.name)
@@ -94,5 +100,63 @@ extension Graph {
   /// before its update; passes that add readers after autodiff call this to put updates last.
   public mutating func moveUpdatesLast() {
     nodes = nodes.filter { !$0.op.isUpdate } + nodes.filter { $0.op.isUpdate }
+  }
+}
+
+/// Per-parameter learning rate and weight decay, as timm's fine-tuning recipes set them.
+public struct ParameterGroups: Sendable, Equatable {
+  /// No weight decay on parameters of rank ≤ 1 (biases, norm scales and shifts, layer
+  /// scales): timm's default `filter_bias_and_bn`.
+  public var noDecay1D: Bool
+  /// Layer-wise learning-rate decay (BEiT, DeiT-III fine-tuning): a parameter of layer `l`
+  /// out of `L` trains at `lr · decay^(L + 1 − l)`, where the stem is layer 0, block `b`
+  /// layer `b + 1`, and the head `L + 1`.
+  public var layerDecay: Double?
+
+  public init(noDecay1D: Bool = false, layerDecay: Double? = nil) {
+    self.noDecay1D = noDecay1D
+    self.layerDecay = layerDecay
+  }
+
+  /// The optimizer for one parameter of type `t` in `layer` (of `layers.count` … see `layerIDs`).
+  func apply(_ o: OptimizerConfig, type t: TensorType, layer: (id: Int, of: Int)?) -> OptimizerConfig {
+    let scale = layerDecay.flatMap { d in layer.map { pow(d, Double($0.of + 1 - $0.id)) } } ?? 1
+    let decay = !(noDecay1D && t.rank <= 1)
+    switch o {
+    case .sgd(let lr, let m, let wd): return .sgd(lr: lr * scale, momentum: m, weightDecay: decay ? wd : 0)
+    case .adamw(let lr, let b1, let b2, let eps, let wd):
+      return .adamw(lr: lr * scale, beta1: b1, beta2: b2, epsilon: eps, weightDecay: decay ? wd : 0)
+    }
+  }
+
+  /// Each trainable parameter's layer from `mark`'s annotations: the first block that reads it
+  /// (+1); for one no block reads, 0 before the first block, the next block's layer between
+  /// blocks (a downsampler), blocks + 1 after the last (the head).
+  static func layerIDs(_ g: Graph) -> [String: (id: Int, of: Int)] {
+    var blockOf: [Int: Int] = [:]
+    var starts: [Int: Int] = [:]  // block -> its first node
+    for (i, n) in g.nodes.enumerated() {
+      if case .int(let b)? = n.attrs[Annotation.block] {
+        blockOf[i] = b
+        starts[b] = min(starts[b] ?? i, i)
+      }
+    }
+    let count = (blockOf.values.max() ?? -1) + 1
+    let first = blockOf.keys.min() ?? Int.max
+    var readers: [ValueID: [Int]] = [:]
+    for (i, n) in g.nodes.enumerated() { for v in Set(n.inputs) { readers[v, default: []].append(i) } }
+    var out: [String: (id: Int, of: Int)] = [:]
+    for p in g.params where p.trainable {
+      let r = readers[p.value] ?? []
+      if let b = r.compactMap({ blockOf[$0] }).min() {
+        out[p.name] = (b + 1, count)
+      } else if let r0 = r.min(), r0 < first {
+        out[p.name] = (0, count)
+      } else {
+        let before = starts.values.filter { $0 < (r.min() ?? Int.max) }.count
+        out[p.name] = (before + 1, count)
+      }
+    }
+    return out
   }
 }

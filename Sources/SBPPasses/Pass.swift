@@ -25,11 +25,17 @@ public struct PipelineOptions: Sendable, Equatable {
   public var optimizer: OptimizerConfig
   /// `schedule`: each update as soon as its gradient is complete.
   public var fuseOptimizer: Bool
+  /// `autodiff`'s per-parameter learning rate and weight decay (`--no-decay-1d`, `--layer-decay`).
+  public var groups: ParameterGroups
 
-  public init(sbp: SBPOptions = SBPOptions(), optimizer: OptimizerConfig = .defaultSGD, fuseOptimizer: Bool = true) {
+  public init(
+    sbp: SBPOptions = SBPOptions(), optimizer: OptimizerConfig = .defaultSGD, fuseOptimizer: Bool = true,
+    groups: ParameterGroups = ParameterGroups()
+  ) {
     self.sbp = sbp
     self.optimizer = optimizer
     self.fuseOptimizer = fuseOptimizer
+    self.groups = groups
   }
 }
 
@@ -43,7 +49,7 @@ public enum PassRegistry {
       BatchNormTrain(),
       InsertSBP(options.sbp),
       DeadRows(),
-      Autodiff(optimizer: options.optimizer),
+      Autodiff(optimizer: options.optimizer, groups: options.groups),
       PruneBackward(),
       Rematerialize(),
       Schedule(fuseOptimizer: options.fuseOptimizer),

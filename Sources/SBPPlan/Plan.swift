@@ -56,11 +56,15 @@ public struct Plan: Sendable {
     public var keepTied: Bool
     /// A fresh classifier (`ImportOptions.numClasses` and `headSeed`).
     public var head: HeadSpec?
+    /// Per-parameter learning rate and weight decay (`--no-decay-1d`, `--layer-decay`).
+    public var groups: ParameterGroups
     public init(
       batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
-      fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false, head: HeadSpec? = nil
+      fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false, head: HeadSpec? = nil,
+      groups: ParameterGroups = ParameterGroups()
     ) {
       self.head = head
+      self.groups = groups
       self.batch = batch
       self.dims = dims
       self.optimizer = optimizer
@@ -80,7 +84,8 @@ public struct Plan: Sendable {
         keepTied: options.keepTied, numClasses: options.head?.classes,
         headSeed: options.head?.seed ?? 0))
     var eval = imported.graph
-    let passOptions = PipelineOptions(sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer)
+    let passOptions = PipelineOptions(
+      sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer, groups: options.groups)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
     var notes = imported.notes
     // Structural --freeze specs (stem, head, norm, blocks) read mark's annotations.

@@ -47,6 +47,16 @@ struct Compile: ParsableCommand {
   @Option(help: "Learning rate.") var lr: Double = 0.01
   @Option(help: "SGD momentum.") var momentum: Double = 0.9
   @Option(name: .customLong("weight-decay"), help: "Weight decay (decoupled for adamw).") var weightDecay: Double = 0
+  @Flag(
+    name: .customLong("no-decay-1d"),
+    help: "No weight decay on parameters of rank 1 or less: biases, norm scales and shifts, layer scales (timm's default).")
+  var noDecay1D = false
+  @Option(
+    name: .customLong("layer-decay"),
+    help: ArgumentHelp(
+      "Layer-wise learning-rate decay, 0 < R <= 1 (BEiT's and DeiT-III's fine-tuning): block b trains at lr·R^(L−b), the stem at lr·R^(L+1), the head at lr, for L blocks.",
+      valueName: "R"))
+  var layerDecay: Double?
   @OptionGroup var shape: ShapeOptions
   @OptionGroup var parameters: ParameterFlags
 
@@ -58,6 +68,7 @@ struct Compile: ParsableCommand {
     guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive, got \(lr)") }
     guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
     guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
+    if let r = layerDecay, !(r > 0 && r <= 1) { throw ValidationError("--layer-decay must be in (0, 1], got \(r)") }
   }
 
   func run() throws {
@@ -69,7 +80,8 @@ struct Compile: ParsableCommand {
       let options = Plan.Options(
         batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer,
         freeze: parameters.freeze, keepTied: parameters.keepTied,
-        head: parameters.numClasses.map { HeadSpec(classes: $0, seed: parameters.seed) })
+        head: parameters.numClasses.map { HeadSpec(classes: $0, seed: parameters.seed) },
+        groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay))
       let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {

@@ -227,4 +227,28 @@ final class TrainingWorkflowTests: XCTestCase {
     XCTAssertNotEqual(s3, 0)
     XCTAssertTrue(e3.contains("--freeze stage:3:") && !e3.dropLast().contains("\n"), e3)
   }
+
+  /// --layer-decay and --no-decay-1d set each update's learning rate and weight decay: the head
+  /// at lr, block b of L at lr·R^(L−b), the stem at lr·R^(L+1); no decay on rank ≤ 1.
+  func testLayerDecayAndNoDecay1D() throws {
+    let d = try tmp()
+    let (s, _, e) = try sbpc([
+      "compile", "models/vit_p4_d6_ts17.onnx", "--batch", "2", "--keep", "1", "--optimizer", "adamw", "--lr", "0.001",
+      "--weight-decay", "0.05", "--no-decay-1d", "--layer-decay", "0.5", "-o", d + "/p.plan",
+    ])
+    XCTAssertEqual(s, 0, e)
+    let plan = try String(contentsOfFile: d + "/p.plan", encoding: .utf8)
+    func update(_ p: String) -> Substring? { plan.split(separator: "\n").first { $0.contains("adamw(@\(p),") } }
+    for (p, lr, wd) in [
+      ("head.weight", "lr=0.001,", "weight_decay=0.05"), ("head.bias", "lr=0.001,", "weight_decay=0.0,"),
+      ("blocks.5.mlp.fc2.bias", "lr=0.0005,", "weight_decay=0.0,"), ("blocks.0.norm1.weight", "lr=1.5625e-05,", "weight_decay=0.0,"),
+      ("pos_embed", "lr=7.8125e-06,", "weight_decay=0.05"),
+    ] {
+      let line = try XCTUnwrap(update(p), p)
+      XCTAssertTrue(line.contains(lr) && line.contains(wd), "\(p): \(line)")
+    }
+    let (s2, _, e2) = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--layer-decay", "1.5", "-o", d + "/x.plan"])
+    XCTAssertNotEqual(s2, 0)
+    XCTAssertTrue(e2.contains("--layer-decay must be in (0, 1]"), e2)
+  }
 }
