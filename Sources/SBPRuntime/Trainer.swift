@@ -215,6 +215,7 @@ public final class Trainer {
           evaluation = (vl, top1)
           try log?.write([
             "kind": .string("eval"), "epoch": .int(epoch + 1), "step": .int(s + 1), "loss": .double(vl), "top1": .double(top1),
+            "top5": .double(evaluator.lastTop5), "confusion": .matrix(evaluator.lastConfusion),
           ])
         }
         try observe(.epoch(epoch: epoch + 1, epochs: epochs, loss: epochLoss / Double(max(epochSteps, 1)), validation: evaluation))
@@ -271,6 +272,8 @@ public struct Feeder {
 /// A JSON value of a log record.
 public enum JSONValue {
   case string(String), int(Int), double(Double)
+  /// Rows of integers (a confusion matrix).
+  case matrix([[Int]])
 
   var text: String {
     switch self {
@@ -279,6 +282,7 @@ public enum JSONValue {
       return String(decoding: data, as: UTF8.self)
     case .int(let i): return String(i)
     case .double(let d): return d.isFinite ? "\(d)" : "null"
+    case .matrix(let rows): return "[" + rows.map { "[" + $0.map(String.init).joined(separator: ",") + "]" }.joined(separator: ",") + "]"
     }
   }
 }

@@ -155,10 +155,25 @@ public final class Evaluator {
   public var keepLogits = false
   public private(set) var lastLogits: [Float] = []
 
+  /// Top-5 accuracy (top-k with k = min(5, classes)) and the confusion matrix of the last
+  /// `evaluate`: `confusion[label][predicted]` counts.
+  public private(set) var lastTop5: Double = 0
+  public private(set) var lastConfusion: [[Int]] = []
+
+  /// Each class's top-1 accuracy in the last `evaluate` (nil for a class with no samples).
+  public var lastPerClass: [Double?] {
+    lastConfusion.enumerated().map { c, row in
+      let n = row.reduce(0, +)
+      return n == 0 ? nil : Double(row[c]) / Double(n)
+    }
+  }
+
   public func evaluate(_ data: DataSet) throws -> (loss: Double, top1: Double) {
     lastLogits = []
+    lastConfusion = Array(repeating: Array(repeating: 0, count: classes), count: classes)
     var total: Double = 0
-    var correct = 0
+    var correct = 0, inTop5 = 0
+    let k = min(5, classes)
     let order = BatchOrder(count: data.count, batch: batch, shuffle: false, last: .pad, seed: 0)
     let all = order.permutation(epoch: 0)
     for b in 0..<order.batchesPerEpoch {
@@ -171,9 +186,14 @@ public final class Evaluator {
         let m = row.max()!
         let lse = Double(m) + log(row.reduce(0.0) { $0 + exp(Double($1 - m)) })
         total += lse - Double(row[t])
-        if row.indices.max(by: { row[$0] < row[$1] }) == t { correct += 1 }
+        let predicted = row.indices.max(by: { row[$0] < row[$1] })!
+        if predicted == t { correct += 1 }
+        lastConfusion[t][predicted] += 1
+        // In the top k when fewer than k logits beat the label's (ties count for the label).
+        if row.reduce(0, { $0 + ($1 > row[t] ? 1 : 0) }) < k { inTop5 += 1 }
       }
     }
+    lastTop5 = Double(inTop5) / Double(data.count)
     return (total / Double(data.count), Double(correct) / Double(data.count))
   }
 }

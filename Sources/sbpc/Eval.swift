@@ -6,7 +6,13 @@ import SBPPlan
 import SBPRuntime
 
 struct Eval: ParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "Evaluate a plan's forward on a data set: mean loss and top-1 accuracy.")
+  static let configuration = CommandConfiguration(
+    abstract: "Evaluate a plan's forward on a data set: mean loss, top-1 and top-5 accuracy.",
+    discussion: """
+      Prints one line: loss, top-1 (with the count) and top-5 (top-k for fewer than 5 classes).
+      --per-class adds each class's accuracy; --log FILE writes all of it as JSON, with the
+      confusion matrix (confusion[label][predicted]).
+      """)
 
   @Argument(help: "The plan file.") var plan: String
   @Option(help: "Images, f32 [N,C,H,W] .npy (any N; a partial last batch is padded), or a folder of NAME.x.npy / NAME.y.npy pairs.")
@@ -15,6 +21,8 @@ struct Eval: ParsableCommand {
   @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
   @Option(name: .customLong("dump-logits"), help: "Write every sample's logits to this .npy file, f32 [N, classes].") var dumpLogits:
     String?
+  @Flag(name: .customLong("per-class"), help: "Also print each class's top-1 accuracy and sample count.") var perClass = false
+  @Option(help: "Write the results as JSON to this file: loss, top1, top5, per_class and confusion.") var log: String?
   @OptionGroup var memory: MemoryOptions
 
   func run() throws {
@@ -27,7 +35,21 @@ struct Eval: ParsableCommand {
       let data = try DataSet(images: input, labels: labels, imageShape: shape, classes: g.type(of: g.outputs[0].value).shape[1])
       let (loss, top1) = try evaluator.evaluate(data)
       let correct = Int((top1 * Double(data.count)).rounded())
-      print(String(format: "loss %.5f  top-1 %.2f%% (%d/%d)", loss, 100 * top1, correct, data.count))
+      print(String(format: "loss %.5f  top-1 %.2f%% (%d/%d)  top-5 %.2f%%", loss, 100 * top1, correct, data.count, 100 * evaluator.lastTop5))
+      let counts = evaluator.lastConfusion.map { $0.reduce(0, +) }
+      if perClass {
+        for (c, acc) in evaluator.lastPerClass.enumerated() {
+          print(acc.map { String(format: "class %d  top-1 %6.2f%%  (%d samples)", c, 100 * $0, counts[c]) } ?? "class \(c)  no samples")
+        }
+      }
+      if let log {
+        let record: [String: Any] = [
+          "loss": loss, "top1": top1, "top5": evaluator.lastTop5, "samples": data.count,
+          "per_class": evaluator.lastPerClass.map { $0 as Any? ?? NSNull() }, "confusion": evaluator.lastConfusion,
+        ]
+        let json = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
+        guard FileManager.default.createFile(atPath: log, contents: json + Data("\n".utf8)) else { throw PlanError("\(log): cannot write") }
+      }
       if let dumpLogits {
         try NPYArray(f32: evaluator.lastLogits, shape: [data.count, evaluator.lastLogits.count / data.count]).write(dumpLogits)
       }

@@ -251,4 +251,36 @@ final class TrainingWorkflowTests: XCTestCase {
     XCTAssertNotEqual(s2, 0)
     XCTAssertTrue(e2.contains("--layer-decay must be in (0, 1]"), e2)
   }
+
+  /// `eval` reports top-5 beside top-1; --per-class prints each class; --log writes JSON with
+  /// the confusion matrix, whose diagonal is the top-1 count. Training's eval records carry
+  /// top-5 and the matrix too.
+  func testEvaluationReportsTop5PerClassAndConfusion() throws {
+    let d = try tmp()
+    try writeDataSet(d, "train", count: 6, seed: 3)
+    try writeDataSet(d, "val", count: 12, seed: 4)
+    _ = try sbpc(["compile", "models/vit_p4_d6_ts17.onnx", "--batch", "4", "--keep", "1", "-o", d + "/p.plan"])
+    let (s, out, e) = try sbpc([
+      "eval", d + "/p.plan", "--input", d + "/val_x.npy", "--labels", d + "/val_y.npy", "--per-class", "--log", d + "/e.json",
+    ])
+    XCTAssertEqual(s, 0, e)
+    XCTAssertTrue(out.split(separator: "\n")[0].contains("top-5"), out)
+    XCTAssertEqual(out.split(separator: "\n").filter { $0.hasPrefix("class ") }.count, 10, out)
+    let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: d + "/e.json"))) as? [String: Any])
+    let confusion = try XCTUnwrap(json["confusion"] as? [[Int]])
+    XCTAssertEqual(confusion.count, 10)
+    XCTAssertEqual(confusion.flatMap { $0 }.reduce(0, +), 12)
+    let top1 = try XCTUnwrap(json["top1"] as? Double), top5 = try XCTUnwrap(json["top5"] as? Double)
+    XCTAssertEqual(Double((0..<10).map { confusion[$0][$0] }.reduce(0, +)) / 12, top1, accuracy: 1e-12)
+    XCTAssertGreaterThanOrEqual(top5, top1)
+    let (s2, _, e2) = try sbpc([
+      "train", d + "/p.plan", "--input", d + "/train_x.npy", "--labels", d + "/train_y.npy", "--epochs", "1", "--val", d + "/val_x.npy",
+      d + "/val_y.npy", "--log", d + "/t.jsonl",
+    ])
+    XCTAssertEqual(s2, 0, e2)
+    let evals = try logRecords(d + "/t.jsonl").filter { $0["kind"] as? String == "eval" }
+    XCTAssertEqual(evals.count, 1)
+    XCTAssertNotNil(evals.first?["top5"] as? Double)
+    XCTAssertEqual((evals.first?["confusion"] as? [[Int]])?.flatMap { $0 }.reduce(0, +), 12)
+  }
 }
