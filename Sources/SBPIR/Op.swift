@@ -147,10 +147,11 @@ public enum Op: Sendable, Hashable {
   /// Identity forward; autodiff treats its result as a constant.
   case stopGradient
   /// Mean softmax cross-entropy over the batch. Inputs: logits [B, C] f32, labels [B] i64 → f32[].
-  case softmaxCrossEntropy
+  /// With label smoothing ε the target is (1 − ε)·one-hot + ε/C (timm's `--smoothing`).
+  case softmaxCrossEntropy(smoothing: Double)
   // Backward ops that autodiff emits (no gradients of their own).
   /// Inputs: logits, labels, dloss → dlogits.
-  case softmaxCrossEntropyGrad
+  case softmaxCrossEntropyGrad(smoothing: Double)
   /// dy·f′(x) for `unary(f)`. Inputs: x, dy → dx. Printed as the function's name + `_grad`.
   case unaryGrad(Unary)
   /// Inputs: y (the softmax output), dy → dx.
@@ -253,9 +254,10 @@ public enum Op: Sendable, Hashable {
       case .floats(let v): return ["value": .floats(v)]
       case .ints(let v): return ["value": .ints(v.map { Int($0) })]
       }
-    case .add, .sub, .mul, .div, .pow, .equal, .select, .matMul, .globalAveragePool, .stopGradient, .softmaxCrossEntropy,
-      .softmaxCrossEntropyGrad:
+    case .add, .sub, .mul, .div, .pow, .equal, .select, .matMul, .globalAveragePool, .stopGradient:
       return [:]
+    // Printed only when set, so plans without smoothing read as before.
+    case .softmaxCrossEntropy(let e), .softmaxCrossEntropyGrad(let e): return e == 0 ? [:] : ["smoothing": .float(e)]
     case .unary(let f), .unaryGrad(let f): return f.attributes
     case .softmaxGrad(let axis): return ["axis": .int(axis)]
     case .layerNormGrad(let axis, let eps): return ["axis": .int(axis), "epsilon": .float(eps)]
@@ -380,8 +382,10 @@ public enum Op: Sendable, Hashable {
     case "reduce_sum": self = .reduceSum(axes: try a.ints("axes"), keepDims: try a.int("keepdims") != 0)
     case "global_average_pool": self = .globalAveragePool
     case "stop_gradient": self = .stopGradient
-    case "softmax_cross_entropy": self = .softmaxCrossEntropy
-    case "softmax_cross_entropy_grad": self = .softmaxCrossEntropyGrad
+    case "softmax_cross_entropy", "softmax_cross_entropy_grad":
+      let e = a.entries["smoothing"] == nil ? 0 : try a.float("smoothing")
+      guard e >= 0, e < 1 else { throw IRError.attribute("\(name): smoothing must be in [0, 1), got \(e)") }
+      self = name == "softmax_cross_entropy" ? .softmaxCrossEntropy(smoothing: e) : .softmaxCrossEntropyGrad(smoothing: e)
     case "softmax_grad": self = .softmaxGrad(axis: try a.int("axis"))
     case "layer_norm_grad": self = .layerNormGrad(axis: try a.int("axis"), epsilon: try a.float("epsilon"))
     case "conv_grad_input", "conv_grad_weight":

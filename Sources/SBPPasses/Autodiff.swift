@@ -47,9 +47,12 @@ public func appendGradients(_ graph: inout Graph, loss: ValueID, wrt: [ValueID])
 public struct Autodiff: Pass {
   public var optimizer: OptimizerConfig
   public var groups: ParameterGroups
-  public init(optimizer: OptimizerConfig = .defaultSGD, groups: ParameterGroups = ParameterGroups()) {
+  /// Label smoothing ε of the loss (timm's `--smoothing`).
+  public var smoothing: Double
+  public init(optimizer: OptimizerConfig = .defaultSGD, groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0) {
     self.optimizer = optimizer
     self.groups = groups
+    self.smoothing = smoothing
   }
   public let name = "autodiff"
   public let summary = "append the loss, reverse-mode gradients and optimizer updates (a training step)"
@@ -60,7 +63,7 @@ public struct Autodiff: Pass {
     let lt = graph.type(of: logits)
     guard lt.rank == 2, lt.dtype == .f32 else { throw PassError("autodiff: the first output must be logits f32[B,C], got \(lt)") }
     let labels = graph.addInput("labels", TensorType(.i64, [lt.shape[0]]))
-    let loss = try graph.append(.softmaxCrossEntropy, [logits, labels], name: "loss")[0]
+    let loss = try graph.append(.softmaxCrossEntropy(smoothing: smoothing), [logits, labels], name: "loss")[0]
     let params = graph.params.filter(\.trainable)
     let grads = try appendGradients(&graph, loss: loss, wrt: params.map(\.value))
     var outputs = [GraphInput(value: logits, name: logitsOut.name), GraphInput(value: loss, name: "loss")]

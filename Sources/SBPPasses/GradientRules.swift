@@ -196,8 +196,8 @@ extension GradBuilder {
       let s = type(x[0]).shape
       let n = s.dropFirst(2).reduce(1, *)
       return [try one(.mul, [try one(.expand(s), [dy]), try scalar(1 / Double(n))])]
-    case .softmaxCrossEntropy:
-      return [try one(.softmaxCrossEntropyGrad, [x[0], x[1], dy]), nil]
+    case .softmaxCrossEntropy(let e):
+      return [try one(.softmaxCrossEntropyGrad(smoothing: e), [x[0], x[1], dy]), nil]
     case .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
       .linearGradWeight, .sliceGrad, .gatherGrad, .maxPoolGrad, .averagePoolGrad, .batchNormGrad, .runningStats, .padGrad,
       .sgd, .adamw:

@@ -27,11 +27,14 @@ public struct PipelineOptions: Sendable, Equatable {
   public var fuseOptimizer: Bool
   /// `autodiff`'s per-parameter learning rate and weight decay (`--no-decay-1d`, `--layer-decay`).
   public var groups: ParameterGroups
+  /// `autodiff`'s label smoothing.
+  public var smoothing: Double
 
   public init(
     sbp: SBPOptions = SBPOptions(), optimizer: OptimizerConfig = .defaultSGD, fuseOptimizer: Bool = true,
-    groups: ParameterGroups = ParameterGroups()
+    groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0
   ) {
+    self.smoothing = smoothing
     self.sbp = sbp
     self.optimizer = optimizer
     self.fuseOptimizer = fuseOptimizer
@@ -49,7 +52,7 @@ public enum PassRegistry {
       BatchNormTrain(),
       InsertSBP(options.sbp),
       DeadRows(),
-      Autodiff(optimizer: options.optimizer, groups: options.groups),
+      Autodiff(optimizer: options.optimizer, groups: options.groups, smoothing: options.smoothing),
       PruneBackward(),
       Rematerialize(),
       Schedule(fuseOptimizer: options.fuseOptimizer),

@@ -58,11 +58,14 @@ public struct Plan: Sendable {
     public var head: HeadSpec?
     /// Per-parameter learning rate and weight decay (`--no-decay-1d`, `--layer-decay`).
     public var groups: ParameterGroups
+    /// Label smoothing of the loss.
+    public var smoothing: Double
     public init(
       batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
       fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false, head: HeadSpec? = nil,
-      groups: ParameterGroups = ParameterGroups()
+      groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0
     ) {
+      self.smoothing = smoothing
       self.head = head
       self.groups = groups
       self.batch = batch
@@ -85,7 +88,8 @@ public struct Plan: Sendable {
         headSeed: options.head?.seed ?? 0))
     var eval = imported.graph
     let passOptions = PipelineOptions(
-      sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer, groups: options.groups)
+      sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer, groups: options.groups,
+      smoothing: options.smoothing)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
     var notes = imported.notes
     // Structural --freeze specs (stem, head, norm, blocks) read mark's annotations.

@@ -491,8 +491,8 @@ public final class Executor {
     case .split(let axis, _): Movement.split(axis: axis, ins[0], outs)
     case .reduceMean, .globalAveragePool: Movement.reduce(strides: pre.strides, mean: true, ins[0], y!)
     case .reduceSum: Movement.reduce(strides: pre.strides, mean: false, ins[0], y!)
-    case .softmaxCrossEntropy: try Norm.softmaxCrossEntropy(ins[0], ins[1], y!)
-    case .softmaxCrossEntropyGrad: try Norm.softmaxCrossEntropyGrad(ins[0], ins[1], ins[2], y!)
+    case .softmaxCrossEntropy(let e): try Norm.softmaxCrossEntropy(ins[0], ins[1], y!, smoothing: Float(e))
+    case .softmaxCrossEntropyGrad(let e): try Norm.softmaxCrossEntropyGrad(ins[0], ins[1], ins[2], y!, smoothing: Float(e))
     case .unaryGrad(let f): Elementwise.unaryGrad(f, ins[0], ins[1], y!)
     case .softmaxGrad(let axis): Norm.softmaxGrad(axis: axis, ins[0], ins[1], y!)
     case .layerNormGrad(let axis, let eps):

@@ -176,8 +176,9 @@ enum Norm {
     return t
   }
 
-  /// Mean cross-entropy of softmax(logits) against integer labels.
-  static func softmaxCrossEntropy(_ logits: Buffer, _ labels: Buffer, _ out: Buffer) throws {
+  /// Mean cross-entropy of softmax(logits) against integer labels, smoothed: the target is
+  /// (1 − ε)·one-hot + ε/C, so a row's loss is lse − (1 − ε)·z_t − ε·mean(z).
+  static func softmaxCrossEntropy(_ logits: Buffer, _ labels: Buffer, _ out: Buffer, smoothing e: Float = 0) throws {
     let b = logits.type.shape[0], c = logits.type.shape[1]
     var total: Double = 0
     for r in 0..<b {
@@ -185,14 +186,19 @@ enum Norm {
       let t = try checkLabel(labels, r, classes: c)
       var m = -Float.infinity
       for k in 0..<c { m = max(m, row[k]) }
-      var s: Double = 0
-      for k in 0..<c { s += Double(expf(row[k] - m)) }
-      total += Double(m) + log(s) - Double(row[t])
+      var s: Double = 0, sum: Double = 0
+      for k in 0..<c {
+        s += Double(expf(row[k] - m))
+        sum += Double(row[k])
+      }
+      let lse = Double(m) + log(s)
+      total += e == 0 ? lse - Double(row[t]) : lse - Double(1 - e) * Double(row[t]) - Double(e) * sum / Double(c)
     }
     out.f32[0] = Float(total / Double(b))
   }
 
-  static func softmaxCrossEntropyGrad(_ logits: Buffer, _ labels: Buffer, _ dloss: Buffer, _ dx: Buffer) throws {
+  /// softmax − target, scaled by dloss / B.
+  static func softmaxCrossEntropyGrad(_ logits: Buffer, _ labels: Buffer, _ dloss: Buffer, _ dx: Buffer, smoothing e: Float = 0) throws {
     let b = logits.type.shape[0], c = logits.type.shape[1]
     let scale = dloss.f32[0] / Float(b)
     for r in 0..<b {
@@ -205,8 +211,9 @@ enum Norm {
         d[k] = expf(row[k] - m)
         s += d[k]
       }
-      for k in 0..<c { d[k] = d[k] / s * scale }
-      d[t] -= scale
+      let uniform = e / Float(c) * scale
+      for k in 0..<c { d[k] = d[k] / s * scale - uniform }
+      d[t] -= (1 - e) * scale
     }
   }
 }

@@ -57,6 +57,8 @@ struct Compile: ParsableCommand {
       "Layer-wise learning-rate decay, 0 < R <= 1 (BEiT's and DeiT-III's fine-tuning): block b trains at lr·R^(L−b), the stem at lr·R^(L+1), the head at lr, for L blocks.",
       valueName: "R"))
   var layerDecay: Double?
+  @Option(help: "Label smoothing ε of the loss, 0 <= ε < 1: the target is (1 − ε)·one-hot + ε/classes (timm's --smoothing).")
+  var smoothing: Double = 0
   @OptionGroup var shape: ShapeOptions
   @OptionGroup var parameters: ParameterFlags
 
@@ -69,6 +71,7 @@ struct Compile: ParsableCommand {
     guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
     guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
     if let r = layerDecay, !(r > 0 && r <= 1) { throw ValidationError("--layer-decay must be in (0, 1], got \(r)") }
+    guard smoothing >= 0, smoothing < 1 else { throw ValidationError("--smoothing must be in [0, 1), got \(smoothing)") }
   }
 
   func run() throws {
@@ -81,7 +84,7 @@ struct Compile: ParsableCommand {
         batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer,
         freeze: parameters.freeze, keepTied: parameters.keepTied,
         head: parameters.numClasses.map { HeadSpec(classes: $0, seed: parameters.seed) },
-        groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay))
+        groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay), smoothing: smoothing)
       let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {

@@ -259,8 +259,34 @@ final class GradientCheckTests: XCTestCase {
     try check(
       GradCase(name: "softmax cross-entropy", shapes: [[3, 5]], range: (-2, 2)) { g, p in
         let labels = try g.append(.constant(Literal(i64: [4, 0, 2], shape: [3])), [])[0]
-        return try g.append(.softmaxCrossEntropy, [p[0], labels])[0]
+        return try g.append(.softmaxCrossEntropy(smoothing: 0), [p[0], labels])[0]
       })
+    try check(
+      GradCase(name: "softmax cross-entropy, label smoothing 0.1", shapes: [[3, 5]], range: (-2, 2)) { g, p in
+        let labels = try g.append(.constant(Literal(i64: [4, 0, 2], shape: [3])), [])[0]
+        return try g.append(.softmaxCrossEntropy(smoothing: 0.1), [p[0], labels])[0]
+      })
+  }
+
+  /// Label smoothing against PyTorch's `cross_entropy(label_smoothing=0.1)` and its gradient
+  /// (models/smoothing_reference.py).
+  func testLabelSmoothingMatchesPyTorch() throws {
+    let dir = repoRoot + "/Tests/Fixtures/smoothing"
+    let x = try NPYArray.read(dir + "/logits.npy"), y = try NPYArray.read(dir + "/labels.npy")
+    var g = Graph(name: "smoothing")
+    let logits = g.addInput("logits", TensorType(.f32, x.shape)), labels = g.addInput("labels", TensorType(.i64, y.shape))
+    let loss = try g.append(.softmaxCrossEntropy(smoothing: 0.1), [logits, labels])[0]
+    let one = try g.append(.constant(Literal(f32: [1], shape: [])), [])[0]
+    let grad = try g.append(.softmaxCrossEntropyGrad(smoothing: 0.1), [logits, labels, one])[0]
+    g.outputs = [GraphInput(value: loss, name: "loss"), GraphInput(value: grad, name: "grad")]
+    try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.evaluationPipeline, PipelineOptions()), verifyEach: true).run(&g)
+    let ex = try Executor(graph: g, threads: 1)
+    x.data.withUnsafeBytes { ex.buffer(logits).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    y.data.withUnsafeBytes { ex.buffer(labels).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    try ex.run()
+    XCTAssertEqual(ex.buffer(loss).f32[0], try NPYArray.read(dir + "/loss.npy").floats[0], accuracy: 1e-6)
+    let want = try NPYArray.read(dir + "/grad.npy").floats
+    for (a, b) in zip(Array(ex.buffer(grad).floats), want) { XCTAssertEqual(a, b, accuracy: 1e-6) }
   }
 
   func testDataMovementAndReductionRules() throws {

@@ -72,7 +72,7 @@ final class SBPPlanTests: XCTestCase {
     for model in [vit, avg, convnext] {
       for options in [SBPOptions.off, SBPOptions()] {
         let nodes = try compile(model, options).train.nodes
-        guard let loss = nodes.firstIndex(where: { $0.op == .softmaxCrossEntropy }) else { return XCTFail("no loss in \(model)") }
+        guard let loss = nodes.firstIndex(where: { $0.op == .softmaxCrossEntropy(smoothing: 0) }) else { return XCTFail("no loss in \(model)") }
         var pairs = 0
         for (i, n) in nodes.enumerated() where i > loss {
           guard case .unary(.gelu) = n.op else { continue }
@@ -98,7 +98,7 @@ final class SBPPlanTests: XCTestCase {
       for options in [SBPOptions.off, SBPOptions()] {
         let g = try compile(model, options).train
         let nodes = g.nodes
-        guard let loss = nodes.firstIndex(where: { $0.op == .softmaxCrossEntropy }) else { return XCTFail("no loss in \(model)") }
+        guard let loss = nodes.firstIndex(where: { $0.op == .softmaxCrossEntropy(smoothing: 0) }) else { return XCTFail("no loss in \(model)") }
         var producer: [ValueID: Int] = [:]
         for (i, n) in nodes.enumerated() { for o in n.outputs { producer[o] = i } }
         var readers: [ValueID: [Int]] = [:]
