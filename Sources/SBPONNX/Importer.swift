@@ -322,14 +322,17 @@ private struct Importer {
   mutating func importInputs() throws {
     var sawSymbolicBatch = false
     var fixedBatch: Int?
+    let first = model.inputs.first { syms[$0.name] == nil }?.name
     for inp in model.inputs where syms[inp.name] == nil {
       guard let et = inp.elemType, let dt = dtype(onnx: et) else { throw err("graph input '\(inp.name)' has no supported tensor type") }
       guard let dims = inp.dims else { throw err("graph input '\(inp.name)' has no shape") }
       var shape: [Int] = []
       for (axis, d) in dims.enumerated() {
         if let v = d.value, v > 0 {
-          shape.append(axis == 0 && options.batch != nil ? options.batch! : v)
-          if axis == 0 { fixedBatch = v }
+          // A fixed batch: the image input's axis 0 takes --batch (re-batching, see `rebatch`).
+          let rebatched = axis == 0 && inp.name == first && options.batch != nil
+          shape.append(rebatched ? options.batch! : v)
+          if axis == 0 && inp.name == first { fixedBatch = v }
         } else if let p = d.param, let v = options.dims[p] {
           shape.append(v)
         } else if axis == 0 {
