@@ -272,6 +272,13 @@ struct BlockMatcher {
     guard throughMovement(fx, within: inBranch) == prev else {
       return .failure(MatchFailure("the branch output is not the end of its token-wise chain"))
     }
+    // Every linear and the norm must act on one axis of x, its channels. MLP-Mixer's token
+    // MLP transposes first and mixes tokens: it cannot be split by rows.
+    if let axes = originalAxes(of: linears + roles.filter { $0.value == "mlp.norm" }.map(\.key), from: x, branch: branch),
+      Set(axes.values).count > 1
+    {
+      return .failure(MatchFailure("its linears and norm act on different axes of the input (a token-mixing MLP): it mixes tokens, so it cannot be split by rows"))
+    }
     switch linears.count {
     case 2:
       roles[linears[0]] = "mlp.fc1"
@@ -285,6 +292,32 @@ struct BlockMatcher {
     default:
       return .failure(MatchFailure("the branch has neither an MHSA softmax nor an MLP's two linears (found \(linears.count) linear)"))
     }
+  }
+
+  /// The axis of `x` each of `nodes` (linears and layer norms) acts on, following the
+  /// branch's transposes; nil when a reshape or anything else reshuffles the axes on the way.
+  func originalAxes(of nodes: [Int], from x: ValueID, branch: [Int]) -> [Int: Int]? {
+    var perm: [ValueID: [Int]] = [x: Array(0..<g.type(of: x).rank)]
+    var out: [Int: Int] = [:]
+    for i in branch {
+      let n = g.nodes[i]
+      guard let p = n.inputs.lazy.compactMap({ perm[$0] }).first else { continue }
+      switch n.op {
+      case .transpose(let t): perm[n.outputs[0]] = t.map { p[$0] }
+      case .linear(let a, _) where nodes.contains(i):
+        out[i] = p[a]
+        perm[n.outputs[0]] = p
+      case .layerNorm(let a, _) where nodes.contains(i):
+        out[i] = p[a]
+        perm[n.outputs[0]] = p
+      case .reshape, .squeeze, .unsqueeze, .expand, .slice, .concat, .split, .gather:
+        if g.type(of: n.outputs[0]).rank != p.count || n.op != .reshape(g.type(of: n.outputs[0]).shape) { return nil }
+        perm[n.outputs[0]] = p
+      default:
+        if g.type(of: n.outputs[0]).rank == p.count { perm[n.outputs[0]] = p }
+      }
+    }
+    return out.count == nodes.count ? out : nil
   }
 
   // MARK: Layout

@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 
 @testable import SBPIR
+@testable import SBPPasses
 @testable import SBPPlan
 @testable import SBPRuntime
 
@@ -79,6 +80,24 @@ final class FamilyReferenceTests: XCTestCase {
         try check(tag, dir: dir, stem: stem, export: export, batch: m.batch)
       }
     }
+  }
+
+  /// Compiling with SBP at its defaults never fails on a family: a branch that cannot be split
+  /// by rows is left out when blocks are marked, with its reason (MLP-Mixer's token MLPs), and
+  /// the rest are split.
+  func testEveryFamilyCompilesWithDefaultSBP() throws {
+    for family in Self.expected {
+      let m = try manifest(family)
+      XCTAssertNoThrow(
+        try Plan.compile(model: "\(Self.root)/\(family)/model_ts17.onnx", options: Plan.Options(batch: m.batch, sbp: SBPOptions())),
+        family)
+    }
+    let (plan, _) = try Plan.compile(
+      model: "\(Self.root)/mixer_b16_224/model_ts17.onnx", options: Plan.Options(batch: 2, sbp: SBPOptions()))
+    let table = BlockTable(plan.eval)
+    XCTAssertEqual(table.blocks.count, 2, "the channel MLPs")
+    XCTAssertEqual(table.unmatched.filter { $0.reason.contains("a token-mixing MLP") }.count, 2, "\(table.unmatched)")
+    XCTAssertNotNil(plan.layout, "SBP splits the channel MLPs")
   }
 
   private func check(_ tag: String, dir: String, stem: String, export: FamilyManifest.Export, batch: Int) throws {
