@@ -13,6 +13,10 @@ A gradient that is zero in PyTorch up to rounding (a bias right before a train-m
 BatchNorm) must stay at rounding level against the step's largest gradient instead.
 Every initializer the reference trains must have a gradient from sbpc and sbpc must
 train nothing else: a parameter that silently gets no gradient is a failure.
+
+Full-size references (models/families.py --full) also hold PyTorch's own float32 step
+(<stem>/grads_torch32/); the summary line then says on how many gradients it misses the
+same bars against float64, a control for what float32 can reach on that model.
 """
 import json
 import os
@@ -78,10 +82,23 @@ def main(argv):
         else:
             passed += 1
         worst = min(worst, (c, e, name))
+    # Full-size references carry PyTorch's own float32 step as a control: how many gradients
+    # it misses the same bars on says whether float32 can meet them on this model at all.
+    cdir = os.path.join(ref, stem, "grads_torch32")
+    control = ""
+    if os.path.isdir(cdir):
+        missed = 0
+        for name, w in want.items():
+            c = np.load(os.path.join(cdir, name + ".npy")).reshape(w.shape)
+            if float(np.abs(w).max()) < ZERO * scale:
+                missed += float(np.abs(c).max()) >= ZERO * scale
+            elif cosine(c, w) <= GRAD_COS or rel(c, w) >= GRAD_REL:
+                missed += 1
+        control = f"; control: PyTorch's float32 step misses on {missed}/{len(want)}"
     for f in fails:
         print("FAIL " + f)
     print(f"{manifest['family']} ({stem}): logits rel {r:.1e}, loss |d| {abs(loss_got - loss_want):.1e}, "
-          f"{passed}/{len(want)} gradients pass, lowest cosine {worst[0]:.7f} ({worst[2]})")
+          f"{passed}/{len(want)} gradients pass, lowest cosine {worst[0]:.7f} ({worst[2]}){control}")
     return 1 if fails else 0
 
 

@@ -26,6 +26,7 @@ with models/compare_family.py.
 
 import argparse
 import collections
+import copy
 import functools
 import hashlib
 import json
@@ -228,7 +229,7 @@ def initializer_map(path, model):
     return mapping
 
 
-def write_reference(name, fam, out, dynamo_too):
+def write_reference(name, fam, out, dynamo_too, control_float32=False):
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     model = build(name, fam)
@@ -253,6 +254,13 @@ def write_reference(name, fam, out, dynamo_too):
     # it like sbpc is.  (On a BatchNorm net at a small batch, PyTorch's own float32 step is
     # up to 5e-3 away from float64 in max-relative terms: a float32 reference would measure
     # PyTorch's rounding as much as sbpc's.)
+    # A control for the full-size models: PyTorch's own float32 step from the same state,
+    # which compare_family.py measures against the float64 one with the same bars.
+    control = None
+    if control_float32:
+        twin = copy.deepcopy(model).train()
+        torch.nn.functional.cross_entropy(twin(x), labels).backward()
+        control = dict(twin.named_parameters())
     model.double().train()
     model.zero_grad()
     logits = model(x.double())
@@ -278,6 +286,10 @@ def write_reference(name, fam, out, dynamo_too):
                 g = g.detach().float().numpy()
                 np.save(os.path.join(gdir, fname), (g.T if tr else g).reshape(shape))
                 trainable.append(init)
+                if control is not None:
+                    os.makedirs(os.path.join(out, stem, "grads_torch32"), exist_ok=True)
+                    c = control[k].grad.detach().numpy()
+                    np.save(os.path.join(out, stem, "grads_torch32", fname), (c.T if tr else c).reshape(shape))
             else:
                 np.save(os.path.join(sdir, fname), buffers[k].detach().float().numpy().reshape(shape))
                 state.append(init)
@@ -326,7 +338,7 @@ def main(argv=None):
             continue
         t0 = time.time()
         try:
-            m = write_reference(name, fam, os.path.join(root, name), fam.dynamo)
+            m = write_reference(name, fam, os.path.join(root, name), fam.dynamo, control_float32=args.full)
             n = len(m["exports"]["ts17"]["trainable"])
             print(f"{name}: {n} trainable initializers, exports {sorted(m['exports'])} ({time.time() - t0:.1f} s)")
         except (SystemExit, Exception) as e:  # keep going: report every family
