@@ -113,6 +113,28 @@ def groupnorm():
     print("wrote", path, "and", out)
 
 
+def dynamo_train():
+    """The same CNN through the dynamo exporter in train mode, as it writes it: BatchNormalization
+    without training_mode (ONNX's inference form), the training shown only in each node's
+    fx metadata.  sbpc must train it with batch statistics and not call it an eval export."""
+    model = build()
+    model.train()
+    x = torch.zeros(4, 3, 8, 8)
+    folder = os.path.join(HERE, "reference_bn", "cnn_bn_dynamo")
+    os.makedirs(folder, exist_ok=True)
+    program = torch.onnx.export(
+        model, (x,), dynamo=True, opset_version=18, input_names=["input"], output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), optimize=False,
+        training=torch.onnx.TrainingMode.TRAINING)
+    program.save(os.path.join(folder, "model.onnx"), external_data=True)
+    import onnx
+    m = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    bns = [n for n in m.graph.node if n.op_type == "BatchNormalization"]
+    assert bns and not any(a.name == "training_mode" for n in bns for a in n.attribute), "dynamo now writes training_mode"
+    print("wrote", folder)
+
+
 if __name__ == "__main__":
     groupnorm()
     main()
+    dynamo_train()

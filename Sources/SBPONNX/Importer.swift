@@ -734,7 +734,7 @@ private struct Importer {
           importer.graph.params[k].trainable = false
           importer.roles[importer.graph.params[k].name] = (false, "BatchNorm \(what): state the training step updates in place")
         }
-        if try int("training_mode", 0) == 0 {
+        if try int("training_mode", 0) == 0 && !importer.model.trainingBatchNorms.contains(node.name) {
           importer.notes.append(
             "BatchNorm '\(node.name)' was exported in eval mode; the training step uses each batch's statistics, as PyTorch's train() does")
         }

@@ -98,6 +98,8 @@ struct OModel {
   var valueInfo: [OValueInfo]
   var functionCount: Int
   var graphMetadata: [String: String] = [:]
+  /// BatchNormalization nodes dynamo exported from a train-mode forward (see `StrippedModel`).
+  var trainingBatchNorms: Set<String> = []
 }
 
 private func str(_ p: UnsafeMutablePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
@@ -240,7 +242,7 @@ func readONNX(path: String) throws -> OModel {
     inputs: array(g.input, g.n_input).compactMap { $0.map(valueInfo) },
     outputs: array(g.output, g.n_output).compactMap { $0.map(valueInfo) },
     valueInfo: array(g.value_info, g.n_value_info).compactMap { $0.map(valueInfo) },
-    functionCount: Int(m.n_functions), graphMetadata: stripped.graphMetadata)
+    functionCount: Int(m.n_functions), graphMetadata: stripped.graphMetadata, trainingBatchNorms: stripped.trainingBatchNorms)
 }
 
 /// Maps an ONNX TensorProto.DataType to the IR dtype.

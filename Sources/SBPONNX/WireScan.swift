@@ -13,6 +13,10 @@ struct StrippedModel {
   /// GraphProto.metadata_props (field 16, newer than the schema protobuf-c was built from):
   /// dynamo writes its graph signature there, which says which initializers are buffers.
   var graphMetadata: [String: String] = [:]
+  /// BatchNormalization nodes whose dynamo metadata (`pkg.torch.onnx.fx_node`, NodeProto
+  /// field 9) shows PyTorch ran them in training mode: dynamo writes such a node without
+  /// `training_mode`, which ONNX reads as inference.
+  var trainingBatchNorms: Set<String> = []
 }
 
 private struct Reader {
@@ -97,12 +101,14 @@ private func nested(_ field: UInt64, into out: inout [UInt8], _ fill: (inout [UI
 func stripInitializerData(_ buf: UnsafeRawBufferPointer) -> StrippedModel? {
   var raw: [Range<Int>?] = []
   var metadata: [String: String] = [:]
+  var trainingBatchNorms: Set<String> = []
   var out: [UInt8] = []
   out.reserveCapacity(min(buf.count, 1 << 20))
   let ok = copyMessage(buf, 0..<buf.count, into: &out) { field, body, out in
     guard field == 7 else { return false }  // ModelProto.graph
     return nested(7, into: &out) { graph in
       copyMessage(buf, body, into: &graph) { gField, gBody, graph in
+        if gField == 1, let name = trainingBatchNorm(buf, gBody) { trainingBatchNorms.insert(name) }  // GraphProto.node
         if gField == 16 {  // GraphProto.metadata_props: StringStringEntryProto {key = 1, value = 2}
           guard let (k, v) = stringPair(buf, gBody) else { return nil }
           metadata[k] = v
@@ -122,7 +128,30 @@ func stripInitializerData(_ buf: UnsafeRawBufferPointer) -> StrippedModel? {
       }
     }
   }
-  return ok ? StrippedModel(skeleton: out, rawData: raw, graphMetadata: metadata) : nil
+  return ok ? StrippedModel(skeleton: out, rawData: raw, graphMetadata: metadata, trainingBatchNorms: trainingBatchNorms) : nil
+}
+
+/// The name of the NodeProto in `range` when it is a BatchNormalization whose fx node is aten's
+/// `_native_batch_norm_legit_functional` with training = True (its sixth argument).
+private func trainingBatchNorm(_ buf: UnsafeRawBufferPointer, _ range: Range<Int>) -> String? {
+  var name = "", op = "", fx = ""
+  var r = Reader(buf: buf, pos: range.lowerBound, end: range.upperBound)
+  while r.pos < r.end {
+    guard let k = r.varint(), let body = r.payload(wireType: k & 7) else { return nil }
+    guard k & 7 == 2 else { continue }
+    switch k >> 3 {
+    case 3: name = String(decoding: UnsafeRawBufferPointer(rebasing: buf[body]), as: UTF8.self)
+    case 4: op = String(decoding: UnsafeRawBufferPointer(rebasing: buf[body]), as: UTF8.self)
+    case 9:
+      if let (key, value) = stringPair(buf, body), key == "pkg.torch.onnx.fx_node" { fx = value }
+    default: continue
+    }
+  }
+  guard op == "BatchNormalization", fx.contains("_native_batch_norm_legit_functional"),
+    let args = fx.range(of: "args = (")
+  else { return nil }
+  let list = fx[args.upperBound...].prefix { $0 != ")" }.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+  return list.count > 5 && list[5] == "True" ? name : nil
 }
 
 /// The key and value of a StringStringEntryProto; nil when malformed.

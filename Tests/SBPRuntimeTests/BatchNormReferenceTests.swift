@@ -51,6 +51,28 @@ final class BatchNormReferenceTests: XCTestCase {
     }
   }
 
+  /// dynamo writes a train-mode BatchNorm without `training_mode` (ONNX's inference form); its
+  /// fx metadata says training. sbpc trains it as PyTorch did and does not call it an eval export.
+  func testDynamoTrainModeBatchNormTrainsWithoutAnEvalNote() throws {
+    let x = try NPYArray.read(ref + "/input.npy"), labels = try NPYArray.read(ref + "/labels.npy")
+    let (plan, notes) = try Plan.compile(model: repoRoot + "/models/reference_bn/cnn_bn_dynamo/model.onnx", options: Plan.Options(batch: 4))
+    XCTAssertFalse(notes.contains { $0.contains("eval mode") }, "\(notes)")
+    XCTAssertEqual(plan.train.nodes.filter { if case .batchNormTraining = $0.op { return true } else { return false } }.count, 2)
+    let ex = try Executor(graph: plan.train, threads: 1, retaining: Executor.gradientValues(plan.train))
+    x.data.withUnsafeBytes { ex.buffer(plan.train.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    try ex.run()
+    let (lrel, _) = compare(Array(ex.buffer(plan.train.outputs[0].value).floats), try floats(ref + "/logits.npy"))
+    XCTAssertLessThan(lrel, 1e-4, "logits")
+    XCTAssertEqual(ex.output("loss")!.f32[0], try floats(ref + "/loss.npy")[0], accuracy: 1e-5)
+    let grads = gradients(ex)
+    XCTAssertEqual(grads.count, 9)
+    for (name, g) in grads where name.hasSuffix("weight") {
+      let (_, cos) = compare(Array(g.floats), try floats(ref + "/grads/\(name).npy"))
+      XCTAssertGreaterThan(cos, 0.9999, "@\(name)")
+    }
+  }
+
   /// Evaluation normalizes with the running statistics the training step left, and a
   /// checkpoint carries them.
   func testEvaluationReadsTheUpdatedRunningStatistics() throws {
