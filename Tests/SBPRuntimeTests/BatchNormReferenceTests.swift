@@ -12,22 +12,27 @@ final class BatchNormReferenceTests: XCTestCase {
 
   func floats(_ path: String) throws -> [Float] { try NPYArray.read(path).floats }
 
-  /// models/bn_reference.py: conv, BatchNorm, ReLU, max pool, 1×1 conv, BatchNorm, ReLU,
-  /// mean, linear; one step of PyTorch in train() mode at batch 4.
-  func testOneStepMatchesPyTorchInTrainMode() throws {
+  /// One training step of `model` on the reference batch, checked for logits and loss.
+  func step(_ model: String) throws -> (Executor, Plan, notes: [String]) {
     let x = try NPYArray.read(ref + "/input.npy"), labels = try NPYArray.read(ref + "/labels.npy")
-    let (plan, _) = try Plan.compile(model: repoRoot + "/models/reference_bn/cnn_bn.onnx", options: Plan.Options(batch: 4))
-    XCTAssertEqual(plan.train.nodes.filter { $0.op.category == .stateUpdate }.count, 2)
-    XCTAssertEqual(Set(plan.train.stateParameters.map(\.name)), ["bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"])
-    XCTAssertFalse(plan.train.params.contains { $0.trainable && $0.name.contains("running") })
+    let (plan, notes) = try Plan.compile(model: repoRoot + "/models/reference_bn/" + model, options: Plan.Options(batch: 4))
     let ex = try Executor(graph: plan.train, threads: 1, retaining: Executor.gradientValues(plan.train))
     x.data.withUnsafeBytes { ex.buffer(plan.train.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-    // The running statistics as loaded, to check the update against PyTorch's rule below.
     try ex.run()
     let (lrel, _) = compare(Array(ex.buffer(plan.train.outputs[0].value).floats), try floats(ref + "/logits.npy"))
-    XCTAssertLessThan(lrel, 1e-4, "logits")
-    XCTAssertEqual(ex.output("loss")!.f32[0], try floats(ref + "/loss.npy")[0], accuracy: 1e-5)
+    XCTAssertLessThan(lrel, 1e-4, "\(model): logits")
+    XCTAssertEqual(ex.output("loss")!.f32[0], try floats(ref + "/loss.npy")[0], accuracy: 1e-5, "\(model): loss")
+    return (ex, plan, notes)
+  }
+
+  /// models/bn_reference.py: conv, BatchNorm, ReLU, max pool, 1×1 conv, BatchNorm, ReLU,
+  /// mean, linear; one step of PyTorch in train() mode at batch 4.
+  func testOneStepMatchesPyTorchInTrainMode() throws {
+    let (ex, plan, _) = try step("cnn_bn.onnx")
+    XCTAssertEqual(plan.train.nodes.filter { $0.op.category == .stateUpdate }.count, 2)
+    XCTAssertEqual(Set(plan.train.stateParameters.map(\.name)), ["bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"])
+    XCTAssertFalse(plan.train.params.contains { $0.trainable && $0.name.contains("running") })
     let grads = gradients(ex)
     XCTAssertEqual(grads.count, 9, "every weight, bias and BatchNorm scale and shift trains")
     // A bias right before a BatchNorm in train mode has a gradient of exactly zero (the
@@ -54,17 +59,9 @@ final class BatchNormReferenceTests: XCTestCase {
   /// dynamo writes a train-mode BatchNorm without `training_mode` (ONNX's inference form); its
   /// fx metadata says training. sbpc trains it as PyTorch did and does not call it an eval export.
   func testDynamoTrainModeBatchNormTrainsWithoutAnEvalNote() throws {
-    let x = try NPYArray.read(ref + "/input.npy"), labels = try NPYArray.read(ref + "/labels.npy")
-    let (plan, notes) = try Plan.compile(model: repoRoot + "/models/reference_bn/cnn_bn_dynamo/model.onnx", options: Plan.Options(batch: 4))
+    let (ex, plan, notes) = try step("cnn_bn_dynamo/model.onnx")
     XCTAssertFalse(notes.contains { $0.contains("eval mode") }, "\(notes)")
     XCTAssertEqual(plan.train.nodes.filter { if case .batchNormTraining = $0.op { return true } else { return false } }.count, 2)
-    let ex = try Executor(graph: plan.train, threads: 1, retaining: Executor.gradientValues(plan.train))
-    x.data.withUnsafeBytes { ex.buffer(plan.train.inputs[0].value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-    labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-    try ex.run()
-    let (lrel, _) = compare(Array(ex.buffer(plan.train.outputs[0].value).floats), try floats(ref + "/logits.npy"))
-    XCTAssertLessThan(lrel, 1e-4, "logits")
-    XCTAssertEqual(ex.output("loss")!.f32[0], try floats(ref + "/loss.npy")[0], accuracy: 1e-5)
     let grads = gradients(ex)
     XCTAssertEqual(grads.count, 9)
     for (name, g) in grads where name.hasSuffix("weight") {
