@@ -149,6 +149,9 @@ public struct Graph: Sendable {
   /// Builds the use-def index for matching.
   public func index() -> UseDef { UseDef(self) }
 
+  /// How many values `params` hold together.
+  public func elementCount(_ params: [Param]) -> Int { params.reduce(0) { $0 + type(of: $1.value).elementCount } }
+
   /// Operation counts by op name.
   public var opHistogram: [String: Int] {
     var h: [String: Int] = [:]

@@ -238,12 +238,11 @@ private struct Importer {
     }
     notes += artefactWarnings(graph)
     if !options.freeze.isEmpty {
-      let g = graph
-      let frozen = g.params.filter { frozenNames.contains($0.name) }
-      let trained = g.params.filter(\.trainable)
-      func count(_ ps: [Param]) -> Int { ps.reduce(0) { $0 + g.type(of: $1.value).elementCount } }
+      let frozen = graph.params.filter { frozenNames.contains($0.name) }
+      let trained = graph.params.filter(\.trainable)
       notes.append(
-        "--freeze: \(frozen.count) initializers (\(count(frozen)) values) frozen; \(trained.count) initializers (\(count(trained)) values) train")
+        "--freeze: \(frozen.count) initializers (\(graph.elementCount(frozen)) values) frozen; \(trained.count) initializers (\(graph.elementCount(trained)) values) train"
+      )
     }
     var imported = ImportedModel(graph: graph, opset: opset, producer: model.producer, batch: batch, notes: notes, onnxHistogram: hist)
     let live = Set(graph.params.map(\.name))

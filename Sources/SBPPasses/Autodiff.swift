@@ -136,21 +136,15 @@ public struct ParameterGroups: Sendable, Equatable {
   /// (+1); for one no block reads, 0 before the first block, the next block's layer between
   /// blocks (a downsampler), blocks + 1 after the last (the head).
   static func layerIDs(_ g: Graph) -> [String: (id: Int, of: Int)] {
-    var blockOf: [Int: Int] = [:]
+    let blockOf = g.nodeBlocks
     var starts: [Int: Int] = [:]  // block -> its first node
-    for (i, n) in g.nodes.enumerated() {
-      if case .int(let b)? = n.attrs[Annotation.block] {
-        blockOf[i] = b
-        starts[b] = min(starts[b] ?? i, i)
-      }
-    }
+    for (i, b) in blockOf { starts[b] = min(starts[b] ?? i, i) }
     let count = (blockOf.values.max() ?? -1) + 1
     let first = blockOf.keys.min() ?? Int.max
-    var readers: [ValueID: [Int]] = [:]
-    for (i, n) in g.nodes.enumerated() { for v in Set(n.inputs) { readers[v, default: []].append(i) } }
+    let ud = g.index()
     var out: [String: (id: Int, of: Int)] = [:]
     for p in g.params where p.trainable {
-      let r = readers[p.value] ?? []
+      let r = ud.users(p.value)
       if let b = r.compactMap({ blockOf[$0] }).min() {
         out[p.name] = (b + 1, count)
       } else if let r0 = r.min(), r0 < first {

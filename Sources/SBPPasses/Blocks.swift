@@ -25,6 +25,15 @@ public struct UnmatchedUnit: Sendable, Equatable, Encodable {
   public var reason: String
 }
 
+extension Graph {
+  /// The block `mark` put each node in, by node index (nodes outside blocks are absent).
+  public var nodeBlocks: [Int: Int] {
+    var out: [Int: Int] = [:]
+    for (i, n) in nodes.enumerated() { if case .int(let b)? = n.attrs[Annotation.block] { out[i] = b } }
+    return out
+  }
+}
+
 /// Everything `mark` found in a graph. Built from annotations, so it describes exactly what
 /// later passes will see.
 public struct BlockTable: Sendable, Encodable {

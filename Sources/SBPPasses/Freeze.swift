@@ -18,12 +18,8 @@ public enum FreezeSpec {
   /// - a `--blocks` selection: those the selected blocks' nodes read.
   /// Throws one line when the spec names none.
   public static func parameters(_ g: Graph, spec: String, notes: inout [String]) throws -> Set<String> {
-    var readers: [ValueID: [Int]] = [:]
-    for (i, n) in g.nodes.enumerated() { for v in Set(n.inputs) { readers[v, default: []].append(i) } }
-    let blockOf: [Int: Int] = Dictionary(
-      uniqueKeysWithValues: g.nodes.enumerated().compactMap { i, n in
-        if case .int(let b)? = n.attrs[Annotation.block] { return (i, b) } else { return nil }
-      })
+    let ud = g.index()
+    let blockOf = g.nodeBlocks
     let trainable = g.params.filter(\.trainable)
     var names: Set<String> = []
     switch spec {
@@ -32,7 +28,7 @@ public enum FreezeSpec {
         throw PassError("--freeze \(spec): the model has no blocks, so no \(spec) before or after them")
       }
       for p in trainable {
-        let r = readers[p.value] ?? []
+        let r = ud.users(p.value)
         if !r.isEmpty && r.allSatisfy({ spec == "stem" ? $0 < first : $0 > last }) { names.insert(p.name) }
       }
     case "norm":
@@ -48,7 +44,7 @@ public enum FreezeSpec {
       do { selected = Set(try BlockSelector.parse(spec, table: BlockTable(g), notes: &notes)) } catch {
         throw PassError("--freeze \(spec): \(error)")
       }
-      for p in trainable where (readers[p.value] ?? []).contains(where: { blockOf[$0].map(selected.contains) ?? false }) {
+      for p in trainable where ud.users(p.value).contains(where: { blockOf[$0].map(selected.contains) ?? false }) {
         names.insert(p.name)
       }
     }

@@ -98,10 +98,9 @@ public struct Plan: Sendable {
       var frozen: Set<String> = []
       for spec in structural { frozen.formUnion(try FreezeSpec.parameters(eval, spec: spec, notes: &notes)) }
       for i in eval.params.indices where frozen.contains(eval.params[i].name) { eval.params[i].trainable = false }
-      let count = { (ps: [Param]) in ps.reduce(0) { $0 + eval.type(of: $1.value).elementCount } }
       let still = eval.params.filter(\.trainable)
       notes.append(
-        "--freeze \(structural.joined(separator: " ")): \(frozen.count) parameters frozen; \(still.count) (\(count(still)) values) train")
+        "--freeze \(structural.joined(separator: " ")): \(frozen.count) parameters frozen; \(still.count) (\(eval.elementCount(still)) values) train")
     }
     if let spec = options.sbp.blocks, options.sbp.keep < 1 { _ = try BlockSelector.parse(spec, table: BlockTable(eval), notes: &notes) }
     var train = eval
