@@ -35,16 +35,17 @@ func findTiedWeights(_ m: OModel) -> [TiedWeight] {
   // dynamo names every initializer after the one parameter it is (its graph signature lists
   // them): a parameter several nodes read is shared in PyTorch itself, not by the exporter.
   let parameters = dynamoParameters(m.graphMetadata)
-  var readers: [String: [(node: Int, input: Int)]] = [:]
+  var readers: [String: [(node: Int, input: Int, alias: String?)]] = [:]
   for (i, n) in m.nodes.enumerated() where n.opType != "Identity" && n.opType != "Shape" && n.opType != "Size" {
     for (k, inp) in n.inputs.enumerated() where !inp.isEmpty && !(n.opType == "CastLike" && k == 1) {  // reads only the type
       let r = root(inp)
-      if weights.contains(r) { readers[r, default: []].append((i, k)) }
+      if weights.contains(r) { readers[r, default: []].append((i, k, inp == r ? nil : inp)) }
     }
   }
   // One layer may read its weight twice: TorchScript names nodes by module scope
   // (`/layer1/layer1.0/conv1/Conv`), and readers in one scope are one layer. Nodes named
-  // without a scope are each a layer.
+  // without a scope are each a layer. A read through an Identity alias is how the exporter
+  // leaves a tensor it merged away, so each alias is its own tensor even within one scope.
   func scope(_ i: Int) -> String {
     let name = m.nodes[i].name
     return name.contains("/") ? String(name[..<name.lastIndex(of: "/")!]) : "node \(i)"
@@ -55,7 +56,7 @@ func findTiedWeights(_ m: OModel) -> [TiedWeight] {
     guard let rs = readers[t.name], !parameters.contains(t.name) else { continue }
     var layers: [(scope: String, readers: [(node: Int, input: Int)])] = []
     for r in rs {
-      let sc = scope(r.node)
+      let sc = scope(r.node) + (r.alias.map { " via \($0)" } ?? "")
       if let k = layers.firstIndex(where: { $0.scope == sc }) {
         layers[k].readers.append((r.node, r.input))
       } else {

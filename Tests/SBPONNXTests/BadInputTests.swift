@@ -72,6 +72,24 @@ final class BadInputTests: XCTestCase {
     XCTAssertTrue(kept.notes.contains { $0.contains("trained as one shared tensor (--keep-tied)") }, "\(kept.notes)")
   }
 
+  /// Readers in one TorchScript module scope are one layer reading its weight twice, unless a
+  /// reader goes through an Identity alias, the trace of an exporter's merge.
+  func testTiesWithinOneModuleScope() throws {
+    func model(aliased: Bool) -> OModel {
+      let w = OTensor(name: "attn.bias", onnxType: 1, dims: [2], data: .bytes([Float(0.5), 1.5].withUnsafeBytes { TensorBytes(copying: $0) }))
+      var nodes = [
+        ONode(name: "/attn/Add", opType: "Add", domain: "", inputs: ["x", "attn.bias"], outputs: ["a"], attrs: [:]),
+        ONode(name: "/attn/Add_1", opType: "Add", domain: "", inputs: ["a", aliased ? "onnx::Add_9" : "attn.bias"], outputs: ["y"], attrs: [:]),
+      ]
+      if aliased { nodes.insert(ONode(name: "/Identity", opType: "Identity", domain: "", inputs: ["attn.bias"], outputs: ["onnx::Add_9"], attrs: [:]), at: 0) }
+      return OModel(opsets: ["": 17], producer: "", graphName: "g", nodes: nodes, initializers: [w], inputs: [], outputs: [], valueInfo: [], functionCount: 0)
+    }
+    XCTAssertTrue(findTiedWeights(model(aliased: false)).isEmpty, "one layer reading its bias twice")
+    let ties = findTiedWeights(model(aliased: true))
+    XCTAssertEqual(ties.map(\.name), ["attn.bias"])
+    XCTAssertEqual(ties.first?.copies.map(\.copy), ["attn.bias.copy1"])
+  }
+
   /// A dense bias added to attention scores (a folded relative-position lookup) and a q/k/v
   /// bias with a zero middle third (a folded cat(q_bias, 0, v_bias)) each get one warning
   /// line naming the initializer; the bundled exports for training get none.
