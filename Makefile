@@ -5,7 +5,7 @@ BIN := .build/debug/sbpc
 RELEASE_BIN := .build/release/sbpc
 DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
-APT_PACKAGES := libopenblas-dev libprotobuf-c-dev pkg-config llvm-14-tools
+APT_PACKAGES := libopenblas-dev libprotobuf-c-dev libturbojpeg0-dev libpng-dev pkg-config llvm-14-tools
 
 .PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan bench accuracy
 

@@ -30,6 +30,14 @@ let package = Package(
     .systemLibrary(
       name: "COpenBLAS", pkgConfig: "openblas",
       providers: [.apt(["libopenblas-dev"])]),
+    .systemLibrary(
+      name: "CTurboJPEG", pkgConfig: "libturbojpeg",
+      providers: [.apt(["libturbojpeg0-dev"])]),
+    .systemLibrary(
+      name: "CPNG", pkgConfig: "libpng",
+      providers: [.apt(["libpng-dev"])]),
+    // JPEG and PNG decoding in C, so that libpng's longjmp error handling never crosses Swift frames.
+    .target(name: "CImageCodec", dependencies: ["CTurboJPEG", "CPNG"]),
     // protoc-c output for Sources/CONNXProto/schema/onnx.proto, committed.
     .target(
       name: "CONNXProto", dependencies: ["CProtobufC"],
@@ -44,19 +52,22 @@ let package = Package(
     .target(
       name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS"],
       swiftSettings: kernelFlags + [.enableUpcomingFeature("MemberImportVisibility")]),
+    // Image data sets, decoding and transforms: a BatchSource for the runtime's loops.
+    .target(name: "SBPData", dependencies: ["SBPIR", "SBPRuntime", "CImageCodec"], swiftSettings: kernelFlags),
     .executableTarget(
       name: "sbpc",
       dependencies: [
-        "SBPIR", "SBPONNX", "SBPPasses", "SBPPlan", "SBPRuntime",
+        "SBPIR", "SBPONNX", "SBPPasses", "SBPPlan", "SBPRuntime", "SBPData",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     // Fuzz targets (make fuzz); a plain build replays inputs.
     .target(name: "CFuzzerDriver"),
-    .executableTarget(name: "sbpc-fuzz", dependencies: ["CFuzzerDriver", "SBPIR", "SBPONNX", "SBPPasses", "SBPPlan"]),
+    .executableTarget(name: "sbpc-fuzz", dependencies: ["CFuzzerDriver", "SBPIR", "SBPONNX", "SBPPasses", "SBPPlan", "SBPData"]),
     .testTarget(name: "SBPIRTests", dependencies: ["SBPIR"]),
     .testTarget(name: "SBPONNXTests", dependencies: ["SBPIR", "SBPONNX", "SBPPasses"]),
     .testTarget(name: "SBPPassesTests", dependencies: ["SBPIR", "SBPPasses"]),
     .testTarget(name: "SBPRuntimeTests", dependencies: ["SBPIR", "SBPONNX", "SBPPasses", "SBPPlan", "SBPRuntime"]),
+    .testTarget(name: "SBPDataTests", dependencies: ["SBPIR", "SBPRuntime", "SBPData"]),
     .testTarget(name: "sbpcTests", dependencies: ["sbpc"]),
   ],
   swiftLanguageModes: [.v6]

@@ -58,7 +58,8 @@ public enum TrainerEvent {
   /// A step ran: its loss (before its update), and images per second since the run began.
   case step(step: Int, total: Int, epoch: (Int, Int)?, loss: Float, imagesPerSecond: Double)
   /// An epoch ended: its mean loss and, with a validation set, the evaluation.
-  case epoch(epoch: Int, epochs: Int, loss: Double, validation: (loss: Double, top1: Double)?)
+  /// `note` is what the data source had to say of the epoch (unreadable images it skipped).
+  case epoch(epoch: Int, epochs: Int, loss: Double, validation: (loss: Double, top1: Double)?, note: String?)
 }
 
 /// A training run on the CPU runtime: everything `sbpc train` does between parsing its flags
@@ -71,9 +72,8 @@ public final class Trainer {
   public let first: Int
   public let total: Int
   let feed: Feeder
-  let data: DataSet?
-  let validation: DataSet?
-  let order: BatchOrder?
+  let data: BatchSource?
+  let validation: BatchSource?
   let perEpoch: Int
   let schedule: LRSchedule
   var masks: MaskFeed?
@@ -81,8 +81,13 @@ public final class Trainer {
   let log: JSONLog?
   let baseLR: Double
 
-  /// - Parameter path: the plan file's name, for messages.
-  public init(plan p: Plan, path: String, options o: TrainerOptions) throws {
+  /// - Parameters:
+  ///   - path: the plan file's name, for messages.
+  ///   - data, validation: batch sources for a run whose options name no `.npy` input (an
+  ///     image loader); the options' `input` and `validation` win when given.
+  public init(plan p: Plan, path: String, options o: TrainerOptions, data source: BatchSource? = nil, validation valSource: BatchSource? = nil)
+    throws
+  {
     plan = p
     options = o
     executor = try Executor(
@@ -90,20 +95,23 @@ public final class Trainer {
     let feed = try Feeder(plan: p, executor: executor, path: path)
     self.feed = feed
     let imageShape = Array(feed.input.type.shape.dropFirst()), classes = feed.classes
-    let data = try o.input.map { try DataSet(images: $0, labels: o.labels, imageShape: imageShape, classes: classes) }
+    let data: BatchSource? =
+      try o.input.map {
+        let set = try DataSet(images: $0, labels: o.labels, imageShape: imageShape, classes: classes)
+        guard set.count >= p.batch else {
+          throw RuntimeError("\($0): \(set.count) samples, fewer than the plan's batch of \(p.batch)")
+        }
+        let order = BatchOrder(count: set.count, batch: p.batch, shuffle: o.shuffle ?? (o.epochs != nil), last: o.lastBatch, seed: o.seed)
+        return TensorBatches(set, order: order)
+      } ?? source
     self.data = data
-    if let data, data.count < p.batch {
-      throw RuntimeError("\(o.input!): \(data.count) samples, fewer than the plan's batch of \(p.batch)")
-    }
-    let validation = try o.validation.first.map {
-      try DataSet(images: $0, labels: o.validation.count > 1 ? o.validation[1] : nil, imageShape: imageShape, classes: classes)
-    }
+    let validation: BatchSource? =
+      try o.validation.first.map {
+        let set = try DataSet(images: $0, labels: o.validation.count > 1 ? o.validation[1] : nil, imageShape: imageShape, classes: classes)
+        return TensorBatches(set, order: BatchOrder(count: set.count, batch: p.batch, shuffle: false, last: .pad, seed: 0))
+      } ?? valSource
     self.validation = validation
-    let order = data.map {
-      BatchOrder(count: $0.count, batch: p.batch, shuffle: o.shuffle ?? (o.epochs != nil), last: o.lastBatch, seed: o.seed)
-    }
-    self.order = order
-    let perEpoch = order?.batchesPerEpoch ?? 1
+    let perEpoch = data?.batchesPerEpoch ?? 1
     self.perEpoch = perEpoch
     let total = o.epochs.map { $0 * perEpoch } ?? o.steps ?? 10
     self.total = total
@@ -169,7 +177,7 @@ public final class Trainer {
   public func run(_ observe: (TrainerEvent) throws -> Void) throws -> TimeInterval {
     let o = options, ex = executor
     let every = o.checkpointEvery ?? (o.epochs != nil ? perEpoch : Int.max)
-    var epochOrder: [Int] = [], orderEpoch = -1
+    try data?.seek(epoch: first / perEpoch, batch: first % perEpoch)
     var epochLoss: Double = 0, epochSteps = 0
     let start = Date()
     for s in first..<total {
@@ -177,12 +185,8 @@ public final class Trainer {
       let factor = schedule.factor(step: s, total: total, warmup: o.warmup)
       ex.learningRateScale = Float(factor)
       if let m = masks?.step(), let dir = o.dumpMask { try writeMasks(m, masks!, step: s + 1, to: dir) }
-      if let data, let order {
-        if epoch != orderEpoch {
-          epochOrder = order.permutation(epoch: epoch)
-          orderEpoch = epoch
-        }
-        data.load(order.batch(b, of: epochOrder), images: feed.input, labels: feed.labels)
+      if let data {
+        _ = try data.next(images: feed.input, labels: feed.labels)
       } else {
         feed.synthetic(seed: o.seed, step: s)
       }
@@ -218,7 +222,10 @@ public final class Trainer {
             "top5": .double(evaluator.lastTop5), "confusion": .matrix(evaluator.lastConfusion),
           ])
         }
-        try observe(.epoch(epoch: epoch + 1, epochs: epochs, loss: epochLoss / Double(max(epochSteps, 1)), validation: evaluation))
+        try observe(
+          .epoch(
+            epoch: epoch + 1, epochs: epochs, loss: epochLoss / Double(max(epochSteps, 1)), validation: evaluation,
+            note: data?.takeEpochReport()))
         epochLoss = 0
         epochSteps = 0
       }

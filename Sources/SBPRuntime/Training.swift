@@ -68,6 +68,72 @@ public struct DataSet: Sendable {
   }
 }
 
+/// One batch a source filled: which rows count.
+public struct BatchFill: Sendable {
+  /// Rows holding this epoch's own samples; the rows after them pad a partial last batch.
+  public var samples: Int
+  /// Rows whose image could not be read and hold a copy of another row of the batch
+  /// (evaluation leaves them out).
+  public var skipped: [Int] = []
+
+  public init(samples: Int, skipped: [Int] = []) {
+    self.samples = samples
+    self.skipped = skipped
+  }
+}
+
+/// Where a run's batches come from: `.npy` tensors (`TensorBatches`) or decoded images
+/// (SBPData's loader). A source owns its order: the batches of an epoch depend only on the
+/// seed and the epoch, so a resumed run sees the batches an uninterrupted one would.
+public protocol BatchSource: AnyObject {
+  /// Samples in the data set, and batches in an epoch.
+  var count: Int { get }
+  var batchesPerEpoch: Int { get }
+  /// Makes the next `next` fill batch `batch` of epoch `epoch`; later calls go on in order,
+  /// into the following epochs.
+  func seek(epoch: Int, batch: Int) throws
+  /// Fills the next batch into the plan's image and label buffers.
+  func next(images: Buffer, labels: Buffer) throws -> BatchFill
+  /// Seconds `next` has waited for data to be ready (the loader's side of `--profile`).
+  var waitSeconds: Double { get }
+  /// What an epoch that ended left to say (images skipped as unreadable), then forgotten.
+  func takeEpochReport() -> String?
+}
+
+/// Batches of a `.npy` data set in a `BatchOrder`.
+public final class TensorBatches: BatchSource {
+  public let data: DataSet
+  public let order: BatchOrder
+  var epoch = 0, batch = 0, permutationEpoch = -1
+  var permutation: [Int] = []
+
+  public init(_ data: DataSet, order: BatchOrder) {
+    self.data = data
+    self.order = order
+  }
+
+  public var count: Int { data.count }
+  public var batchesPerEpoch: Int { order.batchesPerEpoch }
+  public var waitSeconds: Double { 0 }
+  public func takeEpochReport() -> String? { nil }
+
+  public func seek(epoch: Int, batch: Int) {
+    (self.epoch, self.batch) = (epoch, batch)
+  }
+
+  public func next(images: Buffer, labels: Buffer) -> BatchFill {
+    if epoch != permutationEpoch {
+      permutation = order.permutation(epoch: epoch)
+      permutationEpoch = epoch
+    }
+    data.load(order.batch(batch, of: permutation), images: images, labels: labels)
+    let fill = BatchFill(samples: min(order.batch, data.count - batch * order.batch))
+    batch += 1
+    if batch == order.batchesPerEpoch { (epoch, batch) = (epoch + 1, 0) }
+    return fill
+  }
+}
+
 /// What to do with the samples left over after the last whole batch of an epoch.
 public enum LastBatch: String, Sendable, CaseIterable {
   /// Skip them (they come round in another order next epoch).
@@ -145,7 +211,7 @@ public final class Evaluator {
   }
 
   /// Evaluates with the weights a training executor holds now.
-  public func evaluate(_ data: DataSet, weights trainer: Executor) throws -> (loss: Double, top1: Double) {
+  public func evaluate(_ data: BatchSource, weights trainer: Executor) throws -> (loss: Double, top1: Double) {
     executor.copyParameters(from: trainer)
     return try evaluate(data)
   }
@@ -168,18 +234,22 @@ public final class Evaluator {
     }
   }
 
-  public func evaluate(_ data: DataSet) throws -> (loss: Double, top1: Double) {
+  /// The samples the last `evaluate` counted (a source's unreadable images are left out).
+  public private(set) var lastCount = 0
+
+  /// Evaluates every sample of `data` once, in its order (pass a source that does not
+  /// shuffle and pads its last batch).
+  public func evaluate(_ data: BatchSource) throws -> (loss: Double, top1: Double) {
     lastLogits = []
     lastConfusion = Array(repeating: Array(repeating: 0, count: classes), count: classes)
     var total: Double = 0
-    var correct = 0, inTop5 = 0
+    var correct = 0, inTop5 = 0, counted = 0
     let k = min(5, classes)
-    let order = BatchOrder(count: data.count, batch: batch, shuffle: false, last: .pad, seed: 0)
-    let all = order.permutation(epoch: 0)
-    for b in 0..<order.batchesPerEpoch {
-      data.load(order.batch(b, of: all), images: input, labels: labels)
+    try data.seek(epoch: 0, batch: 0)
+    for _ in 0..<data.batchesPerEpoch {
+      let fill = try data.next(images: input, labels: labels)
       try executor.run()
-      for r in 0..<min(batch, data.count - b * batch) {
+      for r in 0..<fill.samples where !fill.skipped.contains(r) {
         let row = UnsafeBufferPointer(start: logits.f32 + r * classes, count: classes)
         if keepLogits { lastLogits += row }
         let t = Int(labels.i64[r])
@@ -191,9 +261,12 @@ public final class Evaluator {
         lastConfusion[t][predicted] += 1
         // In the top k when fewer than k logits beat the label's (ties count for the label).
         if row.reduce(0, { $0 + ($1 > row[t] ? 1 : 0) }) < k { inTop5 += 1 }
+        counted += 1
       }
     }
-    lastTop5 = Double(inTop5) / Double(data.count)
-    return (total / Double(data.count), Double(correct) / Double(data.count))
+    guard counted > 0 else { throw RuntimeError("no sample of the evaluation set could be read") }
+    lastCount = counted
+    lastTop5 = Double(inTop5) / Double(counted)
+    return (total / Double(counted), Double(correct) / Double(counted))
   }
 }

@@ -1,6 +1,7 @@
 // Eval.swift: `sbpc eval`, a thin front end over the runtime's Evaluator, and the --max-memory option of the commands that run plans.
 import ArgumentParser
 import Foundation
+import SBPData
 import SBPIR
 import SBPPlan
 import SBPRuntime
@@ -16,7 +17,7 @@ struct Eval: ParsableCommand {
 
   @Argument(help: "The plan file.") var plan: String
   @Option(help: "Images, f32 [N,C,H,W] .npy (any N; a partial last batch is padded), or a folder of NAME.x.npy / NAME.y.npy pairs.")
-  var input: String
+  var input: String?
   @Option(help: "Labels, i64 [N] .npy.") var labels: String?
   @Option(help: "Threads (default: the machine's cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
   @Option(name: .customLong("dump-logits"), help: "Write every sample's logits to this .npy file, f32 [N, classes].") var dumpLogits:
@@ -24,6 +25,13 @@ struct Eval: ParsableCommand {
   @Flag(name: .customLong("per-class"), help: "Also print each class's top-1 accuracy and sample count.") var perClass = false
   @Option(help: "Write the results as JSON to this file: loss, top1, top5, per_class and confusion.") var log: String?
   @OptionGroup var memory: MemoryOptions
+  @OptionGroup(title: "Image data") var loader: LoaderFlags
+  @OptionGroup(title: "Transforms") var transforms: TransformOptions
+
+  func validate() throws {
+    guard (input == nil) != (loader.data == nil) else { throw ValidationError("give the data set as --input (.npy) or --data (images), one of them") }
+    guard labels == nil || input != nil else { throw ValidationError("--labels needs --input") }
+  }
 
   func run() throws {
     try reportingErrors {
@@ -32,10 +40,25 @@ struct Eval: ParsableCommand {
       let evaluator = try Evaluator(eval: g, threads: threads, maxMemory: memory.limit)
       evaluator.keepLogits = dumpLogits != nil
       let shape = Array(g.type(of: g.inputs[0].value).shape.dropFirst())
-      let data = try DataSet(images: input, labels: labels, imageShape: shape, classes: g.type(of: g.outputs[0].value).shape[1])
+      let classes = g.type(of: g.outputs[0].value).shape[1], batch = g.type(of: g.inputs[0].value).shape[0]
+      let data: BatchSource
+      var images: ImageLoader?
+      if let input {
+        let set = try DataSet(images: input, labels: labels, imageShape: shape, classes: classes)
+        data = TensorBatches(set, order: BatchOrder(count: set.count, batch: batch, shuffle: false, last: .pad, seed: 0))
+      } else {
+        // PATH/val when PATH holds train and val: evaluation reads the held-out split.
+        let path = loader.data!, splits = ShardSet.isShardSpec(path) ? (path, nil) : ImageFolder.splits(path)
+        images = try loader.evaluationLoader(
+          try ImageSet.open(splits.1 ?? splits.0, classes: classes), transform: transforms, shape: shape, batch: batch)
+        data = images!
+      }
+      defer { images?.shutdown() }
       let (loss, top1) = try evaluator.evaluate(data)
-      let correct = Int((top1 * Double(data.count)).rounded())
-      print(String(format: "loss %.5f  top-1 %.2f%% (%d/%d)  top-5 %.2f%%", loss, 100 * top1, correct, data.count, 100 * evaluator.lastTop5))
+      let n = evaluator.lastCount
+      let correct = Int((top1 * Double(n)).rounded())
+      print(String(format: "loss %.5f  top-1 %.2f%% (%d/%d)  top-5 %.2f%%", loss, 100 * top1, correct, n, 100 * evaluator.lastTop5))
+      if let note = data.takeEpochReport() { print(note) }
       let counts = evaluator.lastConfusion.map { $0.reduce(0, +) }
       if perClass {
         for (c, acc) in evaluator.lastPerClass.enumerated() {
@@ -44,14 +67,14 @@ struct Eval: ParsableCommand {
       }
       if let log {
         let record: [String: Any] = [
-          "loss": loss, "top1": top1, "top5": evaluator.lastTop5, "samples": data.count,
+          "loss": loss, "top1": top1, "top5": evaluator.lastTop5, "samples": n,
           "per_class": evaluator.lastPerClass.map { $0 as Any? ?? NSNull() }, "confusion": evaluator.lastConfusion,
         ]
         let json = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
         guard FileManager.default.createFile(atPath: log, contents: json + Data("\n".utf8)) else { throw PlanError("\(log): cannot write") }
       }
       if let dumpLogits {
-        try NPYArray(f32: evaluator.lastLogits, shape: [data.count, evaluator.lastLogits.count / data.count]).write(dumpLogits)
+        try NPYArray(f32: evaluator.lastLogits, shape: [n, evaluator.lastLogits.count / n]).write(dumpLogits)
       }
     }
   }

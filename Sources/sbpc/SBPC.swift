@@ -64,7 +64,9 @@ struct SBPC: ParsableCommand {
       Start with `sbpc inspect model.onnx` to see what sbpc makes of a model, and
       `sbpc opt FILE --passes canonicalize` to run compiler passes on a model or on text IR.
       """,
-    subcommands: [Inspect.self, Opt.self, Compile.self, Memory.self, Train.self, Eval.self, Export.self, Bench.self, BenchChild.self])
+    subcommands: [
+      Inspect.self, Opt.self, Compile.self, Memory.self, Train.self, Eval.self, DataCommand.self, Export.self, Bench.self, BenchChild.self,
+    ])
 }
 
 /// Options that fix a model's symbolic dimensions, shared by every command that imports ONNX.

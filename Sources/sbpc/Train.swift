@@ -1,6 +1,8 @@
 // Train.swift: `sbpc train`, a thin front end over the runtime's Trainer: flags in, progress and results out.
 import ArgumentParser
 import Foundation
+import SBPData
+import SBPIR
 import SBPPlan
 import SBPRuntime
 
@@ -14,7 +16,7 @@ struct Train: ParsableCommand {
       "Images, f32 [N,C,H,W] .npy (N >= the batch), or a folder of NAME.x.npy / NAME.y.npy pairs. Without it, seeded synthetic data."))
   var input: String?
   @Option(help: "Labels, i64 [N] .npy.") var labels: String?
-  @Option(help: "Passes over the data set (needs --input).") var epochs: Int?
+  @Option(help: "Passes over the data set (needs --input or --data).") var epochs: Int?
   @Option(
     name: .customLong("last-batch"),
     help: "The samples after the last whole batch of an epoch: drop (default) or pad (with the epoch's first samples).")
@@ -23,7 +25,9 @@ struct Train: ParsableCommand {
   var shuffle: Bool?
   @Option(
     parsing: .upToNextOption,
-    help: ArgumentHelp("Evaluate the plain forward on this set after each epoch: X.npy Y.npy, or a folder of pairs.", valueName: "X Y"))
+    help: ArgumentHelp(
+      "Evaluate the plain forward on this set after each epoch: X.npy Y.npy, or a folder of pairs; with --data, an image folder or shards.",
+      valueName: "X Y"))
   var val: [String] = []
   @Option(name: .customLong("lr-schedule"), help: "Learning-rate schedule on the plan's rate: constant (default), cosine or step.")
   var lrSchedule: String = "constant"
@@ -70,14 +74,18 @@ struct Train: ParsableCommand {
   )
   var checkNumerics = false
   @OptionGroup var memory: MemoryOptions
+  @OptionGroup(title: "Image data") var loader: LoaderFlags
+  @OptionGroup(title: "Transforms") var transforms: TransformOptions
 
   func validate() throws {
     if let steps { guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") } }
     guard threads >= 1, threads <= 256 else { throw ValidationError("--threads must be between 1 and 256, got \(threads)") }
     guard labels == nil || input != nil else { throw ValidationError("--labels needs --input") }
+    guard input == nil || loader.data == nil else { throw ValidationError("--input (.npy) and --data (images) exclude each other") }
+    if loader.data != nil, val.count > 1 { throw ValidationError("with --data, --val takes one image folder or shard spec") }
     if let epochs {
       guard epochs >= 1, epochs <= 1_000_000 else { throw ValidationError("--epochs must be >= 1, got \(epochs)") }
-      guard input != nil else { throw ValidationError("--epochs needs a data set (--input)") }
+      guard input != nil || loader.data != nil else { throw ValidationError("--epochs needs a data set (--input or --data)") }
       guard steps == nil else { throw ValidationError("--steps and --epochs exclude each other") }
     }
     guard LastBatch(rawValue: lastBatch) != nil else { throw ValidationError("--last-batch must be drop or pad, got '\(lastBatch)'") }
@@ -104,9 +112,10 @@ struct Train: ParsableCommand {
     o.epochs = epochs
     o.input = input
     o.labels = labels
+    // With --data the runtime gets image loaders instead of .npy paths.
+    o.validation = loader.data == nil ? val : []
     o.lastBatch = LastBatch(rawValue: lastBatch)!
     o.shuffle = shuffle
-    o.validation = val
     o.schedule = TrainerOptions.ScheduleKind(rawValue: lrSchedule)!
     o.warmup = warmup
     o.lrStepEvery = lrStepEvery
@@ -132,7 +141,12 @@ struct Train: ParsableCommand {
   func run() throws {
     try reportingErrors {
       let p = try Plan.load(plan)
-      let trainer = try Trainer(plan: p, path: plan, options: options)
+      let (data, validation) = try imageLoaders(p)
+      defer {
+        data?.shutdown()
+        validation?.shutdown()
+      }
+      let trainer = try Trainer(plan: p, path: plan, options: options, data: data, validation: validation)
       let progress = Progress(total: trainer.total, first: trainer.first, batch: p.batch)
       let dt = try trainer.run { event in
         switch event {
@@ -143,11 +157,12 @@ struct Train: ParsableCommand {
             print("step \(step)/\(total)  loss \(String(format: "%.5f", loss))")
           }
           progress.update(step: step, epoch: epoch, loss: loss, rate: rate)
-        case .epoch(let epoch, let epochs, let loss, let validation):
+        case .epoch(let epoch, let epochs, let loss, let validation, let note):
           var line = String(format: "epoch %d/%d  loss %.5f", epoch, epochs, loss)
           if let (vl, top1) = validation { line += String(format: "  val loss %.5f  top-1 %.2f%%", vl, 100 * top1) }
           progress.clear()
           print(line)
+          if let note { print("  " + note) }
           fflush(nil)  // each epoch's line shows as it ends, also in a file or a pipe
         }
       }
@@ -159,13 +174,37 @@ struct Train: ParsableCommand {
             format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s); %.3f GFLOP per step, counted by the runtime", done, dt,
             1000 * dt / Double(max(done, 1)), Double(done * p.batch) / dt, Double(trainer.executor.lastRunFlops) / 1e9))
       }
-      if profile { print(trainer.executor.profileReport(steps: done)) }
+      if profile {
+        print(trainer.executor.profileReport(steps: done))
+        if let data { print(String(format: "data: the step waited %.1f ms per step for the loader", 1000 * data.waitSeconds / Double(max(done, 1)))) }
+      }
+      if epochs == nil, let note = data?.takeEpochReport() { print(note) }
       if let dumpLogits { try write(trainer.logits, to: dumpLogits) }
       if let dumpGrads {
         try FileManager.default.createDirectory(atPath: dumpGrads, withIntermediateDirectories: true)
         for (name, g) in trainer.gradients() { try write(g, to: dumpGrads + "/" + name.replacingOccurrences(of: "/", with: "_") + ".npy") }
       }
     }
+  }
+
+  /// The image loaders --data asks for: the training set (PATH/train when PATH has train
+  /// and val) and the validation set (--val, or PATH/val).
+  func imageLoaders(_ p: Plan) throws -> (ImageLoader?, ImageLoader?) {
+    guard let path = loader.data else { return (nil, nil) }
+    let feed = p.train.inputs.first { $0.name != "labels" && $0.name != "step" && !$0.name.hasPrefix("sbp.") }
+    guard let feed else { throw PlanError("\(plan): the training graph has no image input") }
+    let shape = Array(p.train.type(of: feed.value).shape.dropFirst())
+    let classes = p.train.type(of: p.train.outputs[0].value).shape[1]
+    let splits = ShardSet.isShardSpec(path) ? (path, nil) : ImageFolder.splits(path)
+    let set = try ImageSet.open(splits.0, classes: classes)
+    var o = loader.options(batch: p.batch, seed: seed)
+    o.shuffle = shuffle ?? (epochs != nil)
+    o.last = LastBatch(rawValue: lastBatch)!
+    let train = try ImageLoader(set, transform: try transforms.config(.train, shape: shape), options: o)
+    guard let valPath = val.first ?? splits.1 else { return (train, nil) }
+    let valSet = try ImageSet.open(valPath, classes: classes)
+    try set.checkSameClasses(as: valSet, name: valPath)
+    return (train, try loader.evaluationLoader(valSet, transform: transforms, shape: shape, batch: p.batch))
   }
 
   func write(_ b: Buffer, to path: String) throws {

@@ -57,7 +57,7 @@ final class TrainerTests: XCTestCase {
     try t.run { event in
       switch event {
       case .step(let s, let total, let epoch, _, _): events.append("step \(s)/\(total) epoch \(epoch!.0)/\(epoch!.1)")
-      case .epoch(let e, let n, _, let v): events.append("epoch \(e)/\(n)\(v == nil ? "" : " val")")
+      case .epoch(let e, let n, _, let v, _): events.append("epoch \(e)/\(n)\(v == nil ? "" : " val")")
       }
     }
     let perEpoch = t.total / 2

@@ -1,0 +1,2 @@
+// shim.h: exposes libpng to the image codec.
+#include <png.h>

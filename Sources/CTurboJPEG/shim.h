@@ -1,0 +1,2 @@
+// shim.h: exposes libjpeg-turbo's TurboJPEG API to the image codec.
+#include <turbojpeg.h>

@@ -1,0 +1,214 @@
+// Transform.swift: timm's train and eval image transforms (RandomResizedCrop, flip, color jitter; resize and center crop), normalize into CHW floats.
+import Foundation
+import SBPIR
+
+/// The transform's settings, with timm's names and defaults.
+public struct TransformConfig: Sendable, Equatable {
+  public enum Mode: String, Sendable, CaseIterable { case train, eval }
+  public var mode: Mode = .train
+  /// The plan's image: channels (3, or 1 for grey models), height and width.
+  public var channels = 3, height = 224, width = 224
+  /// Eval: the short side is resized to size / cropPct before the center crop.
+  public var cropPct = 0.875
+  /// nil: bicubic for eval, and for train a random pick of bilinear or bicubic per image (timm's
+  /// train default, `random`).
+  public var interpolation: Interpolation?
+  /// RandomResizedCrop's area fraction and aspect-ratio range.
+  public var scale: ClosedRange<Double> = 0.08...1
+  public var ratio: ClosedRange<Double> = (3.0 / 4)...(4.0 / 3)
+  public var hflip = 0.5
+  /// Brightness, contrast and saturation each by a factor in [1 − j, 1 + j], in random order.
+  public var colorJitter = 0.4
+  public var mean: [Float] = [0.485, 0.456, 0.406]
+  public var std: [Float] = [0.229, 0.224, 0.225]
+
+  public init() {}
+}
+
+/// The per-image random choices of the train transform, from the image's own generator.
+struct TrainDraw {
+  var crop: (x: Int, y: Int, w: Int, h: Int)
+  var flip: Bool
+  var filter: Interpolation
+  /// (kind 0 brightness / 1 contrast / 2 saturation, factor), in the order applied.
+  var jitter: [(Int, Float)]
+}
+
+/// Turns an encoded image into a normalized CHW float tensor: one per worker, its decoder and
+/// resampler memory reused so that steady-state work allocates nothing.
+public final class ImageTransform: @unchecked Sendable {
+  public let config: TransformConfig
+  let decoder: ImageDecoder
+  let resampler = Resampler()
+  var window: [UInt8] = []
+  var jitterOrder: [(Int, Float)] = []
+  /// (v / 255 − mean) / std as v · scale − shift, per channel.
+  let scale: [Float], shift: [Float]
+
+  public init(_ config: TransformConfig) throws {
+    self.config = config
+    scale = (0..<config.channels).map { 1 / (255 * config.std[$0]) }
+    shift = (0..<config.channels).map { config.mean[$0] / config.std[$0] }
+    decoder = try ImageDecoder()
+    window = [UInt8](repeating: 0, count: config.height * config.width * 3)
+    jitterOrder.reserveCapacity(3)
+  }
+
+  /// The generator of one image: from the seed, the epoch and the sample's index, so the
+  /// result does not depend on which worker runs it or when.
+  public static func generator(seed: UInt64, epoch: Int, index: Int) -> SplitMix64 {
+    var g = SplitMix64(seed: seed ^ 0x5DA7_A5E7_1A6E_0000)
+    g.state &+= UInt64(epoch) &* 0xA24B_AED4_963E_E407
+    _ = g.next()
+    g.state &+= UInt64(index) &* 0x9FB2_1C65_1E98_DF25
+    _ = g.next()
+    return g
+  }
+
+  /// Decodes `data` and writes the transformed image to `out` (channels × height × width).
+  public func apply(_ data: UnsafeRawBufferPointer, rng: inout SplitMix64, into out: UnsafeMutablePointer<Float>) throws {
+    let c = config
+    let (w, h) = try decoder.size(of: data)
+    switch c.mode {
+    case .train:
+      let draw = ImageTransform.drawTrain(c, width: w, height: h, rng: &rng, jitter: &jitterOrder)
+      let e = ImageTransform.eighths(sourceWidth: draw.crop.w, sourceHeight: draw.crop.h, targetWidth: c.width, targetHeight: c.height)
+      let img = try decoder.decode(data, eighths: e)
+      let fx = Double(img.width) / Double(w), fy = Double(img.height) / Double(h)
+      let box = (
+        Double(draw.crop.x) * fx, Double(draw.crop.y) * fy, Double(draw.crop.x + draw.crop.w) * fx, Double(draw.crop.y + draw.crop.h) * fy
+      )
+      window.withUnsafeMutableBufferPointer { win in
+        resampler.resample(
+          img, box: box, outWidth: c.width, outHeight: c.height, left: 0, top: 0, width: c.width, height: c.height,
+          filter: draw.filter, into: win.baseAddress!)
+      }
+      finish(flip: draw.flip, jitter: draw.jitter, into: out)
+    case .eval:
+      let (rw, rh) = ImageTransform.evalResize(c, width: w, height: h)
+      // Decoded whole: the IDCT's scaling differs from PIL's antialiased reduction by up to
+      // 0.6 in normalized units on noisy photographs, and eval must give what timm gives.
+      let img = try decoder.decode(data)
+      // torchvision's CenterCrop rounds half to even, as Python's round does.
+      let left = Int((Double(rw - c.width) / 2).rounded(.toNearestOrEven))
+      let top = Int((Double(rh - c.height) / 2).rounded(.toNearestOrEven))
+      window.withUnsafeMutableBufferPointer { win in
+        resampler.resample(
+          img, box: (0, 0, Double(img.width), Double(img.height)), outWidth: rw, outHeight: rh, left: left, top: top,
+          width: c.width, height: c.height, filter: c.interpolation ?? .bicubic, into: win.baseAddress!)
+      }
+      finish(flip: false, jitter: [], into: out)
+    }
+  }
+
+  /// timm's eval resize: the short side to floor(size / crop_pct), the long side in
+  /// proportion (torchvision truncates it); a non-square target scales both sides.
+  static func evalResize(_ c: TransformConfig, width w: Int, height h: Int) -> (Int, Int) {
+    if c.height != c.width {
+      return (Int((Double(c.width) / c.cropPct).rounded(.down)), Int((Double(c.height) / c.cropPct).rounded(.down)))
+    }
+    let r = Int((Double(c.height) / c.cropPct).rounded(.down))
+    return w <= h ? (r, Int(Double(r) * Double(h) / Double(w))) : (Int(Double(r) * Double(w) / Double(h)), r)
+  }
+
+  /// The train transform's JPEG scale (in eighths): the smallest of 1/8, 1/4 and 1/2 that keeps
+  /// the crop at least as large as the target (so the IDCT does the reduction when the target
+  /// is at most half the crop, and the resampler the rest); whole size otherwise.
+  static func eighths(sourceWidth sw: Int, sourceHeight sh: Int, targetWidth tw: Int, targetHeight th: Int) -> Int {
+    for e in [1, 2, 4] where sw * e >= tw * 8 && sh * e >= th * 8 { return e }
+    return 8
+  }
+
+  /// timm's RandomResizedCropAndInterpolation.get_params, then the flip, the interpolation
+  /// and torchvision's ColorJitter order and factors.
+  static func drawTrain(_ c: TransformConfig, width w: Int, height h: Int, rng: inout SplitMix64, jitter: inout [(Int, Float)])
+    -> TrainDraw
+  {
+    func uniform(_ r: ClosedRange<Double>) -> Double { r.lowerBound + (r.upperBound - r.lowerBound) * Double(rng.next() >> 11) / Double(1 << 53) }
+    func below(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
+    let area = Double(w * h)
+    var crop: (x: Int, y: Int, w: Int, h: Int)?
+    for _ in 0..<10 {
+      let target = uniform(c.scale) * area
+      let aspect = exp(uniform(log(c.ratio.lowerBound)...log(c.ratio.upperBound)))
+      let cw = Int((target * aspect).squareRoot().rounded(.toNearestOrEven))
+      let ch = Int((target / aspect).squareRoot().rounded(.toNearestOrEven))
+      if cw >= 1, ch >= 1, cw <= w, ch <= h {
+        let y = below(h - ch + 1), x = below(w - cw + 1)
+        crop = (x, y, cw, ch)
+        break
+      }
+    }
+    if crop == nil {
+      let inRatio = Double(w) / Double(h)
+      var cw = w, ch = h
+      if inRatio < c.ratio.lowerBound {
+        ch = Int((Double(cw) / c.ratio.lowerBound).rounded(.toNearestOrEven))
+      } else if inRatio > c.ratio.upperBound {
+        cw = Int((Double(ch) * c.ratio.upperBound).rounded(.toNearestOrEven))
+      }
+      crop = ((w - cw) / 2, (h - ch) / 2, max(cw, 1), max(ch, 1))
+    }
+    let filter = c.interpolation ?? (below(2) == 0 ? .bilinear : .bicubic)
+    let flip = uniform(0...1) < c.hflip
+    jitter.removeAll(keepingCapacity: true)
+    if c.colorJitter > 0 {
+      // torch.randperm(3)'s role: a random order of the three, Fisher–Yates.
+      var kinds = SIMD3<Int>(0, 1, 2)
+      for i in stride(from: 2, to: 0, by: -1) {
+        let j = below(i + 1)
+        (kinds[i], kinds[j]) = (kinds[j], kinds[i])
+      }
+      for i in 0..<3 { jitter.append((kinds[i], Float(uniform(max(0, 1 - c.colorJitter)...(1 + c.colorJitter))))) }
+    }
+    return TrainDraw(crop: crop!, flip: flip, filter: filter, jitter: jitter)
+  }
+
+  /// From the 8-bit window to normalized floats: color jitter (blends with black, with the
+  /// mean grey and with each pixel's grey, clamped to 0...255 as PIL's are), the flip, then
+  /// (v / 255 − mean) / std per channel; one channel takes PIL's luma.
+  func finish(flip: Bool, jitter: [(Int, Float)], into out: UnsafeMutablePointer<Float>) {
+    let c = config, n = c.height * c.width
+    window.withUnsafeMutableBufferPointer { win in
+      let p = win.baseAddress!
+      for (kind, f) in jitter {
+        switch kind {
+        case 0: for i in 0..<(3 * n) { p[i] = ImageTransform.blend(0, Float(p[i]), f) }
+        case 1:
+          var sum = 0
+          for i in 0..<n { sum += ImageTransform.luma(p + 3 * i) }
+          let mean = (Float(sum) / Float(n)).rounded()
+          for i in 0..<(3 * n) { p[i] = ImageTransform.blend(mean, Float(p[i]), f) }
+        default:
+          for i in 0..<n {
+            let g = Float(ImageTransform.luma(p + 3 * i))
+            for k in 0..<3 { p[3 * i + k] = ImageTransform.blend(g, Float(p[3 * i + k]), f) }
+          }
+        }
+      }
+      for y in 0..<c.height {
+        for x in 0..<c.width {
+          let sx = flip ? c.width - 1 - x : x
+          let s = p + 3 * (y * c.width + sx), o = y * c.width + x
+          if c.channels == 1 {
+            out[o] = Float(ImageTransform.luma(s)) * scale[0] - shift[0]
+          } else {
+            out[o] = Float(s[0]) * scale[0] - shift[0]
+            out[n + o] = Float(s[1]) * scale[1] - shift[1]
+            out[2 * n + o] = Float(s[2]) * scale[2] - shift[2]
+          }
+        }
+      }
+    }
+  }
+
+  /// PIL's RGB → L: (R·19595 + G·38470 + B·7471 + 2^15) >> 16.
+  @inline(__always) static func luma(_ p: UnsafePointer<UInt8>) -> Int {
+    (Int(p[0]) * 19595 + Int(p[1]) * 38470 + Int(p[2]) * 7471 + 0x8000) >> 16
+  }
+
+  /// PIL's Image.blend of a degenerate image `a` towards `b` by `f`, to 8 bits.
+  @inline(__always) static func blend(_ a: Float, _ b: Float, _ f: Float) -> UInt8 {
+    UInt8(max(0, min(255, a + f * (b - a))))
+  }
+}
