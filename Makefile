@@ -101,7 +101,7 @@ fuzz-build: deps
 	  -Xcc -fsanitize=fuzzer-no-link,address -Xlinker $(FUZZER_RT) -Xlinker -lstdc++
 
 fuzz: fuzz-build
-	@for t in onnx ir plan; do \
+	@for t in onnx ir plan data; do \
 	  mkdir -p .build-fuzz/corpus-$$t .build-fuzz/findings; \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
 	  SBPC_FUZZ_TARGET=$$t $(FUZZ_BIN) .build-fuzz/corpus-$$t Fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \

@@ -139,8 +139,8 @@ int sbp_image_size(void *jpeg_handle, const uint8_t *data, size_t size, int *wid
   }
 }
 
-int sbp_jpeg_decode(void *handle, const uint8_t *data, size_t size, int scale_num, uint8_t *out, size_t capacity, int *width,
-                    int *height, char *error, size_t error_size) {
+int sbp_jpeg_decode(void *handle, const uint8_t *data, size_t size, int scale_num, int fast, uint8_t *out, size_t capacity,
+                    int *width, int *height, char *error, size_t error_size) {
   int w, h, subsampling, colorspace;
   if (tjDecompressHeader3(handle, data, (unsigned long)size, &w, &h, &subsampling, &colorspace) != 0)
     return fail(error, error_size, tjGetErrorStr2(handle));
@@ -150,7 +150,7 @@ int sbp_jpeg_decode(void *handle, const uint8_t *data, size_t size, int scale_nu
   if ((size_t)sw * (size_t)sh * 3 > capacity) return fail(error, error_size, "decode buffer too small");
   // Warnings (a truncated or corrupt stream) are errors: a damaged image is skipped, never
   // trained on half grey. Progressive scans are capped so a crafted file cannot spin.
-  int flags = TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS;
+  int flags = TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS | (fast ? TJFLAG_FASTDCT | TJFLAG_FASTUPSAMPLE : 0);
   if (tjDecompress2(handle, data, (unsigned long)size, out, sw, sw * 3, sh, TJPF_RGB, flags) != 0)
     return fail(error, error_size, tjGetErrorStr2(handle));
   *width = sw;

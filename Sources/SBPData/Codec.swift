@@ -46,7 +46,8 @@ public final class ImageDecoder {
   }
 
   /// Decodes the image; a JPEG at `eighths`/8 of its size (1, 2, 4 or 8), a PNG always whole.
-  public func decode(_ data: UnsafeRawBufferPointer, eighths: Int = 8) throws -> RGBImage {
+  /// `fast`: TurboJPEG's fast IDCT and upsampling (for training crops; PIL decodes accurately).
+  public func decode(_ data: UnsafeRawBufferPointer, eighths: Int = 8, fast: Bool = false) throws -> RGBImage {
     let bytes = data.baseAddress?.assumingMemoryBound(to: UInt8.self)
     let format = sbp_image_format(bytes, data.count)
     let (w, h) = try size(of: data)
@@ -60,7 +61,7 @@ public final class ImageDecoder {
     var ow: Int32 = 0, oh: Int32 = 0
     let status = message.withUnsafeMutableBufferPointer { m in
       format == Int32(SBP_IMAGE_JPEG)
-        ? sbp_jpeg_decode(jpeg, bytes, data.count, Int32(scale), buffer, capacity, &ow, &oh, m.baseAddress, m.count)
+        ? sbp_jpeg_decode(jpeg, bytes, data.count, Int32(scale), fast ? 1 : 0, buffer, capacity, &ow, &oh, m.baseAddress, m.count)
         : sbp_png_decode(bytes, data.count, buffer, capacity, &ow, &oh, m.baseAddress, m.count)
     }
     guard status == 0 else { throw ImageError(reason: lastMessage) }

@@ -25,9 +25,13 @@ public struct LoaderOptions: Sendable {
   public var shuffleBuffer = 500
   /// Stop prefetching at the end of each epoch (an evaluation set read one epoch at a time).
   public var oneEpochAtATime = false
+  /// Mixup and CutMix as timm's batch mode: with probability `mixProb` a batch is mixed with
+  /// its reverse, by λ ~ Beta(mixup, mixup) (Mixup) or a box of area 1 − λ, λ ~ Beta(cutmix,
+  /// cutmix) (CutMix); with both on, CutMix with probability `switchProb`. 0 turns one off.
+  public var mixup = 0.0, cutmix = 0.0, mixProb = 1.0, switchProb = 0.5
   /// Worker threads' nice value: above the step's, so that the step's threads keep their
   /// cores and the loader takes what they leave.
-  public var workerNice: Int32 = 5
+  public var workerNice: Int32 = 19
   public init() {}
 }
 
@@ -70,6 +74,8 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
     var ready = false
     var filling = false
     var fill = BatchFill(samples: 0)
+    /// The batch's Mixup/CutMix λ (1: not mixed).
+    var lambda: Float = 1
     /// Rows whose image could not be used: row, file, reason.
     var bad: [(row: Int, name: String, reason: String)] = []
     init(batch: Int, imageSize: Int) {
@@ -173,7 +179,11 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
     wait += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     if let failure { throw failure }
     images.raw.copyMemory(from: slot.images, byteCount: options.batch * imageSize * 4)
-    for r in 0..<options.batch { labels.i64[r] = slot.labels[r] }
+    if slot.lambda < 1 {
+      try slot.labels.withUnsafeBufferPointer { try Targets.mixed($0.baseAddress!, rows: options.batch, lambda: slot.lambda, in: labels) }
+    } else {
+      for r in 0..<options.batch { Targets.set(row: r, label: slot.labels[r], in: labels) }
+    }
     let epoch = g / batchesPerEpoch
     if epoch != reportEpoch { (epochBad, epochBadCount, reportEpoch) = ([], 0, epoch) }
     epochBadCount += slot.bad.count
@@ -268,6 +278,7 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
         }
       }
       if failed == nil { failed = patchBadRows(slot) }
+      slot.lambda = failed == nil ? mix(slot, global: g) : 1
       slot.fill = BatchFill(samples: samples, skipped: slot.bad.map(\.row))
       lock.lock()
       slot.filling = false
@@ -277,6 +288,44 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
     running -= 1
     lock.broadcast()
     lock.unlock()
+  }
+
+  /// Mixes the batch with its reverse (timm's Mixup and CutMix in batch mode, with CutMix's
+  /// λ corrected to the box's clipped area); the draws come from (seed, batch), not a worker.
+  func mix(_ slot: Slot, global g: Int) -> Float {
+    let o = options
+    guard o.mixup > 0 || o.cutmix > 0 else { return 1 }
+    var rng = SplitMix64(seed: o.seed ^ 0x3C6E_F372_FE94_F82B &+ UInt64(g) &* 0x9E37_79B9_7F4A_7C15)
+    _ = rng.next()
+    guard rng.uniform() < o.mixProb else { return 1 }
+    let cut = o.cutmix > 0 && (o.mixup == 0 || rng.uniform() < o.switchProb)
+    var lambda = Float(rng.beta(cut ? o.cutmix : o.mixup))
+    let b = o.batch, n = imageSize, c = transform.channels, h = transform.height, w = transform.width
+    if cut {
+      let ratio = (1 - Double(lambda)).squareRoot()
+      let ch = Int(Double(h) * ratio), cw = Int(Double(w) * ratio)
+      let cy = Int(rng.next() % UInt64(h)), cx = Int(rng.next() % UInt64(w))
+      let y0 = min(max(cy - ch / 2, 0), h), y1 = min(max(cy + ch / 2, 0), h)
+      let x0 = min(max(cx - cw / 2, 0), w), x1 = min(max(cx + cw / 2, 0), w)
+      lambda = 1 - Float((y1 - y0) * (x1 - x0)) / Float(h * w)
+      for r in 0..<(b / 2) {
+        let p = slot.images + r * n, q = slot.images + (b - 1 - r) * n
+        for k in 0..<c {
+          for y in y0..<y1 {
+            for x in x0..<x1 {
+              let i = (k * h + y) * w + x
+              (p[i], q[i]) = (q[i], p[i])
+            }
+          }
+        }
+      }
+    } else {
+      for r in 0..<(b / 2) {
+        let p = slot.images + r * n, q = slot.images + (b - 1 - r) * n
+        for i in 0..<n { (p[i], q[i]) = (lambda * p[i] + (1 - lambda) * q[i], lambda * q[i] + (1 - lambda) * p[i]) }
+      }
+    }
+    return lambda
   }
 
   /// A sample's name for messages: its file, or its shard and key.

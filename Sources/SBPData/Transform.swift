@@ -73,7 +73,7 @@ public final class ImageTransform: @unchecked Sendable {
     case .train:
       let draw = ImageTransform.drawTrain(c, width: w, height: h, rng: &rng, jitter: &jitterOrder)
       let e = ImageTransform.eighths(sourceWidth: draw.crop.w, sourceHeight: draw.crop.h, targetWidth: c.width, targetHeight: c.height)
-      let img = try decoder.decode(data, eighths: e)
+      let img = try decoder.decode(data, eighths: e, fast: true)
       let fx = Double(img.width) / Double(w), fy = Double(img.height) / Double(h)
       let box = (
         Double(draw.crop.x) * fx, Double(draw.crop.y) * fy, Double(draw.crop.x + draw.crop.w) * fx, Double(draw.crop.y + draw.crop.h) * fy
@@ -164,51 +164,92 @@ public final class ImageTransform: @unchecked Sendable {
     return TrainDraw(crop: crop!, flip: flip, filter: filter, jitter: jitter)
   }
 
-  /// From the 8-bit window to normalized floats: color jitter (blends with black, with the
-  /// mean grey and with each pixel's grey, clamped to 0...255 as PIL's are), the flip, then
-  /// (v / 255 − mean) / std per channel; one channel takes PIL's luma.
+  /// From the 8-bit window to normalized floats: the pixels (flipped if drawn) into planes of
+  /// 0...255 values, the color jitter on the planes (blends with black, with the mean grey
+  /// and with each pixel's grey, each clamped to 0...255 as PIL's are, but not rounded to 8
+  /// bits between them), then (v / 255 − mean) / std per channel; one channel takes PIL's luma.
   func finish(flip: Bool, jitter: [(Int, Float)], into out: UnsafeMutablePointer<Float>) {
     let c = config, n = c.height * c.width
-    window.withUnsafeMutableBufferPointer { win in
+    window.withUnsafeBufferPointer { win in
       let p = win.baseAddress!
-      for (kind, f) in jitter {
-        switch kind {
-        case 0: for i in 0..<(3 * n) { p[i] = ImageTransform.blend(0, Float(p[i]), f) }
-        case 1:
-          var sum = 0
-          for i in 0..<n { sum += ImageTransform.luma(p + 3 * i) }
-          let mean = (Float(sum) / Float(n)).rounded()
-          for i in 0..<(3 * n) { p[i] = ImageTransform.blend(mean, Float(p[i]), f) }
-        default:
-          for i in 0..<n {
-            let g = Float(ImageTransform.luma(p + 3 * i))
-            for k in 0..<3 { p[3 * i + k] = ImageTransform.blend(g, Float(p[3 * i + k]), f) }
+      let r = out, g = out + (c.channels == 3 ? n : 0), b = out + (c.channels == 3 ? 2 * n : 0)
+      if c.channels == 1 {
+        for y in 0..<c.height {
+          for x in 0..<c.width {
+            let s = p + 3 * (y * c.width + (flip ? c.width - 1 - x : x))
+            out[y * c.width + x] = Float(ImageTransform.luma(s))
           }
         }
+      } else {
+        for y in 0..<c.height {
+          let row = y * c.width
+          for x in 0..<c.width {
+            let s = p + 3 * (row + (flip ? c.width - 1 - x : x))
+            (r[row + x], g[row + x], b[row + x]) = (Float(s[0]), Float(s[1]), Float(s[2]))
+          }
+        }
+        for (kind, f) in jitter { ImageTransform.jitter(kind, f, r, g, b, count: n) }
       }
-      for y in 0..<c.height {
-        for x in 0..<c.width {
-          let sx = flip ? c.width - 1 - x : x
-          let s = p + 3 * (y * c.width + sx), o = y * c.width + x
-          if c.channels == 1 {
-            out[o] = Float(ImageTransform.luma(s)) * scale[0] - shift[0]
-          } else {
-            out[o] = Float(s[0]) * scale[0] - shift[0]
-            out[n + o] = Float(s[1]) * scale[1] - shift[1]
-            out[2 * n + o] = Float(s[2]) * scale[2] - shift[2]
-          }
-        }
+      for k in 0..<c.channels { ImageTransform.affine(out + k * n, count: n, scale: scale[k], shift: -shift[k]) }
+    }
+  }
+
+  /// One color-jitter op on RGB planes of `count` values in 0...255. Plain loops over the
+  /// planes, which the compiler vectorizes (SIMD8's generic min and max did not).
+  static func jitter(_ kind: Int, _ f: Float, _ r: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, count n: Int) {
+    switch kind {
+    case 0, 1:
+      var a: Float = 0
+      if kind == 1 {
+        var total: Float = 0
+        for i in 0..<n { total += r[i] * 0.299 + g[i] * 0.587 + b[i] * 0.114 }
+        a = (total / Float(n)).rounded()
+      }
+      for k in 0..<3 {
+        let p = k == 0 ? r : (k == 1 ? g : b)
+        for i in 0..<n { p[i] = Swift.min(Swift.max(a + f * (p[i] - a), 0), 255) }
+      }
+    default:
+      for i in 0..<n {
+        let a = r[i] * 0.299 + g[i] * 0.587 + b[i] * 0.114
+        r[i] = Swift.min(Swift.max(a + f * (r[i] - a), 0), 255)
+        g[i] = Swift.min(Swift.max(a + f * (g[i] - a), 0), 255)
+        b[i] = Swift.min(Swift.max(a + f * (b[i] - a), 0), 255)
       }
     }
+  }
+
+  /// p[i] = p[i] · scale + shift.
+  static func affine(_ p: UnsafeMutablePointer<Float>, count n: Int, scale: Float, shift: Float) {
+    for i in 0..<n { p[i] = p[i] * scale + shift }
   }
 
   /// PIL's RGB → L: (R·19595 + G·38470 + B·7471 + 2^15) >> 16.
   @inline(__always) static func luma(_ p: UnsafePointer<UInt8>) -> Int {
     (Int(p[0]) * 19595 + Int(p[1]) * 38470 + Int(p[2]) * 7471 + 0x8000) >> 16
   }
+}
 
-  /// PIL's Image.blend of a degenerate image `a` towards `b` by `f`, to 8 bits.
-  @inline(__always) static func blend(_ a: Float, _ b: Float, _ f: Float) -> UInt8 {
-    UInt8(max(0, min(255, a + f * (b - a))))
+extension SplitMix64 {
+  /// Uniform in [0, 1).
+  mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
+
+  /// Gamma(α, 1), Marsaglia and Tsang's method (α < 1 through Gamma(α + 1)·U^(1/α)).
+  mutating func gamma(_ alpha: Double) -> Double {
+    if alpha < 1 { return gamma(alpha + 1) * pow(max(uniform(), 1e-300), 1 / alpha) }
+    let d = alpha - 1.0 / 3, c = 1 / (9 * d).squareRoot()
+    while true {
+      let x = Double(normal())
+      let v = pow(1 + c * x, 3)
+      guard v > 0 else { continue }
+      let u = uniform()
+      if log(max(u, 1e-300)) < 0.5 * x * x + d - d * v + d * log(v) { return d * v }
+    }
+  }
+
+  /// Beta(α, α), as X / (X + Y) of two Gamma(α) draws.
+  mutating func beta(_ alpha: Double) -> Double {
+    let x = gamma(alpha), y = gamma(alpha)
+    return x + y > 0 ? x / (x + y) : 0.5
   }
 }

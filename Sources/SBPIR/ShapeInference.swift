@@ -269,13 +269,16 @@ extension Op {
       return [t[0]]
     case .softmaxCrossEntropy:
       try arity(2)
-      guard t[0].rank == 2, t[0].dtype == .f32, t[1].shape == [t[0].shape[0]], t[1].dtype == .i64 || t[1].dtype == .i32 else {
-        throw fail("expects logits f32[B,C] and labels i64[B], got \(t[0]) and \(t[1])")
+      // Labels are class indices, or soft targets (a distribution per row: Mixup, CutMix).
+      let hard = t[1].shape == [t[0].shape[0]] && (t[1].dtype == .i64 || t[1].dtype == .i32)
+      let soft = t[1].shape == t[0].shape && t[1].dtype == .f32
+      guard t[0].rank == 2, t[0].dtype == .f32, hard || soft else {
+        throw fail("expects logits f32[B,C] and labels i64[B] or soft targets f32[B,C], got \(t[0]) and \(t[1])")
       }
       return [TensorType(.f32, [])]
     case .softmaxCrossEntropyGrad:
       try arity(3)
-      guard t[0].rank == 2, t[1].shape == [t[0].shape[0]], t[2].elementCount == 1 else {
+      guard t[0].rank == 2, t[1].shape == [t[0].shape[0]] || t[1].shape == t[0].shape, t[2].elementCount == 1 else {
         throw fail("expects logits, labels and a scalar dloss")
       }
       return [t[0]]

@@ -49,10 +49,15 @@ public struct Autodiff: Pass {
   public var groups: ParameterGroups
   /// Label smoothing ε of the loss (timm's `--smoothing`).
   public var smoothing: Double
-  public init(optimizer: OptimizerConfig = .defaultSGD, groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0) {
+  /// The loss reads soft targets f32[B, C] (Mixup, CutMix) instead of labels i64[B].
+  public var softTargets: Bool
+  public init(
+    optimizer: OptimizerConfig = .defaultSGD, groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false
+  ) {
     self.optimizer = optimizer
     self.groups = groups
     self.smoothing = smoothing
+    self.softTargets = softTargets
   }
   public let name = "autodiff"
   public let summary = "append the loss, reverse-mode gradients and optimizer updates (a training step)"
@@ -62,7 +67,7 @@ public struct Autodiff: Pass {
     let logits = logitsOut.value
     let lt = graph.type(of: logits)
     guard lt.rank == 2, lt.dtype == .f32 else { throw PassError("autodiff: the first output must be logits f32[B,C], got \(lt)") }
-    let labels = graph.addInput("labels", TensorType(.i64, [lt.shape[0]]))
+    let labels = graph.addInput("labels", softTargets ? TensorType(.f32, lt.shape) : TensorType(.i64, [lt.shape[0]]))
     let loss = try graph.append(.softmaxCrossEntropy(smoothing: smoothing), [logits, labels], name: "loss")[0]
     let params = graph.params.filter(\.trainable)
     let grads = try appendGradients(&graph, loss: loss, wrt: params.map(\.value))

@@ -27,14 +27,16 @@ public struct PipelineOptions: Sendable, Equatable {
   public var fuseOptimizer: Bool
   /// `autodiff`'s per-parameter learning rate and weight decay (`--no-decay-1d`, `--layer-decay`).
   public var groups: ParameterGroups
-  /// `autodiff`'s label smoothing.
+  /// `autodiff`'s label smoothing, and whether its loss reads soft targets.
   public var smoothing: Double
+  public var softTargets: Bool
 
   public init(
     sbp: SBPOptions = SBPOptions(), optimizer: OptimizerConfig = .defaultSGD, fuseOptimizer: Bool = true,
-    groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0
+    groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false
   ) {
     self.smoothing = smoothing
+    self.softTargets = softTargets
     self.sbp = sbp
     self.optimizer = optimizer
     self.fuseOptimizer = fuseOptimizer
@@ -52,7 +54,7 @@ public enum PassRegistry {
       BatchNormTrain(),
       InsertSBP(options.sbp),
       DeadRows(),
-      Autodiff(optimizer: options.optimizer, groups: options.groups, smoothing: options.smoothing),
+      Autodiff(optimizer: options.optimizer, groups: options.groups, smoothing: options.smoothing, softTargets: options.softTargets),
       PruneBackward(),
       Rematerialize(),
       Schedule(fuseOptimizer: options.fuseOptimizer),

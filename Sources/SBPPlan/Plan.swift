@@ -58,14 +58,16 @@ public struct Plan: Sendable {
     public var head: HeadSpec?
     /// Per-parameter learning rate and weight decay (`--no-decay-1d`, `--layer-decay`).
     public var groups: ParameterGroups
-    /// Label smoothing of the loss.
+    /// Label smoothing of the loss, and whether it reads soft targets f32[B, classes].
     public var smoothing: Double
+    public var softTargets: Bool
     public init(
       batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
       fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false, head: HeadSpec? = nil,
-      groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0
+      groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false
     ) {
       self.smoothing = smoothing
+      self.softTargets = softTargets
       self.head = head
       self.groups = groups
       self.batch = batch
@@ -89,7 +91,7 @@ public struct Plan: Sendable {
     var eval = imported.graph
     let passOptions = PipelineOptions(
       sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer, groups: options.groups,
-      smoothing: options.smoothing)
+      smoothing: options.smoothing, softTargets: options.softTargets)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
     var notes = imported.notes
     // Structural --freeze specs (stem, head, norm, blocks) read mark's annotations.

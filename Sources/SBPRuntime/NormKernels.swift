@@ -178,9 +178,25 @@ enum Norm {
 
   /// Mean cross-entropy of softmax(logits) against integer labels, smoothed: the target is
   /// (1 − ε)·one-hot + ε/C, so a row's loss is lse − (1 − ε)·z_t − ε·mean(z).
+  ///
+  /// With soft targets t (f32 [B, C]) the target is (1 − ε)·t + ε/C, which is timm's
+  /// mixed target: smoothing is linear in the one-hots it mixes.
   static func softmaxCrossEntropy(_ logits: Buffer, _ labels: Buffer, _ out: Buffer, smoothing e: Float = 0) throws {
     let b = logits.type.shape[0], c = logits.type.shape[1]
     var total: Double = 0
+    if labels.type.rank == 2 {
+      for r in 0..<b {
+        let row = logits.f32 + r * c, target = labels.f32 + r * c
+        var m = -Float.infinity
+        for k in 0..<c { m = max(m, row[k]) }
+        var s: Double = 0
+        for k in 0..<c { s += Double(expf(row[k] - m)) }
+        let lse = Double(m) + log(s)
+        for k in 0..<c { total += Double((1 - e) * target[k] + e / Float(c)) * (lse - Double(row[k])) }
+      }
+      out.f32[0] = Float(total / Double(b))
+      return
+    }
     for r in 0..<b {
       let row = logits.f32 + r * c
       let t = try checkLabel(labels, r, classes: c)
@@ -203,7 +219,7 @@ enum Norm {
     let scale = dloss.f32[0] / Float(b)
     for r in 0..<b {
       let row = logits.f32 + r * c, d = dx.f32 + r * c
-      let t = try checkLabel(labels, r, classes: c)
+      let t = labels.type.rank == 2 ? 0 : try checkLabel(labels, r, classes: c)
       var m = -Float.infinity
       for k in 0..<c { m = max(m, row[k]) }
       var s: Float = 0
@@ -213,7 +229,11 @@ enum Norm {
       }
       let uniform = e / Float(c) * scale
       for k in 0..<c { d[k] = d[k] / s * scale - uniform }
-      d[t] -= (1 - e) * scale
+      if labels.type.rank == 2 {
+        for k in 0..<c { d[k] -= (1 - e) * scale * labels.f32[r * c + k] }
+      } else {
+        d[t] -= (1 - e) * scale
+      }
     }
   }
 }

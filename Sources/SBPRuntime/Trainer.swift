@@ -272,7 +272,7 @@ public struct Feeder {
   public func synthetic(seed: UInt64, step: Int) {
     var rng = SplitMix64(seed: seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15)
     for i in 0..<input.count { input.f32[i] = rng.normal() }
-    for i in 0..<labels.count { labels.i64[i] = Int64(rng.next() % UInt64(classes)) }
+    for i in 0..<labels.type.shape[0] { Targets.set(row: i, label: Int64(rng.next() % UInt64(classes)), in: labels) }
   }
 }
 

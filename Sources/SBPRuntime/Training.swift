@@ -62,8 +62,38 @@ public struct DataSet: Sendable {
     images.data.withUnsafeBytes { raw in
       for (row, i) in indices.enumerated() {
         (input.raw + row * imageSize * 4).copyMemory(from: raw.baseAddress! + i * imageSize * 4, byteCount: imageSize * 4)
-        out.i64[row] = labels[i]
+        Targets.set(row: row, label: labels[i], in: out)
       }
+    }
+  }
+}
+
+/// A batch's targets in the plan's labels input: class indices (i64 [B]), or, for a plan
+/// compiled with `--soft-targets`, a distribution per row (f32 [B, C]).
+public enum Targets {
+  /// Row `row` targets class `label`: the index, or its one-hot.
+  public static func set(row: Int, label: Int64, in out: Buffer) {
+    if out.type.dtype == .i64 {
+      out.i64[row] = label
+      return
+    }
+    let c = out.type.shape[1], p = out.f32 + row * c
+    p.update(repeating: 0, count: c)
+    if label >= 0, label < Int64(c) { p[Int(label)] = 1 }
+  }
+
+  /// Mixup's and CutMix's targets (timm's batch mode, the batch mixed with its reverse):
+  /// row r is λ·one-hot(y_r) + (1 − λ)·one-hot(y_{B−1−r}). Class indices cannot carry it.
+  public static func mixed(_ labels: UnsafePointer<Int64>, rows b: Int, lambda: Float, in out: Buffer) throws {
+    guard out.type.dtype == .f32 else {
+      throw RuntimeError("mixed targets need a plan compiled with --soft-targets (its loss reads labels i64)")
+    }
+    let c = out.type.shape[1]
+    out.f32.update(repeating: 0, count: b * c)
+    for r in 0..<b {
+      let p = out.f32 + r * c, y1 = Int(labels[r]), y2 = Int(labels[b - 1 - r])
+      if (0..<c).contains(y1) { p[y1] += lambda }
+      if (0..<c).contains(y2) { p[y2] += 1 - lambda }
     }
   }
 }

@@ -1,19 +1,41 @@
-// Fuzz.swift: fuzz targets for the ONNX importer, the text-IR parser and the plan loader.
+// Fuzz.swift: fuzz targets for the ONNX importer, the text-IR parser, the plan loader and the image data path.
 //
 // Built with `make fuzz` (-DFUZZING -sanitize=fuzzer,address) it is a libFuzzer binary; the
-// target comes from SBPC_FUZZ_TARGET (onnx, ir or plan). Built normally it replays files:
+// target comes from SBPC_FUZZ_TARGET (onnx, ir, plan or data). Built normally it replays files:
 // `sbpc-fuzz TARGET FILE...`, which is how a finding becomes a regression test.
 // Beyond "no crash", each target checks a property: whatever is accepted must print, parse
 // back and print byte-identically, and the passes must keep it verifiable.
 import CFuzzerDriver
 import Foundation
+import SBPData
 import SBPIR
 import SBPONNX
 import SBPPasses
 import SBPPlan
 
 enum FuzzTarget: String {
-  case onnx, ir, plan
+  case onnx, ir, plan, data
+}
+
+/// The data target's transforms, one per mode, made once (their memory is reused, as a
+/// loader worker's is).
+let transforms: [ImageTransform] = TransformConfig.Mode.allCases.map { mode in
+  var c = TransformConfig()
+  (c.mode, c.height, c.width) = (mode, 16, 16)
+  return try! ImageTransform(c)
+}
+
+/// An image's bytes through both transforms: whatever decodes must come out finite.
+func transformImage(_ bytes: UnsafeRawBufferPointer) {
+  var out = [Float](repeating: 0, count: 3 * 16 * 16)
+  for t in transforms {
+    var rng = ImageTransform.generator(seed: 1, epoch: 0, index: bytes.count)
+    do {
+      try out.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: &rng, into: $0.baseAddress!) }
+      property(out.allSatisfy(\.isFinite), "a decoded image transforms to non-finite values")
+    } catch is ImageError {
+    } catch { property(false, "the image path threw \(error), not an ImageError") }
+  }
 }
 
 /// Scratch file per process, for the loaders that take a path.
@@ -62,6 +84,19 @@ func runOne(_ target: FuzzTarget, _ bytes: Data) {
     if let p = try? Plan.load(path) {
       exercise(p.eval)
       property(p.serialized().hasPrefix("sbpc-plan "), "a loaded plan serializes")
+    }
+  case .data:
+    // The first byte picks the reader: even, the rest is a WebDataset shard whose samples'
+    // images are transformed; odd, the rest is one image file.
+    guard let mode = bytes.first else { return }
+    let rest = Array(bytes.dropFirst())
+    if mode & 1 == 1 { return rest.withUnsafeBytes(transformImage) }
+    let reader = SampleReader(TarReader(MemoryByteStream(rest), name: "fuzz.tar"), name: "fuzz.tar")
+    var image: [UInt8] = []
+    for _ in 0..<64 {
+      guard let sample = try? reader.next(into: &image) else { return }
+      property(sample.label >= 0, "a negative label was accepted")
+      image.withUnsafeBytes(transformImage)
     }
   }
 }

@@ -59,6 +59,10 @@ struct Compile: ParsableCommand {
   var layerDecay: Double?
   @Option(help: "Label smoothing ε of the loss, 0 <= ε < 1: the target is (1 − ε)·one-hot + ε/classes (timm's --smoothing).")
   var smoothing: Double = 0
+  @Flag(
+    name: .customLong("soft-targets"),
+    help: "The loss reads soft targets f32 [batch, classes] instead of class labels: what train's --mixup and --cutmix write.")
+  var softTargets = false
   @OptionGroup var shape: ShapeOptions
   @OptionGroup var parameters: ParameterFlags
 
@@ -84,7 +88,7 @@ struct Compile: ParsableCommand {
         batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer,
         freeze: parameters.freeze, keepTied: parameters.keepTied,
         head: parameters.numClasses.map { HeadSpec(classes: $0, seed: parameters.seed) },
-        groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay), smoothing: smoothing)
+        groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay), smoothing: smoothing, softTargets: softTargets)
       let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {

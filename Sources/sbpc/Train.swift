@@ -76,6 +76,13 @@ struct Train: ParsableCommand {
   @OptionGroup var memory: MemoryOptions
   @OptionGroup(title: "Image data") var loader: LoaderFlags
   @OptionGroup(title: "Transforms") var transforms: TransformOptions
+  @Option(help: "Mixup's α: mix each batch with its reverse by λ ~ Beta(α, α) (default 0: off; needs a plan compiled with --soft-targets).")
+  var mixup: Double = 0
+  @Option(help: "CutMix's α: paste a box of the reversed batch, area 1 − λ, λ ~ Beta(α, α) (default 0: off; needs --soft-targets).")
+  var cutmix: Double = 0
+  @Option(name: .customLong("mixup-prob"), help: "Probability that a batch is mixed at all (default 1).") var mixupProb: Double = 1
+  @Option(name: .customLong("mixup-switch-prob"), help: "With both --mixup and --cutmix: probability of CutMix (default 0.5).")
+  var mixupSwitchProb: Double = 0.5
 
   func validate() throws {
     if let steps { guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") } }
@@ -83,6 +90,13 @@ struct Train: ParsableCommand {
     guard labels == nil || input != nil else { throw ValidationError("--labels needs --input") }
     guard input == nil || loader.data == nil else { throw ValidationError("--input (.npy) and --data (images) exclude each other") }
     if loader.data != nil, val.count > 1 { throw ValidationError("with --data, --val takes one image folder or shard spec") }
+    for (name, v) in [("--mixup", mixup), ("--cutmix", cutmix)] where !(v >= 0 && v.isFinite) {
+      throw ValidationError("\(name) must be >= 0, got \(v)")
+    }
+    for (name, v) in [("--mixup-prob", mixupProb), ("--mixup-switch-prob", mixupSwitchProb)] where !(v >= 0 && v <= 1) {
+      throw ValidationError("\(name) must be in [0, 1], got \(v)")
+    }
+    if mixup > 0 || cutmix > 0, loader.data == nil { throw ValidationError("--mixup and --cutmix mix image batches: they need --data") }
     if let epochs {
       guard epochs >= 1, epochs <= 1_000_000 else { throw ValidationError("--epochs must be >= 1, got \(epochs)") }
       guard input != nil || loader.data != nil else { throw ValidationError("--epochs needs a data set (--input or --data)") }
@@ -198,6 +212,10 @@ struct Train: ParsableCommand {
     let splits = ShardSet.isShardSpec(path) ? (path, nil) : ImageFolder.splits(path)
     let set = try ImageSet.open(splits.0, classes: classes)
     var o = loader.options(batch: p.batch, seed: seed)
+    (o.mixup, o.cutmix, o.mixProb, o.switchProb) = (mixup, cutmix, mixupProb, mixupSwitchProb)
+    if mixup > 0 || cutmix > 0, p.train.inputs.first(where: { $0.name == "labels" }).map({ p.train.type(of: $0.value).rank }) != 2 {
+      throw PlanError("\(plan): --mixup and --cutmix need soft targets in the loss; compile the plan with --soft-targets")
+    }
     o.shuffle = shuffle ?? (epochs != nil)
     o.last = LastBatch(rawValue: lastBatch)!
     let train = try ImageLoader(set, transform: try transforms.config(.train, shape: shape), options: o)

@@ -221,4 +221,48 @@ final class DataTests: XCTestCase {
     try FileManager.default.createSymbolicLink(atPath: dir + "/c/x.jpg", withDestinationPath: images + "/photo/c0/00000.jpg")
     XCTAssertThrowsError(try ImageFolder(dir)) { e in XCTAssertTrue("\(e)".contains("a symbolic link to") && "\(e)".contains("outside the data folder"), "\(e)") }
   }
+
+  /// One batch of the fixture folder with soft targets, mixed as `configure` says.
+  func softBatch(_ configure: (inout LoaderOptions) -> Void) throws -> (images: [Float], targets: [Float]) {
+    var o = LoaderOptions()
+    (o.batch, o.workers, o.seed) = (4, 1, 5)
+    configure(&o)
+    var c = TransformConfig()
+    (c.height, c.width) = (16, 16)
+    let loader = try ImageLoader(try ImageSet.open(images + "/jpeg/train", classes: nil), transform: c, options: o)
+    defer { loader.shutdown() }
+    let x = Buffer(TensorType(.f32, [4, 3, 16, 16])), t = Buffer(TensorType(.f32, [4, 3]))
+    _ = try loader.next(images: x, labels: t)
+    return (Array(x.floats), Array(t.floats))
+  }
+
+  func testMixupAndCutMixMixTheBatchWithItsReverse() throws {
+    let plain = try softBatch { _ in }
+    let n = 3 * 16 * 16
+    func row(_ v: [Float], _ r: Int) -> ArraySlice<Float> { v[(r * n)..<((r + 1) * n)] }
+    let a0 = row(plain.images, 0), a3 = row(plain.images, 3)
+    let y0 = plain.targets[0..<3].firstIndex(of: 1)!, y3 = plain.targets[9..<12].firstIndex(of: 1)! - 9
+
+    // Mixup: row 0 is λ·x0 + (1 − λ)·x3, and its target λ·onehot(y0) + (1 − λ)·onehot(y3).
+    let mixed = try softBatch { $0.mixup = 0.8 }
+    let b0 = row(mixed.images, 0)
+    let d = zip(a0, a3).map { $0 - $1 }, e = zip(b0, a3).map { $0 - $1 }
+    let lambda = zip(d, e).reduce(0) { $0 + $1.0 * $1.1 } / d.reduce(0) { $0 + $1 * $1 }
+    XCTAssertTrue(lambda > 0 && lambda < 1, "λ \(lambda)")
+    for (u, v) in zip(d, e) { XCTAssertEqual(v, lambda * u, accuracy: 1e-4) }
+    var want: [Float] = [0, 0, 0]
+    want[y0] += lambda
+    want[y3] += 1 - lambda
+    for k in 0..<3 { XCTAssertEqual(mixed.targets[k], want[k], accuracy: 1e-4) }
+
+    // CutMix: row 0 takes row 3's pixels in one box, and λ is the share it keeps.
+    let cut = try softBatch { $0.cutmix = 1 }
+    let c0 = row(cut.images, 0)
+    let fromOther = zip(zip(c0, a0), a3).filter { $0.0.0 != $0.0.1 }
+    XCTAssertTrue(fromOther.allSatisfy { $0.0.0 == $0.1 }, "CutMix pixels come from the reversed batch")
+    XCTAssertFalse(fromOther.isEmpty)
+    XCTAssertEqual(cut.targets[0..<3].reduce(0, +), 1, accuracy: 1e-6)
+    // The changed pixels lie in the box, whose area is the 1 − λ the target gives row 3.
+    if y0 != y3 { XCTAssertLessThanOrEqual(Float(fromOther.count) / Float(n), cut.targets[y3] + 1e-6) }
+  }
 }

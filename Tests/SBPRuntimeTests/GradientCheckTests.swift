@@ -266,15 +266,26 @@ final class GradientCheckTests: XCTestCase {
         let labels = try g.append(.constant(Literal(i64: [4, 0, 2], shape: [3])), [])[0]
         return try g.append(.softmaxCrossEntropy(smoothing: 0.1), [p[0], labels])[0]
       })
+    try check(
+      GradCase(name: "softmax cross-entropy, soft targets", shapes: [[3, 5]], range: (-2, 2)) { g, p in
+        let targets = try g.append(.constant(Literal(f32: [0, 0.3, 0, 0, 0.7, 1, 0, 0, 0, 0, 0.2, 0.2, 0.6, 0, 0], shape: [3, 5])), [])[0]
+        return try g.append(.softmaxCrossEntropy(smoothing: 0.1), [p[0], targets])[0]
+      })
   }
 
-  /// Label smoothing against PyTorch's `cross_entropy(label_smoothing=0.1)` and its gradient
-  /// (models/smoothing_reference.py).
+  /// Label smoothing against PyTorch's `cross_entropy(label_smoothing=0.1)` and its gradient,
+  /// and soft targets (Mixup's, λ 0.7, smoothed by the op) against timm's mixup_target and
+  /// SoftTargetCrossEntropy (models/smoothing_reference.py).
   func testLabelSmoothingMatchesPyTorch() throws {
+    try checkSmoothedLoss(labels: "labels.npy", loss: "loss.npy", grad: "grad.npy")
+    try checkSmoothedLoss(labels: "targets.npy", loss: "soft_loss.npy", grad: "soft_grad.npy")
+  }
+
+  func checkSmoothedLoss(labels labelFile: String, loss lossFile: String, grad gradFile: String) throws {
     let dir = repoRoot + "/Tests/Fixtures/smoothing"
-    let x = try NPYArray.read(dir + "/logits.npy"), y = try NPYArray.read(dir + "/labels.npy")
+    let x = try NPYArray.read(dir + "/logits.npy"), y = try NPYArray.read(dir + "/" + labelFile)
     var g = Graph(name: "smoothing")
-    let logits = g.addInput("logits", TensorType(.f32, x.shape)), labels = g.addInput("labels", TensorType(.i64, y.shape))
+    let logits = g.addInput("logits", TensorType(.f32, x.shape)), labels = g.addInput("labels", TensorType(y.dtype, y.shape))
     let loss = try g.append(.softmaxCrossEntropy(smoothing: 0.1), [logits, labels])[0]
     let one = try g.append(.constant(Literal(f32: [1], shape: [])), [])[0]
     let grad = try g.append(.softmaxCrossEntropyGrad(smoothing: 0.1), [logits, labels, one])[0]
@@ -284,8 +295,8 @@ final class GradientCheckTests: XCTestCase {
     x.data.withUnsafeBytes { ex.buffer(logits).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     y.data.withUnsafeBytes { ex.buffer(labels).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     try ex.run()
-    XCTAssertEqual(ex.buffer(loss).f32[0], try NPYArray.read(dir + "/loss.npy").floats[0], accuracy: 1e-6)
-    let want = try NPYArray.read(dir + "/grad.npy").floats
+    XCTAssertEqual(ex.buffer(loss).f32[0], try NPYArray.read(dir + "/" + lossFile).floats[0], accuracy: 1e-6)
+    let want = try NPYArray.read(dir + "/" + gradFile).floats
     for (a, b) in zip(Array(ex.buffer(grad).floats), want) { XCTAssertEqual(a, b, accuracy: 1e-6) }
   }
 

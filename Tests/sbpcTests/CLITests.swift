@@ -224,7 +224,7 @@ final class FuzzRegressionTests: XCTestCase {
     let bin = [fuzz.appendingPathComponent("sbpc-fuzz"), fuzz.deletingLastPathComponent().appendingPathComponent("sbpc-fuzz")]
       .first { FileManager.default.isExecutableFile(atPath: $0.path) }
     let exe = try XCTUnwrap(bin, "sbpc-fuzz is not built")
-    for target in ["onnx", "ir", "plan"] {
+    for target in ["onnx", "ir", "plan", "data"] {
       var files: [String] = []
       for dir in ["Fuzz/corpus/\(target)", "Tests/Fixtures/fuzz/\(target)"] {
         let d = root + "/" + dir

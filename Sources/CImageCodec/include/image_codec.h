@@ -18,8 +18,10 @@ void sbp_jpeg_destroy(void *handle);
 
 /// Decodes a JPEG into RGB at `scale_num`/8 of its size (1, 2, 4 or 8: TurboJPEG's IDCT
 /// scaling), into `out` of `capacity` bytes. The scaled size comes back in width/height.
-int sbp_jpeg_decode(void *handle, const uint8_t *data, size_t size, int scale_num, uint8_t *out, size_t capacity, int *width,
-                    int *height, char *error, size_t error_size);
+/// `fast`: the fast integer IDCT and plain upsampling (training crops), instead of the
+/// accurate IDCT and fancy upsampling PIL uses (evaluation, which must match it).
+int sbp_jpeg_decode(void *handle, const uint8_t *data, size_t size, int scale_num, int fast, uint8_t *out, size_t capacity,
+                    int *width, int *height, char *error, size_t error_size);
 
 /// Decodes a PNG of any bit depth and colour type into 8-bit RGB (16-bit samples keep their
 /// high byte, alpha is dropped, grey is replicated: what PIL's convert('RGB') gives).
