@@ -179,6 +179,27 @@ public final class SampleReader {
     self.name = name
   }
 
+  /// Whether `ext` is `lower`, ignoring ASCII case.
+  static func extensionIs(_ ext: Substring, _ lower: StaticString) -> Bool {
+    let want = UnsafeBufferPointer(start: lower.utf8Start, count: lower.utf8CodeUnitCount)
+    return ext.utf8.count == want.count && zip(ext.utf8, want).allSatisfy { ($0 | 0x20) == $1 }
+  }
+
+  /// A decimal class number, surrounded by optional ASCII whitespace.
+  static func classNumber(_ bytes: [UInt8]) -> Int? {
+    var v = 0, digits = 0, done = false
+    for b in bytes {
+      if b == 32 || (9...13).contains(b) {
+        if digits > 0 { done = true }
+        continue
+      }
+      guard !done, (48...57).contains(b), digits < 9 else { return nil }
+      v = v * 10 + Int(b - 48)
+      digits += 1
+    }
+    return digits > 0 ? v : nil
+  }
+
   /// WebDataset's split of a member path into key and extension: the key runs to the first
   /// dot of the file name.
   static func split(_ path: String) -> (key: Substring, ext: Substring)? {
@@ -203,16 +224,16 @@ public final class SampleReader {
       }
       if let key, k != key { break }
       key = k
-      switch ext.lowercased() {
-      case "cls":
+      // Compared byte by byte: lowercasing and Foundation's trimming would allocate per sample.
+      if SampleReader.extensionIs(ext, "cls") {
         guard m.size <= 64 else { throw DataError("\(name): \(m.path) is not a class number") }
         try tar.read(into: &text)
-        let s = String(decoding: text, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let v = Int(s), v >= 0 else { throw DataError("\(name): \(m.path) holds '\(s)', not a class number") }
+        guard let v = SampleReader.classNumber(text) else {
+          throw DataError("\(name): \(m.path) holds '\(String(decoding: text, as: UTF8.self))', not a class number")
+        }
         label = v
-      case "jpg", "jpeg", "png":
+      } else if SampleReader.extensionIs(ext, "jpg") || SampleReader.extensionIs(ext, "jpeg") || SampleReader.extensionIs(ext, "png") {
         if let image { try tar.read(into: &image.pointee) }
-      default: break
       }
       ahead = try tar.next()
     }

@@ -250,20 +250,20 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
       var failed: Error?
       for r in 0..<options.batch {
         let i = indices[r]
-        var rng = ImageTransform.generator(seed: options.seed, epoch: epoch, index: i)
+        let rng = ImageTransform.generator(seed: options.seed, epoch: epoch, index: i)
         let out = slot.images + r * imageSize
         do {
           switch data {
           case .folder(let f):
             slot.labels[r] = Int64(f.labels[i])
             try readFile(f.files[i], into: &file)
-            try file.withUnsafeBytes { try t.apply($0, rng: &rng, into: out) }
+            try file.withUnsafeBytes { try t.apply($0, rng: rng, into: out) }
           case .shards:
             // An evaluation's partial last batch repeats its last sample (rows not counted).
             let row = min(r, max(samples - 1, 0))
             if row != r { slot.labels[r] = slot.labels[row] }
             if slot.bytes[row].isEmpty { throw ImageError(reason: "no .jpg, .jpeg or .png member") }
-            try slot.bytes[row].withUnsafeBytes { try t.apply($0, rng: &rng, into: out) }
+            try slot.bytes[row].withUnsafeBytes { try t.apply($0, rng: rng, into: out) }
           }
         } catch let e as ImageError {
           let name = sampleName(slot, row: r, index: i, samples: samples)
@@ -279,7 +279,7 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
       }
       if failed == nil { failed = patchBadRows(slot) }
       slot.lambda = failed == nil ? mix(slot, global: g) : 1
-      slot.fill = BatchFill(samples: samples, skipped: slot.bad.map(\.row))
+      slot.fill = BatchFill(samples: samples, skipped: slot.bad.isEmpty ? [] : slot.bad.map(\.row))
       lock.lock()
       slot.filling = false
       if let failed { failure = failure ?? failed } else { slot.ready = true }
@@ -358,7 +358,8 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
 
 /// Reads a whole file into `bytes`, reusing its memory.
 func readFile(_ path: String, into bytes: inout [UInt8]) throws {
-  let fd = open(path, O_RDONLY | O_CLOEXEC)
+  // withCString reads a native string in place; passing the String would copy it to a C array.
+  let fd = path.withCString { open($0, O_RDONLY | O_CLOEXEC) }
   guard fd >= 0 else { throw ImageError(reason: "cannot open (\(String(cString: strerror(errno))))") }
   defer { close(fd) }
   var st = stat()

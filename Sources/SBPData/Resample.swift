@@ -32,6 +32,8 @@ public final class Resampler {
   var xBounds: [Int] = [], yBounds: [Int] = []
   var xWeights: [Int32] = [], yWeights: [Int32] = []
   var rows: [UInt8] = []
+  /// One output pixel's filter taps before normalization.
+  var kernelScratch: [Double] = []
 
   public init() {}
 
@@ -39,7 +41,7 @@ public final class Resampler {
   /// (start, taps) per output into `bounds`, `kernel`-strided fixed-point weights into `weights`.
   static func taps(
     in0: Double, in1: Double, inSize: Int, outSize: Int, first: Int, count: Int, filter: Interpolation,
-    bounds: inout [Int], weights: inout [Int32]
+    bounds: inout [Int], weights: inout [Int32], scratch k: inout [Double]
   ) -> Int {
     let scale = (in1 - in0) / Double(outSize)
     let filterScale = max(scale, 1)
@@ -47,7 +49,7 @@ public final class Resampler {
     let kernel = Int(support.rounded(.up)) * 2 + 1
     bounds.removeAll(keepingCapacity: true)
     weights.removeAll(keepingCapacity: true)
-    var k = [Double](repeating: 0, count: kernel)
+    if k.count < kernel { k = [Double](repeating: 0, count: kernel) }
     for xx in first..<(first + count) {
       let center = in0 + (Double(xx) + 0.5) * scale
       let ss = 1 / filterScale
@@ -86,10 +88,10 @@ public final class Resampler {
     }
     let kx = Resampler.taps(
       in0: box.x0, in1: box.x1, inSize: src.width, outSize: outWidth, first: left, count: width, filter: filter, bounds: &xBounds,
-      weights: &xWeights)
+      weights: &xWeights, scratch: &kernelScratch)
     let ky = Resampler.taps(
       in0: box.y0, in1: box.y1, inSize: src.height, outSize: outHeight, first: top, count: height, filter: filter, bounds: &yBounds,
-      weights: &yWeights)
+      weights: &yWeights, scratch: &kernelScratch)
     // The source rows the vertical pass reads: only those are resampled horizontally.
     var rowFirst = Int.max, rowEnd = 0
     for y in 0..<height {

@@ -65,8 +65,11 @@ public final class ImageTransform: @unchecked Sendable {
     return g
   }
 
-  /// Decodes `data` and writes the transformed image to `out` (channels × height × width).
-  public func apply(_ data: UnsafeRawBufferPointer, rng: inout SplitMix64, into out: UnsafeMutablePointer<Float>) throws {
+  /// Decodes `data` and writes the transformed image to `out` (channels × height × width),
+  /// drawing its random choices from `rng` (the image's own generator, taken by value so a
+  /// caller's closure captures no mutable box).
+  public func apply(_ data: UnsafeRawBufferPointer, rng: SplitMix64, into out: UnsafeMutablePointer<Float>) throws {
+    var rng = rng
     let c = config
     let (w, h) = try decoder.size(of: data)
     switch c.mode {

@@ -234,7 +234,7 @@ private struct Importer {
     }
     let frozenNames = roles.filter { $0.value.reason.hasPrefix("frozen by --freeze ") }.map(\.key)
     for p in options.freeze where !frozenNames.contains(where: { ImportOptions.pattern(p, names: $0) }) {
-      throw err("--freeze \(p): names no trainable initializer (see `sbpc inspect` for their names)")
+      throw err("--freeze \(p): names no trainable initializer (sbpc inspect lists their names)")
     }
     notes += artefactWarnings(graph)
     if !options.freeze.isEmpty {

@@ -29,9 +29,9 @@ let transforms: [ImageTransform] = TransformConfig.Mode.allCases.map { mode in
 func transformImage(_ bytes: UnsafeRawBufferPointer) {
   var out = [Float](repeating: 0, count: 3 * 16 * 16)
   for t in transforms {
-    var rng = ImageTransform.generator(seed: 1, epoch: 0, index: bytes.count)
+    let rng = ImageTransform.generator(seed: 1, epoch: 0, index: bytes.count)
     do {
-      try out.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: &rng, into: $0.baseAddress!) }
+      try out.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: rng, into: $0.baseAddress!) }
       property(out.allSatisfy(\.isFinite), "a decoded image transforms to non-finite values")
     } catch is ImageError {
     } catch { property(false, "the image path threw \(error), not an ImageError") }

@@ -176,8 +176,8 @@ struct DataCommand: ParsableCommand {
     let size = config.channels * config.height * config.width
     var images = [Float](repeating: 0, count: n * size), labels: [Int64] = []
     try set.forEach(limit: n) { i, label, name, bytes in
-      var rng = ImageTransform.generator(seed: seed, epoch: 0, index: i)
-      do { try images.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: &rng, into: $0.baseAddress! + i * size) } } catch let e
+      let rng = ImageTransform.generator(seed: seed, epoch: 0, index: i)
+      do { try images.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: rng, into: $0.baseAddress! + i * size) } } catch let e
         as ImageError
       { throw DataError("\(name): \(e.reason)") }
       labels.append(Int64(label))
@@ -198,8 +198,8 @@ struct DataCommand: ParsableCommand {
     while Date().timeIntervalSince(start) < seconds {
       try set.forEach(limit: Int.max) { i, _, _, bytes in
         guard Date().timeIntervalSince(start) < seconds else { return }
-        var rng = ImageTransform.generator(seed: seed, epoch: done / max(set.count, 1), index: i)
-        try? out.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: &rng, into: $0.baseAddress!) }
+        let rng = ImageTransform.generator(seed: seed, epoch: done / max(set.count, 1), index: i)
+        try? out.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: rng, into: $0.baseAddress!) }
         done += 1
       }
     }

@@ -51,8 +51,8 @@ final class DataTests: XCTestCase {
     let n = ref.shape[0], each = 3 * size * size
     var got = [Float](repeating: 0, count: n * each)
     try set.forEach(limit: n) { i, _, _, bytes in
-      var rng = ImageTransform.generator(seed: 0, epoch: 0, index: i)
-      try got.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: &rng, into: $0.baseAddress! + i * each) }
+      let rng = ImageTransform.generator(seed: 0, epoch: 0, index: i)
+      try got.withUnsafeMutableBufferPointer { try t.apply(bytes, rng: rng, into: $0.baseAddress! + i * each) }
     }
     let want = ref.floats
     var sum = 0.0, worst = 0.0
@@ -83,8 +83,8 @@ final class DataTests: XCTestCase {
     let a = try transform(.train, size: 48), b = try transform(.train, size: 48)
     func run(_ t: ImageTransform, epoch: Int, index: Int) throws -> [Float] {
       var out = [Float](repeating: 0, count: 3 * 48 * 48)
-      var rng = ImageTransform.generator(seed: 7, epoch: epoch, index: index)
-      try data.withUnsafeBytes { raw in try out.withUnsafeMutableBufferPointer { try t.apply(raw, rng: &rng, into: $0.baseAddress!) } }
+      let rng = ImageTransform.generator(seed: 7, epoch: epoch, index: index)
+      try data.withUnsafeBytes { raw in try out.withUnsafeMutableBufferPointer { try t.apply(raw, rng: rng, into: $0.baseAddress!) } }
       return out
     }
     XCTAssertEqual(try run(a, epoch: 1, index: 3), try run(b, epoch: 1, index: 3))

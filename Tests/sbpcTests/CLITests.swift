@@ -212,7 +212,7 @@ final class BadInputTableTests: XCTestCase {
       }
       if pieces.count == 1 { XCTAssertEqual(got, message, command) }
     }
-    XCTAssertEqual(kinds, ["ONNX", "external data", "text IR", "plan", ".npy", "flag", "checkpoint", "mask"])
+    XCTAssertEqual(kinds, ["ONNX", "external data", "text IR", "plan", ".npy", "images", "flag", "checkpoint", "mask"])
   }
 }
 
