@@ -61,4 +61,14 @@ for d in "$root"/*/; do
     step "$d" "$stem" "$d/$file" "$out/$fam-$stem" || status=1
   done
 done
+# The SBP step of the tiny families whose default SBP splits token-wise branches, against the
+# architecture-independent hook oracle (models/sbp_hook_check.py; CI holds sbpc to the
+# gradients it committed in <family>/ts17/sbp_p0/).
+if [ "$root" = models/families ]; then
+  for d in "$root"/*/; do
+    fam="$(basename "$d")"
+    [ -d "$d/ts17/sbp_p0" ] || continue
+    python3 models/sbp_hook_check.py "$fam" --sbpc "$SBPC" 2> /dev/null | tail -1 | sed 's/^/SBP: /' || status=1
+  done
+fi
 exit $status

@@ -218,7 +218,10 @@ struct BlockMatcher {
   }
 
   /// Token-wise branches: [dwconv] [layer_norm] linear act linear [scale] is an MLP (a PW-Conv
-  /// MLP after a depthwise conv); [layer_norm] linear [act] [scale] is a lone PW-Conv.
+  /// MLP after a depthwise conv); [layer_norm] linear [act] [scale] is a lone PW-Conv. "act"
+  /// is any chain of element-wise ops on the chain's value and per-channel or scalar
+  /// operands: GELU, SiLU, HardSwish, StarReLU's s·relu(x)² + b. Each is row-wise, so the
+  /// chain splits by rows as one activation does.
   func matchTokenwise(add: Int, x: ValueID, fx: ValueID, branch: [Int]) -> Result<Unit, MatchFailure> {
     let inBranch = Set(branch)
     let compute = branch.filter { !g.nodes[$0].op.isDataMovement && !isConstantNode(g.nodes[$0]) }
@@ -227,12 +230,14 @@ struct BlockMatcher {
     var stage = 0  // 0: dwconv? 1: norm? 2: fc1 3: act 4: fc2 5: scale 6: done
     var linears: [Int] = []
     var hasDW = false
+    var channelAxis = 0
     for i in compute {
       let n = g.nodes[i]
       let input = throughMovement(n.inputs[0], within: inBranch)
-      guard input == prev || (n.op == .mul && n.inputs.contains { throughMovement($0, within: inBranch) == prev }) else {
+      guard input == prev || (n.op.isElementwise && n.inputs.contains { throughMovement($0, within: inBranch) == prev }) else {
         return .failure(MatchFailure("\(describe(n)) does not continue the chain of the branch (it reads something else)"))
       }
+      if case .linear(let a, _) = n.op { channelAxis = a }
       switch n.op {
       case .conv(let geo)
       where stage == 0 && geo.group > 1 && geo.group == g.type(of: n.inputs[0]).shape[1] && g.type(of: n.outputs[0]).shape[1] == geo.group:
@@ -254,6 +259,9 @@ struct BlockMatcher {
       case .mul where (stage == 3 || stage == 5) && n.inputs.contains(where: { ud.trainableParam($0) != nil }):
         roles[i] = "mlp.scale"
         stage = 6
+      case _ where (stage == 3 || stage == 4) && isRowwiseStep(n, on: prev, channelAxis: channelAxis, within: inBranch):
+        roles[i] = "mlp.act"
+        stage = 4
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
         .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze,
         .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
@@ -292,6 +300,22 @@ struct BlockMatcher {
     default:
       return .failure(MatchFailure("the branch has neither an MHSA softmax nor an MLP's two linears (found \(linears.count) linear)"))
     }
+  }
+
+  /// Whether `n` is an element-wise step of an activation chain: it reads the chain's value
+  /// `prev` and otherwise only constants and parameters that are scalars or vary along the
+  /// channel axis alone (so every row is computed from its own row).
+  func isRowwiseStep(_ n: Node, on prev: ValueID, channelAxis: Int, within branch: Set<Int>) -> Bool {
+    guard n.op.isElementwise, n.outputs.count == 1 else { return false }
+    let rank = g.type(of: n.outputs[0]).rank
+    for v in n.inputs where throughMovement(v, within: branch) != prev {
+      guard ud.param(v) != nil || ud.literal(v) != nil else { return false }
+      let s = g.type(of: v).shape
+      guard s.count <= rank else { return false }
+      let aligned = [Int](repeating: 1, count: rank - s.count) + s
+      guard aligned.enumerated().allSatisfy({ $0.element == 1 || $0.offset == channelAxis }) else { return false }
+    }
+    return true
   }
 
   /// The axis of `x` each of `nodes` (linears and layer norms) acts on, following the

@@ -100,11 +100,29 @@ final class FamilyReferenceTests: XCTestCase {
     XCTAssertNotNil(plan.layout, "SBP splits the channel MLPs")
   }
 
-  private func check(_ tag: String, dir: String, stem: String, export: FamilyManifest.Export, batch: Int) throws {
+  /// sbpc's SBP step at its defaults, grid phase 0, against an architecture-independent
+  /// PyTorch oracle: the same float64 step with the gradient of each split branch's dropped
+  /// rows zeroed at its residual add (models/sbp_hook_check.py, which wrote
+  /// <family>/ts17/sbp_p0/). Same bars as the plain step.
+  func testSBPStepOfEveryFamilyMatchesTheHookReference() throws {
+    var checked: [String] = []
+    for family in Self.expected where FileManager.default.fileExists(atPath: "\(Self.root)/\(family)/ts17/sbp_p0/grads") {
+      let m = try manifest(family)
+      try check("\(family) (ts17, SBP phase 0)", dir: "\(Self.root)/\(family)", stem: "ts17", export: m.exports["ts17"]!, batch: m.batch, sbp: true)
+      checked.append(family)
+    }
+    XCTAssertGreaterThanOrEqual(checked.count, 7, "families with an SBP reference: \(checked)")
+  }
+
+  private func check(_ tag: String, dir: String, stem: String, export: FamilyManifest.Export, batch: Int, sbp: Bool = false) throws {
     let x = try NPYArray.read(dir + "/input.npy"), labels = try NPYArray.read(dir + "/labels.npy")
-    let (plan, _) = try Plan.compile(model: "\(dir)/\(export.file)", options: Plan.Options(batch: batch))
+    let (plan, _) = try Plan.compile(model: "\(dir)/\(export.file)", options: Plan.Options(batch: batch, sbp: sbp ? SBPOptions() : .off))
     let ex = try Executor(graph: plan.train, threads: 1, retaining: Executor.gradientValues(plan.train))
-    let inp = try XCTUnwrap(plan.train.inputs.first { $0.name != "labels" && $0.name != "step" })
+    if sbp {
+      var feed = try MaskFeed(layout: try XCTUnwrap(plan.mask, "\(tag): no SBP block selected"), source: .phase(0), executor: ex)
+      _ = feed.step()
+    }
+    let inp = try XCTUnwrap(plan.train.inputs.first { $0.name != "labels" && $0.name != "step" && !$0.name.hasPrefix("sbp.") })
     x.data.withUnsafeBytes { ex.buffer(inp.value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     labels.data.withUnsafeBytes { ex.input("labels")!.raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     try ex.run()
@@ -118,7 +136,7 @@ final class FamilyReferenceTests: XCTestCase {
     XCTAssertEqual(Set(grads.keys), Set(export.trainable), "\(tag): sbpc must train exactly what PyTorch trains")
     let want = try Dictionary(
       uniqueKeysWithValues: export.trainable.map { name in
-        (name, try NPYArray.read("\(dir)/\(stem)/grads/\(name.replacingOccurrences(of: "/", with: "_")).npy").floats)
+        (name, try NPYArray.read("\(dir)/\(stem)/\(sbp ? "sbp_p0/" : "")grads/\(name.replacingOccurrences(of: "/", with: "_")).npy").floats)
       })
     let scale = want.values.map { $0.map(abs).max() ?? 0 }.max() ?? 1
     for (name, g) in grads {

@@ -1,0 +1,256 @@
+# sbp_hook_check.py: an architecture-independent PyTorch check of sbpc's SBP step: masks the gradient at the output of each split token-wise branch and compares every gradient.
+"""Usage: python3 models/sbp_hook_check.py FAMILY [--sbpc .build/release/sbpc] [--phase 0]
+
+FAMILY is a folder of models/families (its TorchScript export and float64 reference
+model).  sbpc compiles the export with its default SBP (keep 0.5, default blocks) and runs
+one step at a fixed grid phase, dumping its gradients and each stage's mask.  PyTorch then
+runs the same step in float64 and, at the residual add of every branch sbpc split, zeroes
+the gradient of the branch's dropped rows.  The add is found from its ONNX name: the scope
+names the module whose forward makes it, and "Add_k" says it is that forward's (k+1)-th
+addition; a torch function mode counts the additions each module makes itself.  For a branch whose every op is row-wise,
+that is Algorithm 1 exactly: dropped rows then give no gradient to the parameters or to the
+branch input, kept rows their full one.  It needs no model-specific code, which is the point:
+it checks splits on families the hand-written reference (reference.py --sbp) does not know.
+
+With --write, the PyTorch gradients also go to models/families/FAMILY/ts17/sbp_p<PHASE>/grads/,
+the committed reference FamilyReferenceTests holds sbpc's SBP step to in CI.
+
+Bars (make check-torch's): logits 1e-4 relative, loss 1e-5, every gradient cosine > 0.9999
+and max-rel < 1e-3.  Exits 1 on any miss, or when sbpc split an attention core (this check
+covers token-wise branches only).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import collections
+import tempfile
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch.overrides import TorchFunctionMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_family  # noqa: E402
+import export_for_training as eft  # noqa: E402
+import families  # noqa: E402
+
+IR_LINE = re.compile(r'^\s*%(\d+) = .*\{(.*)\} : \S+ loc\("([^"]*)"\)')
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def module_path(scope):
+    """'/stages/stages.0/blocks/blocks.0/mlp/fc2/Conv' -> 'stages.0.blocks.0.mlp.fc2'."""
+    parts = []
+    for c in scope.strip("/").split("/")[:-1]:
+        parts.append(c.rsplit(".", 1)[1] if "." in c and parts and c.startswith(parts[-1] + ".") else c)
+    return ".".join(parts)
+
+
+def split_branches(sbpc, onnx_path, batch, blocks):
+    """{block: (residual add's scope, which operand is the branch, stage, token axes,
+    prefix)} of the token-wise branches in `blocks`, and whether any selected block has an
+    attention core."""
+    ir = run([sbpc, "opt", onnx_path, "--passes", "canonicalize,mark", "--batch", str(batch)])
+    tokenwise, attention, residual = set(), False, {}
+    for line in ir.splitlines():
+        m = IR_LINE.match(line)
+        if not m:
+            continue
+        attrs = m.group(2)
+        b = re.search(r"sbp\.block=(\d+)", attrs)
+        role = re.search(r'sbp\.role="([^"]+)"', attrs)
+        if not b or not role or int(b.group(1)) not in blocks:
+            continue
+        block = int(b.group(1))
+        if role.group(1).startswith(("mlp.", "pwconv")):
+            tokenwise.add(block)
+        if role.group(1) == "mhsa.scores":
+            attention = True
+        if role.group(1) == "residual":
+            ins = [int(v) for v in re.findall(r"%(\d+)", line.split("=", 1)[1].split("{")[0])]
+            axes = [int(a) for a in re.search(r"sbp\.token_axes=\[([0-9,]+)\]", attrs).group(1).split(",")]
+            # The branch is computed after the block input: the operand defined later.
+            residual[block] = (m.group(3), ins.index(max(ins)), int(re.search(r"sbp\.stage=(\d+)", attrs).group(1)),
+                               axes, int(re.search(r"sbp\.prefix=(\d+)", attrs).group(1)))
+    return {b: residual[b] for b in sorted(tokenwise)}, attention
+
+
+class MaskGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by a 0/1 row mask."""
+
+    @staticmethod
+    def forward(ctx, t, mask):
+        ctx.save_for_backward(mask)
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved_tensors
+        return g * mask, None
+
+
+class ResidualMasks(TorchFunctionMode):
+    """Counts the additions each module's forward makes itself (not its children's) and
+    masks the branch operand of the ones listed: {(module, k): (operand, mask view)}."""
+
+    def __init__(self, model, targets):
+        super().__init__()
+        self.targets, self.stack, self.counts, self.hits = targets, [], collections.Counter(), set()
+        self.hooks = []
+        for name, mod in model.named_modules():
+            self.hooks.append(mod.register_forward_pre_hook(lambda _m, _i, name=name: self.stack.append(name)))
+            self.hooks.append(mod.register_forward_hook(self.leave))
+
+    def leave(self, _module, _inputs, _output):
+        self.stack.pop()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__) and self.stack:
+            key = (self.stack[-1], self.counts[self.stack[-1]])
+            self.counts[self.stack[-1]] += 1
+            if key in self.targets:
+                i, mask = self.targets[key]
+                args = list(args)
+                args[i] = MaskGrad.apply(args[i], mask(args[i]))
+                self.hits.add(key)
+        return func(*args, **kwargs)
+
+
+def initializers_of(onnx_path, model):
+    """{initializer: (param, transposed)} for the export's float initializers, matched by
+    shape and value to within 1e-6 (a rebuilt model's init can differ from the exported
+    one in the last bit on another CPU); the model's parameters then take the file's values
+    exactly, so both frameworks step from the same weights."""
+    params = dict(model.named_parameters())
+    found = {}
+    for t in onnx.load(onnx_path).graph.initializer:
+        if t.data_type != onnx.TensorProto.FLOAT:
+            continue
+        a = numpy_helper.to_array(t)
+        hits = []
+        for k, p in params.items():
+            v = p.detach().numpy()
+            for tr in (False, True):
+                w = v.T if tr else v
+                if (not tr or v.ndim == 2) and w.shape == a.shape and np.allclose(w, a, rtol=1e-5, atol=1e-6):
+                    hits.append((k, tr))
+        if len(hits) > 1:
+            raise SystemExit(f"{onnx_path}: {t.name} matches {hits}")
+        if hits:
+            found[t.name] = hits[0]
+            k, tr = hits[0]
+            with torch.no_grad():
+                params[k].copy_(torch.from_numpy(a.T.copy() if tr else a.copy()))
+    missing = sorted(set(params) - {k for k, _ in found.values()})
+    if missing:
+        raise SystemExit(f"{onnx_path}: parameters without an initializer: {missing}")
+    return found
+
+
+def row_mask(t, keep, axes, prefix):
+    """The 0/1 mask, shaped to broadcast over `t`, of the [H, W] keep mask on token axes
+    `axes` (an H, W pair, or one axis of `prefix` always-kept tokens then H·W patches)."""
+    view = [1] * t.dim()
+    m = torch.from_numpy(keep).to(t.dtype)
+    if len(axes) == 2:
+        view[axes[0]], view[axes[1]] = keep.shape
+    else:
+        m = torch.cat([torch.ones(prefix, dtype=t.dtype), m.reshape(-1)])
+        view[axes[0]] = m.numel()
+    if [t.shape[a] for a in axes] != [view[a] for a in axes]:
+        raise SystemExit(f"a branch of shape {list(t.shape)} does not have the mask's rows on axes {axes}")
+    return m.reshape(view)
+
+
+def residual_key(scope):
+    """'/blocks/blocks.0/Add_1' -> ('blocks.0', 1): the module and which of its additions."""
+    op = scope.rsplit("/", 1)[1]
+    k = int(op.split("_")[1]) if "_" in op else 0
+    return module_path(scope), k
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("family")
+    ap.add_argument("--sbpc", default=".build/release/sbpc")
+    ap.add_argument("--phase", type=int, default=0)
+    ap.add_argument("--write", action="store_true", help="commit the PyTorch gradients as the family's SBP reference")
+    args = ap.parse_args(argv)
+    ref = os.path.join(os.path.dirname(os.path.abspath(__file__)), "families", args.family)
+    manifest = json.load(open(os.path.join(ref, "manifest.json")))
+    onnx_path = os.path.join(ref, manifest["exports"]["ts17"]["file"])
+    batch = manifest["batch"]
+    with tempfile.TemporaryDirectory() as d:
+        plan = os.path.join(d, "sbp.plan")
+        out = run([args.sbpc, "compile", onnx_path, "--batch", str(batch), "-o", plan])
+        m = re.search(r"^SBP blocks: ([0-9,]+)", out, re.M)
+        if not m:
+            raise SystemExit(f"{args.family}: sbpc selects no SBP block by default")
+        blocks = [int(b) for b in m.group(1).split(",")]
+        loss = run([args.sbpc, "train", plan, "--steps", "1", "--threads", "1", "--input", os.path.join(ref, "input.npy"),
+                    "--labels", os.path.join(ref, "labels.npy"), "--mask-phase", str(args.phase),
+                    "--dump-grads", os.path.join(d, "grads"), "--dump-logits", os.path.join(d, "logits.npy"),
+                    "--dump-mask", os.path.join(d, "masks"), "--dump-loss"])
+        np.save(os.path.join(d, "loss.npy"), np.array([float(loss.split()[0])], dtype=np.float32))
+        branches, attention = split_branches(args.sbpc, onnx_path, batch, set(blocks))
+        if attention:
+            raise SystemExit(f"{args.family}: sbpc splits an attention core; this check covers token-wise branches only")
+        masks = {int(re.search(r"stage(\d+)", f).group(1)): np.load(os.path.join(d, "masks", f)).astype(bool)
+                 for f in os.listdir(os.path.join(d, "masks")) if ".stage" in f}
+
+        fam = families.TINY[args.family]
+        model = families.build(args.family, fam)
+        eft.zero_dropout(model)  # as the export was made (timm's relative-position MLP hard-codes one)
+        mapping = initializers_of(onnx_path, model)
+        model = model.double().train()
+        targets = {}
+        for b, (scope, operand, stage, axes, prefix) in branches.items():
+            keep = masks[stage]
+            targets[residual_key(scope)] = (operand, lambda t, keep=keep, axes=axes, prefix=prefix: row_mask(t, keep, axes, prefix))
+            print(f"block {b}: masking the branch at {scope} (operand {operand}; stage {stage}, "
+                  f"{int(keep.sum())} of {keep.size} rows kept)")
+        x = torch.from_numpy(np.load(os.path.join(ref, "input.npy"))).double()
+        labels = torch.from_numpy(np.load(os.path.join(ref, "labels.npy")))
+        mode = ResidualMasks(model, targets)
+        with mode:
+            logits = model(x)
+        missed = set(targets) - mode.hits
+        if missed:
+            raise SystemExit(f"{args.family}: no addition found for residual {sorted(missed)}")
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        # The reference folder the comparison reads: this step's gradients in ONNX layout.
+        want = os.path.join(d, "ref")
+        os.makedirs(os.path.join(want, "ts17", "grads"))
+        params = dict(model.named_parameters())
+        for init, (k, tr) in mapping.items():
+            g = params[k].grad
+            g = (torch.zeros_like(params[k]) if g is None else g).detach().float().numpy()
+            np.save(os.path.join(want, "ts17", "grads", init.replace("/", "_") + ".npy"), g.T if tr else g)
+        if args.write:
+            target = os.path.join(ref, "ts17", f"sbp_p{args.phase}", "grads")
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(os.path.join(want, "ts17", "grads"), target)
+            print(f"wrote {target}")
+        for f in ("logits.npy", "loss.npy"):
+            os.link(os.path.join(ref, f), os.path.join(want, f))
+        with open(os.path.join(want, "manifest.json"), "w") as f:
+            json.dump(manifest, f)
+        return compare_family.main([want, "ts17", d])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
