@@ -106,6 +106,14 @@ struct BlockMatcher {
     return v
   }
 
+  /// The value a constant operand is a view of: a parameter or literal reshaped outside the
+  /// branch (PoolFormer's `scale.view(1, C, 1, 1)` depends on no activation).
+  func operandSource(_ v: ValueID) -> ValueID {
+    var v = v
+    while let p = producerIndex[v], g.nodes[p].op.isDataMovement, g.nodes[p].inputs.count == 1 { v = g.nodes[p].inputs[0] }
+    return v
+  }
+
   // MARK: Classification
 
   /// Classifies a residual branch; returns the unit or the reason it matches nothing.
@@ -122,7 +130,16 @@ struct BlockMatcher {
     let softmaxes = branch.filter { if case .softmax = g.nodes[$0].op { return true } else { return false } }
     if softmaxes.count == 1 { return matchAttention(add: add, x: x, fx: fx, branch: branch, softmax: softmaxes[0]) }
     if softmaxes.count > 1 { return .failure(MatchFailure("branch has \(softmaxes.count) softmaxes; an MHSA sub-block has one")) }
-    return matchTokenwise(add: add, x: x, fx: fx, branch: branch)
+    let direct = matchTokenwise(add: add, x: x, fx: fx, branch: branch)
+    // A norm that mixes rows (GroupNorm, a train-mode BatchNorm) or any other prefix before the
+    // first linear: the split starts at that linear and goes around the prefix, as it goes
+    // around ConvNeXt's depthwise conv. Dropped rows then give the prefix's backward a zero
+    // gradient, as Algorithm 1 does at the branch output.
+    if case .failure = direct, let first = branch.first(where: { if case .linear = g.nodes[$0].op { return true } else { return false } }) {
+      let r = matchTokenwise(add: add, x: x, fx: fx, branch: branch, from: first)
+      if case .success(let unit) = r { return .success(unit) }
+    }
+    return direct
   }
 
   func matchAttention(add: Int, x: ValueID, fx: ValueID, branch: [Int], softmax: Int) -> Result<Unit, MatchFailure> {
@@ -222,12 +239,19 @@ struct BlockMatcher {
   /// is any chain of element-wise ops on the chain's value and per-channel or scalar
   /// operands: GELU, SiLU, HardSwish, StarReLU's s·relu(x)² + b. Each is row-wise, so the
   /// chain splits by rows as one activation does.
-  func matchTokenwise(add: Int, x: ValueID, fx: ValueID, branch: [Int]) -> Result<Unit, MatchFailure> {
+  /// With `start`, the chain begins at that linear and what the branch computes before it
+  /// stays outside the split.
+  func matchTokenwise(add: Int, x: ValueID, fx: ValueID, branch: [Int], from start: Int? = nil) -> Result<Unit, MatchFailure> {
     let inBranch = Set(branch)
-    let compute = branch.filter { !g.nodes[$0].op.isDataMovement && !isConstantNode(g.nodes[$0]) }
+    var compute = branch.filter { !g.nodes[$0].op.isDataMovement && !isConstantNode(g.nodes[$0]) }
     var roles: [Int: String] = [:]
     var prev = x
     var stage = 0  // 0: dwconv? 1: norm? 2: fc1 3: act 4: fc2 5: scale 6: done
+    if let start {
+      compute = compute.filter { $0 >= start }
+      prev = throughMovement(g.nodes[start].inputs[0], within: inBranch)
+      stage = 2
+    }
     var linears: [Int] = []
     var hasDW = false
     var channelAxis = 0
@@ -256,7 +280,8 @@ struct BlockMatcher {
       case .linear where stage == 4:
         linears.append(i)
         stage = 5
-      case .mul where (stage == 3 || stage == 5) && n.inputs.contains(where: { ud.trainableParam($0) != nil }):
+      // A layer scale's parameter may be reshaped first (PoolFormer's scale.view(1, C, 1, 1)).
+      case .mul where (stage == 3 || stage == 5) && n.inputs.contains(where: { ud.trainableParam(operandSource($0)) != nil }):
         roles[i] = "mlp.scale"
         stage = 6
       case _ where (stage == 3 || stage == 4) && isRowwiseStep(n, on: prev, channelAxis: channelAxis, within: inBranch):
@@ -282,10 +307,20 @@ struct BlockMatcher {
     }
     // Every linear and the norm must act on one axis of x, its channels. MLP-Mixer's token
     // MLP transposes first and mixes tokens: it cannot be split by rows.
-    if let axes = originalAxes(of: linears + roles.filter { $0.value == "mlp.norm" }.map(\.key), from: x, branch: branch),
+    let chainInput = start.map { throughMovement(g.nodes[$0].inputs[0], within: inBranch) } ?? x
+    if let axes = originalAxes(of: linears + roles.filter { $0.value == "mlp.norm" }.map(\.key), from: chainInput, branch: branch),
       Set(axes.values).count > 1
     {
       return .failure(MatchFailure("its linears and norm act on different axes of the input (a token-mixing MLP): it mixes tokens, so it cannot be split by rows"))
+    }
+    // A linear over the tokens themselves (ResMLP's and Mixer's token mixing, after a
+    // transpose) mixes rows whatever else the branch does: channels are the last axis of
+    // [B, N, C], and axis 1 or 3 of a 4-D grid.
+    if let axes = originalAxes(of: linears, from: chainInput, branch: branch) {
+      let rank = g.type(of: chainInput).rank
+      if axes.values.contains(where: { rank == 3 ? $0 != 2 : (rank == 4 ? ![1, 3].contains($0) : false) }) {
+        return .failure(MatchFailure("a linear acts on a token axis (token mixing): it mixes tokens, so it cannot be split by rows"))
+      }
     }
     switch linears.count {
     case 2:
@@ -309,7 +344,8 @@ struct BlockMatcher {
     guard n.op.isElementwise, n.outputs.count == 1 else { return false }
     let rank = g.type(of: n.outputs[0]).rank
     for v in n.inputs where throughMovement(v, within: branch) != prev {
-      guard ud.param(v) != nil || ud.literal(v) != nil else { return false }
+      let source = operandSource(v)
+      guard ud.param(source) != nil || ud.literal(source) != nil else { return false }
       let s = g.type(of: v).shape
       guard s.count <= rank else { return false }
       let aligned = [Int](repeating: 1, count: rank - s.count) + s
@@ -347,6 +383,21 @@ struct BlockMatcher {
   // MARK: Layout
 
   /// Token layout of a block input `x`.
+  /// Whether the branch's first linear contracts axis 1 of a value shaped like the block
+  /// input and reached without a transpose (a branch that starts with a norm of its own,
+  /// such as PoolFormer's GroupNorm, then a 1×1 conv); nil when that cannot be told.
+  func channelsFirst(_ unit: Unit, shape: [Int]) -> Bool? {
+    guard let lin = unit.branch.first(where: { if case .linear = g.nodes[$0].op { return true } else { return false } }),
+      case .linear(let axis, _) = g.nodes[lin].op, g.type(of: g.nodes[lin].inputs[0]).shape == shape
+    else { return nil }
+    var v = g.nodes[lin].inputs[0]
+    while let p = producerIndex[v], g.nodes[p].op.isDataMovement {
+      if case .transpose = g.nodes[p].op { return nil }
+      v = g.nodes[p].inputs[0]
+    }
+    return axis == 1
+  }
+
   func layout(of x: ValueID, unit: Unit, known: [ValueID: Layout]) -> Layout? {
     if let l = known[x] { return l }
     let s = g.type(of: x).shape
@@ -384,7 +435,7 @@ struct BlockMatcher {
         .maxPoolGrad, .averagePoolGrad, .stopGradient,
         .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
         .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
-        nchw = g.nodes[unit.branch[0]].op == .transpose([0, 2, 3, 1])
+        nchw = channelsFirst(unit, shape: s) ?? (g.nodes[unit.branch[0]].op == .transpose([0, 2, 3, 1]))
       }
       return nchw
         ? Layout(name: "nchw", tokenAxes: [2, 3], grid: [s[2], s[3]], prefix: 0)

@@ -111,7 +111,7 @@ final class FamilyReferenceTests: XCTestCase {
       try check("\(family) (ts17, SBP phase 0)", dir: "\(Self.root)/\(family)", stem: "ts17", export: m.exports["ts17"]!, batch: m.batch, sbp: true)
       checked.append(family)
     }
-    XCTAssertGreaterThanOrEqual(checked.count, 7, "families with an SBP reference: \(checked)")
+    XCTAssertGreaterThanOrEqual(checked.count, 9, "families with an SBP reference: \(checked)")
   }
 
   private func check(_ tag: String, dir: String, stem: String, export: FamilyManifest.Export, batch: Int, sbp: Bool = false) throws {
