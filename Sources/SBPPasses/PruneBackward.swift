@@ -143,7 +143,11 @@ public struct PruneBackward: Pass {
       let f = full[v]!
       for u in g.nodes.indices where u < start && u != si && !region.contains(u) && g.nodes[u].inputs.contains(v) {
         if gathers[v] == nil {
-          gathers[v] = try g.append(.gatherRows(axis: axis[v]!), [f, ik], name: g.nodes[producerIndex(of: v, g)].name, attrs: [:])[0]
+          // The kept half's block and stage stay with the gather, so `sbpc memory` counts the
+          // rows it saves in their block.
+          let producer = g.nodes[producerIndex(of: v, g)]
+          let attrs = producer.attrs.filter { [Annotation.block, Annotation.stage].contains($0.key) }
+          gathers[v] = try g.append(.gatherRows(axis: axis[v]!), [f, ik], name: producer.name, attrs: attrs)[0]
         }
         g.replaceUses(of: v, with: gathers[v]!, inNode: u)
       }
