@@ -99,6 +99,36 @@ struct BlockMatcher {
     return out
   }
 
+  /// Sums of two branches of one input that are not `x + f(x)`: a projection shortcut
+  /// (ResNet's downsample, `proj(x) + f(x)`) or a scaled one (`s·x + f(x)`), with the latest
+  /// value both sides are computed from. `inspect` lists them, so that every residual unit is
+  /// either matched or accounted for.
+  func twoBranchSums(excluding found: Set<Int>) -> [(add: Int, common: ValueID)] {
+    func ancestors(_ v: ValueID) -> Set<Int> {
+      var seen = Set<Int>(), stack = [producerIndex[v]].compactMap { $0 }
+      while let i = stack.popLast(), seen.count < 4096 {
+        guard seen.insert(i).inserted else { continue }
+        for u in g.nodes[i].inputs where isActivation(u) { if let p = producerIndex[u] { stack.append(p) } }
+      }
+      return seen
+    }
+    var out: [(Int, ValueID)] = []
+    for (i, n) in g.nodes.enumerated() where n.op == .add && !found.contains(i) {
+      let (a, b) = (n.inputs[0], n.inputs[1])
+      let t = g.type(of: n.outputs[0])
+      guard g.type(of: a) == t, g.type(of: b) == t, isActivation(a), isActivation(b) else { continue }
+      // Nodes only one side depends on are the two branches; the latest node both sides
+      // depend on ends the common trunk.
+      // Both sides keep a grid or sequence of the common value's rank: a sum of two heads
+      // (DeiT's distillation logits) is not a residual unit.
+      guard t.rank >= 3, let c = ancestors(a).intersection(ancestors(b)).max(), g.nodes[c].outputs.count == 1,
+        g.type(of: g.nodes[c].outputs[0]).rank == t.rank, g.type(of: g.nodes[c].outputs[0]).shape.first == t.shape.first
+      else { continue }
+      out.append((i, g.nodes[c].outputs[0]))
+    }
+    return out
+  }
+
   /// Follows data movement backward from `v`; returns the first value a compute node defines (or v).
   func throughMovement(_ v: ValueID, within: Set<Int>) -> ValueID {
     var v = v
@@ -450,11 +480,39 @@ struct BlockMatcher {
   func annotations() -> [PendingAnnotation] {
     var out: [PendingAnnotation] = []
     var units: [Unit] = []
-    for r in residuals() {
+    let found = residuals()
+    for r in found {
       switch classify(add: r.add, x: r.x, fx: r.fx, branch: r.branch) {
       case .success(let u): units.append(u)
       case .failure(let f): out.append(PendingAnnotation(node: r.add, key: Annotation.unmatched, value: .string(f.reason)))
       }
+    }
+    for s in twoBranchSums(excluding: Set(found.map(\.add))) {
+      let c = producerIndex[s.common].map { "the output of " + describe(g.nodes[$0]) } ?? "the input"
+      // What the shortcut side does to the common value: only moves it, scales it, or computes.
+      let sides = g.nodes[s.add].inputs.map { v -> String in
+        var v = v, scaled = false
+        while let p = producerIndex[v], v != s.common {
+          let n = g.nodes[p]
+          if n.op.isDataMovement {
+            v = n.inputs[0]
+          } else if n.op == .mul, let a = n.inputs.first(where: isActivation), n.inputs.count == 2 {
+            scaled = true
+            v = a
+          } else {
+            return "computed"
+          }
+        }
+        return v == s.common ? (scaled ? "scaled" : "moved") : "computed"
+      }
+      let kind =
+        sides.contains("moved")
+        ? "a shortcut that only moves x (a transpose or reshape), which mark does not follow yet"
+        : sides.contains("scaled") ? "a scaled shortcut s·x + f(x)" : "a projection shortcut proj(x) + f(x)"
+      out.append(
+        PendingAnnotation(
+          node: s.add, key: Annotation.unmatched,
+          value: .string("both sides of the sum are computed from \(c): \(kind); SBP splits units x + f(x)")))
     }
     // Group: an MHSA unit and the MLP unit reading its sum form one block; other units stand alone.
     var groups: [[Unit]] = []

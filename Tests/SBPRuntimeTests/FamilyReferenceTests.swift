@@ -114,6 +114,17 @@ final class FamilyReferenceTests: XCTestCase {
     XCTAssertGreaterThanOrEqual(checked.count, 9, "families with an SBP reference: \(checked)")
   }
 
+  /// Residual units whose shortcut is not x itself are listed with the kind of shortcut, not
+  /// lost: ResNet's four projection shortcuts, ConvFormer's scaled ones (res_scale).
+  func testShortcutsOtherThanXAreAccountedFor() throws {
+    for (family, kind, count) in [("resnet18", "a projection shortcut", 4), ("convformer_s18", "a scaled shortcut", 4)] {
+      let m = try manifest(family)
+      let (plan, _) = try Plan.compile(model: "\(Self.root)/\(family)/model_ts17.onnx", options: Plan.Options(batch: m.batch))
+      let listed = BlockTable(plan.eval).unmatched.filter { $0.reason.contains(kind) }
+      XCTAssertEqual(listed.count, count, "\(family): \(BlockTable(plan.eval).unmatched)")
+    }
+  }
+
   private func check(_ tag: String, dir: String, stem: String, export: FamilyManifest.Export, batch: Int, sbp: Bool = false) throws {
     let x = try NPYArray.read(dir + "/input.npy"), labels = try NPYArray.read(dir + "/labels.npy")
     let (plan, _) = try Plan.compile(model: "\(dir)/\(export.file)", options: Plan.Options(batch: batch, sbp: sbp ? SBPOptions() : .off))
