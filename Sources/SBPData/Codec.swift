@@ -47,10 +47,13 @@ public final class ImageDecoder {
 
   /// Decodes the image; a JPEG at `eighths`/8 of its size (1, 2, 4 or 8), a PNG always whole.
   /// `fast`: TurboJPEG's fast IDCT and upsampling (for training crops; PIL decodes accurately).
-  public func decode(_ data: UnsafeRawBufferPointer, eighths: Int = 8, fast: Bool = false) throws -> RGBImage {
+  /// `size`: the header's width and height when the caller has read them already.
+  public func decode(_ data: UnsafeRawBufferPointer, eighths: Int = 8, fast: Bool = false, size known: (Int, Int)? = nil) throws
+    -> RGBImage
+  {
     let bytes = data.baseAddress?.assumingMemoryBound(to: UInt8.self)
     let format = sbp_image_format(bytes, data.count)
-    let (w, h) = try size(of: data)
+    let (w, h) = try known ?? size(of: data)
     let scale = format == Int32(SBP_IMAGE_JPEG) ? eighths : 8
     let need = ((w * scale + 7) / 8) * ((h * scale + 7) / 8) * 3
     if need > capacity {

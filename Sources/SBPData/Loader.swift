@@ -115,10 +115,10 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
     guard set.count >= options.batch || options.oneEpochAtATime else {
       throw DataError("the data set has \(set.count) images, fewer than the plan's batch of \(options.batch)")
     }
-    batchesPerEpoch = options.oneEpochAtATime ? (set.count + options.batch - 1) / options.batch : order.batchesPerEpoch
+    batchesPerEpoch = order.batchesPerEpoch
     limit = options.oneEpochAtATime ? batchesPerEpoch : Int.max
     let depth = max(options.prefetch ?? options.workers + 1, 1)
-    slots = (0..<depth).map { _ in Slot(batch: options.batch, imageSize: transform.channels * transform.height * transform.width) }
+    slots = (0..<depth).map { [imageSize] _ in Slot(batch: options.batch, imageSize: imageSize) }
     if case .shards(let s) = set { stream = ShardStream(s, options: options) }
     // Every worker's decoder is made here, so a library that cannot start fails at once.
     let transforms = try (0..<max(options.workers, 1)).map { _ in try ImageTransform(transform) }
@@ -235,7 +235,6 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
           let rows = order.batch(b, of: permutations[epoch]!)
           indices.append(contentsOf: rows)
           samples = min(options.batch, data.count - b * options.batch)
-          if rows.count < options.batch { indices += repeatElement(indices[0], count: options.batch - rows.count) }
         case .shards:
           samples = try stream!.take(into: slot, epoch: epoch, batch: options.batch)
           for r in 0..<options.batch { indices.append(b * options.batch + min(r, max(samples - 1, 0))) }

@@ -76,7 +76,7 @@ public final class ImageTransform: @unchecked Sendable {
     case .train:
       let draw = ImageTransform.drawTrain(c, width: w, height: h, rng: &rng, jitter: &jitterOrder)
       let e = ImageTransform.eighths(sourceWidth: draw.crop.w, sourceHeight: draw.crop.h, targetWidth: c.width, targetHeight: c.height)
-      let img = try decoder.decode(data, eighths: e, fast: true)
+      let img = try decoder.decode(data, eighths: e, fast: true, size: (w, h))
       let fx = Double(img.width) / Double(w), fy = Double(img.height) / Double(h)
       let box = (
         Double(draw.crop.x) * fx, Double(draw.crop.y) * fy, Double(draw.crop.x + draw.crop.w) * fx, Double(draw.crop.y + draw.crop.h) * fy
@@ -91,7 +91,7 @@ public final class ImageTransform: @unchecked Sendable {
       let (rw, rh) = ImageTransform.evalResize(c, width: w, height: h)
       // Decoded whole: the IDCT's scaling differs from PIL's antialiased reduction by up to
       // 0.6 in normalized units on noisy photographs, and eval must give what timm gives.
-      let img = try decoder.decode(data)
+      let img = try decoder.decode(data, size: (w, h))
       // torchvision's CenterCrop rounds half to even, as Python's round does.
       let left = Int((Double(rw - c.width) / 2).rounded(.toNearestOrEven))
       let top = Int((Double(rh - c.height) / 2).rounded(.toNearestOrEven))

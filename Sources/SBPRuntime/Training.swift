@@ -197,7 +197,8 @@ public struct BatchOrder: Sendable {
   public func batch(_ b: Int, of order: [Int]) -> ArraySlice<Int> {
     let start = b * batch, end = start + batch
     if end <= count { return order[start..<end] }
-    return ArraySlice(order[start...] + order[0..<(end - count)])
+    // Cyclically: a set smaller than half a batch wraps more than once.
+    return ArraySlice((start..<end).map { order[$0 % count] })
   }
 }
 

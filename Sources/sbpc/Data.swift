@@ -145,20 +145,20 @@ struct DataCommand: ParsableCommand {
     try reportingErrors {
       let set = try ImageSet.open(path, classes: nil)
       let config = try transformOptions.config(TransformConfig.Mode(rawValue: transform)!, shape: [channels, size, size])
-      if dump.isEmpty && !bench { list(set) }
+      if dump.isEmpty && !bench { try list(set) }
       if dump.count == 2 { try write(set, config, count: Int(dump[0])!, to: dump[1]) }
       if bench { try measure(set, config) }
     }
   }
 
-  func list(_ set: ImageSet) {
+  func list(_ set: ImageSet) throws {
     var counts: [Int: Int] = [:]
     var kind = "ImageFolder"
     switch set {
     case .folder(let f): for l in f.labels { counts[l, default: 0] += 1 }
     case .shards(let s):
       kind = "\(s.shards.count) WebDataset shard\(s.shards.count == 1 ? "" : "s")"
-      try? set.forEach(limit: Int.max) { _, label, _, _ in counts[label, default: 0] += 1 }
+      try set.forEach(limit: Int.max) { _, label, _, _ in counts[label, default: 0] += 1 }
     }
     let names = set.classNames
     if json {

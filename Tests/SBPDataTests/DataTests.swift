@@ -265,4 +265,23 @@ final class DataTests: XCTestCase {
     // The changed pixels lie in the box, whose area is the 1 − λ the target gives row 3.
     if y0 != y3 { XCTAssertLessThanOrEqual(Float(fromOther.count) / Float(n), cut.targets[y3] + 1e-6) }
   }
+
+  /// An evaluation set smaller than half the batch: its one batch wraps round it more than
+  /// once, and only its own rows count.
+  func testATinyEvaluationSetPadsItsOnlyBatch() throws {
+    let dir = try scratch("tiny")
+    try FileManager.default.createDirectory(atPath: dir + "/a", withIntermediateDirectories: true)
+    for (i, name) in ["0078", "0202", "0252"].enumerated() {
+      try FileManager.default.copyItem(atPath: images + "/jpeg/val/0/\(name).jpg", toPath: dir + "/a/\(i).jpg")
+    }
+    var o = LoaderOptions()
+    (o.batch, o.shuffle, o.last, o.oneEpochAtATime) = (8, false, .pad, true)
+    var c = TransformConfig()
+    (c.mode, c.height, c.width) = (.eval, 16, 16)
+    let loader = try ImageLoader(try ImageSet.open(dir, classes: nil), transform: c, options: o)
+    defer { loader.shutdown() }
+    XCTAssertEqual(loader.batchesPerEpoch, 1)
+    let fill = try loader.next(images: Buffer(TensorType(.f32, [8, 3, 16, 16])), labels: Buffer(TensorType(.i64, [8])))
+    XCTAssertEqual(fill.samples, 3)
+  }
 }
