@@ -1,11 +1,13 @@
-# sbp_hook_check.py: an architecture-independent PyTorch check of sbpc's SBP step: masks the gradient at the output of each split token-wise branch and compares every gradient.
+# sbp_hook_check.py: an architecture-independent PyTorch check of sbpc's SBP step: masks the gradient at the output of each split token-wise branch or PW-Conv region and compares every gradient.
 """Usage: python3 models/sbp_hook_check.py FAMILY [--sbpc .build/release/sbpc] [--phase 0]
 
 FAMILY is a folder of models/families (its TorchScript export and float64 reference
 model).  sbpc compiles the export with its default SBP (keep 0.5, default blocks) and runs
 one step at a fixed grid phase, dumping its gradients and each stage's mask.  PyTorch then
 runs the same step in float64 and, at the residual add of every branch sbpc split, zeroes
-the gradient of the branch's dropped rows.  The add is found from its ONNX name: the scope
+the gradient of the branch's dropped rows; a PW-Conv region split on its own (a CNN's 1x1
+convs, an MLP whose middle mixes rows) has its gradient masked at the output of the module
+its last node belongs to.  The add is found from its ONNX name: the scope
 names the module whose forward makes it, and "Add_k" says it is that forward's (k+1)-th
 addition; a torch function mode counts the additions each module makes itself.  For a branch whose every op is row-wise,
 that is Algorithm 1 exactly: dropped rows then give no gradient to the parameters or to the
@@ -52,9 +54,11 @@ def run(cmd):
 
 def module_path(scope):
     """'/stages/stages.0/blocks/blocks.0/mlp/fc2/Conv' -> 'stages.0.blocks.0.mlp.fc2'."""
-    parts = []
+    parts, prev = [], None
     for c in scope.strip("/").split("/")[:-1]:
-        parts.append(c.rsplit(".", 1)[1] if "." in c and parts and c.startswith(parts[-1] + ".") else c)
+        # A container's child is named "<container's scope>.<key>" ('blocks.0' then 'blocks.0.0').
+        parts.append(c[len(prev) + 1:] if prev and c.startswith(prev + ".") else c)
+        prev = c
     return ".".join(parts)
 
 
@@ -64,6 +68,8 @@ def split_branches(sbpc, onnx_path, batch, blocks):
     attention core."""
     ir = run([sbpc, "opt", onnx_path, "--passes", "canonicalize,mark", "--batch", str(batch)])
     tokenwise, attention, residual = set(), False, {}
+    segments = {}  # (block, k) -> [scope of its last node, stage, token axes, prefix]
+    downsamplers, first_of_stage = [], {}
     for line in ir.splitlines():
         m = IR_LINE.match(line)
         if not m:
@@ -71,9 +77,24 @@ def split_branches(sbpc, onnx_path, batch, blocks):
         attrs = m.group(2)
         b = re.search(r"sbp\.block=(\d+)", attrs)
         role = re.search(r'sbp\.role="([^"]+)"', attrs)
+        st = re.search(r"sbp\.stage=(\d+)", attrs)
+        if role and role.group(1) == "downsample" and st and " conv(" in line:
+            downsamplers.append((m.group(3), int(st.group(1))))
+        if b and role and role.group(1) == "residual":
+            first_of_stage.setdefault(int(st.group(1)), int(b.group(1)))
         if not b or not role or int(b.group(1)) not in blocks:
             continue
         block = int(b.group(1))
+        seg = re.search(r"sbp\.segment=(\d+)", attrs)
+        if seg:
+            # A row-wise region split on its own: its output is its last node's.
+            key = (block, int(seg.group(1)))
+            if key not in segments:
+                axes = [int(a) for a in re.search(r"sbp\.token_axes=\[([0-9,]+)\]", attrs).group(1).split(",")]
+                segments[key] = [None, int(re.search(r"sbp\.stage=(\d+)", attrs).group(1)), axes,
+                                 int(re.search(r"sbp\.prefix=(\d+)", attrs).group(1))]
+            segments[key][0] = m.group(3)
+            continue
         if role.group(1).startswith(("mlp.", "pwconv")):
             tokenwise.add(block)
         if role.group(1) == "mhsa.scores":
@@ -84,7 +105,14 @@ def split_branches(sbpc, onnx_path, batch, blocks):
             # The branch is computed after the block input: the operand defined later.
             residual[block] = (m.group(3), ins.index(max(ins)), int(re.search(r"sbp\.stage=(\d+)", attrs).group(1)),
                                axes, int(re.search(r"sbp\.prefix=(\d+)", attrs).group(1)))
-    return {b: residual[b] for b in sorted(tokenwise)}, attention
+    # A stride = kernel downsampler splits at its output positions when its stage's first
+    # block is selected (insert-sbp's rule), as a PW-Conv region does.
+    k = 0
+    for scope, stage in downsamplers:
+        if first_of_stage.get(stage) in blocks:
+            segments[(-1, k)] = (scope, stage, [2, 3], 0)
+            k += 1
+    return {b: residual[b] for b in sorted(tokenwise)}, {k: tuple(v) for k, v in segments.items()}, attention
 
 
 class MaskGrad(torch.autograd.Function):
@@ -206,7 +234,7 @@ def main(argv=None):
                     "--dump-grads", os.path.join(d, "grads"), "--dump-logits", os.path.join(d, "logits.npy"),
                     "--dump-mask", os.path.join(d, "masks"), "--dump-loss"])
         np.save(os.path.join(d, "loss.npy"), np.array([float(loss.split()[0])], dtype=np.float32))
-        branches, attention = split_branches(args.sbpc, onnx_path, batch, set(blocks))
+        branches, segments, attention = split_branches(args.sbpc, onnx_path, batch, set(blocks))
         if attention:
             raise SystemExit(f"{args.family}: sbpc splits an attention core; this check covers token-wise branches only")
         masks = {int(re.search(r"stage(\d+)", f).group(1)): np.load(os.path.join(d, "masks", f)).astype(bool)
@@ -223,6 +251,18 @@ def main(argv=None):
             targets[residual_key(scope)] = (operand, lambda t, keep=keep, axes=axes, prefix=prefix: row_mask(t, keep, axes, prefix))
             print(f"block {b}: masking the branch at {scope} (operand {operand}; stage {stage}, "
                   f"{int(keep.sum())} of {keep.size} rows kept)")
+        # A region split on its own ends at a module's output (a 1x1 conv, an activation, a
+        # layer scale): its gradient is masked there, which for a row-wise region is Algorithm 1.
+        modules = dict(model.named_modules())
+        hooked = []
+        for (b, k), (scope, stage, axes, prefix) in sorted(segments.items()):
+            path = module_path(scope)
+            if path not in modules:
+                raise SystemExit(f"{args.family}: block {b} region {k} ends at {scope}, which is not a module's output")
+            keep = masks[stage]
+            hooked.append(modules[path].register_forward_hook(
+                lambda _m, _i, out, keep=keep, axes=axes, prefix=prefix: MaskGrad.apply(out, row_mask(out, keep, axes, prefix))))
+            print(f"block {b} region {k}: masking the output of {path} (stage {stage}, {int(keep.sum())} of {keep.size} rows kept)")
         x = torch.from_numpy(np.load(os.path.join(ref, "input.npy"))).double()
         labels = torch.from_numpy(np.load(os.path.join(ref, "labels.npy")))
         mode = ResidualMasks(model, targets)

@@ -13,6 +13,9 @@ public enum Annotation {
   public static let grid = "sbp.grid"
   public static let prefix = "sbp.prefix"
   public static let unmatched = "sbp.unmatched"
+  /// A row-wise region split on its own (`Segment`), numbered within its block; its first
+  /// node carries the region's token axes, grid and prefix, and every node its stage.
+  public static let segment = "sbp.segment"
   // insert-sbp and prune-backward.
   public static let from = "sbp.from"
   public static let sparseRows = "sbp.sparse_rows"

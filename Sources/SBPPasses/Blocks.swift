@@ -17,6 +17,16 @@ public struct BlockInfo: Sendable, Equatable, Encodable {
   public var roles: [String]
   public var parameters: Int
   public var nodes: Int
+  /// The stages whose masks its splits read: its own, and those of PW-Conv regions on
+  /// another grid (a downsampling bottleneck's first 1×1 conv reads the previous stage's).
+  public var splitStages: [Int]
+}
+
+/// A stage's token grid: every split on it uses its mask.
+public struct StageInfo: Sendable, Equatable, Encodable {
+  public var stage: Int
+  public var grid: [Int]
+  public var prefix: Int
 }
 
 /// A residual unit `mark` could not match, with its reason.
@@ -38,6 +48,8 @@ extension Graph {
 /// later passes will see.
 public struct BlockTable: Sendable, Encodable {
   public var blocks: [BlockInfo]
+  /// Every stage a block or a split region is on, by stage.
+  public var stages: [StageInfo]
   public var unmatched: [UnmatchedUnit]
   public var stemNodes: Int
   public var downsamplers: Int
@@ -46,11 +58,20 @@ public struct BlockTable: Sendable, Encodable {
   public var stageCount: Int { (blocks.map(\.stage).max() ?? -1) + 1 }
   public var isHierarchical: Bool { stageCount > 1 }
 
+  /// The grid of stage `s`.
+  public func stage(_ s: Int) -> StageInfo? { stages.first { $0.stage == s } }
+
   /// Blocks of stage `s`, in order.
   public func blocks(inStage s: Int) -> [BlockInfo] { blocks.filter { $0.stage == s } }
 
-  public init(blocks: [BlockInfo], unmatched: [UnmatchedUnit] = [], stemNodes: Int = 0, downsamplers: Int = 0, headNodes: Int = 0) {
+  public init(
+    blocks: [BlockInfo], stages: [StageInfo]? = nil, unmatched: [UnmatchedUnit] = [], stemNodes: Int = 0, downsamplers: Int = 0,
+    headNodes: Int = 0
+  ) {
     self.blocks = blocks
+    self.stages =
+      stages ?? Dictionary(blocks.map { ($0.stage, StageInfo(stage: $0.stage, grid: $0.grid, prefix: $0.prefix)) }) { a, _ in a }.values
+      .sorted { $0.stage < $1.stage }
     self.unmatched = unmatched
     self.stemNodes = stemNodes
     self.downsamplers = downsamplers
@@ -71,6 +92,14 @@ public struct BlockTable: Sendable, Encodable {
       default: break
       }
     }
+    var stageInfo: [Int: StageInfo] = [:]
+    for n in g.nodes {
+      guard case .int(let s)? = n.attrs[Annotation.stage], case .ints(let grid)? = n.attrs[Annotation.grid],
+        case .int(let prefix)? = n.attrs[Annotation.prefix], stageInfo[s] == nil
+      else { continue }
+      stageInfo[s] = StageInfo(stage: s, grid: grid, prefix: prefix)
+    }
+    stages = stageInfo.values.sorted { $0.stage < $1.stage }
     let params = Dictionary(uniqueKeysWithValues: g.params.filter(\.trainable).map { ($0.value, $0) })
     blocks = byBlock.keys.sorted().compactMap { b in
       let nodes = byBlock[b]!
@@ -81,14 +110,22 @@ public struct BlockTable: Sendable, Encodable {
       else { return nil }
       var roles = Set<String>()
       var used = Set<ValueID>()
+      var splitStages = Set<Int>()
       for n in nodes {
-        if case .string(let r)? = n.attrs[Annotation.role], r != "residual" { roles.insert(r) }
+        if case .string(let r)? = n.attrs[Annotation.role], r != "residual" {
+          roles.insert(r)
+          if case .int(let s)? = n.attrs[Annotation.stage], n.attrs[Annotation.segment] != nil {
+            splitStages.insert(s)
+          } else if r.hasPrefix("mlp.") || r.hasPrefix("pwconv") || r.hasPrefix("mhsa.") {
+            splitStages.insert(stage)
+          }
+        }
         used.formUnion(n.inputs.filter { params[$0] != nil })
       }
       let count = used.reduce(0) { $0 + g.type(of: $1).elementCount }
       return BlockInfo(
         index: b, stage: stage, kind: kind, layout: layout, tokenAxes: axes, grid: grid, prefix: prefix,
-        roles: roles.sorted(), parameters: count, nodes: nodes.count)
+        roles: roles.sorted(), parameters: count, nodes: nodes.count, splitStages: splitStages.sorted())
     }
     self.unmatched = unmatched
     stemNodes = stem

@@ -76,7 +76,20 @@ struct SBPRewriter {
       }
       stamp = [Annotation.block: .int(b), Annotation.stage: .int(stage)]
       let chain = roles.filter { $0.1.hasPrefix("mlp.") || $0.1.hasPrefix("pwconv") }.map(\.0)
-      if !chain.isEmpty { try splitTokenwise(block: b, stage: stage, chain: chain, blockAxes: axes) }
+      // A block's row-wise regions split one by one, each with the mask of its own grid.
+      var segments: [Int: [Int]] = [:]
+      for i in chain { if case .int(let k)? = original[i].attrs[Annotation.segment] { segments[k, default: []].append(i) } }
+      let whole = chain.filter { original[$0].attrs[Annotation.segment] == nil }
+      if !whole.isEmpty { try splitTokenwise(block: b, stage: stage, chain: whole, blockAxes: axes) }
+      for k in segments.keys.sorted() {
+        let nodes = segments[k]!, head = original[nodes.min()!]
+        guard case .int(let s)? = head.attrs[Annotation.stage], case .ints(let segAxes)? = head.attrs[Annotation.tokenAxes] else {
+          throw fail(b, "region \(k) has no stage or token axes; run mark first")
+        }
+        stamp = [Annotation.block: .int(b), Annotation.stage: .int(s)]
+        try splitTokenwise(block: b, stage: s, chain: nodes, blockAxes: segAxes, inputAxes: segAxes)
+      }
+      stamp = [Annotation.block: .int(b), Annotation.stage: .int(stage)]
       if layout.options.attention != .none, let scores = roles.first(where: { $0.1 == "mhsa.scores" })?.0,
         let context = roles.first(where: { $0.1 == "mhsa.context" })?.0
       {
@@ -156,11 +169,11 @@ struct SBPRewriter {
 
   static func mergedAxis(_ a: Int, _ t: TokenAxes) -> Int { a < t[0] ? a : a - (t.count - 1) }
 
-  mutating func splitTokenwise(block: Int, stage: Int, chain: [Int], blockAxes: TokenAxes) throws {
+  mutating func splitTokenwise(block: Int, stage: Int, chain: [Int], blockAxes: TokenAxes, inputAxes: TokenAxes? = nil) throws {
     let first = chain.min()!, last = chain.max()!
     let x = graph.nodes[first].inputs[0], y = graph.nodes[last].outputs[0]
     let region = graph.nodesBetween(sources: [x], sink: y, producer: producer)
-    let xAxes = axesOf(x, blockAxes: blockAxes, rank: blockAxes.count == 1 ? 3 : 4)
+    let xAxes = inputAxes ?? axesOf(x, blockAxes: blockAxes, rank: blockAxes.count == 1 ? 3 : 4)
     let axes = try tokenAxes(region: region, input: x, inputAxes: xAxes, block: block)
     let (kept, dropped) = indexInputs[stage]!
     let name = graph.nodes[first].name
@@ -376,7 +389,15 @@ struct SBPRewriter {
   }
 
   mutating func reshape(_ v: ValueID, to shape: [Int], name: String) throws -> ValueID {
-    graph.type(of: v).shape == shape ? v : try emit(.reshape(shape), [v], name: name)[0]
+    guard graph.type(of: v).shape != shape else { return v }
+    // One view per value and shape: two splits reading one value (a bottleneck's first 1×1
+    // conv and its projection shortcut) then gather the same kept rows, which
+    // merge-duplicate-gathers folds into one saved copy.
+    let key = "view:\(v.raw):\(shape)"
+    if let view = operandViews[key] { return view }
+    let view = try emit(.reshape(shape), [v], name: name)[0]
+    operandViews[key] = view
+    return view
   }
 
 }

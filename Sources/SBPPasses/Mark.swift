@@ -38,6 +38,8 @@ struct Unit {
   var branch: [Int]
   var roles: [Int: String]
   var hasDepthwise: Bool
+  /// The row-wise regions split one by one, for a branch that is not one MLP or PW-Conv chain.
+  var segments: [Segment] = []
 }
 
 /// Token layout of a block's input.
@@ -169,6 +171,8 @@ struct BlockMatcher {
       let r = matchTokenwise(add: add, x: x, fx: fx, branch: branch, from: first)
       if case .success(let unit) = r { return .success(unit) }
     }
+    // Not one chain: split each PW-Conv node's row-wise region on its own.
+    if case .failure = direct, let unit = matchSegments(add: add, x: x, branch: branch) { return .success(unit) }
     return direct
   }
 
@@ -373,15 +377,7 @@ struct BlockMatcher {
   func isRowwiseStep(_ n: Node, on prev: ValueID, channelAxis: Int, within branch: Set<Int>) -> Bool {
     guard n.op.isElementwise, n.outputs.count == 1 else { return false }
     let rank = g.type(of: n.outputs[0]).rank
-    for v in n.inputs where throughMovement(v, within: branch) != prev {
-      let source = operandSource(v)
-      guard ud.param(source) != nil || ud.literal(source) != nil else { return false }
-      let s = g.type(of: v).shape
-      guard s.count <= rank else { return false }
-      let aligned = [Int](repeating: 1, count: rank - s.count) + s
-      guard aligned.enumerated().allSatisfy({ $0.element == 1 || $0.offset == channelAxis }) else { return false }
-    }
-    return true
+    return n.inputs.allSatisfy { throughMovement($0, within: branch) == prev || isChannelConstant($0, rank: rank, channelAxis: channelAxis) }
   }
 
   /// The axis of `x` each of `nodes` (linears and layer norms) acts on, following the
@@ -428,28 +424,38 @@ struct BlockMatcher {
     return axis == 1
   }
 
+  /// [B, N, C]: the grid comes from the patchifying conv upstream; N − H·W leading tokens
+  /// (class, distillation) are non-spatial.
+  func sequenceLayout(of x: ValueID) -> Layout? {
+    let s = g.type(of: x).shape
+    guard s.count == 3 else { return nil }
+    var seen = Set<Int>()
+    var queue = [x]
+    while !queue.isEmpty {
+      let v = queue.removeFirst()
+      guard let p = producerIndex[v], seen.insert(p).inserted, seen.count < 256 else { continue }
+      let n = g.nodes[p]
+      if case .conv = n.op {
+        let o = g.type(of: n.outputs[0]).shape
+        if o.count == 4, o[2] * o[3] <= s[1], s[1] - o[2] * o[3] <= 16 {
+          return Layout(name: "tokens", tokenAxes: [1], grid: [o[2], o[3]], prefix: s[1] - o[2] * o[3])
+        }
+      }
+      queue += n.inputs.filter(isActivation)
+    }
+    // No patchifying conv makes this many tokens (LeViT's later stages subsample the
+    // sequence itself): a square count is read as a row-major square grid, which any
+    // row-wise split is exact on whatever the true arrangement.
+    let r = Int(Double(s[1]).squareRoot().rounded())
+    return r >= 2 && r * r == s[1] ? Layout(name: "tokens", tokenAxes: [1], grid: [r, r], prefix: 0) : nil
+  }
+
   func layout(of x: ValueID, unit: Unit, known: [ValueID: Layout]) -> Layout? {
     if let l = known[x] { return l }
     let s = g.type(of: x).shape
     switch s.count {
     case 3:
-      // [B, N, C]: the grid comes from the patchifying conv upstream; N − H·W leading tokens
-      // (class, distillation) are non-spatial.
-      var seen = Set<Int>()
-      var queue = [x]
-      while !queue.isEmpty {
-        let v = queue.removeFirst()
-        guard let p = producerIndex[v], seen.insert(p).inserted, seen.count < 256 else { continue }
-        let n = g.nodes[p]
-        if case .conv = n.op {
-          let o = g.type(of: n.outputs[0]).shape
-          if o.count == 4, o[2] * o[3] <= s[1], s[1] - o[2] * o[3] <= 16 {
-            return Layout(name: "tokens", tokenAxes: [1], grid: [o[2], o[3]], prefix: s[1] - o[2] * o[3])
-          }
-        }
-        queue += n.inputs.filter(isActivation)
-      }
-      return nil
+      return sequenceLayout(of: x)
     case 4:
       // NCHW when the branch starts with a conv or contracts channels on axis 1; NHWC otherwise.
       let first = unit.branch.first.map { g.nodes[$0] }
@@ -475,6 +481,19 @@ struct BlockMatcher {
     }
   }
 
+  /// The layout of a unit split by segments: its output's grid (a downsampling unit reads one
+  /// grid and writes the next), in the layout its PW-Conv nodes read.
+  func segmentLayout(_ u: Unit) -> Layout? {
+    let y = g.nodes[u.add].outputs[0]
+    let s = g.type(of: y).shape
+    switch (s.count, u.segments.last?.layout.name) {
+    case (3, _): return sequenceLayout(of: y)
+    case (4, "nchw"?): return Layout(name: "nchw", tokenAxes: [2, 3], grid: [s[2], s[3]], prefix: 0)
+    case (4, "nhwc"?): return Layout(name: "nhwc", tokenAxes: [1, 2], grid: [s[1], s[2]], prefix: 0)
+    default: return nil
+    }
+  }
+
   // MARK: Annotations
 
   func annotations() -> [PendingAnnotation] {
@@ -488,6 +507,15 @@ struct BlockMatcher {
       }
     }
     for s in twoBranchSums(excluding: Set(found.map(\.add))) {
+      // Both sides are branches of the common value: the PW-Conv nodes of either split.
+      let paths = g.nodes[s.add].inputs.map { path(from: s.common, to: $0) ?? [] }
+      let branch = Array(Set(paths.flatMap { $0 })).sorted()
+      if !branch.isEmpty, escaping(branch).subtracting(g.nodes[s.add].inputs).isEmpty,
+        let u = matchSegments(add: s.add, x: s.common, branch: branch)
+      {
+        units.append(u)
+        continue
+      }
       let c = producerIndex[s.common].map { "the output of " + describe(g.nodes[$0]) } ?? "the input"
       // What the shortcut side does to the common value: only moves it, scales it, or computes.
       let sides = g.nodes[s.add].inputs.map { v -> String in
@@ -512,11 +540,13 @@ struct BlockMatcher {
       out.append(
         PendingAnnotation(
           node: s.add, key: Annotation.unmatched,
-          value: .string("both sides of the sum are computed from \(c): \(kind); SBP splits units x + f(x)")))
+          value: .string(
+            "both sides of the sum are computed from \(c): \(kind), and neither side has a PW-Conv node "
+              + "(a 1×1 conv or channel linear) on a token grid larger than 1×1 to split")))
     }
     // Group: an MHSA unit and the MLP unit reading its sum form one block; other units stand alone.
     var groups: [[Unit]] = []
-    for u in units {
+    for u in units.sorted(by: { $0.add < $1.add }) {
       if var last = groups.last, last.count == 1, last[0].kind == .mhsa, u.kind != .mhsa, u.x == g.nodes[last[0].add].outputs[0] {
         last.append(u)
         groups[groups.count - 1] = last
@@ -525,23 +555,29 @@ struct BlockMatcher {
       }
     }
     var known: [ValueID: Layout] = [:]
-    var stage = 0
-    var prevGrid: [Int]?
+    // Stages are token grids, numbered in the order the network first reaches them.
+    var stageOfGrid: [[Int]: Int] = [:]
+    func stageIndex(of grid: [Int]) -> Int {
+      if let s = stageOfGrid[grid] { return s }
+      stageOfGrid[grid] = stageOfGrid.count
+      return stageOfGrid.count - 1
+    }
     var blockNodes = Set<Int>()
     var firstInput: ValueID?
     var lastOutput: ValueID?
     var blockIndex = 0
-    var stageOfGrid: [(grid: [Int], stage: Int, firstAdd: Int)] = []
+    var stageStarts: [(grid: [Int], stage: Int, firstAdd: Int)] = []
     for group in groups {
-      guard let lay = layout(of: group[0].x, unit: group[0], known: known) else {
+      guard let lay = group[0].segments.isEmpty ? layout(of: group[0].x, unit: group[0], known: known) : segmentLayout(group[0]) else {
         for u in group {
           out.append(PendingAnnotation(node: u.add, key: Annotation.unmatched, value: .string("no token grid found for the block input")))
         }
         continue
       }
-      if let pg = prevGrid, pg != lay.grid { stage += 1 }
-      prevGrid = lay.grid
-      stageOfGrid.append((lay.grid, stage, group[0].add))
+      for u in group { for seg in u.segments { _ = stageIndex(of: seg.layout.grid) } }
+      let stage = stageIndex(of: lay.grid)
+      stageStarts.append((lay.grid, stage, group[0].add))
+      var segmentIndex = 0
       let kind = group.map { $0.hasDepthwise ? "dwconv+" + $0.kind.rawValue : $0.kind.rawValue }.joined(separator: "+")
       for u in group {
         known[g.nodes[u.add].outputs[0]] = lay
@@ -551,6 +587,16 @@ struct BlockMatcher {
           out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(stage)))
         }
         for (i, r) in u.roles { out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string(r))) }
+        for seg in u.segments {
+          for i in seg.nodes {
+            out.append(PendingAnnotation(node: i, key: Annotation.segment, value: .int(segmentIndex)))
+            out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(stageIndex(of: seg.layout.grid))))
+          }
+          out.append(PendingAnnotation(node: seg.nodes[0], key: Annotation.tokenAxes, value: .ints(seg.layout.tokenAxes)))
+          out.append(PendingAnnotation(node: seg.nodes[0], key: Annotation.grid, value: .ints(seg.layout.grid)))
+          out.append(PendingAnnotation(node: seg.nodes[0], key: Annotation.prefix, value: .int(seg.layout.prefix)))
+          segmentIndex += 1
+        }
         out.append(PendingAnnotation(node: u.add, key: Annotation.role, value: .string("residual")))
         out.append(PendingAnnotation(node: u.add, key: Annotation.kind, value: .string(kind)))
         out.append(PendingAnnotation(node: u.add, key: Annotation.layout, value: .string(lay.name)))
@@ -562,7 +608,7 @@ struct BlockMatcher {
       lastOutput = g.nodes[group.last!.add].outputs[0]
       blockIndex += 1
     }
-    out += outsideBlocks(blockNodes: blockNodes, firstInput: firstInput, lastOutput: lastOutput, stages: stageOfGrid)
+    out += outsideBlocks(blockNodes: blockNodes, firstInput: firstInput, lastOutput: lastOutput, stages: stageStarts)
     return out
   }
 
@@ -589,7 +635,10 @@ struct BlockMatcher {
       } else if i > lastProducer {
         out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string("head")))
       } else if case .conv(let geo) = n.op, geo.group == 1,
-        zip(geo.strides, g.type(of: n.inputs[1]).shape.dropFirst(2)).allSatisfy({ $0 == $1 && $0 > 1 }), geo.pads.allSatisfy({ $0 == 0 })
+        zip(geo.strides, g.type(of: n.inputs[1]).shape.dropFirst(2)).allSatisfy({ $0 == $1 && $0 > 1 }), geo.pads.allSatisfy({ $0 == 0 }),
+        // It makes the grid of the stage it feeds: PVT's spatial reduction of keys and values,
+        // which has the same form inside an attention branch, does not.
+        stages.first(where: { $0.firstAdd > i }).map({ Array(g.type(of: n.outputs[0]).shape.suffix(2)) == $0.grid }) ?? true
       {
         // A conv whose stride equals its kernel is a linear map over non-overlapping patches.
         let next = stages.first { $0.firstAdd > i }

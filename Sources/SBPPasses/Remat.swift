@@ -33,6 +33,12 @@ public struct Rematerialize: Pass {
     /// cheap row-wise op applied to those rows of its operands (a gather commutes with it).
     func rows(of x: ValueID, _ idx: ValueID, _ t: Int, depth: Int, top: Bool = false) throws -> ValueID? {
       if !top, let k = gathered["\(x.raw):\(idx.raw):\(t)"], saved.contains(k) || clones[k] != nil { return clones[k] ?? k }
+      // The backward keeps all of x anyway (a ReLU's output before a split 1×1 conv): its kept
+      // rows are a gather of it, not a second saved copy.
+      if saved.contains(x) || (producer[x].map { graph.nodes[$0].op.isDataMovement } ?? false && viewOfSaved(x)) {
+        guard let whole = try recompute(x, depth: depth + 1, root: false) else { return nil }
+        return try graph.append(.gatherRows(axis: t), [whole, idx], name: (producer[x].map { graph.nodes[$0].name } ?? "") + ".remat")[0]
+      }
       guard depth <= 6, let q = producer[x], graph.nodes[q].op.isCheapToRecompute, graph.nodes[q].outputs.count == 1,
         let m = sinker.operandAxes(graph.nodes[q], t: t)
       else { return nil }
@@ -52,6 +58,17 @@ public struct Rematerialize: Pass {
         op = .reshape(shape)
       }
       return try graph.append(op, ins, name: f.name + ".remat", attrs: f.attrs)[0]
+    }
+
+    /// Whether `v` is data movement (a reshape that merges the token axes, say) of a value
+    /// the backward saves: recomputing it costs no arithmetic.
+    func viewOfSaved(_ v: ValueID) -> Bool {
+      var v = v
+      while !saved.contains(v) {
+        guard let p = producer[v], graph.nodes[p].op.isDataMovement, graph.nodes[p].inputs.count == 1 else { return false }
+        v = graph.nodes[p].inputs[0]
+      }
+      return true
     }
 
     /// The backward's version of forward value `v`: a saved original, or a recomputation

@@ -59,9 +59,10 @@ public struct SBPLayout: Sendable, Equatable {
     let table = BlockTable(graph)
     let selected = try options.blocks.map { try BlockSelector.parse($0, table: table) } ?? table.defaultSelection
     let chosen = table.blocks.filter { selected.contains($0.index) }
-    guard let deepest = chosen.max(by: { $0.stage < $1.stage }) else { return nil }
+    let splitStages = Set(chosen.flatMap(\.splitStages))
+    guard let deepestStage = splitStages.max(), let deepest = table.stage(deepestStage) else { return nil }
     guard deepest.grid.count == 2 else {
-      throw PassError("insert-sbp: block \(deepest.index) has a \(deepest.grid.count)-D token grid; SBP needs 2-D")
+      throw PassError("insert-sbp: stage \(deepestStage) has a \(deepest.grid.count)-D token grid; SBP needs 2-D")
     }
     let spec: MaskSpec
     do { spec = try MaskSpec(keep: options.keep, mode: options.mask, height: deepest.grid[0], width: deepest.grid[1]) } catch {
@@ -70,11 +71,10 @@ public struct SBPLayout: Sendable, Equatable {
     var stages: [MaskStage] = []
     let range = spec.keptRange
     let base = spec.height * spec.width
-    for s in Set(chosen.map(\.stage)).sorted() {
-      let inStage = chosen.filter { $0.stage == s }
-      let b = inStage[0]
+    for s in splitStages.sorted() {
+      guard let b = table.stage(s) else { throw PassError("insert-sbp: stage \(s) has no token grid") }
       guard b.prefix >= 0, b.prefix <= 1 << 16 else { throw PassError("insert-sbp: stage \(s) has \(b.prefix) prefix tokens") }
-      guard inStage.allSatisfy({ $0.grid == b.grid && $0.prefix == b.prefix }) else {
+      guard chosen.filter({ $0.stage == s }).allSatisfy({ $0.grid == b.grid && $0.prefix == b.prefix }) else {
         throw PassError("insert-sbp: the selected blocks of stage \(s) disagree on their token grid")
       }
       guard b.grid.count == 2, b.grid[0] % spec.height == 0, b.grid[1] % spec.width == 0,

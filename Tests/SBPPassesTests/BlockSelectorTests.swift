@@ -12,7 +12,7 @@ final class BlockSelectorTests: XCTestCase {
         blocks.append(
           BlockInfo(
             index: blocks.count, stage: s, kind: "mhsa+mlp", layout: "tokens", tokenAxes: [1], grid: [14, 14], prefix: 1, roles: [],
-            parameters: 0, nodes: 0))
+            parameters: 0, nodes: 0, splitStages: [s]))
       }
     }
     return BlockTable(blocks: blocks)

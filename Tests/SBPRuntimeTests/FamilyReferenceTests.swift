@@ -86,12 +86,19 @@ final class FamilyReferenceTests: XCTestCase {
   /// by rows is left out when blocks are marked, with its reason (MLP-Mixer's token MLPs), and
   /// the rest are split.
   func testEveryFamilyCompilesWithDefaultSBP() throws {
+    var withSBP: [String] = []
     for family in Self.expected {
       let m = try manifest(family)
       XCTAssertNoThrow(
-        try Plan.compile(model: "\(Self.root)/\(family)/model_ts17.onnx", options: Plan.Options(batch: m.batch, sbp: SBPOptions())),
-        family)
+        try {
+          let (plan, _) = try Plan.compile(
+            model: "\(Self.root)/\(family)/model_ts17.onnx", options: Plan.Options(batch: m.batch, sbp: SBPOptions()))
+          if plan.layout != nil { withSBP.append(family) }
+        }(), family)
     }
+    // Issue 23's bar is 17 of 20 families; DeiT-3 is the only one here its rule leaves out
+    // of the hook check, not out of SBP.
+    XCTAssertGreaterThanOrEqual(withSBP.count, 18, "families with SBP by default: \(withSBP)")
     let (plan, _) = try Plan.compile(
       model: "\(Self.root)/mixer_b16_224/model_ts17.onnx", options: Plan.Options(batch: 2, sbp: SBPOptions()))
     let table = BlockTable(plan.eval)
@@ -111,17 +118,23 @@ final class FamilyReferenceTests: XCTestCase {
       try check("\(family) (ts17, SBP phase 0)", dir: "\(Self.root)/\(family)", stem: "ts17", export: m.exports["ts17"]!, batch: m.batch, sbp: true)
       checked.append(family)
     }
-    XCTAssertGreaterThanOrEqual(checked.count, 9, "families with an SBP reference: \(checked)")
+    XCTAssertGreaterThanOrEqual(checked.count, 18, "families with an SBP reference: \(checked)")
   }
 
-  /// Residual units whose shortcut is not x itself are listed with the kind of shortcut, not
-  /// lost: ResNet's four projection shortcuts, ConvFormer's scaled ones (res_scale).
+  /// Residual units whose shortcut is not x itself are matched when a side has a PW-Conv node
+  /// on a token grid, and listed with the kind of shortcut otherwise, never lost. ResNet-18's
+  /// four projection units: the first projects with a 1×1 conv at stride 1 (a block), the
+  /// other three at stride 2 beside two 3×3 convs (listed). ConvFormer's four scaled units
+  /// (res_scale): the two whose grid is larger than 1×1 are blocks.
   func testShortcutsOtherThanXAreAccountedFor() throws {
-    for (family, kind, count) in [("resnet18", "a projection shortcut", 4), ("convformer_s18", "a scaled shortcut", 4)] {
+    for (family, kind, listedCount, blockCount) in [
+      ("resnet18", "a projection shortcut", 3, 1), ("convformer_s18", "a scaled shortcut", 2, 6),
+    ] {
       let m = try manifest(family)
       let (plan, _) = try Plan.compile(model: "\(Self.root)/\(family)/model_ts17.onnx", options: Plan.Options(batch: m.batch))
-      let listed = BlockTable(plan.eval).unmatched.filter { $0.reason.contains(kind) }
-      XCTAssertEqual(listed.count, count, "\(family): \(BlockTable(plan.eval).unmatched)")
+      let table = BlockTable(plan.eval)
+      XCTAssertEqual(table.unmatched.filter { $0.reason.contains(kind) }.count, listedCount, "\(family): \(table.unmatched)")
+      XCTAssertEqual(table.blocks.count, blockCount, family)
     }
   }
 

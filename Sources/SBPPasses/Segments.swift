@@ -1,0 +1,156 @@
+// Segments.swift: row-wise regions that start at a PW-Conv node, the general form of the token-wise split inside any residual branch.
+import SBPIR
+
+/// A row-wise region of a residual branch (DESIGN.md, "PW-Conv node"): it starts at the
+/// channel linears (1×1 convs) that read one value on a token grid and takes in every later
+/// node of the branch that computes each row from that row alone: activations, gates such as
+/// SwiGLU's silu(g)·x, per-channel scales, a norm over the channels, further channel linears.
+/// It ends where an op mixes rows (a train-mode BatchNorm, a depthwise or k×k conv, GRN, a
+/// pooling mixer) or reads something from outside; the split goes around that op. Algorithm 1
+/// applies to the region as a whole: kept rows with gradient, dropped rows without.
+struct Segment {
+  var nodes: [Int]
+  /// The value the region's first linears read, and its token layout.
+  var input: ValueID
+  var layout: Layout
+}
+
+extension BlockMatcher {
+  /// Whether `v` is a parameter or literal, or a view of one made outside any branch.
+  func isConstantOperand(_ v: ValueID) -> Bool {
+    let source = operandSource(v)
+    return ud.param(source) != nil || ud.literal(source) != nil
+  }
+
+  /// Whether `v` is a parameter or literal (possibly reshaped) that is a scalar or varies
+  /// along `channelAxis` alone for a result of rank `rank`: it then treats every row alike.
+  func isChannelConstant(_ v: ValueID, rank: Int, channelAxis: Int) -> Bool {
+    guard isConstantOperand(v) else { return false }
+    let s = g.type(of: v).shape
+    guard s.count <= rank else { return false }
+    let aligned = [Int](repeating: 1, count: rank - s.count) + s
+    return aligned.enumerated().allSatisfy { $0.element == 1 || $0.offset == channelAxis }
+  }
+
+  /// The token layout of `v` when a linear over `channelAxis` reads it as rows on a token
+  /// grid of more than one position; nil otherwise (SE's pooled 1×1 map, a transposed
+  /// sequence whose "channels" are tokens, attention heads reshaped into a 4-D value).
+  func tokenGrid(of v: ValueID, channelAxis a: Int) -> Layout? {
+    let s = g.type(of: v).shape
+    // What moved the value here: a sequence seen through a transpose has its tokens on the
+    // contracted axis (MLP-Mixer's and ResMLP's token mixing), a 4-D value made by a reshape
+    // is not an image grid.
+    var moves: [Op] = []
+    var u = v
+    while let p = producerIndex[u], g.nodes[p].op.isDataMovement {
+      moves.append(g.nodes[p].op)
+      u = g.nodes[p].inputs[0]
+    }
+    switch (s.count, a) {
+    case (4, 1) where s[2] * s[3] > 1 && !moves.contains(where: { if case .reshape = $0 { return true } else { return false } }):
+      return Layout(name: "nchw", tokenAxes: [2, 3], grid: [s[2], s[3]], prefix: 0)
+    case (4, 3) where s[1] * s[2] > 1 && !moves.contains(where: { if case .reshape = $0 { return true } else { return false } }):
+      return Layout(name: "nhwc", tokenAxes: [1, 2], grid: [s[1], s[2]], prefix: 0)
+    case (3, 2) where !moves.contains(where: { if case .transpose = $0 { return true } else { return false } }):
+      return sequenceLayout(of: v)
+    default:
+      return nil
+    }
+  }
+
+  /// The row-wise regions of `branch`, in graph order. Each has one input and one result
+  /// used outside it; a region that would leave two results (q, k and v read one norm) is
+  /// cut back to its longest prefix that leaves one, and the rest starts regions of its own.
+  func segments(in branch: [Int], from x: ValueID) -> [Segment] {
+    // Which axis of x each axis of a branch value is, through transposes: a linear is a
+    // PW-Conv node only if it contracts x's channel axis (a transposed token-mixing linear
+    // contracts x's tokens, whatever its operand's shape suggests).
+    var perm: [ValueID: [Int]] = [x: Array(0..<g.type(of: x).rank)]
+    for i in branch {
+      let n = g.nodes[i]
+      guard let p = n.inputs.lazy.compactMap({ perm[$0] }).first, n.outputs.count == 1 else { continue }
+      if case .transpose(let t) = n.op {
+        perm[n.outputs[0]] = t.map { p[$0] }
+      } else if g.type(of: n.outputs[0]).rank == p.count, !{ if case .reshape = n.op { return true } else { return false } }() {
+        perm[n.outputs[0]] = p
+      }
+    }
+    let channelAxes: Set<Int> = g.type(of: x).rank == 3 ? [2] : g.type(of: x).rank == 4 ? [1, 3] : []
+    var taken = Set<Int>()
+    var out: [Segment] = []
+    for i in branch where !taken.contains(i) {
+      guard case .linear(let axis, _) = g.nodes[i].op else { continue }
+      let xs = g.nodes[i].inputs[0]
+      guard !isConstantOperand(xs), let p = perm[xs], channelAxes.contains(p[axis]), let layout = tokenGrid(of: xs, channelAxis: axis)
+      else { continue }
+      let rank = g.type(of: xs).rank
+      func rows(_ v: ValueID) -> [Int] {
+        var s = g.type(of: v).shape
+        guard s.count == rank else { return [] }
+        s.remove(at: axis)
+        return s
+      }
+      let rowShape = rows(xs)
+      var region: [Int] = []
+      var values = Set<ValueID>()
+      for j in branch where j >= i && !taken.contains(j) {
+        let n = g.nodes[j]
+        guard n.outputs.count == 1, rows(n.outputs[0]) == rowShape else { continue }
+        let acts = n.inputs.filter { !isConstantOperand($0) }
+        guard acts.allSatisfy({ values.contains($0) || $0 == xs }) else { continue }
+        let fits: Bool
+        switch n.op {
+        // A channel linear reading xs seeds the region (q, k and v all do); one reading the
+        // region continues it.
+        case .linear(let a, _): fits = a == axis
+        case .layerNorm(let a, _): fits = a == axis && a == rank - 1 && values.contains(n.inputs[0])
+        default:
+          fits =
+            n.op.isElementwise && acts.contains(where: values.contains) && acts.allSatisfy({ rows($0) == rowShape })
+            && n.inputs.filter(isConstantOperand).allSatisfy({ isChannelConstant($0, rank: rank, channelAxis: axis) })
+        }
+        guard fits else { continue }
+        region.append(j)
+        values.insert(n.outputs[0])
+      }
+      // The longest prefix whose results other nodes read come to exactly one value.
+      var cut = 1
+      for k in stride(from: region.count, through: 1, by: -1) where escaping(Array(region.prefix(k))).count == 1 {
+        cut = k
+        break
+      }
+      let nodes = Array(region.prefix(cut))
+      taken.formUnion(nodes)
+      out.append(Segment(nodes: nodes, input: xs, layout: layout))
+    }
+    return out
+  }
+
+  /// Values `nodes` compute that a node outside them, or the graph's result, reads.
+  func escaping(_ nodes: [Int]) -> Set<ValueID> {
+    let inside = Set(nodes)
+    var out = Set<ValueID>()
+    for i in nodes {
+      for o in g.nodes[i].outputs
+      where ud.users(o).contains(where: { !inside.contains($0) }) || g.outputs.contains(where: { $0.value == o }) {
+        out.insert(o)
+      }
+    }
+    return out
+  }
+
+  /// A residual branch whose every PW-Conv node is split on its own row-wise region: the
+  /// bottlenecks and inverted residuals of CNNs (1×1 conv, BatchNorm, …, 1×1 conv), an MLP
+  /// whose middle mixes rows (ConvNeXt-V2's GRN, PVT's depthwise MixFFN), a gated MLP.
+  func matchSegments(add: Int, x: ValueID, branch: [Int]) -> Unit? {
+    let segs = segments(in: branch, from: x)
+    guard !segs.isEmpty else { return nil }
+    var roles: [Int: String] = [:]
+    for s in segs {
+      for i in s.nodes {
+        if case .linear = g.nodes[i].op { roles[i] = "pwconv" } else { roles[i] = "pwconv.act" }
+      }
+    }
+    return Unit(kind: .pwconv, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false, segments: segs)
+  }
+}
