@@ -69,6 +69,8 @@ if [ "$root" = models/families ]; then
     fam="$(basename "$d")"
     [ -d "$d/ts17/sbp_p0" ] || continue
     python3 models/sbp_hook_check.py "$fam" --sbpc "$SBPC" 2> /dev/null | tail -1 | sed 's/^/SBP: /' || status=1
+    # The forward-exact attention split too, where the family has an attention core.
+    python3 models/sbp_hook_check.py "$fam" --sbpc "$SBPC" --attention query 2> /dev/null | tail -1 | sed 's/^/SBP query: /' || status=1
   done
 fi
 exit $status

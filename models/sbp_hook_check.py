@@ -14,12 +14,16 @@ that is Algorithm 1 exactly: dropped rows then give no gradient to the parameter
 branch input, kept rows their full one.  It needs no model-specific code, which is the point:
 it checks splits on families the hand-written reference (reference.py --sbp) does not know.
 
-With --write, the PyTorch gradients also go to models/families/FAMILY/ts17/sbp_p<PHASE>/grads/,
+An attention core sbpc splits gets the same rule in PyTorch: a torch function mode adds -inf
+to the scores of dropped keys for kept queries (--attention qkv; none for query), and takes
+the context of dropped queries from the full attention, detached.
+
+With --write, the PyTorch gradients also go to models/families/FAMILY/ts17/sbp_p<PHASE>/grads/
+(sbp_query_p<PHASE> with --attention query),
 the committed reference FamilyReferenceTests holds sbpc's SBP step to in CI.
 
 Bars (make check-torch's): logits 1e-4 relative, loss 1e-5, every gradient cosine > 0.9999
-and max-rel < 1e-3.  Exits 1 on any miss, or when sbpc split an attention core (this check
-covers token-wise branches only).
+and max-rel < 1e-3.  Exits 1 on any miss.
 """
 import argparse
 import json
@@ -67,7 +71,7 @@ def split_branches(sbpc, onnx_path, batch, blocks):
     prefix)} of the token-wise branches in `blocks`, and whether any selected block has an
     attention core."""
     ir = run([sbpc, "opt", onnx_path, "--passes", "canonicalize,mark", "--batch", str(batch)])
-    tokenwise, attention, residual = set(), False, {}
+    tokenwise, attention, residual = set(), {}, {}
     segments = {}  # (block, k) -> [scope of its last node, stage, token axes, prefix]
     downsamplers, first_of_stage = [], {}
     for line in ir.splitlines():
@@ -97,8 +101,8 @@ def split_branches(sbpc, onnx_path, batch, blocks):
             continue
         if role.group(1).startswith(("mlp.", "pwconv")):
             tokenwise.add(block)
-        if role.group(1) == "mhsa.scores":
-            attention = True
+        if role.group(1) == "mhsa.softmax":
+            attention[block] = m.group(3)
         if role.group(1) == "residual":
             ins = [int(v) for v in re.findall(r"%(\d+)", line.split("=", 1)[1].split("{")[0])]
             axes = [int(a) for a in re.search(r"sbp\.token_axes=\[([0-9,]+)\]", attrs).group(1).split(",")]
@@ -112,7 +116,9 @@ def split_branches(sbpc, onnx_path, batch, blocks):
         if first_of_stage.get(stage) in blocks:
             segments[(-1, k)] = (scope, stage, [2, 3], 0)
             k += 1
-    return {b: residual[b] for b in sorted(tokenwise)}, {k: tuple(v) for k, v in segments.items()}, attention
+    # Attention cores: (the module whose forward takes the softmax, stage, prefix).
+    cores = {b: (module_path(scope), residual[b][2], residual[b][4]) for b, scope in attention.items()}
+    return {b: residual[b] for b in sorted(tokenwise)}, {k: tuple(v) for k, v in segments.items()}, cores
 
 
 class MaskGrad(torch.autograd.Function):
@@ -133,9 +139,10 @@ class ResidualMasks(TorchFunctionMode):
     """Counts the additions each module's forward makes itself (not its children's) and
     masks the branch operand of the ones listed: {(module, k): (operand, mask view)}."""
 
-    def __init__(self, model, targets):
+    def __init__(self, model, targets, cores=None):
         super().__init__()
         self.targets, self.stack, self.counts, self.hits = targets, [], collections.Counter(), set()
+        self.cores, self.pending = cores or {}, {}
         self.hooks = []
         for name, mod in model.named_modules():
             self.hooks.append(mod.register_forward_pre_hook(lambda _m, _i, name=name: self.stack.append(name)))
@@ -146,6 +153,23 @@ class ResidualMasks(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        core = self.cores.get(self.stack[-1]) if self.stack else None
+        if core and func in (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax):
+            # The attention rule (DESIGN.md): kept queries attend to kept keys only (qkv) or to
+            # every key (query), with gradient; dropped queries attend to every key, without.
+            rows, mode = core
+            s = args[0]
+            keys = torch.zeros(s.shape[-1], dtype=s.dtype) if mode == "query" else \
+                torch.where(rows, torch.zeros((), dtype=s.dtype), torch.full((), float("-inf"), dtype=s.dtype))
+            kept = func(s + keys, *args[1:], **kwargs)
+            self.pending[self.stack[-1]] = (func(s, *args[1:], **kwargs).detach(), rows)
+            self.hits.add(self.stack[-1])
+            return kept
+        if core and self.stack[-1] in self.pending and func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__):
+            full, rows = self.pending.pop(self.stack[-1])
+            kept = func(*args, **kwargs)
+            dropped = torch.matmul(full, args[1]).detach()
+            return torch.where(rows[:, None], kept, dropped)
         if func in (torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__) and self.stack:
             key = (self.stack[-1], self.counts[self.stack[-1]])
             self.counts[self.stack[-1]] += 1
@@ -216,6 +240,8 @@ def main(argv=None):
     ap.add_argument("family")
     ap.add_argument("--sbpc", default=".build/release/sbpc")
     ap.add_argument("--phase", type=int, default=0)
+    ap.add_argument("--attention", choices=["qkv", "query"], default="qkv",
+                    help="how sbpc splits attention cores (compile --attention); the oracle applies the same rule")
     ap.add_argument("--write", action="store_true", help="commit the PyTorch gradients as the family's SBP reference")
     args = ap.parse_args(argv)
     ref = os.path.join(os.path.dirname(os.path.abspath(__file__)), "families", args.family)
@@ -224,7 +250,7 @@ def main(argv=None):
     batch = manifest["batch"]
     with tempfile.TemporaryDirectory() as d:
         plan = os.path.join(d, "sbp.plan")
-        out = run([args.sbpc, "compile", onnx_path, "--batch", str(batch), "-o", plan])
+        out = run([args.sbpc, "compile", onnx_path, "--batch", str(batch), "--attention", args.attention, "-o", plan])
         m = re.search(r"^SBP blocks: ([0-9,]+)", out, re.M)
         if not m:
             raise SystemExit(f"{args.family}: sbpc selects no SBP block by default")
@@ -235,8 +261,6 @@ def main(argv=None):
                     "--dump-mask", os.path.join(d, "masks"), "--dump-loss"])
         np.save(os.path.join(d, "loss.npy"), np.array([float(loss.split()[0])], dtype=np.float32))
         branches, segments, attention = split_branches(args.sbpc, onnx_path, batch, set(blocks))
-        if attention:
-            raise SystemExit(f"{args.family}: sbpc splits an attention core; this check covers token-wise branches only")
         masks = {int(re.search(r"stage(\d+)", f).group(1)): np.load(os.path.join(d, "masks", f)).astype(bool)
                  for f in os.listdir(os.path.join(d, "masks")) if ".stage" in f}
 
@@ -263,14 +287,19 @@ def main(argv=None):
             hooked.append(modules[path].register_forward_hook(
                 lambda _m, _i, out, keep=keep, axes=axes, prefix=prefix: MaskGrad.apply(out, row_mask(out, keep, axes, prefix))))
             print(f"block {b} region {k}: masking the output of {path} (stage {stage}, {int(keep.sum())} of {keep.size} rows kept)")
+        cores = {}
+        for b, (path, stage, prefix) in attention.items():
+            keep = masks[stage]
+            cores[path] = (torch.cat([torch.ones(prefix, dtype=torch.bool), torch.from_numpy(keep).reshape(-1)]), args.attention)
+            print(f"block {b}: attention in {path} split ({args.attention}; stage {stage}, {int(keep.sum())} of {keep.size} rows kept)")
         x = torch.from_numpy(np.load(os.path.join(ref, "input.npy"))).double()
         labels = torch.from_numpy(np.load(os.path.join(ref, "labels.npy")))
-        mode = ResidualMasks(model, targets)
+        mode = ResidualMasks(model, targets, cores)
         with mode:
             logits = model(x)
-        missed = set(targets) - mode.hits
+        missed = (set(targets) | set(cores)) - mode.hits
         if missed:
-            raise SystemExit(f"{args.family}: no addition found for residual {sorted(missed)}")
+            raise SystemExit(f"{args.family}: no residual addition or attention softmax found for {sorted(missed)}")
         torch.nn.functional.cross_entropy(logits, labels).backward()
         # The reference folder the comparison reads: this step's gradients in ONNX layout.
         want = os.path.join(d, "ref")
@@ -280,13 +309,17 @@ def main(argv=None):
             g = params[k].grad
             g = (torch.zeros_like(params[k]) if g is None else g).detach().float().numpy()
             np.save(os.path.join(want, "ts17", "grads", init.replace("/", "_") + ".npy"), g.T if tr else g)
+        # The step's own logits and loss: attention under qkv changes the forward by design.
+        np.save(os.path.join(want, "logits.npy"), logits.detach().float().numpy())
+        np.save(os.path.join(want, "loss.npy"),
+                np.array([torch.nn.functional.cross_entropy(logits, labels).item()], dtype=np.float32))
         if args.write:
-            target = os.path.join(ref, "ts17", f"sbp_p{args.phase}", "grads")
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(os.path.join(want, "ts17", "grads"), target)
-            print(f"wrote {target}")
-        for f in ("logits.npy", "loss.npy"):
-            os.link(os.path.join(ref, f), os.path.join(want, f))
+            folder = os.path.join(ref, "ts17", f"sbp_{'' if args.attention == 'qkv' else 'query_'}p{args.phase}")
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(os.path.join(want, "ts17", "grads"), os.path.join(folder, "grads"))
+            for f in ("logits.npy", "loss.npy"):
+                shutil.copy(os.path.join(want, f), folder)
+            print(f"wrote {folder}")
         with open(os.path.join(want, "manifest.json"), "w") as f:
             json.dump(manifest, f)
         return compare_family.main([want, "ts17", d])

@@ -255,13 +255,20 @@ struct SBPRewriter {
     let q = throughScaling(graph.nodes[scores].inputs[0]), kt = throughScaling(graph.nodes[scores].inputs[1])
     let v = graph.nodes[context].inputs[1], ctx = graph.nodes[context].outputs[0]
     let region = graph.nodesBetween(sources: [q, kt, v], sink: ctx, producer: producer)
+    let tokens = graph.type(of: q).shape[graph.type(of: q).rank - 2]
     for i in region {
       let n = graph.nodes[i]
       if case .softmax(let a) = n.op, a != graph.type(of: n.outputs[0]).rank - 1 {
         throw fail(block, "the attention softmax '\(n.name)' is not over the last axis")
       }
+      // A scalar scale, or an additive bias over (query, key) pairs (a relative-position
+      // table, a computed bias, a mask): each half reads the bias rows and columns of its
+      // own queries and keys.
       for x in n.inputs where !region.contains(where: { graph.nodes[$0].outputs.contains(x) }) && ![q, kt, v].contains(x) {
-        guard graph.type(of: x).elementCount == 1 else { throw fail(block, "the attention core reads a non-scalar operand at '\(n.name)'") }
+        let shape = graph.type(of: x).shape
+        guard graph.type(of: x).elementCount == 1 || (shape.count >= 2 && shape.suffix(2).allSatisfy { $0 == tokens || $0 == 1 }) else {
+          throw fail(block, "the attention core reads an operand at '\(n.name)' that is neither a scalar nor a bias over query and key tokens")
+        }
       }
     }
     let (kept, dropped) = indexInputs[stage]!
@@ -275,10 +282,11 @@ struct SBPRewriter {
       sub[v] = try emit(.gatherRows(axis: rv - 2), [v, kept], name: name + ".sbp.kept.v")[0]
       bias = try paddingBias(stage: stage, kept: kept)
     }
-    let keptCtx = try clone(region, substituting: sub, suffix: "sbp.kept", keyBias: bias)[ctx]!
+    let keptCtx = try clone(
+      region, sources: [q, kt, v], substituting: sub, suffix: "sbp.kept", keyBias: bias, tokens: tokens, queries: kept, keys: mode == .qkv ? kept : nil)[ctx]!
     // Dropped half: dropped queries attend to every key, without gradient.
     let dq = try emit(.gatherRows(axis: rq - 2), [q, dropped], name: name + ".sbp.dropped.q")[0]
-    let dropCtx = try clone(region, substituting: [q: dq], suffix: "sbp.dropped", keyBias: nil)[ctx]!
+    let dropCtx = try clone(region, sources: [q, kt, v], substituting: [q: dq], suffix: "sbp.dropped", keyBias: nil, tokens: tokens, queries: dropped, keys: nil)[ctx]!
     let stopped = try emit(.stopGradient, [dropCtx], name: name + ".sbp.dropped.stop")[0]
     let rc = graph.type(of: ctx).rank
     let sc = try emit(
@@ -302,14 +310,27 @@ struct SBPRewriter {
   }
 
   /// Appends a copy of every node of `region` that depends on a substituted value; nodes that do
-  /// not are shared. With `keyBias`, the bias is added to the softmax's operand.
-  mutating func clone(_ region: [Int], substituting sub: [ValueID: ValueID], suffix: String, keyBias: ValueID?) throws -> [ValueID: ValueID]
-  {
+  /// not are shared. With `keyBias`, the bias is added to the softmax's operand. An operand
+  /// from outside the region that spans the `tokens` query and key axes (a position bias) is
+  /// read at rows `queries` and, when given, columns `keys`.
+  mutating func clone(
+    _ region: [Int], sources: Set<ValueID>, substituting sub: [ValueID: ValueID], suffix: String, keyBias: ValueID?, tokens: Int,
+    queries: ValueID, keys: ValueID?
+  ) throws -> [ValueID: ValueID] {
     var map = sub
+    // q, k and v are the core's own inputs, whole where a half does not substitute them.
+    let inside = Set(region.flatMap { graph.nodes[$0].outputs }).union(sources)
     for i in region {
       let n = graph.nodes[i]
       guard n.inputs.contains(where: { map[$0] != nil }) else { continue }
       var ins = n.inputs.map { map[$0] ?? $0 }
+      for (j, x) in n.inputs.enumerated() where !inside.contains(x) && map[x] == nil && graph.type(of: x).elementCount > 1 {
+        let shape = graph.type(of: x).shape, r = shape.count
+        var b = x
+        if shape[r - 2] == tokens { b = try emit(.gatherRows(axis: r - 2), [b, queries], name: "\(n.name).\(suffix).bias")[0] }
+        if let keys, shape[r - 1] == tokens { b = try emit(.gatherRows(axis: r - 1), [b, keys], name: "\(n.name).\(suffix).bias")[0] }
+        ins[j] = b
+      }
       if case .softmax = n.op, let keyBias {
         ins[0] = try emit(.add, [ins[0], keyBias], name: "\(n.name).\(suffix).key_bias")[0]
       }

@@ -55,13 +55,21 @@ struct BlockMatcher {
   let ud: UseDef
   var producerIndex: [ValueID: Int] = [:]
 
+  /// Values computed from parameters and literals alone (a qkv bias concatenated from q and v
+  /// biases and zeros, a reshaped layer scale): constants for matching, whatever their ops.
+  var constantValues = Set<ValueID>()
+
   init(_ g: Graph) {
     self.g = g
     self.ud = g.index()
     for (i, n) in g.nodes.enumerated() { for o in n.outputs { producerIndex[o] = i } }
+    let inputs = Set(g.inputs.map(\.value))
+    for n in g.nodes where n.inputs.allSatisfy({ !inputs.contains($0) && (ud.param($0) != nil || ud.literal($0) != nil || constantValues.contains($0)) }) {
+      constantValues.formUnion(n.outputs)
+    }
   }
 
-  func isActivation(_ v: ValueID) -> Bool { ud.param(v) == nil && ud.literal(v) == nil }
+  func isActivation(_ v: ValueID) -> Bool { ud.param(v) == nil && ud.literal(v) == nil && !constantValues.contains(v) }
 
   // MARK: Residual units
 
@@ -173,6 +181,11 @@ struct BlockMatcher {
     }
     // Not one chain: split each PW-Conv node's row-wise region on its own.
     if case .failure = direct, let unit = matchSegments(add: add, x: x, branch: branch) { return .success(unit) }
+    // At the end of a hierarchy the grid can be one position: there are no rows to drop.
+    let grid = g.type(of: x).shape
+    if case .failure = direct, grid.count == 4, grid[2] * grid[3] == 1 || grid[1] * grid[2] == 1 {
+      return .failure(MatchFailure("the unit's grid is \(grid[1] * grid[2] == 1 ? "\(grid[1])x\(grid[2])" : "\(grid[2])x\(grid[3])") and a 1x1 grid has one position: no rows to split"))
+    }
     return direct
   }
 
@@ -252,7 +265,9 @@ struct BlockMatcher {
     for i in branch where roles[i] == nil {
       let n = g.nodes[i]
       let scaling = [.mul, .div, .add].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i > scores && i < softmax
-      let qkScaling = [.mul, .div].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i < scores
+      // Before the scores, q and k may be scaled, biased or rotated (RoPE's per-token sin and
+      // cos): element-wise ops on full rows, ahead of the gathers that split the core.
+      let qkScaling = i < scores && (n.op.isElementwise || { if case .concat = n.op { return true } else { return false } }())
       guard n.op.isDataMovement || scaling || qkScaling || isConstantNode(n) else {
         return .failure(MatchFailure("unexpected \(describe(n)) in the attention branch"))
       }
@@ -500,10 +515,11 @@ struct BlockMatcher {
     var out: [PendingAnnotation] = []
     var units: [Unit] = []
     let found = residuals()
+    var failures: [(add: Int, reason: String)] = []
     for r in found {
       switch classify(add: r.add, x: r.x, fx: r.fx, branch: r.branch) {
       case .success(let u): units.append(u)
-      case .failure(let f): out.append(PendingAnnotation(node: r.add, key: Annotation.unmatched, value: .string(f.reason)))
+      case .failure(let f): failures.append((r.add, f.reason))
       }
     }
     for s in twoBranchSums(excluding: Set(found.map(\.add))) {
@@ -537,12 +553,18 @@ struct BlockMatcher {
         sides.contains("moved")
         ? "a shortcut that only moves x (a transpose or reshape), which mark does not follow yet"
         : sides.contains("scaled") ? "a scaled shortcut s·x + f(x)" : "a projection shortcut proj(x) + f(x)"
-      out.append(
-        PendingAnnotation(
-          node: s.add, key: Annotation.unmatched,
-          value: .string(
-            "both sides of the sum are computed from \(c): \(kind), and neither side has a PW-Conv node "
-              + "(a 1×1 conv or channel linear) on a token grid larger than 1×1 to split")))
+      failures.append(
+        (
+          s.add,
+          "both sides of the sum are computed from \(c): \(kind), and neither side has a PW-Conv node "
+            + "(a 1×1 conv or channel linear) on a token grid larger than 1×1 to split"
+        ))
+    }
+    // A sum inside a matched branch (RoPE's x·cos + rot(x)·sin, GRN's x + γ·x·N(x)) is part of
+    // that unit, not a residual unit of its own.
+    let matched = Set(units.flatMap(\.branch))
+    for f in failures where !matched.contains(f.add) {
+      out.append(PendingAnnotation(node: f.add, key: Annotation.unmatched, value: .string(f.reason)))
     }
     // Group: an MHSA unit and the MLP unit reading its sum form one block; other units stand alone.
     var groups: [[Unit]] = []
