@@ -444,11 +444,15 @@ struct BlockMatcher {
   func sequenceLayout(of x: ValueID) -> Layout? {
     let s = g.type(of: x).shape
     guard s.count == 3 else { return nil }
+    // Breadth-first up the graph, so the nearest conv is found first; deep in a network that
+    // can be thousands of nodes up (EVA-02's twelfth block).
     var seen = Set<Int>()
     var queue = [x]
-    while !queue.isEmpty {
-      let v = queue.removeFirst()
-      guard let p = producerIndex[v], seen.insert(p).inserted, seen.count < 256 else { continue }
+    var head = 0
+    while head < queue.count {
+      let v = queue[head]
+      head += 1
+      guard let p = producerIndex[v], seen.insert(p).inserted else { continue }
       let n = g.nodes[p]
       if case .conv = n.op {
         let o = g.type(of: n.outputs[0]).shape
