@@ -139,6 +139,11 @@ struct BlockMatcher {
     return out
   }
 
+  /// Data movement, or a product with a constant: what a scaled shortcut does to x.
+  func isScaling(_ n: Node) -> Bool {
+    n.op.isDataMovement || (n.op == .mul && n.inputs.filter(isActivation).count == 1)
+  }
+
   /// Follows data movement backward from `v`; returns the first value a compute node defines (or v).
   func throughMovement(_ v: ValueID, within: Set<Int>) -> ValueID {
     var v = v
@@ -185,6 +190,18 @@ struct BlockMatcher {
     let grid = g.type(of: x).shape
     if case .failure = direct, grid.count == 4, grid[2] * grid[3] == 1 || grid[1] * grid[2] == 1 {
       return .failure(MatchFailure("the unit's grid is \(grid[1] * grid[2] == 1 ? "\(grid[1])x\(grid[2])" : "\(grid[2])x\(grid[3])") and a 1x1 grid has one position: no rows to split"))
+    }
+    if case .failure = direct, !branch.contains(where: { if case .linear = g.nodes[$0].op { return true } else { return false } }) {
+      let mixers = Set(branch.compactMap { i -> String? in
+        switch g.nodes[i].op {
+        case .conv: return "k×k convs"
+        case .averagePool, .maxPool, .globalAveragePool: return "pooling"
+        case .batchNorm, .batchNormTraining: return "BatchNorm"
+        default: return nil
+        }
+      }).sorted()
+      let what = mixers.isEmpty ? "" : "; its \(mixers.joined(separator: ", ")) mix rows"
+      return .failure(MatchFailure("no PW-Conv node (a 1×1 conv or channel linear) and no attention in the branch\(what): nothing splits by rows"))
     }
     return direct
   }
@@ -530,6 +547,16 @@ struct BlockMatcher {
       // Both sides are branches of the common value: the PW-Conv nodes of either split.
       let paths = g.nodes[s.add].inputs.map { path(from: s.common, to: $0) ?? [] }
       let branch = Array(Set(paths.flatMap { $0 })).sorted()
+      // A scaled shortcut s·x + f(x) (ConvFormer's and CAFormer's res_scale): f is a
+      // branch like any other, MHSA included.
+      if let k = paths.firstIndex(where: { side in side.allSatisfy { isScaling(g.nodes[$0]) } }), paths.count == 2 {
+        let f = paths[1 - k], fx = g.nodes[s.add].inputs[1 - k]
+        if !f.isEmpty, case .success(var u) = classify(add: s.add, x: s.common, fx: fx, branch: f) {
+          u.branch = (f + paths[k]).sorted()
+          units.append(u)
+          continue
+        }
+      }
       if !branch.isEmpty, escaping(branch).subtracting(g.nodes[s.add].inputs).isEmpty,
         let u = matchSegments(add: s.add, x: s.common, branch: branch)
       {
@@ -597,6 +624,15 @@ struct BlockMatcher {
       guard let lay = group[0].segments.isEmpty ? layout(of: group[0].x, unit: group[0], known: known) : segmentLayout(group[0]) else {
         for u in group {
           out.append(PendingAnnotation(node: u.add, key: Annotation.unmatched, value: .string("no token grid found for the block input")))
+        }
+        continue
+      }
+      // One position has no rows to drop (the last stage of a small input).
+      if lay.grid.reduce(1, *) <= 1 {
+        for u in group {
+          out.append(
+            PendingAnnotation(
+              node: u.add, key: Annotation.unmatched, value: .string("the unit's grid is 1x1 and a 1x1 grid has one position: no rows to split")))
         }
         continue
       }

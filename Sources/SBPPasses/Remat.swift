@@ -39,6 +39,17 @@ public struct Rematerialize: Pass {
         guard let whole = try recompute(x, depth: depth + 1, root: false) else { return nil }
         return try graph.append(.gatherRows(axis: t), [whole, idx], name: (producer[x].map { graph.nodes[$0].name } ?? "") + ".remat")[0]
       }
+      // Kept rows of a merged view of f(a), f element-wise on one operand (a ReLU before an
+      // NCHW 1×1 conv): f of the kept rows of the same view of a, when a is saved. Recomputing
+      // f(a) whole first would hold a full-size result in the backward for half of it.
+      if let q = producer[x], case .reshape(let shape) = graph.nodes[q].op, let r = producer[graph.nodes[q].inputs[0]],
+        case .unary = graph.nodes[r].op, graph.nodes[r].inputs.count == 1, saved.contains(graph.nodes[r].inputs[0])
+      {
+        let a = graph.nodes[r].inputs[0]
+        let view = try graph.append(.reshape(shape), [a], name: graph.nodes[q].name + ".remat", attrs: graph.nodes[q].attrs)[0]
+        let g = try graph.append(.gatherRows(axis: t), [view, idx], name: graph.nodes[q].name + ".remat")[0]
+        return try graph.append(graph.nodes[r].op, [g], name: graph.nodes[r].name + ".remat", attrs: graph.nodes[r].attrs)[0]
+      }
       guard depth <= 6, let q = producer[x], graph.nodes[q].op.isCheapToRecompute, graph.nodes[q].outputs.count == 1,
         let m = sinker.operandAxes(graph.nodes[q], t: t)
       else { return nil }

@@ -132,6 +132,47 @@ public struct Schedule: Pass {
       run(best)
       if let p = partner[best], pending.contains(p), ready(p) { run(p) }
     }
-    graph.nodes = order.map { nodes[$0] }
+    graph.nodes = sinkRecomputedRows(order.map { nodes[$0] }, loss: loss, persistent: persistent)
+  }
+
+  /// Moves each backward chain that rebuilds kept rows from saved forward values (a view, a
+  /// gather of kept rows, an element-wise op on them: ResNet's ReLU before a split 1×1 conv)
+  /// to just before its first reader. The list schedule may run such a chain as soon as its
+  /// operands are ready, early in the backward, and hold its rows across the peak. A node
+  /// moves only when no operand's last reading moves later with it.
+  func sinkRecomputedRows(_ nodes: [Node], loss: Int, persistent: Set<ValueID>) -> [Node] {
+    var nodes = nodes
+    var producer = [ValueID: Int]()
+    for (i, n) in nodes.enumerated() { for o in n.outputs { producer[o] = i } }
+    var chain = Set<Int>()
+    for i in (loss + 1)..<nodes.count {
+      let op = nodes[i].op
+      let rowOp: Bool
+      switch op {
+      case .gatherRows, .reshape, .unary: rowOp = true
+      default: rowOp = false
+      }
+      guard rowOp, nodes[i].outputs.count == 1,
+        nodes[i].inputs.allSatisfy({ v in producer[v].map { $0 <= loss || chain.contains($0) } ?? true })
+      else { continue }
+      chain.insert(i)
+    }
+    guard !chain.isEmpty else { return nodes }
+    let moving = chain.sorted(by: >).map { nodes[$0].outputs[0] }
+    let chainValues = Set(moving)
+    for out in moving {
+      guard let i = nodes.firstIndex(where: { $0.outputs.first == out }) else { continue }
+      let readers = nodes.indices.filter { nodes[$0].inputs.contains(out) }
+      guard let first = readers.min(), first > i + 1 else { continue }
+      // Each operand must still be read at or after the new position, be persistent, or come
+      // from the chain, which follows (it is moved in reverse order).
+      let ok = nodes[i].inputs.allSatisfy { v in
+        persistent.contains(v) || chainValues.contains(v) || nodes.indices.contains { j in j >= first && nodes[j].inputs.contains(v) }
+      }
+      guard ok else { continue }
+      let n = nodes.remove(at: i)
+      nodes.insert(n, at: first - 1)
+    }
+    return nodes
   }
 }
