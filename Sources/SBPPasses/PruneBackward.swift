@@ -208,11 +208,22 @@ public struct PruneBackward: Pass {
       let y = try g.append(n.op, [try gather(n.inputs[0], s), try gather(n.inputs[1], s)], name: n.name, attrs: n.attrs)[0]
       redirect(n.outputs[0], try scatter(y, like: n.outputs[0], s))
       return true
+    // The gradient through a product of two rows (SwiGLU's silu(g)·x): zero wherever the
+    // incoming gradient is, so only the kept rows of the other factor are read (and saved).
+    case .mul:
+      let t = g.type(of: n.outputs[0])
+      guard n.inputs.count == 2, n.inputs.allSatisfy({ g.type(of: $0) == t }),
+        let k = n.inputs.firstIndex(where: { support[$0] != nil }), let s = support[n.inputs[k]],
+        support[n.inputs[1 - k]] == nil
+      else { return false }
+      let y = try g.append(n.op, [try gather(n.inputs[0], s), try gather(n.inputs[1], s)], name: n.name, attrs: n.attrs)[0]
+      redirect(n.outputs[0], try scatter(y, like: n.outputs[0], s))
+      return true
     case .reduceSum(let axes, _):
       guard let s = support[n.inputs[0]], axes.contains(s.axis) else { return false }
       g.nodes[i].inputs = [try gather(n.inputs[0], s)]
       return true
-    case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax,
+    case .constant, .add, .sub, .div, .pow, .equal, .select, .unary, .cast, .matMul, .gemm, .conv, .layerNorm, .softmax,
       .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
       .reduceMean, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
       .averagePool,

@@ -33,13 +33,13 @@ extension BlockMatcher {
   }
 
   /// The token layout of `v` when a linear over `channelAxis` reads it as rows on a token
-  /// grid of more than one position; nil otherwise (SE's pooled 1×1 map, a transposed
-  /// sequence whose "channels" are tokens, attention heads reshaped into a 4-D value).
+  /// grid of more than one position; nil otherwise (SE's pooled 1×1 map, attention heads
+  /// reshaped into a 4-D value).
   func tokenGrid(of v: ValueID, channelAxis a: Int) -> Layout? {
     let s = g.type(of: v).shape
-    // What moved the value here: a sequence seen through a transpose has its tokens on the
-    // contracted axis (MLP-Mixer's and ResMLP's token mixing), a 4-D value made by a reshape
-    // is not an image grid.
+    // What moved the value here: a 4-D value made by a reshape is not an image grid (attention
+    // heads). A transposed sequence (MLP-Mixer's token mixing) is caught by the caller, which
+    // follows the branch's transposes from the unit's input.
     var moves: [Op] = []
     var u = v
     while let p = producerIndex[u], g.nodes[p].op.isDataMovement {
@@ -51,7 +51,7 @@ extension BlockMatcher {
       return Layout(name: "nchw", tokenAxes: [2, 3], grid: [s[2], s[3]], prefix: 0)
     case (4, 3) where s[1] * s[2] > 1 && !moves.contains(where: { if case .reshape = $0 { return true } else { return false } }):
       return Layout(name: "nhwc", tokenAxes: [1, 2], grid: [s[1], s[2]], prefix: 0)
-    case (3, 2) where !moves.contains(where: { if case .transpose = $0 { return true } else { return false } }):
+    case (3, 2):
       return sequenceLayout(of: v)
     default:
       return nil
