@@ -159,7 +159,8 @@ class ResidualMasks(TorchFunctionMode):
             # every key (query), with gradient; dropped queries attend to every key, without.
             rows, mode = core
             s = args[0]
-            keys = torch.zeros(s.shape[-1], dtype=s.dtype) if mode == "query" else \
+            # Keys on another grid (PVT's spatial reduction): queries split only, as sbpc does.
+            keys = torch.zeros(s.shape[-1], dtype=s.dtype) if mode == "query" or s.shape[-1] != rows.numel() else \
                 torch.where(rows, torch.zeros((), dtype=s.dtype), torch.full((), float("-inf"), dtype=s.dtype))
             kept = func(s + keys, *args[1:], **kwargs)
             self.pending[self.stack[-1]] = (func(s, *args[1:], **kwargs).detach(), rows)

@@ -16,6 +16,9 @@ public enum Annotation {
   /// A row-wise region split on its own (`Segment`), numbered within its block; its first
   /// node carries the region's token axes, grid and prefix, and every node its stage.
   public static let segment = "sbp.segment"
+  /// On an attention softmax whose keys come from another grid: "query", the split that
+  /// core gets whatever `--attention` says.
+  public static let attention = "sbp.attention"
   // insert-sbp and prune-backward.
   public static let from = "sbp.from"
   public static let sparseRows = "sbp.sparse_rows"

@@ -241,7 +241,10 @@ struct SBPRewriter {
   // MARK: Attention
 
   mutating func splitAttention(block: Int, stage: Int, scores: Int, context: Int) throws {
-    let mode = layout.options.attention
+    // Keys and values from another grid (mark says so on the softmax): only queries split.
+    let reduced = graph.nodes.contains { $0.attrs[Annotation.attention] == .string("query") && $0.inputs.first == graph.nodes[scores].outputs.first }
+      || graph.type(of: graph.nodes[scores].outputs[0]).shape.last != graph.type(of: graph.nodes[scores].inputs[0]).shape.dropLast().last
+    let mode: AttentionSplit = reduced ? .query : layout.options.attention
     func throughScaling(_ v: ValueID) -> ValueID {
       var v = v
       while let p = producer[v], [.mul, .div].contains(graph.nodes[p].op),

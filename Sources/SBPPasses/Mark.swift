@@ -40,6 +40,8 @@ struct Unit {
   var hasDepthwise: Bool
   /// The row-wise regions split one by one, for a branch that is not one MLP or PW-Conv chain.
   var segments: [Segment] = []
+  /// Keys and values on another grid: the attention core splits its queries only.
+  var queryOnly = false
 }
 
 /// Token layout of a block's input.
@@ -242,9 +244,37 @@ struct BlockMatcher {
     }
     roles[norm] = "mhsa.norm"
     let normOut = g.nodes[norm].outputs[0]
-    let projections = branch.filter { if case .linear = g.nodes[$0].op { return g.nodes[$0].inputs[0] == normOut } else { return false } }
+    var projections = branch.filter { if case .linear = g.nodes[$0].op { return g.nodes[$0].inputs[0] == normOut } else { return false } }
+    // Keys and values computed from another grid (PVT's spatial reduction: a stride = kernel
+    // conv, a norm and a kv linear on the reduced tokens): whatever computes them runs whole,
+    // and only the queries split (`query` semantics, whatever --attention says).
+    func ancestors(_ v: ValueID) -> Set<Int> {
+      var seen = Set<Int>(), stack = [producerIndex[v]].compactMap { $0 }
+      while let i = stack.popLast() {
+        guard inBranch.contains(i), seen.insert(i).inserted else { continue }
+        stack += g.nodes[i].inputs.compactMap { producerIndex[$0] }
+      }
+      return seen
+    }
+    let qSide = ancestors(g.nodes[scores].inputs[0])
+    let kvSide = ancestors(g.nodes[scores].inputs[1]).union(ancestors(g.nodes[context].inputs[1])).subtracting(qSide)
+    let qTokens = g.type(of: g.nodes[scores].inputs[0]).shape.dropLast().last
+    let kTokens = g.type(of: g.nodes[scores].outputs[0]).shape.last
+    let reducedKeys = qTokens != kTokens
+    if reducedKeys {
+      for i in kvSide { if case .linear = g.nodes[i].op { roles[i] = "mhsa.kv" } }
+      projections = projections.filter { qSide.contains($0) }
+      guard projections.count == 1 else {
+        return .failure(MatchFailure("keys and values come from another grid, but \(projections.count) linears make the queries"))
+      }
+      roles[projections[0]] = "mhsa.q"
+    }
     switch projections.count {
+    case _ where reducedKeys: break
     case 1: roles[projections[0]] = "mhsa.qkv"
+    // q, and kv in one linear (PVT's last stage, where the reduction ratio is 1).
+    case 2 where projections.filter({ qSide.contains($0) }).count == 1 && projections.filter({ kvSide.contains($0) }).count == 1:
+      for p in projections { roles[p] = qSide.contains(p) ? "mhsa.q" : "mhsa.kv" }
     case 3:
       let q = g.nodes[scores].inputs[0], k = g.nodes[scores].inputs[1], val = g.nodes[context].inputs[1]
       for p in projections {
@@ -261,7 +291,7 @@ struct BlockMatcher {
         return .failure(MatchFailure("three projections read the norm but do not map onto q, k and v"))
       }
     default:
-      return .failure(MatchFailure("\(projections.count) linear projections read the attention norm; expected qkv (1) or q, k, v (3)"))
+      return .failure(MatchFailure("\(projections.count) linear projections read the attention norm; expected qkv (1), q and kv (2) or q, k, v (3)"))
     }
     // After the context: exactly one linear (proj), then an optional layer-scale mul.
     let ctxOut = g.nodes[context].outputs[0]
@@ -279,7 +309,7 @@ struct BlockMatcher {
       roles[i] = "mhsa.scale"
     }
     // Anything else in the branch must be data movement or constant scaling around the scores.
-    for i in branch where roles[i] == nil {
+    for i in branch where roles[i] == nil && !(reducedKeys && kvSide.contains(i)) {
       let n = g.nodes[i]
       let scaling = [.mul, .div, .add].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i > scores && i < softmax
       // Before the scores, q and k may be scaled, biased or rotated (RoPE's per-token sin and
@@ -289,7 +319,9 @@ struct BlockMatcher {
         return .failure(MatchFailure("unexpected \(describe(n)) in the attention branch"))
       }
     }
-    return .success(Unit(kind: .mhsa, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false))
+    var unit = Unit(kind: .mhsa, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false)
+    unit.queryOnly = reducedKeys
+    return .success(unit)
   }
 
   /// "relu 'name'" for messages, or just the op when the node has no name.
@@ -640,7 +672,7 @@ struct BlockMatcher {
       let stage = stageIndex(of: lay.grid)
       stageStarts.append((lay.grid, stage, group[0].add))
       var segmentIndex = 0
-      let kind = group.map { $0.hasDepthwise ? "dwconv+" + $0.kind.rawValue : $0.kind.rawValue }.joined(separator: "+")
+      let kind = group.map { ($0.hasDepthwise ? "dwconv+" : "") + $0.kind.rawValue + ($0.queryOnly ? "(query)" : "") }.joined(separator: "+")
       for u in group {
         known[g.nodes[u.add].outputs[0]] = lay
         for i in u.branch + [u.add] {
@@ -649,6 +681,9 @@ struct BlockMatcher {
           out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(stage)))
         }
         for (i, r) in u.roles { out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string(r))) }
+        if u.queryOnly, let sm = u.roles.first(where: { $0.value == "mhsa.softmax" })?.key {
+          out.append(PendingAnnotation(node: sm, key: Annotation.attention, value: .string("query")))
+        }
         for seg in u.segments {
           for i in seg.nodes {
             out.append(PendingAnnotation(node: i, key: Annotation.segment, value: .int(segmentIndex)))
