@@ -166,6 +166,10 @@ struct BlockMatcher {
   /// Classifies a residual branch; returns the unit or the reason it matches nothing.
   func classify(add: Int, x: ValueID, fx: ValueID, branch: [Int]) -> Result<Unit, MatchFailure> {
     let inBranch = Set(branch)
+    // CaiT's class attention and its MLP update the class token alone.
+    if g.type(of: x).rank == 3, g.type(of: x).shape[1] == 1 {
+      return .failure(MatchFailure("the unit updates one token (class attention): no rows to split"))
+    }
     // Every value the branch computes, except f(x), must stay inside it.
     for i in branch {
       for o in g.nodes[i].outputs where o != fx {
@@ -225,7 +229,14 @@ struct BlockMatcher {
       guard act.count == 1 else { break }
       v = act[0]
     }
-    guard let scores else { return .failure(MatchFailure("the softmax is not fed by a matmul of two activations (attention scores)")) }
+    guard let scores else {
+      // Say what stands between the softmax and its scores (talking heads' linear over heads,
+      // LeViT's BatchNorm-folded bias), so the reason names the op to support.
+      let blocker = producerIndex[v].flatMap { inBranch.contains($0) ? describe(g.nodes[$0]) : nil }
+      return .failure(
+        MatchFailure(
+          "the softmax is not fed by a matmul of two activations (attention scores)" + (blocker.map { "; it reads \($0)" } ?? "")))
+    }
     roles[scores] = "mhsa.scores"
     let sOut = g.nodes[softmax].outputs[0]
     guard let context = ud.users(sOut).first(where: { g.nodes[$0].op == .matMul && g.nodes[$0].inputs[0] == sOut }),
@@ -654,8 +665,13 @@ struct BlockMatcher {
     var stageStarts: [(grid: [Int], stage: Int, firstAdd: Int)] = []
     for group in groups {
       guard let lay = group[0].segments.isEmpty ? layout(of: group[0].x, unit: group[0], known: known) : segmentLayout(group[0]) else {
+        // One token (CaiT's class attention updates the class token alone) has no rows to drop.
+        let single = g.type(of: group[0].x).rank == 3 && g.type(of: group[0].x).shape[1] == 1
         for u in group {
-          out.append(PendingAnnotation(node: u.add, key: Annotation.unmatched, value: .string("no token grid found for the block input")))
+          out.append(
+            PendingAnnotation(
+              node: u.add, key: Annotation.unmatched,
+              value: .string(single ? "the unit updates one token (class attention): no rows to split" : "no token grid found for the block input")))
         }
         continue
       }
