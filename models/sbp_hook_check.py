@@ -73,6 +73,7 @@ def split_branches(sbpc, onnx_path, batch, blocks):
     ir = run([sbpc, "opt", onnx_path, "--passes", "canonicalize,mark", "--batch", str(batch)])
     tokenwise, attention, residual = set(), {}, {}
     segments = {}  # (block, k) -> [scope of its last node, stage, token axes, prefix]
+    linears = []  # (scope, block, stage or None for the block's) of every split linear
     downsamplers, first_of_stage = [], {}
     for line in ir.splitlines():
         m = IR_LINE.match(line)
@@ -90,6 +91,8 @@ def split_branches(sbpc, onnx_path, batch, blocks):
             continue
         block = int(b.group(1))
         seg = re.search(r"sbp\.segment=(\d+)", attrs)
+        if " = linear(" in line and role.group(1) in ("mlp.fc1", "mlp.fc2", "pwconv"):
+            linears.append((m.group(3), block, int(st.group(1)) if seg else None))
         if seg:
             # A row-wise region split on its own: its output is its last node's.
             key = (block, int(seg.group(1)))
@@ -118,7 +121,51 @@ def split_branches(sbpc, onnx_path, batch, blocks):
             k += 1
     # Attention cores: (the module whose forward takes the softmax, stage, prefix).
     cores = {b: (module_path(scope), residual[b][2], residual[b][4]) for b, scope in attention.items()}
-    return {b: residual[b] for b in sorted(tokenwise)}, {k: tuple(v) for k, v in segments.items()}, cores
+    # For --algorithm1: each split linear with its stage and the prefix of its block's tokens.
+    split_linears = [(scope, stage if stage is not None else residual[b][2], residual[b][4]) for scope, b, stage in linears]
+    downs = [(scope, stage) for scope, stage in downsamplers if first_of_stage.get(stage) in blocks]
+    return ({b: residual[b] for b in sorted(tokenwise)}, {k: tuple(v) for k, v in segments.items()}, cores,
+            (split_linears, downs))
+
+
+def kept_rows(keep, prefix):
+    """Token indices kept and dropped by the [H, W] mask, after `prefix` always-kept tokens."""
+    flat = torch.from_numpy(keep.reshape(-1))
+    kept = torch.cat([torch.arange(prefix), prefix + torch.nonzero(flat).flatten()])
+    return kept, prefix + torch.nonzero(~flat).flatten()
+
+
+def algorithm1(module, keep, prefix, downsample=False):
+    """A forward hook that recomputes `module`'s output as Algorithm 1 does, independently of
+    the gradient masks: the kept rows of its input through the module with gradient, the
+    dropped rows through it without, reassembled. Rows are tokens of a Linear's input
+    ([B, N, C] or [B, H, W, C]), positions of a 1x1 Conv2d's, or patches of a stride = kernel
+    Conv2d's output."""
+    kept, dropped = kept_rows(keep, prefix)
+
+    def hook(m, inputs, _out):
+        x = inputs[0]
+        if isinstance(m, torch.nn.Linear):
+            rows = x.reshape(x.shape[0], -1, x.shape[-1])
+            f, axis = (lambda r: torch.nn.functional.linear(r, m.weight, m.bias)), 1
+        elif isinstance(m, torch.nn.Conv2d) and downsample:
+            k = m.kernel_size
+            rows = torch.nn.functional.unfold(x, k, stride=m.stride)  # [B, C*k*k, L]
+            w = m.weight.reshape(m.weight.shape[0], -1)
+            f, axis = (lambda r: torch.einsum("ok,bkl->bol", w, r) + (m.bias[None, :, None] if m.bias is not None else 0)), 2
+        elif isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1):
+            rows = x.flatten(2)
+            f, axis = (lambda r: torch.nn.functional.conv2d(r[..., None], m.weight, m.bias)[..., 0]), 2
+        else:
+            raise SystemExit(f"--algorithm1: {type(m).__name__} {m} is not a Linear, 1x1 Conv2d or patch downsampler")
+        yk = f(rows.index_select(axis, kept))
+        with torch.no_grad():
+            yd = f(rows.index_select(axis, dropped))
+        shape = list(yk.shape)
+        shape[axis] = rows.shape[axis]
+        y = yk.new_zeros(shape).index_copy(axis, kept, yk).index_copy(axis, dropped, yd)
+        return y.reshape(_out.shape)
+    return module.register_forward_hook(hook)
 
 
 class MaskGrad(torch.autograd.Function):
@@ -244,6 +291,9 @@ def main(argv=None):
     ap.add_argument("--attention", choices=["qkv", "query"], default="qkv",
                     help="how sbpc splits attention cores (compile --attention); the oracle applies the same rule")
     ap.add_argument("--write", action="store_true", help="commit the PyTorch gradients as the family's SBP reference")
+    ap.add_argument("--algorithm1", action="store_true",
+                    help="split each linear and downsampler explicitly (kept rows with gradient, dropped rows without) "
+                         "instead of masking gradients: the second reference, which must agree")
     args = ap.parse_args(argv)
     ref = os.path.join(os.path.dirname(os.path.abspath(__file__)), "families", args.family)
     manifest = json.load(open(os.path.join(ref, "manifest.json")))
@@ -261,7 +311,7 @@ def main(argv=None):
                     "--dump-grads", os.path.join(d, "grads"), "--dump-logits", os.path.join(d, "logits.npy"),
                     "--dump-mask", os.path.join(d, "masks"), "--dump-loss"])
         np.save(os.path.join(d, "loss.npy"), np.array([float(loss.split()[0])], dtype=np.float32))
-        branches, segments, attention = split_branches(args.sbpc, onnx_path, batch, set(blocks))
+        branches, segments, attention, explicit = split_branches(args.sbpc, onnx_path, batch, set(blocks))
         masks = {int(re.search(r"stage(\d+)", f).group(1)): np.load(os.path.join(d, "masks", f)).astype(bool)
                  for f in os.listdir(os.path.join(d, "masks")) if ".stage" in f}
 
@@ -276,10 +326,20 @@ def main(argv=None):
             targets[residual_key(scope)] = (operand, lambda t, keep=keep, axes=axes, prefix=prefix: row_mask(t, keep, axes, prefix))
             print(f"block {b}: masking the branch at {scope} (operand {operand}; stage {stage}, "
                   f"{int(keep.sum())} of {keep.size} rows kept)")
-        # A region split on its own ends at a module's output (a 1x1 conv, an activation, a
-        # layer scale): its gradient is masked there, which for a row-wise region is Algorithm 1.
         modules = dict(model.named_modules())
         hooked = []
+        if args.algorithm1:
+            # Every split linear and downsampler computed as Algorithm 1 writes it, instead of
+            # masking gradients: a second, independent reference for the same semantics.
+            split_linears, downs = explicit
+            for scope, stage, prefix in split_linears:
+                hooked.append(algorithm1(modules[module_path(scope)], masks[stage], prefix))
+            for scope, stage in downs:
+                hooked.append(algorithm1(modules[module_path(scope)], masks[stage], 0, downsample=True))
+            print(f"Algorithm 1 on {len(split_linears)} linears and {len(downs)} downsamplers")
+            targets, segments = {}, {}
+        # A region split on its own ends at a module's output (a 1x1 conv, an activation, a
+        # layer scale): its gradient is masked there, which for a row-wise region is Algorithm 1.
         for (b, k), (scope, stage, axes, prefix) in sorted(segments.items()):
             path = module_path(scope)
             if path not in modules:
