@@ -374,10 +374,20 @@ def main(argv=None):
         np.save(os.path.join(want, "logits.npy"), logits.detach().float().numpy())
         np.save(os.path.join(want, "loss.npy"),
                 np.array([torch.nn.functional.cross_entropy(logits, labels).item()], dtype=np.float32))
+        # BatchNorm's running statistics after the step: an attention split under qkv changes
+        # the forward, so they are the SBP step's own.
+        buffers = dict(model.named_buffers())
+        os.makedirs(os.path.join(want, "ts17", "state"))
+        for init in manifest["exports"]["ts17"]["state"]:
+            if init not in buffers:
+                raise SystemExit(f"{args.family}: no buffer named {init} for the BatchNorm statistic")
+            np.save(os.path.join(want, "ts17", "state", init.replace("/", "_") + ".npy"), buffers[init].detach().float().numpy())
         if args.write:
             folder = os.path.join(ref, "ts17", f"sbp_{'' if args.attention == 'qkv' else 'query_'}p{args.phase}")
             shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(os.path.join(want, "ts17", "grads"), os.path.join(folder, "grads"))
+            if manifest["exports"]["ts17"]["state"]:
+                shutil.copytree(os.path.join(want, "ts17", "state"), os.path.join(folder, "state"))
             for f in ("logits.npy", "loss.npy"):
                 shutil.copy(os.path.join(want, f), folder)
             print(f"wrote {folder}")

@@ -245,16 +245,13 @@ struct BlockMatcher {
       return .failure(MatchFailure("the softmax output does not feed a matmul with the values (attention context)"))
     }
     roles[context] = "mhsa.context"
-    // Norm: a layer_norm reading x.
-    guard
-      let norm = branch.first(where: {
-        if case .layerNorm = g.nodes[$0].op { return throughMovement(g.nodes[$0].inputs[0], within: inBranch) == x } else { return false }
-      })
-    else {
-      return .failure(MatchFailure("the attention branch has no layer_norm on its input"))
-    }
-    roles[norm] = "mhsa.norm"
-    let normOut = g.nodes[norm].outputs[0]
+    // Norm: a layer_norm reading x; without one (LeViT normalizes after each linear), the
+    // projections read x itself.
+    let norm = branch.first(where: {
+      if case .layerNorm = g.nodes[$0].op { return throughMovement(g.nodes[$0].inputs[0], within: inBranch) == x } else { return false }
+    })
+    if let norm { roles[norm] = "mhsa.norm" }
+    let normOut = norm.map { g.nodes[$0].outputs[0] } ?? x
     var projections = branch.filter { if case .linear = g.nodes[$0].op { return g.nodes[$0].inputs[0] == normOut } else { return false } }
     // Keys and values computed from another grid (PVT's spatial reduction: a stride = kernel
     // conv, a norm and a kv linear on the reduced tokens): whatever computes them runs whole,
@@ -304,20 +301,32 @@ struct BlockMatcher {
     default:
       return .failure(MatchFailure("\(projections.count) linear projections read the attention norm; expected qkv (1), q and kv (2) or q, k, v (3)"))
     }
-    // After the context: exactly one linear (proj), then an optional layer-scale mul.
+    // After the context: element-wise ops (LeViT's HardSwish), one linear (proj), then an
+    // optional layer-scale mul or a BatchNorm (LeViT's linear + BatchNorm). They run on
+    // every row: the split is the core's.
     let ctxOut = g.nodes[context].outputs[0]
     let after = branch.filter { $0 > context && !g.nodes[$0].op.isDataMovement }
-    guard let proj = after.first, case .linear = g.nodes[proj].op, throughMovement(g.nodes[proj].inputs[0], within: inBranch) == ctxOut
+    let lead = after.prefix { g.nodes[$0].op.isElementwise && !(g.nodes[$0].op == .mul && g.nodes[$0].inputs.contains(where: { ud.trainableParam($0) != nil })) }
+    var fromCtx = ctxOut
+    for i in lead {
+      guard throughMovement(g.nodes[i].inputs[0], within: inBranch) == fromCtx || g.nodes[i].inputs.contains(where: { throughMovement($0, within: inBranch) == fromCtx })
+      else { break }
+      fromCtx = g.nodes[i].outputs[0]
+    }
+    let rest = after.dropFirst(lead.count)
+    guard let proj = rest.first, case .linear = g.nodes[proj].op, throughMovement(g.nodes[proj].inputs[0], within: inBranch) == fromCtx
     else {
       return .failure(MatchFailure("no output projection (linear) follows the attention context"))
     }
     roles[proj] = "mhsa.proj"
-    for i in after.dropFirst() {
+    for i in lead { roles[i] = "mhsa.proj.act" }
+    for i in rest.dropFirst() {
       let n = g.nodes[i]
-      guard n.op == .mul, n.inputs.contains(where: { ud.trainableParam($0) != nil }), i == after.last else {
-        return .failure(MatchFailure("unexpected \(describe(n)) after the attention output projection"))
+      switch n.op {
+      case .mul where n.inputs.contains(where: { ud.trainableParam($0) != nil }) && i == rest.last: roles[i] = "mhsa.scale"
+      case .batchNorm, .batchNormTraining: roles[i] = "mhsa.proj.norm"
+      default: return .failure(MatchFailure("unexpected \(describe(n)) after the attention output projection"))
       }
-      roles[i] = "mhsa.scale"
     }
     // Anything else in the branch must be data movement or constant scaling around the scores.
     for i in branch where roles[i] == nil && !(reducedKeys && kvSide.contains(i)) {
@@ -325,7 +334,13 @@ struct BlockMatcher {
       let scaling = [.mul, .div, .add].contains(n.op) && n.inputs.filter(isActivation).count == 1 && i > scores && i < softmax
       // Before the scores, q and k may be scaled, biased or rotated (RoPE's per-token sin and
       // cos): element-wise ops on full rows, ahead of the gathers that split the core.
-      let qkScaling = i < scores && (n.op.isElementwise || { if case .concat = n.op { return true } else { return false } }())
+      // Without a norm on x (LeViT), q, k and v may be normalized after their projection.
+      let qkvNorm: Bool = {
+        if norm == nil, i < scores, case .batchNorm = n.op { return true }
+        if norm == nil, i < scores, case .batchNormTraining = n.op { return true }
+        return false
+      }()
+      let qkScaling = qkvNorm || (i < scores && (n.op.isElementwise || { if case .concat = n.op { return true } else { return false } }()))
       guard n.op.isDataMovement || scaling || qkScaling || isConstantNode(n) else {
         return .failure(MatchFailure("unexpected \(describe(n)) in the attention branch"))
       }

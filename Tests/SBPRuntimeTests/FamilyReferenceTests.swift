@@ -182,8 +182,9 @@ final class FamilyReferenceTests: XCTestCase {
       XCTAssertLessThan(relError(got, w), 1e-3, "\(tag): @\(name) max-rel")
     }
     XCTAssertEqual(Set(plan.train.stateParameters.map(\.name)), Set(export.state), "\(tag): BatchNorm state")
+    let stateDir = sbp && FileManager.default.fileExists(atPath: sbpDir + "/state") ? sbpDir + "/state" : "\(dir)/\(stem)/state"
     for p in plan.train.stateParameters where export.state.contains(p.name) {
-      let w = try NPYArray.read("\(dir)/\(stem)/state/\(p.name.replacingOccurrences(of: "/", with: "_")).npy").floats
+      let w = try NPYArray.read("\(stateDir)/\(p.name.replacingOccurrences(of: "/", with: "_")).npy").floats
       XCTAssertLessThan(relError(Array(ex.buffer(p.value).floats), w), 1e-5, "\(tag): @\(p.name) after the step")
     }
   }
