@@ -1,5 +1,5 @@
 # sbp_hook_check.py: an architecture-independent PyTorch check of sbpc's SBP step: masks the gradient at the output of each split token-wise branch or PW-Conv region and compares every gradient.
-"""Usage: python3 models/sbp_hook_check.py FAMILY [--sbpc .build/release/sbpc] [--phase 0]
+"""Usage: python3 models/sbp_hook_check.py FAMILY [--sbpc .build/release/sbpc] [--phase 0] [--full]
 
 FAMILY is a folder of models/families (its TorchScript export and float64 reference
 model).  sbpc compiles the export with its default SBP (keep 0.5, default blocks) and runs
@@ -241,7 +241,11 @@ def initializers_of(onnx_path, model):
             continue
         a = numpy_helper.to_array(t)
         hits = []
-        for k, p in params.items():
+        # TorchScript keeps parameter names: a name and shape match needs no value match
+        # (a full-size rebuild can draw a different init than the export did).
+        if t.name in params and tuple(params[t.name].shape) == a.shape:
+            hits.append((t.name, False))
+        for k, p in params.items() if not hits else ():
             v = p.detach().numpy()
             for tr in (False, True):
                 w = v.T if tr else v
@@ -291,11 +295,14 @@ def main(argv=None):
     ap.add_argument("--attention", choices=["qkv", "query"], default="qkv",
                     help="how sbpc splits attention cores (compile --attention); the oracle applies the same rule")
     ap.add_argument("--write", action="store_true", help="commit the PyTorch gradients as the family's SBP reference")
+    ap.add_argument("--full", action="store_true",
+                    help="the full-size family in models/full/families (python3 models/families.py --full writes it)")
     ap.add_argument("--algorithm1", action="store_true",
                     help="split each linear and downsampler explicitly (kept rows with gradient, dropped rows without) "
                          "instead of masking gradients: the second reference, which must agree")
     args = ap.parse_args(argv)
-    ref = os.path.join(os.path.dirname(os.path.abspath(__file__)), "families", args.family)
+    here = os.path.dirname(os.path.abspath(__file__))
+    ref = os.path.join(here, "full", "families", args.family) if args.full else os.path.join(here, "families", args.family)
     manifest = json.load(open(os.path.join(ref, "manifest.json")))
     onnx_path = os.path.join(ref, manifest["exports"]["ts17"]["file"])
     batch = manifest["batch"]
@@ -315,7 +322,7 @@ def main(argv=None):
         masks = {int(re.search(r"stage(\d+)", f).group(1)): np.load(os.path.join(d, "masks", f)).astype(bool)
                  for f in os.listdir(os.path.join(d, "masks")) if ".stage" in f}
 
-        fam = families.TINY[args.family]
+        fam = (families.FULL if args.full else families.TINY)[args.family]
         model = families.build(args.family, fam)
         eft.zero_dropout(model)  # as the export was made (timm's relative-position MLP hard-codes one)
         mapping = initializers_of(onnx_path, model)
