@@ -113,9 +113,11 @@ extension BlockMatcher {
         region.append(j)
         values.insert(n.outputs[0])
       }
-      // The longest prefix whose results other nodes read come to exactly one value.
+      // The longest prefix whose results other nodes read come to exactly one value, made by
+      // its last node: the split replaces that value and nothing else.
       var cut = 1
-      for k in stride(from: region.count, through: 1, by: -1) where escaping(Array(region.prefix(k))).count == 1 {
+      for k in stride(from: region.count, through: 1, by: -1)
+      where escaping(Array(region.prefix(k))) == Set(g.nodes[region[k - 1]].outputs) {
         cut = k
         break
       }
