@@ -241,9 +241,9 @@ struct SBPRewriter {
   // MARK: Attention
 
   mutating func splitAttention(block: Int, stage: Int, scores: Int, context: Int) throws {
-    // Keys and values from another grid (mark says so on the softmax): only queries split.
-    let reduced = graph.nodes.contains { $0.attrs[Annotation.attention] == .string("query") && $0.inputs.first == graph.nodes[scores].outputs.first }
-      || graph.type(of: graph.nodes[scores].outputs[0]).shape.last != graph.type(of: graph.nodes[scores].inputs[0]).shape.dropLast().last
+    // Keys and values from another grid (more keys or fewer than queries; mark says so on
+    // the softmax): only queries split.
+    let reduced = graph.type(of: graph.nodes[scores].outputs[0]).shape.last != graph.type(of: graph.nodes[scores].inputs[0]).shape.dropLast().last
     let mode: AttentionSplit = reduced ? .query : layout.options.attention
     func throughScaling(_ v: ValueID) -> ValueID {
       var v = v
@@ -349,7 +349,9 @@ struct SBPRewriter {
   mutating func maskGradient(of y: ValueID, axes: TokenAxes, stage: Int, name: String) throws {
     guard let (kept, dropped) = indexInputs[stage] else { return }
     let shape = graph.type(of: y).shape
-    let ym = try reshape(y, to: Self.merged(shape, axes), name: name + ".sbp.merge")
+    // A view of its own, not the shared one: every other reader of y, a split's view
+    // included, must read the masked output.
+    let ym = try emit(.reshape(Self.merged(shape, axes)), [y], name: name + ".sbp.merge")[0]
     let k = try emit(.gatherRows(axis: axes[0]), [ym, kept], name: name + ".sbp.kept")[0]
     let d = try emit(.gatherRows(axis: axes[0]), [ym, dropped], name: name + ".sbp.dropped")[0]
     let ds = try emit(.stopGradient, [d], name: name + ".sbp.dropped.stop")[0]
