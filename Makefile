@@ -5,9 +5,9 @@ BIN := .build/debug/sbpc
 RELEASE_BIN := .build/release/sbpc
 DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
-APT_PACKAGES := libopenblas-dev libprotobuf-c-dev libturbojpeg0-dev libpng-dev pkg-config llvm-14-tools
+APT_PACKAGES := libopenblas-dev libprotobuf-c-dev libturbojpeg0-dev libpng-dev pkg-config llvm-14-tools libopenmpi-dev openmpi-bin
 
-.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan bench accuracy
+.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan bench bench-mpi accuracy
 
 all: build
 
@@ -74,6 +74,11 @@ accuracy: release
 # (bench-results/). Needs the PyTorch tools (models/requirements.txt); about 10 minutes.
 bench: release
 	SBPC=$(RELEASE_BIN) models/bench.sh
+
+# Data-parallel scaling on this machine: mpirun -np 2 (1 thread each) against one process,
+# ViT-Tiny SBP at batch 16 per rank; the allreduce wait's share of the step (about 1 minute).
+bench-mpi: release
+	SBPC=$(RELEASE_BIN) models/bench_mpi.sh
 
 # Sanitizers. AddressSanitizer on every unit test (leak reports off there: XCTest and
 # Foundation's Process keep objects alive at exit, which is theirs), LeakSanitizer on real

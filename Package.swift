@@ -36,6 +36,11 @@ let package = Package(
     .systemLibrary(
       name: "CPNG", pkgConfig: "libpng",
       providers: [.apt(["libpng-dev"])]),
+    // Open MPI, for data-parallel training under mpirun; linked always, initialized only when
+    // mpirun started the process.
+    .systemLibrary(
+      name: "CMPI", pkgConfig: "ompi-c",
+      providers: [.apt(["libopenmpi-dev"])]),
     // JPEG and PNG decoding in C, so that libpng's longjmp error handling never crosses Swift frames.
     .target(name: "CImageCodec", dependencies: ["CTurboJPEG", "CPNG"]),
     // protoc-c output for Sources/CONNXProto/schema/onnx.proto, committed.
@@ -50,7 +55,7 @@ let package = Package(
     // The runtime reads plans; it never runs a pass. MemberImportVisibility makes that a
     // compile error: no member of a passes type is visible here, even through a plan.
     .target(
-      name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS"],
+      name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS", "CMPI"],
       swiftSettings: kernelFlags + [.enableUpcomingFeature("MemberImportVisibility")]),
     // Image data sets, decoding and transforms: a BatchSource for the runtime's loops.
     .target(name: "SBPData", dependencies: ["SBPIR", "SBPRuntime", "CImageCodec"], swiftSettings: kernelFlags),

@@ -233,13 +233,16 @@ def bad_bn_shared(out):
 
 
 def ok_scalar_params(out):
-    """StarReLU's form: y = act.scale · relu(x·W + B)·onnx::Mul_7 + act.bias, with one-element
-    parameters `act.scale` and `act.bias` and an exporter-named scalar constant."""
+    """StarReLU's form, then a ReLU: y = relu(act.scale · relu(x·W + B)·onnx::Mul_7 + act.bias),
+    with one-element parameters `act.scale` and `act.bias` and an exporter-named scalar
+    constant. The last ReLU gives act.bias a gradient: a bias added alike to every logit has
+    none (the softmax does not see it)."""
     nodes = linear_nodes(out="lin") + [
         helper.make_node("Relu", ["lin"], ["r"], name="relu"),
         helper.make_node("Mul", ["r", "onnx::Mul_7"], ["r2"], name="const_mul"),
         helper.make_node("Mul", ["r2", "act.scale"], ["s"], name="scale"),
-        helper.make_node("Add", ["s", "act.bias"], ["y"], name="bias"),
+        helper.make_node("Add", ["s", "act.bias"], ["b"], name="bias"),
+        helper.make_node("Relu", ["b"], ["y"], name="out_relu"),
     ]
     scalars = [helper.make_tensor("act.scale", TensorProto.FLOAT, [1], [0.8944]),
                helper.make_tensor("act.bias", TensorProto.FLOAT, [1], [-0.4472]),

@@ -32,6 +32,9 @@ public struct LoaderOptions: Sendable {
   /// Worker threads' nice value: above the step's, so that the step's threads keep their
   /// cores and the loader takes what they leave.
   public var workerNice: Int32 = 19
+  /// A data-parallel run's rank and number of ranks: each global batch of `batch × ranks`
+  /// samples is cut in rank order, and this loader fills its rank's part (`BatchOrder`).
+  public var rank = 0, ranks = 1
   public init() {}
 }
 
@@ -108,12 +111,15 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
     self.transform = transform
     self.options = options
     imageSize = transform.channels * transform.height * transform.width
-    order = BatchOrder(count: set.count, batch: options.batch, shuffle: options.shuffle, last: options.last, seed: options.seed)
+    order = BatchOrder(
+      count: set.count, batch: options.batch, shuffle: options.shuffle, last: options.last, seed: options.seed, rank: options.rank,
+      ranks: options.ranks)
     if case .shards = set, options.last == .pad, !options.oneEpochAtATime {
       throw DataError("--last-batch pad needs random access to the data; shards are streams (use drop)")
     }
-    guard set.count >= options.batch || options.oneEpochAtATime else {
-      throw DataError("the data set has \(set.count) images, fewer than the plan's batch of \(options.batch)")
+    guard set.count >= order.globalBatch || options.oneEpochAtATime else {
+      let what = options.ranks > 1 ? "the global batch of \(order.globalBatch) (\(options.ranks) ranks × \(options.batch))" : "the plan's batch of \(options.batch)"
+      throw DataError("the data set has \(set.count) images, fewer than \(what)")
     }
     batchesPerEpoch = order.batchesPerEpoch
     limit = options.oneEpochAtATime ? batchesPerEpoch : Int.max
@@ -234,10 +240,10 @@ public final class ImageLoader: BatchSource, @unchecked Sendable {
           }
           let rows = order.batch(b, of: permutations[epoch]!)
           indices.append(contentsOf: rows)
-          samples = min(options.batch, data.count - b * options.batch)
+          samples = order.samples(in: b)
         case .shards:
           samples = try stream!.take(into: slot, epoch: epoch, batch: options.batch)
-          for r in 0..<options.batch { indices.append(b * options.batch + min(r, max(samples - 1, 0))) }
+          for r in 0..<options.batch { indices.append(b * order.globalBatch + options.rank * options.batch + min(r, max(samples - 1, 0))) }
         }
       } catch {
         failure = failure ?? error
@@ -407,7 +413,7 @@ final class ShardStream {
   func seek(global g: Int, batchesPerEpoch: Int) throws {
     start(epoch: g / batchesPerEpoch)
     var sink: [UInt8] = []
-    for _ in 0..<(g % batchesPerEpoch * options.batch) { _ = try pull(into: &sink) }
+    for _ in 0..<(g % batchesPerEpoch * options.batch * options.ranks) { _ = try pull(into: &sink) }
   }
 
   func start(epoch e: Int) {
@@ -454,12 +460,16 @@ final class ShardStream {
   /// rest of the rows repeat the last one, for an evaluation's partial batch).
   func take(into slot: ImageLoader.Slot, epoch e: Int, batch: Int) throws -> Int {
     if e != epoch { start(epoch: e) }
+    // A data-parallel rank keeps its part of the global batch and drops the others'.
+    var sink: [UInt8] = []
+    for _ in 0..<(options.rank * batch) { _ = try pull(into: &sink) }
     var n = 0
     while n < batch, let s = try pull(into: &slot.bytes[n]) {
       slot.labels[n] = Int64(s.label)
       (slot.shard[n], slot.key[n]) = (s.shard, s.key)
       n += 1
     }
+    for _ in 0..<((options.ranks - 1 - options.rank) * batch) { _ = try pull(into: &sink) }
     return n
   }
 }

@@ -28,6 +28,8 @@ public enum Annotation {
   public static let memPair = "mem.pair"
   public static let memRun = "mem.run"
   public static let memScratch = "mem.scratch"
+  // bucket-allreduce: the allreduce bucket an update's gradient travels in.
+  public static let commBucket = "comm.bucket"
 }
 
 extension Graph {

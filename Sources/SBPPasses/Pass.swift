@@ -30,11 +30,14 @@ public struct PipelineOptions: Sendable, Equatable {
   /// `autodiff`'s label smoothing, and whether its loss reads soft targets.
   public var smoothing: Double
   public var softTargets: Bool
+  /// `bucket-allreduce`'s bucket size in bytes; nil schedules the step for one process.
+  public var bucketBytes: Int?
 
   public init(
     sbp: SBPOptions = SBPOptions(), optimizer: OptimizerConfig = .defaultSGD, fuseOptimizer: Bool = true,
-    groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false
+    groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false, bucketBytes: Int? = nil
   ) {
+    self.bucketBytes = bucketBytes
     self.smoothing = smoothing
     self.softTargets = softTargets
     self.sbp = sbp
@@ -58,6 +61,7 @@ public enum PassRegistry {
       PruneBackward(),
       Rematerialize(),
       Schedule(fuseOptimizer: options.fuseOptimizer),
+      BucketAllreduce(bucketBytes: options.bucketBytes),
       PlanMemory(),
       DeadCodeElimination(),
     ]
@@ -69,7 +73,7 @@ public enum PassRegistry {
   /// What `sbpc compile` runs: `model` on the imported graph (which is also the evaluation
   /// forward), then `training` on a copy of it, which becomes the training step.
   public static let modelPipeline = "canonicalize,mark"
-  public static let trainingPipeline = "batch-norm-train,insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,plan-memory"
+  public static let trainingPipeline = "batch-norm-train,insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,bucket-allreduce,plan-memory"
   /// Run on the evaluation forward after the training copy is made: its memory layout.
   public static let evaluationPipeline = "schedule,plan-memory"
 

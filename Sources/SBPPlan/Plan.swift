@@ -61,11 +61,15 @@ public struct Plan: Sendable {
     /// Label smoothing of the loss, and whether it reads soft targets f32[B, classes].
     public var smoothing: Double
     public var softTargets: Bool
+    /// Schedule the step for data-parallel training: gradients in allreduce buckets of this
+    /// many bytes (`bucket-allreduce`); nil for one process.
+    public var bucketBytes: Int?
     public init(
       batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
       fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false, head: HeadSpec? = nil,
-      groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false
+      groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false, bucketBytes: Int? = nil
     ) {
+      self.bucketBytes = bucketBytes
       self.smoothing = smoothing
       self.softTargets = softTargets
       self.head = head
@@ -91,7 +95,7 @@ public struct Plan: Sendable {
     var eval = imported.graph
     let passOptions = PipelineOptions(
       sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer, groups: options.groups,
-      smoothing: options.smoothing, softTargets: options.softTargets)
+      smoothing: options.smoothing, softTargets: options.softTargets, bucketBytes: options.bucketBytes)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
     var notes = imported.notes
     // Structural --freeze specs (stem, head, norm, blocks) read mark's annotations.

@@ -29,19 +29,39 @@ enum BatchNorm {
     epsilon: Float, _ x: Buffer, _ scale: Buffer, _ bias: Buffer, _ y: Buffer, _ mean: Buffer, _ variance: Buffer
   ) {
     let (n, _, s) = dims(x.type)
-    let px = x.f32, py = y.f32, m = Double(n * s)
+    let m = Double(n * s)
     forEachChannel(x.type) { ch, runs in
-      var sum = 0.0
-      for o in runs { for i in o..<(o + s) { sum += Double(px[i]) } }
-      let mu = sum / m
-      var sq = 0.0
-      for o in runs { for i in o..<(o + s) { sq += (Double(px[i]) - mu) * (Double(px[i]) - mu) } }
-      let v = sq / m
-      mean.f32[ch] = Float(mu)
-      variance.f32[ch] = Float(v)
-      let k = Float(Double(scale.f32[ch]) / (v + Double(epsilon)).squareRoot()), b = bias.f32[ch] - Float(mu) * k
-      for o in runs { for i in o..<(o + s) { py[i] = px[i] * k + b } }
+      let mu = sum(x, runs, s) / m
+      normalize(epsilon, x, scale, bias, y, mean, variance, ch, runs, s, mu: mu, variance: squares(x, runs, s, around: mu) / m)
     }
+  }
+
+  /// Σx over one channel's runs of `s` values.
+  @inline(__always) static func sum(_ x: Buffer, _ runs: StrideTo<Int>, _ s: Int) -> Double {
+    let px = x.f32
+    var sum = 0.0
+    for o in runs { for i in o..<(o + s) { sum += Double(px[i]) } }
+    return sum
+  }
+
+  /// Σ(x − μ)² over one channel's runs.
+  @inline(__always) static func squares(_ x: Buffer, _ runs: StrideTo<Int>, _ s: Int, around mu: Double) -> Double {
+    let px = x.f32
+    var sq = 0.0
+    for o in runs { for i in o..<(o + s) { sq += (Double(px[i]) - mu) * (Double(px[i]) - mu) } }
+    return sq
+  }
+
+  /// Records channel `ch`'s statistics and writes its y = (x − μ)/σ · scale + bias.
+  @inline(__always) static func normalize(
+    _ epsilon: Float, _ x: Buffer, _ scale: Buffer, _ bias: Buffer, _ y: Buffer, _ mean: Buffer, _ variance: Buffer, _ ch: Int,
+    _ runs: StrideTo<Int>, _ s: Int, mu: Double, variance v: Double
+  ) {
+    let px = x.f32, py = y.f32
+    mean.f32[ch] = Float(mu)
+    variance.f32[ch] = Float(v)
+    let k = Float(Double(scale.f32[ch]) / (v + Double(epsilon)).squareRoot()), b = bias.f32[ch] - Float(mu) * k
+    for o in runs { for i in o..<(o + s) { py[i] = px[i] * k + b } }
   }
 
   /// dx, dscale, dbias of `training`: with x̂ = (x − μ)/σ, dbias = Σdy, dscale = Σdy·x̂ and
@@ -51,22 +71,42 @@ enum BatchNorm {
     _ dbias: Buffer
   ) {
     let (n, _, s) = dims(x.type)
-    let px = x.f32, pd = dy.f32, pg = dx.f32, m = Double(n * s)
+    let m = Double(n * s)
     forEachChannel(x.type) { ch, runs in
-      let mu = Double(mean.f32[ch]), inv = 1 / (Double(variance.f32[ch]) + Double(epsilon)).squareRoot()
-      var sd = 0.0, sdx = 0.0
-      for o in runs {
-        for i in o..<(o + s) {
-          sd += Double(pd[i])
-          sdx += Double(pd[i]) * (Double(px[i]) - mu) * inv
-        }
+      let (sd, sdx) = gradientSums(epsilon, x, mean, variance, dy, dscale, dbias, ch, runs, s)
+      inputGradient(epsilon, x, scale, mean, variance, dy, dx, ch, runs, s, sd: sd, sdx: sdx, count: m)
+    }
+  }
+
+  /// Channel `ch`'s Σdy and Σdy·x̂, written as its dbias and dscale and returned.
+  @inline(__always) static func gradientSums(
+    _ epsilon: Float, _ x: Buffer, _ mean: Buffer, _ variance: Buffer, _ dy: Buffer, _ dscale: Buffer, _ dbias: Buffer, _ ch: Int,
+    _ runs: StrideTo<Int>, _ s: Int
+  ) -> (Double, Double) {
+    let px = x.f32, pd = dy.f32
+    let mu = Double(mean.f32[ch]), inv = 1 / (Double(variance.f32[ch]) + Double(epsilon)).squareRoot()
+    var sd = 0.0, sdx = 0.0
+    for o in runs {
+      for i in o..<(o + s) {
+        sd += Double(pd[i])
+        sdx += Double(pd[i]) * (Double(px[i]) - mu) * inv
       }
-      dbias.f32[ch] = Float(sd)
-      dscale.f32[ch] = Float(sdx)
-      let k = Double(scale.f32[ch]) * inv
-      for o in runs {
-        for i in o..<(o + s) { pg[i] = Float(k * (Double(pd[i]) - sd / m - (Double(px[i]) - mu) * inv * sdx / m)) }
-      }
+    }
+    dbias.f32[ch] = Float(sd)
+    dscale.f32[ch] = Float(sdx)
+    return (sd, sdx)
+  }
+
+  /// Channel `ch`'s dx from the sums over `count` values (the batch's, or every rank's).
+  @inline(__always) static func inputGradient(
+    _ epsilon: Float, _ x: Buffer, _ scale: Buffer, _ mean: Buffer, _ variance: Buffer, _ dy: Buffer, _ dx: Buffer, _ ch: Int,
+    _ runs: StrideTo<Int>, _ s: Int, sd: Double, sdx: Double, count m: Double
+  ) {
+    let px = x.f32, pd = dy.f32, pg = dx.f32
+    let mu = Double(mean.f32[ch]), inv = 1 / (Double(variance.f32[ch]) + Double(epsilon)).squareRoot()
+    let k = Double(scale.f32[ch]) * inv
+    for o in runs {
+      for i in o..<(o + s) { pg[i] = Float(k * (Double(pd[i]) - sd / m - (Double(px[i]) - mu) * inv * sdx / m)) }
     }
   }
 

@@ -20,6 +20,9 @@ public enum Checkpoint {
     public var step: Int
     /// The run's seed (data order and masks follow from it and the step).
     public var seed: UInt64
+    /// Samples per step over every rank (nil in checkpoints from before data parallelism:
+    /// the plan's batch).
+    public var globalBatch: Int?
     public var tensors: [Entry]
     public var digest: String
 
@@ -53,11 +56,11 @@ public enum Checkpoint {
   /// Saves the executor's weights and optimizer state. `crashAfter` (tests only) kills the
   /// process once it has written that many checkpoint bytes, counted over all its saves:
   /// a crash in the middle of a later save.
-  public static func save(_ ex: Executor, step: Int, seed: UInt64, to dir: String, crashAfter: Int? = nil) throws {
+  public static func save(_ ex: Executor, step: Int, seed: UInt64, globalBatch: Int? = nil, to dir: String, crashAfter: Int? = nil) throws {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let parts = tensors(ex)
     let state = State(
-      step: step, seed: seed, tensors: parts.map { .init(name: $0.name, bytes: $0.buffer.byteCount) }, digest: digest(parts))
+      step: step, seed: seed, globalBatch: globalBatch, tensors: parts.map { .init(name: $0.name, bytes: $0.buffer.byteCount) }, digest: digest(parts))
     let enc = JSONEncoder()
     enc.outputFormatting = .sortedKeys
     var header = Data("sbpc-checkpoint 1\n".utf8)

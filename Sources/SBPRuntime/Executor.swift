@@ -125,7 +125,7 @@ public final class Executor {
   public let ownBufferBytes: Int
   private let arena: Arena
   /// Retained values (`retaining`): copied out right after the node that makes them runs.
-  private var snapshots: [Int: [(from: Buffer, to: Buffer)]] = [:]
+  var snapshots: [Int: [(from: Buffer, to: Buffer)]] = [:]
 
   /// The gradient each optimizer update reads (`--dump-grads` and tests retain them).
   public static func gradientValues(_ g: Graph) -> Set<ValueID> {
@@ -361,6 +361,11 @@ public final class Executor {
   /// Nanoseconds spent in each node's kernel over every profiled run (index = schedule position).
   public private(set) var profileNanos: [UInt64] = []
 
+  /// Data-parallel training's buckets and synchronized BatchNorm (`distribute(over:)`).
+  var parallel: DataParallelState?
+  /// Nanoseconds the steps have waited for gradient reductions, over every run.
+  public internal(set) var communicationWaitNanos: UInt64 = 0
+
   /// Multiplies every optimizer update's learning rate (a schedule sets it before each step).
   public var learningRateScale: Float = 1
 
@@ -404,11 +409,19 @@ public final class Executor {
     defer { lastRunFlops = GEMM.flops - gemmStart + otherFlops }
     if profile && profileNanos.count != steps.count { profileNanos = [UInt64](repeating: 0, count: steps.count) }
     gradientScale = 1
+    defer { finishAllBuckets() }
     for (i, step) in steps.enumerated() {
       let n = step.node
-      if clipNorm != nil, i == firstUpdate { clipGradients() }
+      finishBuckets(before: i)
+      if clipNorm != nil, i == firstUpdate {
+        finishAllBuckets()
+        clipGradients()
+      }
       let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
-      defer { if profile { profileNanos[i] &+= DispatchTime.now().uptimeNanoseconds - t0 } }
+      defer {
+        if profile { profileNanos[i] &+= DispatchTime.now().uptimeNanoseconds - t0 }
+        startBuckets(after: i)
+      }
       if !checkNumerics, let g = step.pre.group {
         if !step.pre.grouped {
           for h in g.hoisted { try execute(steps[h].node, steps[h].ins, steps[h].outs, steps[h].conv, steps[h].pre) }
@@ -505,9 +518,23 @@ public final class Executor {
     case .sliceGrad: Movement.sliceGrad(base: pre.base, strides: pre.strides, ins[0], y!)
     case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
     case .batchNorm(let eps, _): BatchNorm.inference(epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], y!)
-    case .batchNormTraining(let eps): BatchNorm.training(epsilon: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])
-    case .batchNormGrad(let eps): BatchNorm.gradient(epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], outs[0], outs[1], outs[2])
-    case .runningStats(let m, let n): BatchNorm.runningStats(momentum: Float(m), count: n, ins[0], ins[1], ins[2], ins[3])
+    case .batchNormTraining(let eps):
+      if let dp = parallel, dp.syncBatchNorm {
+        BatchNorm.trainingSynced(epsilon: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2], dp.comm, dp.channelSums)
+      } else {
+        BatchNorm.training(epsilon: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])
+      }
+    case .batchNormGrad(let eps):
+      if let dp = parallel, dp.syncBatchNorm {
+        BatchNorm.gradientSynced(
+          epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], outs[0], outs[1], outs[2], dp.comm, dp.channelSums)
+      } else {
+        BatchNorm.gradient(epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], outs[0], outs[1], outs[2])
+      }
+    case .runningStats(let m, let n):
+      // Synchronized statistics come from every rank's batch: n·P samples for the unbiasing.
+      let count = parallel.map { $0.syncBatchNorm ? n * $0.comm.size : n } ?? n
+      BatchNorm.runningStats(momentum: Float(m), count: count, ins[0], ins[1], ins[2], ins[3])
     case .pad(let pads, let mode, let value): Padding.pad(pads, mode, Float(value), ins[0], y!)
     case .padGrad(let pads, let mode, _): Padding.grad(pads, mode, ins[0], y!)
     case .maxPool(let g): Pool.maxPool(g, ins[0], y!)

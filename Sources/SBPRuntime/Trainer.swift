@@ -44,6 +44,28 @@ public struct TrainerOptions: Sendable {
   public var retainGradients = false
   public var profile = false
   public var checkNumerics = false
+  /// Data-parallel runs: reduce BatchNorm's batch statistics over every rank (`--sync-bn`);
+  /// without it each rank normalizes by its own batch, as PyTorch's DDP does.
+  public var syncBatchNorm = false
+  /// Settings outside these options that every rank must share (the CLI's loader flags),
+  /// compared across the ranks at the start with the rest.
+  public var shared: [(flag: String, value: String)] = []
+  /// Tests only: this rank kills itself (SIGKILL) as it reaches this step, as a crash would.
+  public var killRankAt: (rank: Int, step: Int)?
+
+  /// What every rank of a data-parallel run must agree on, flag by flag.
+  public var fingerprint: [(flag: String, value: String)] {
+    func text<T>(_ v: T?) -> String { v.map { "\($0)" } ?? "-" }
+    return [
+      ("--steps", text(steps)), ("--epochs", text(epochs)), ("--input", text(input)), ("--labels", text(labels)),
+      ("--last-batch", lastBatch.rawValue), ("--shuffle", text(shuffle)), ("--val", validation.joined(separator: " ")),
+      ("--lr-schedule", schedule.rawValue), ("--warmup", "\(warmup)"), ("--lr-step-every", text(lrStepEvery)),
+      ("--lr-gamma", "\(lrGamma)"), ("--clip-grad-norm", text(clipGradNorm)), ("--checkpoint", text(checkpoint)),
+      ("--checkpoint-every", text(checkpointEvery)), ("--resume", text(resume)), ("--seed", "\(seed)"),
+      ("--mask-phase", text(maskPhase)), ("--mask-file", text(maskFile)), ("--sync-bn", "\(syncBatchNorm)"),
+      ("--check-numerics", "\(checkNumerics)"),
+    ] + shared
+  }
 
   /// The learning-rate schedules `--lr-schedule` names.
   public enum ScheduleKind: String, Sendable, CaseIterable {
@@ -51,6 +73,13 @@ public struct TrainerOptions: Sendable {
   }
 
   public init() {}
+}
+
+/// A failure every rank of a data-parallel run finds together (their plans or flags differ):
+/// rank 0 reports it once and every rank stops, with no rank left waiting.
+public struct CollectiveError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ d: String) { description = d }
 }
 
 /// What the loop reports as it goes; the caller prints it.
@@ -80,35 +109,56 @@ public final class Trainer {
   let evaluator: Evaluator?
   let log: JSONLog?
   let baseLR: Double
+  /// The ranks training together (one process unless mpirun started several).
+  public let comm: Communicator
 
   /// - Parameters:
   ///   - path: the plan file's name, for messages.
   ///   - data, validation: batch sources for a run whose options name no `.npy` input (an
   ///     image loader); the options' `input` and `validation` win when given.
-  public init(plan p: Plan, path: String, options o: TrainerOptions, data source: BatchSource? = nil, validation valSource: BatchSource? = nil)
+  ///   - communicator: the ranks of a data-parallel run (`mpirun`); one process by default.
+  ///     The ranks' plans and options are compared before anything else.
+  public init(
+    plan p: Plan, path: String, options o: TrainerOptions, data source: BatchSource? = nil, validation valSource: BatchSource? = nil,
+    communicator comm: Communicator = .single
+  )
     throws
   {
     plan = p
     options = o
+    self.comm = comm
+    if comm.size > 1 { try Trainer.checkAgreement(plan: p, path: path, options: o, comm) }
     executor = try Executor(
       graph: p.train, threads: o.threads, maxMemory: o.maxMemory, retaining: o.retainGradients ? Executor.gradientValues(p.train) : [])
+    if comm.size > 1 {
+      // Every rank holds the same plan (checked above), so every rank fails here together.
+      do { try executor.distribute(over: comm, syncBatchNorm: o.syncBatchNorm) } catch let e as RuntimeError {
+        throw CollectiveError("\(path): \(e)")
+      }
+    } else if o.syncBatchNorm {
+      throw RuntimeError("--sync-bn reduces BatchNorm statistics across the ranks of an mpirun launch; this is one process")
+    }
     let feed = try Feeder(plan: p, executor: executor, path: path)
     self.feed = feed
     let imageShape = Array(feed.input.type.shape.dropFirst()), classes = feed.classes
     let data: BatchSource? =
       try o.input.map {
         let set = try DataSet(images: $0, labels: o.labels, imageShape: imageShape, classes: classes)
-        guard set.count >= p.batch else {
-          throw RuntimeError("\($0): \(set.count) samples, fewer than the plan's batch of \(p.batch)")
+        guard set.count >= p.batch * comm.size else {
+          let what = comm.size > 1 ? "the global batch of \(p.batch * comm.size) (\(comm.size) ranks × \(p.batch))" : "the plan's batch of \(p.batch)"
+          throw RuntimeError("\($0): \(set.count) samples, fewer than \(what)")
         }
-        let order = BatchOrder(count: set.count, batch: p.batch, shuffle: o.shuffle ?? (o.epochs != nil), last: o.lastBatch, seed: o.seed)
+        let order = BatchOrder(
+          count: set.count, batch: p.batch, shuffle: o.shuffle ?? (o.epochs != nil), last: o.lastBatch, seed: o.seed, rank: comm.rank,
+          ranks: comm.size)
         return TensorBatches(set, order: order)
       } ?? source
     self.data = data
     let validation: BatchSource? =
       try o.validation.first.map {
         let set = try DataSet(images: $0, labels: o.validation.count > 1 ? o.validation[1] : nil, imageShape: imageShape, classes: classes)
-        return TensorBatches(set, order: BatchOrder(count: set.count, batch: p.batch, shuffle: false, last: .pad, seed: 0))
+        return TensorBatches(
+          set, order: BatchOrder(count: set.count, batch: p.batch, shuffle: false, last: .pad, seed: 0, rank: comm.rank, ranks: comm.size))
       } ?? valSource
     self.validation = validation
     let perEpoch = data?.batchesPerEpoch ?? 1
@@ -122,7 +172,7 @@ public final class Trainer {
     }
     try executor.setGradientClipping(o.clipGradNorm.map { Float($0) })
     var masks = try Trainer.maskFeed(p, executor, o, path: path)
-    evaluator = try validation.map { _ in try Evaluator(eval: p.eval, threads: o.threads, maxMemory: o.maxMemory) }
+    evaluator = try validation.map { _ in try Evaluator(eval: p.eval, threads: o.threads, maxMemory: o.maxMemory, communicator: comm) }
     var first = 0
     if let resume = o.resume {
       let state = try Checkpoint.load(executor, from: resume)
@@ -132,20 +182,73 @@ public final class Trainer {
       guard state.step <= total else {
         throw RuntimeError("\(resume): the checkpoint is at step \(state.step), past this run's \(total) steps")
       }
+      // Data order and masks follow the global step: any number of ranks may resume a run
+      // whose global batch they keep.
+      let saved = state.globalBatch ?? p.batch, now = p.batch * comm.size
+      guard saved == now else {
+        throw RuntimeError(
+          "\(resume): the run was saved at a global batch of \(saved), this one is \(now) (\(comm.size) rank\(comm.size == 1 ? "" : "s") × \(p.batch)); resume with ranks × batch = \(saved)"
+        )
+      }
       first = state.step
       // The masks come from one generator: replay the draws of the steps already done.
       for _ in 0..<first { _ = masks?.step() }
     }
     self.masks = masks
     self.first = first
-    log = try o.log.map { try JSONLog(path: $0, append: o.resume != nil) }
+    // Rank 0 alone writes the log, the checkpoints and the masks.
+    log = comm.rank == 0 ? try o.log.map { try JSONLog(path: $0, append: o.resume != nil) } : nil
     baseLR =
       p.train.nodes.lazy.compactMap { n -> Double? in
         if case .sgd(let lr, _, _) = n.op { return lr }
         if case .adamw(let lr, _, _, _, _) = n.op { return lr }
         return nil
       }.first ?? 0
-    if let dir = o.dumpMask { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+    if let dir = o.dumpMask, comm.rank == 0 { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+  }
+
+  /// Compares the ranks' plans and options before any step: one line names the first
+  /// difference, with each rank's value.
+  static func checkAgreement(plan p: Plan, path: String, options o: TrainerOptions, _ comm: Communicator) throws {
+    func fnv(_ s: String) -> UInt64 {
+      var h: UInt64 = 0xcbf2_9ce4_8422_2325
+      for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+      return h
+    }
+    let planText = p.serialized()
+    let items = [("the plan", "\(path) (checksum \(String(fnv(planText), radix: 16)))")] + o.fingerprint
+    let hashes = [fnv(planText)] + o.fingerprint.map { fnv($0.value) }
+    let (lo, hi) = comm.range(hashes)
+    guard let k = hashes.indices.first(where: { lo[$0] != hi[$0] }) else { return }
+    let values = comm.gather(items[k].1)
+    let shown = values.enumerated().map { "rank \($0.offset): \($0.element.isEmpty ? "(none)" : $0.element)" }
+    throw CollectiveError("the ranks were started differently: \(items[k].0) differs (\(shown.joined(separator: "; "))); every rank needs the same plan and flags")
+  }
+
+  /// After a step on several ranks: BatchNorm's running statistics as rank 0 has them (each
+  /// rank's batch gave its own), so that every rank evaluates and saves the same model, as
+  /// DDP's buffer broadcast does. With --sync-bn they agree already.
+  func shareState() throws {
+    guard !options.syncBatchNorm else { return }
+    for p in plan.train.stateParameters {
+      let b = executor.buffer(p.value)
+      comm.broadcast(b.raw, bytes: b.byteCount)
+    }
+  }
+
+  /// `--check-numerics` on several ranks: every weight and optimizer state must be the same
+  /// bits on every rank after the step; the first that is not is named.
+  func checkReplicas(step: Int) throws {
+    let parts = Checkpoint.tensors(executor)
+    let digests = parts.map { p -> UInt64 in
+      var h: UInt64 = 0xcbf2_9ce4_8422_2325
+      for b in UnsafeRawBufferPointer(start: p.buffer.raw, count: p.buffer.byteCount) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+      return h
+    }
+    let (lo, hi) = comm.range(digests)
+    if let k = digests.indices.first(where: { lo[$0] != hi[$0] }) {
+      throw RuntimeError("step \(step): @\(parts[k].name) differs across the ranks after the update (replicas must stay bit-identical)")
+    }
   }
 
   /// The mask source the options ask for; nil for a plan without SBP (mask options then are errors).
@@ -184,22 +287,35 @@ public final class Trainer {
       let epoch = s / perEpoch, b = s % perEpoch
       let factor = schedule.factor(step: s, total: total, warmup: o.warmup)
       ex.learningRateScale = Float(factor)
-      if let m = masks?.step(), let dir = o.dumpMask { try writeMasks(m, masks!, step: s + 1, to: dir) }
+      if let m = masks?.step(), let dir = o.dumpMask, comm.rank == 0 { try writeMasks(m, masks!, step: s + 1, to: dir) }
+      if let k = o.killRankAt, k.rank == comm.rank, k.step == s + 1 { kill(getpid(), SIGKILL) }
       if let data {
         _ = try data.next(images: feed.input, labels: feed.labels)
       } else {
-        feed.synthetic(seed: o.seed, step: s)
+        feed.synthetic(seed: o.seed, step: s, first: comm.rank * plan.batch)
       }
       ex.input("step")?.f32[0] = Float(s + 1)
       do { try ex.run(checkNumerics: o.checkNumerics, profile: o.profile) } catch let e as NumericError {
-        throw RuntimeError("step \(s + 1): \(e)")
+        throw RuntimeError("step \(s + 1)\(comm.size > 1 ? " on rank \(comm.rank)" : ""): \(e)")
       }
-      let loss = ex.output("loss")!.f32[0]
-      guard loss.isFinite else { throw RuntimeError("step \(s + 1): the loss is \(loss); training diverged (lower --lr?)") }
+      var loss = ex.output("loss")!.f32[0]
+      if comm.size > 1 {
+        // The step's loss is the mean over the global batch: the mean of the ranks' means.
+        var l = [Double(loss)]
+        comm.sum(&l)
+        loss = Float(l[0] / Double(comm.size))
+        try shareState()
+        if o.checkNumerics { try checkReplicas(step: s + 1) }
+      }
+      guard loss.isFinite else {
+        // The loss is the global one: on several ranks, every rank stops here together.
+        let message = "step \(s + 1): the loss is \(loss); training diverged (lower --lr?)"
+        throw comm.size > 1 ? CollectiveError(message) as Error : RuntimeError(message)
+      }
       epochLoss += Double(loss)
       epochSteps += 1
       let dt = Date().timeIntervalSince(start)
-      let rate = dt > 0 ? Double((s + 1 - first) * plan.batch) / dt : 0
+      let rate = dt > 0 ? Double((s + 1 - first) * plan.batch * comm.size) / dt : 0
       try observe(.step(step: s + 1, total: total, epoch: o.epochs.map { (epoch + 1, $0) }, loss: loss, imagesPerSecond: rate))
       if let log {
         var record: [String: JSONValue] = ["kind": .string("step"), "step": .int(s + 1), "epoch": .int(epoch + 1)]
@@ -210,7 +326,10 @@ public final class Trainer {
         try log.write(record)
       }
       if let dir = o.checkpoint, (s + 1) % every == 0, s + 1 < total {
-        try Checkpoint.save(ex, step: s + 1, seed: o.seed, to: dir, crashAfter: o.checkpointCrashAfter)
+        if comm.rank == 0 {
+          try Checkpoint.save(
+            ex, step: s + 1, seed: o.seed, globalBatch: plan.batch * comm.size, to: dir, crashAfter: o.checkpointCrashAfter)
+        }
       }
       if let epochs = o.epochs, b == perEpoch - 1 {
         var evaluation: (loss: Double, top1: Double)?
@@ -231,7 +350,9 @@ public final class Trainer {
       }
     }
     let elapsed = Date().timeIntervalSince(start)
-    if let dir = o.checkpoint { try Checkpoint.save(ex, step: total, seed: o.seed, to: dir, crashAfter: o.checkpointCrashAfter) }
+    if let dir = o.checkpoint, comm.rank == 0 {
+      try Checkpoint.save(ex, step: total, seed: o.seed, globalBatch: plan.batch * comm.size, to: dir, crashAfter: o.checkpointCrashAfter)
+    }
     return elapsed
   }
 
@@ -268,11 +389,16 @@ public struct Feeder {
     classes = p.train.type(of: p.train.outputs[0].value).shape[1]
   }
 
-  /// Seeded synthetic data: N(0,1) images and uniform labels.
-  public func synthetic(seed: UInt64, step: Int) {
-    var rng = SplitMix64(seed: seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15)
-    for i in 0..<input.count { input.f32[i] = rng.normal() }
-    for i in 0..<labels.type.shape[0] { Targets.set(row: i, label: Int64(rng.next() % UInt64(classes)), in: labels) }
+  /// Seeded synthetic data: N(0,1) images and uniform labels, each sample drawn from (seed,
+  /// step, its index in the global batch), so that P ranks at batch B see the samples one
+  /// process at batch P·B would; `first` is this rank's first index.
+  public func synthetic(seed: UInt64, step: Int, first: Int = 0) {
+    let rows = input.type.shape[0], size = input.count / max(rows, 1)
+    for r in 0..<rows {
+      var rng = SplitMix64(seed: (seed &+ UInt64(step) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(first + r) &* 0xD6E8_FEB8_6659_FD93))
+      for i in (r * size)..<((r + 1) * size) { input.f32[i] = rng.normal() }
+      Targets.set(row: r, label: Int64(rng.next() % UInt64(classes)), in: labels)
+    }
   }
 }
 

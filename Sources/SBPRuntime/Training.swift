@@ -157,7 +157,7 @@ public final class TensorBatches: BatchSource {
       permutationEpoch = epoch
     }
     data.load(order.batch(batch, of: permutation), images: images, labels: labels)
-    let fill = BatchFill(samples: min(order.batch, data.count - batch * order.batch))
+    let fill = BatchFill(samples: order.samples(in: batch))
     batch += 1
     if batch == order.batchesPerEpoch { (epoch, batch) = (epoch + 1, 0) }
     return fill
@@ -174,16 +174,25 @@ public enum LastBatch: String, Sendable, CaseIterable {
 
 /// The order samples are visited in: a permutation per epoch, drawn from the seed and the
 /// epoch alone, so a resumed run sees exactly the batches an uninterrupted one would.
+///
+/// In a data-parallel run every rank draws the same permutation and cuts it into global
+/// batches of `batch × ranks` samples; rank r takes the r-th `batch` of each, so P ranks
+/// visit the samples one process at batch P·B would.
 public struct BatchOrder: Sendable {
   public let count: Int, batch: Int
   public let shuffle: Bool, last: LastBatch, seed: UInt64
+  public let rank: Int, ranks: Int
 
-  public init(count: Int, batch: Int, shuffle: Bool, last: LastBatch, seed: UInt64) {
+  public init(count: Int, batch: Int, shuffle: Bool, last: LastBatch, seed: UInt64, rank: Int = 0, ranks: Int = 1) {
     (self.count, self.batch, self.shuffle, self.last, self.seed) = (count, batch, shuffle, last, seed)
+    (self.rank, self.ranks) = (rank, max(ranks, 1))
   }
 
+  /// Samples in a global batch: every rank's batch together.
+  public var globalBatch: Int { batch * ranks }
+
   /// Batches per epoch.
-  public var batchesPerEpoch: Int { last == .drop ? count / batch : (count + batch - 1) / batch }
+  public var batchesPerEpoch: Int { last == .drop ? count / globalBatch : (count + globalBatch - 1) / globalBatch }
 
   public func permutation(epoch: Int) -> [Int] {
     var order = Array(0..<count)
@@ -193,13 +202,16 @@ public struct BatchOrder: Sendable {
     return order
   }
 
-  /// The sample indices of batch `b` of an epoch whose order is `order`.
+  /// The sample indices of this rank's part of batch `b` of an epoch whose order is `order`.
   public func batch(_ b: Int, of order: [Int]) -> ArraySlice<Int> {
-    let start = b * batch, end = start + batch
+    let start = b * globalBatch + rank * batch, end = start + batch
     if end <= count { return order[start..<end] }
     // Cyclically: a set smaller than half a batch wraps more than once.
     return ArraySlice((start..<end).map { order[$0 % count] })
   }
+
+  /// How many rows of this rank's part of batch `b` are samples of the epoch, not padding.
+  public func samples(in b: Int) -> Int { min(batch, max(0, count - (b * globalBatch + rank * batch))) }
 }
 
 /// A learning-rate schedule: the factor on the plan's learning rate at each step, after a
@@ -231,7 +243,12 @@ public final class Evaluator {
   let batch: Int, classes: Int
   let labels: Buffer
 
-  public init(eval g: Graph, threads: Int, maxMemory: Int? = nil) throws {
+  /// The ranks sharing an evaluation: each evaluates its part of every batch, and the sums
+  /// are reduced before the means.
+  let comm: Communicator
+
+  public init(eval g: Graph, threads: Int, maxMemory: Int? = nil, communicator: Communicator = .single) throws {
+    comm = communicator
     executor = try Executor(graph: g, threads: threads, maxMemory: maxMemory)
     guard let x = g.inputs.first else { throw RuntimeError("the evaluation graph has no input") }
     input = executor.buffer(x.value)
@@ -294,6 +311,12 @@ public final class Evaluator {
         if row.reduce(0, { $0 + ($1 > row[t] ? 1 : 0) }) < k { inTop5 += 1 }
         counted += 1
       }
+    }
+    if comm.size > 1 {
+      var sums = [total, Double(correct), Double(inTop5), Double(counted)] + lastConfusion.joined().map(Double.init)
+      comm.sum(&sums)
+      (total, correct, inTop5, counted) = (sums[0], Int(sums[1]), Int(sums[2]), Int(sums[3]))
+      lastConfusion = (0..<classes).map { r in (0..<classes).map { c in Int(sums[4 + r * classes + c]) } }
     }
     guard counted > 0 else { throw RuntimeError("no sample of the evaluation set could be read") }
     lastCount = counted

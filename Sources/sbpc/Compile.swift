@@ -43,6 +43,15 @@ struct Compile: ParsableCommand {
     inversion: .prefixedNo,
     help: "Run each optimizer update as soon as its gradient is complete, so the gradient dies there (default on).")
   var fuseOptimizer = true
+  @Flag(
+    help:
+      "Schedule the step for data-parallel training under mpirun: gradients travel in allreduce buckets in the order the backward finishes them, and each update waits for its bucket (see --bucket-mb)."
+  )
+  var distributed = false
+  @Option(
+    name: .customLong("bucket-mb"),
+    help: ArgumentHelp("With --distributed: the allreduce bucket size in MiB (default 25, as PyTorch DDP's).", valueName: "MB"))
+  var bucketMB: Double?
   @Option(help: "Optimizer: sgd or adamw.") var optimizer: String = "sgd"
   @Option(help: "Learning rate.") var lr: Double = 0.01
   @Option(help: "SGD momentum.") var momentum: Double = 0.9
@@ -75,6 +84,10 @@ struct Compile: ParsableCommand {
     guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
     guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
     if let r = layerDecay, !(r > 0 && r <= 1) { throw ValidationError("--layer-decay must be in (0, 1], got \(r)") }
+    if let bucketMB {
+      guard distributed else { throw ValidationError("--bucket-mb needs --distributed") }
+      guard bucketMB > 0, bucketMB <= 4096 else { throw ValidationError("--bucket-mb must be in (0, 4096], got \(bucketMB)") }
+    }
     guard smoothing >= 0, smoothing < 1 else { throw ValidationError("--smoothing must be in [0, 1), got \(smoothing)") }
   }
 
@@ -88,7 +101,8 @@ struct Compile: ParsableCommand {
         batch: shape.batch, dims: shape.importOptions.dims, optimizer: opt, sbp: sbp.options, fuseOptimizer: fuseOptimizer,
         freeze: parameters.freeze, keepTied: parameters.keepTied,
         head: parameters.numClasses.map { HeadSpec(classes: $0, seed: parameters.seed) },
-        groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay), smoothing: smoothing, softTargets: softTargets)
+        groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay), smoothing: smoothing, softTargets: softTargets,
+        bucketBytes: distributed ? Int((bucketMB ?? 25) * 1_048_576) : nil)
       let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {

@@ -97,8 +97,11 @@ struct LoaderFlags: ParsableArguments {
   }
 
   /// A loader reading one epoch at a time in order, padding the last batch: for evaluation.
-  func evaluationLoader(_ set: ImageSet, transform: TransformOptions, shape: [Int], batch: Int) throws -> ImageLoader {
+  func evaluationLoader(
+    _ set: ImageSet, transform: TransformOptions, shape: [Int], batch: Int, rank: Int = 0, ranks: Int = 1
+  ) throws -> ImageLoader {
     var o = options(batch: batch, seed: 0)
+    (o.rank, o.ranks) = (rank, ranks)
     (o.shuffle, o.last, o.oneEpochAtATime) = (false, .pad, true)
     return try ImageLoader(set, transform: try transform.config(.eval, shape: shape), options: o)
   }

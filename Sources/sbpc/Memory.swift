@@ -45,6 +45,22 @@ struct Memory: ParsableCommand {
     var attention: [AttentionRow]
     var memory: MemoryRow
     var plainMemory: MemoryRow?
+    /// A data-parallel plan's allreduce buckets (`compile --distributed`), in order.
+    var buckets: [BucketRow]
+  }
+
+  /// One allreduce bucket: what it carries, the op after which its reduction starts and the
+  /// op before which the step waits for it (positions in the training step, from 0).
+  struct BucketRow: Encodable {
+    var bucket: Int
+    var gradients: Int
+    var bytes: Int
+    var startsAfter: Int
+    var startsAfterNode: String
+    var waitedBefore: Int
+    var waitedBeforeNode: String
+    /// Ops the step runs while the reduction is in flight.
+    var overlapOps: Int
   }
 
   /// The memory plan's totals: the arena against its lower bound, and the persistent parts.
@@ -119,7 +135,12 @@ struct Memory: ParsableCommand {
       cost: cost,
       plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
       flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: attentionRows(plan, cost, plain),
-      memory: row, plainMemory: plainMemory)
+      memory: row, plainMemory: plainMemory,
+      buckets: plan.train.gradientBuckets.map { b in
+        BucketRow(
+          bucket: b.index, gradients: b.gradients.count, bytes: b.bytes, startsAfter: b.start, startsAfterNode: plan.train.nodes[b.start].name,
+          waitedBefore: b.wait, waitedBeforeNode: plan.train.nodes[b.wait].name, overlapOps: max(0, b.wait - b.start - 1))
+      })
     let enc = JSONEncoder()
     enc.outputFormatting = [.prettyPrinted, .sortedKeys]
     let name = URL(fileURLWithPath: plan.model).lastPathComponent
@@ -221,8 +242,21 @@ struct Memory: ParsableCommand {
     print("memory plan: " + memoryLine(r.memory))
     print(
       "at the peak: saved for backward \(mb(r.memory.peakSavedBytes)) MiB, transient \(mb(r.memory.peakTransientBytes)) MiB; "
-        + (r.memory.gradientBytes > 0
-          ? "gradients are held to the updates at the end (--no-fuse-optimizer)" : "gradients live in the arena until their update"))
+        + (!r.buckets.isEmpty
+          ? "gradients are held until their allreduce bucket is reduced and their update runs (--distributed)"
+          : r.memory.gradientBytes > 0
+            ? "gradients are held to the updates at the end (--no-fuse-optimizer)" : "gradients live in the arena until their update"))
+    if !r.buckets.isEmpty {
+      let total = r.buckets.reduce(0) { $0 + $1.bytes }
+      print(
+        "allreduce buckets: \(r.buckets.count), \(mb(total)) MiB of gradients (and as much again for the packed copies MPI reduces, beside the plan); each starts after the op that makes its last gradient and is waited for before its first update:"
+      )
+      for b in r.buckets {
+        print(
+          "  bucket \(b.bucket): \(b.gradients) gradients, \(mb(b.bytes)) MiB; starts after op \(b.startsAfter) '\(b.startsAfterNode)', waited for before op \(b.waitedBefore) '\(b.waitedBeforeNode)' (\(b.overlapOps) ops overlap it)"
+        )
+      }
+    }
     if let p = r.plainMemory {
       print("keep 1:      " + memoryLine(p) + String(format: "; ratio %.3f", Double(r.memory.totalBytes) / Double(max(p.totalBytes, 1))))
     }

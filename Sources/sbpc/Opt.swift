@@ -30,12 +30,20 @@ struct Opt: ParsableCommand {
 
   @OptionGroup var shape: ShapeOptions
   @OptionGroup(title: "insert-sbp") var sbp: SBPFlags
+  @Option(
+    name: .customLong("bucket-mb"),
+    help: ArgumentHelp("bucket-allreduce's bucket size in MiB (without it the pass leaves the step as it is).", valueName: "MB"))
+  var bucketMB: Double?
+
+  func validate() throws {
+    if let bucketMB, !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be in (0, 4096], got \(bucketMB)") }
+  }
 
   func run() throws {
     try reportingErrors {
       // The passes take their settings from the flags, as compile's do (default: keep 0.5, grid,
       // qkv, default blocks; SGD; fused updates).
-      let options = PipelineOptions(sbp: sbp.options)
+      let options = PipelineOptions(sbp: sbp.options, bucketBytes: bucketMB.map { Int($0 * 1_048_576) })
       let list = passes.isEmpty ? [] : try PassRegistry.pipeline(passes, options)
       for p in printAfter where PassRegistry.named(p) == nil {
         throw PassError("--print-after: unknown pass '\(p)'")

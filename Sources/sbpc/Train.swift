@@ -73,6 +73,16 @@ struct Train: ParsableCommand {
       "Stop at the first op that produces a NaN or Inf, naming the op, the block and the step (every op runs on its own, so slice groups run op by op; the results are the same)."
   )
   var checkNumerics = false
+  @Option(
+    help: ArgumentHelp(
+      "auto (default): under mpirun, train data-parallel, one rank per process; off: every process trains alone.",
+      valueName: "auto|off"))
+  var distributed: String = "auto"
+  @Flag(
+    name: .customLong("sync-bn"),
+    help: "Data-parallel runs: normalize BatchNorm by the statistics of the global batch (reduced across ranks) instead of each rank's own.")
+  var syncBN = false
+  @Option(name: .customLong("kill-rank-at"), help: .hidden) var killRankAt: String?
   @OptionGroup var memory: MemoryOptions
   @OptionGroup(title: "Image data") var loader: LoaderFlags
   @OptionGroup(title: "Transforms") var transforms: TransformOptions
@@ -117,6 +127,13 @@ struct Train: ParsableCommand {
       guard checkpointEvery >= 1 else { throw ValidationError("--checkpoint-every must be >= 1, got \(checkpointEvery)") }
     }
     guard maskPhase == nil || maskFile == nil else { throw ValidationError("--mask-phase and --mask-file exclude each other") }
+    guard ["auto", "off"].contains(distributed) else { throw ValidationError("--distributed must be auto or off, got '\(distributed)'") }
+    if let killRankAt, killRank == nil { throw ValidationError("--kill-rank-at expects RANK:STEP, got '\(killRankAt)'") }
+  }
+
+  var killRank: (rank: Int, step: Int)? {
+    let parts = killRankAt?.split(separator: ":").compactMap { Int($0) } ?? []
+    return parts.count == 2 ? (parts[0], parts[1]) : nil
   }
 
   /// The flags as the library's options (valid after `validate()`).
@@ -149,20 +166,54 @@ struct Train: ParsableCommand {
     o.retainGradients = dumpGrads != nil
     o.profile = profile
     o.checkNumerics = checkNumerics
+    o.syncBatchNorm = syncBN
+    o.killRankAt = killRank
+    // The loader's flags decide the data each rank reads: all ranks must share them too.
+    o.shared = [
+      ("--data", loader.data ?? "-"), ("--val", val.joined(separator: " ")), ("--mixup", "\(mixup)"), ("--cutmix", "\(cutmix)"),
+      ("--mixup-prob", "\(mixupProb)"), ("--mixup-switch-prob", "\(mixupSwitchProb)"),
+    ]
     return o
   }
 
   func run() throws {
-    try reportingErrors {
+    // Under mpirun every process runs this command; each becomes one rank.
+    let comm = distributed == "auto" && Communicator.launched ? try reportingErrors { try Communicator.start() } : .single
+    guard comm.size > 1 else { return try reportingErrors { try train(comm) } }
+    do {
+      try train(comm)
+    } catch let e as CollectiveError {
+      // Every rank found the same problem together: rank 0 says it once.
+      if comm.rank == 0 { _ = fail(e.description) }
+      comm.finish()
+      throw ExitCode(1)
+    } catch {
+      // One rank failed alone: the others would wait for it forever, so the job stops.
+      _ = fail("rank \(comm.rank) of \(comm.size): " + String(describing: error).split(separator: "\n").joined(separator: " "))
+      comm.abort(1)
+    }
+    comm.finish()
+  }
+
+  func train(_ comm: Communicator) throws {
+    do {
       let p = try Plan.load(plan)
-      let (data, validation) = try imageLoaders(p)
+      let (data, validation) = try imageLoaders(p, comm)
       defer {
         data?.shutdown()
         validation?.shutdown()
       }
-      let trainer = try Trainer(plan: p, path: plan, options: options, data: data, validation: validation)
-      let progress = Progress(total: trainer.total, first: trainer.first, batch: p.batch)
+      let trainer = try Trainer(plan: p, path: plan, options: options, data: data, validation: validation, communicator: comm)
+      let root = comm.rank == 0
+      if comm.size > 1 {
+        if root {
+          print("data-parallel: \(comm.size) ranks × batch \(p.batch) = global batch \(p.batch * comm.size); \(bucketLine(trainer))")
+          StopNote.install()
+        }
+      }
+      let progress = Progress(total: trainer.total, first: trainer.first, batch: p.batch * comm.size)
       let dt = try trainer.run { event in
+        guard root else { return }
         switch event {
         case .step(let step, let total, let epoch, let loss, let rate):
           if dumpLoss {
@@ -170,6 +221,7 @@ struct Train: ParsableCommand {
           } else if epochs == nil {
             print("step \(step)/\(total)  loss \(String(format: "%.5f", loss))")
           }
+          if comm.size > 1 { StopNote.set(stopNote(step: step, total: total)) }
           progress.update(step: step, epoch: epoch, loss: loss, rate: rate)
         case .epoch(let epoch, let epochs, let loss, let validation, let note):
           var line = String(format: "epoch %d/%d  loss %.5f", epoch, epochs, loss)
@@ -180,16 +232,25 @@ struct Train: ParsableCommand {
           fflush(nil)  // each epoch's line shows as it ends, also in a file or a pipe
         }
       }
+      guard root else { return }
       progress.clear()
       let done = trainer.total - trainer.first
       if !dumpLoss {
         print(
           String(
             format: "%d steps in %.2f s (%.1f ms/step, %.1f images/s); %.3f GFLOP per step, counted by the runtime", done, dt,
-            1000 * dt / Double(max(done, 1)), Double(done * p.batch) / dt, Double(trainer.executor.lastRunFlops) / 1e9))
+            1000 * dt / Double(max(done, 1)), Double(done * p.batch * comm.size) / dt, Double(trainer.executor.lastRunFlops) / 1e9)
+            + (comm.size > 1 ? " on each rank" : ""))
       }
       if profile {
         print(trainer.executor.profileReport(steps: done))
+        if comm.size > 1 {
+          let wait = Double(trainer.executor.communicationWaitNanos) / 1e9
+          print(
+            String(
+              format: "communication: the step waited %.1f ms per step for gradient allreduces (%.1f%% of the step)",
+              1000 * wait / Double(max(done, 1)), 100 * wait / max(dt, 1e-9)))
+        }
         if let data { print(String(format: "data: the step waited %.1f ms per step for the loader", 1000 * data.waitSeconds / Double(max(done, 1)))) }
       }
       if epochs == nil, let note = data?.takeEpochReport() { print(note) }
@@ -201,9 +262,30 @@ struct Train: ParsableCommand {
     }
   }
 
+  /// What the bucket schedule is, for the run's first line.
+  func bucketLine(_ t: Trainer) -> String {
+    let b = t.plan.train.gradientBuckets
+    let mib = Double(b.reduce(0) { $0 + $1.bytes }) / 1_048_576
+    return String(format: "gradients %.1f MiB in %d allreduce bucket%@", mib, b.count, b.count == 1 ? "" : "s")
+  }
+
+  /// What rank 0 says if mpirun stops it during the step after `step` (another rank ended).
+  func stopNote(step: Int, total: Int) -> String {
+    var note = "sbpc: error: the job stopped after step \(step) of \(total): another rank ended, and mpirun stopped this one"
+    if let dir = checkpoint {
+      let every = checkpointEvery ?? Int.max
+      let saved = every == Int.max ? 0 : step / every * every
+      note +=
+        saved > 0
+        ? "; the checkpoint in \(dir) (step \(saved)) is whole: run the same command with --resume \(dir) to continue"
+        : "; no checkpoint was saved yet"
+    }
+    return note + "\n"
+  }
+
   /// The image loaders --data asks for: the training set (PATH/train when PATH has train
   /// and val) and the validation set (--val, or PATH/val).
-  func imageLoaders(_ p: Plan) throws -> (ImageLoader?, ImageLoader?) {
+  func imageLoaders(_ p: Plan, _ comm: Communicator) throws -> (ImageLoader?, ImageLoader?) {
     guard let path = loader.data else { return (nil, nil) }
     let feed = p.train.inputs.first { $0.name != "labels" && $0.name != "step" && !$0.name.hasPrefix("sbp.") }
     guard let feed else { throw PlanError("\(plan): the training graph has no image input") }
@@ -212,6 +294,7 @@ struct Train: ParsableCommand {
     let splits = ShardSet.isShardSpec(path) ? (path, nil) : ImageFolder.splits(path)
     let set = try ImageSet.open(splits.0, classes: classes)
     var o = loader.options(batch: p.batch, seed: seed)
+    (o.rank, o.ranks) = (comm.rank, comm.size)
     (o.mixup, o.cutmix, o.mixProb, o.switchProb) = (mixup, cutmix, mixupProb, mixupSwitchProb)
     if mixup > 0 || cutmix > 0, p.train.inputs.first(where: { $0.name == "labels" }).map({ p.train.type(of: $0.value).rank }) != 2 {
       throw PlanError("\(plan): --mixup and --cutmix need soft targets in the loss; compile the plan with --soft-targets")
@@ -222,10 +305,35 @@ struct Train: ParsableCommand {
     guard let valPath = val.first ?? splits.1 else { return (train, nil) }
     let valSet = try ImageSet.open(valPath, classes: classes)
     try set.checkSameClasses(as: valSet, name: valPath)
-    return (train, try loader.evaluationLoader(valSet, transform: transforms, shape: shape, batch: p.batch))
+    return (
+      train, try loader.evaluationLoader(valSet, transform: transforms, shape: shape, batch: p.batch, rank: comm.rank, ranks: comm.size)
+    )
   }
 
   func write(_ b: Buffer, to path: String) throws {
     try NPYArray(f32: Array(b.floats), shape: b.type.shape).write(path)
+  }
+}
+
+/// The line rank 0 prints when mpirun stops it because another rank ended: kept ready as
+/// bytes, since a signal handler may only write(2) and exit.
+enum StopNote {
+  nonisolated(unsafe) static let text = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
+  nonisolated(unsafe) static var length = 0
+
+  static func install() {
+    set("sbpc: error: the job stopped before its first step: another rank ended, and mpirun stopped this one\n")
+    signal(SIGTERM) { _ in
+      _ = write(2, StopNote.text, StopNote.length)
+      _exit(1)
+    }
+  }
+
+  static func set(_ s: String) {
+    let bytes = Array(s.utf8.prefix(1023))
+    // The handler reads `length` bytes: shorten first, so it never reads past the new text.
+    length = 0
+    for (i, b) in bytes.enumerated() { text[i] = CChar(bitPattern: b) }
+    length = bytes.count
   }
 }

@@ -6,15 +6,23 @@ let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingL
 
 /// Runs sbpc with `args`; returns exit status, stdout and stderr.
 func sbpc(_ args: [String], in folder: String? = nil) throws -> (Int32, String, String) {
-  // The test bundle sits in the products folder beside the sbpc binary (or is that folder, on Linux).
+  try runProcess(URL(fileURLWithPath: sbpcBinary()), args, in: folder ?? root)
+}
+
+/// The sbpc binary: the test bundle sits in the products folder beside it (or is that folder, on Linux).
+func sbpcBinary() -> String {
   let here = Bundle(for: CLITests.self).bundleURL
-  let bin =
-    [here.appendingPathComponent("sbpc"), here.deletingLastPathComponent().appendingPathComponent("sbpc")]
-    .first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? here.appendingPathComponent("sbpc")
+  return [here.appendingPathComponent("sbpc"), here.deletingLastPathComponent().appendingPathComponent("sbpc")]
+    .first { FileManager.default.isExecutableFile(atPath: $0.path) }?.path ?? here.appendingPathComponent("sbpc").path
+}
+
+/// Runs a program to its end: exit status, standard output, standard error.
+func runProcess(_ bin: URL, _ args: [String], in folder: String, environment: [String: String]? = nil) throws -> (Int32, String, String) {
   let p = Process()
   p.executableURL = bin
   p.arguments = args
-  p.currentDirectoryURL = URL(fileURLWithPath: folder ?? root)
+  p.currentDirectoryURL = URL(fileURLWithPath: folder)
+  if let environment { p.environment = environment }
   let out = Pipe(), err = Pipe()
   p.standardOutput = out
   p.standardError = err
