@@ -7,7 +7,7 @@ DEMO_MODEL := models/vit_p4_d6_ts17.onnx
 FILECHECK := $(shell command -v FileCheck 2>/dev/null || command -v FileCheck-14 2>/dev/null || echo /usr/lib/llvm-14/bin/FileCheck)
 APT_PACKAGES := libopenblas-dev libprotobuf-c-dev libturbojpeg0-dev libpng-dev pkg-config llvm-14-tools libopenmpi-dev openmpi-bin
 
-.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan bench bench-mpi accuracy
+.PHONY: all build release deps test unit-test golden demo format lint proto clean check-torch check-allocs fuzz fuzz-build test-asan bench bench-mpi bench-bf16-gemm accuracy
 
 all: build
 
@@ -74,6 +74,15 @@ accuracy: release
 # (bench-results/). Needs the PyTorch tools (models/requirements.txt); about 10 minutes.
 bench: release
 	SBPC=$(RELEASE_BIN) models/bench.sh
+
+# The bf16 GEMM choice: sbpc's kernels (Sources/CBF16) against oneDNN's bf16 matmul and
+# OpenBLAS fp32 on one core (bench/bf16_gemm.c; installs libdnnl-dev, which sbpc itself does
+# not use, when missing).
+bench-bf16-gemm:
+	@dpkg -s libdnnl-dev >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq libdnnl-dev >/dev/null; }
+	@mkdir -p .build
+	$(CC) -O3 -march=native bench/bf16_gemm.c Sources/CBF16/bf16_gemm.c -ISources/CBF16/include -o .build/bf16_gemm -ldnnl -lopenblas -lm
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-SkylakeX} .build/bf16_gemm
 
 # Data-parallel scaling on this machine: mpirun -np 2 (1 thread each) against one process,
 # ViT-Tiny SBP at batch 16 per rank; the allreduce wait's share of the step (about 1 minute).

@@ -41,6 +41,8 @@ let package = Package(
     .systemLibrary(
       name: "CMPI", pkgConfig: "ompi-c",
       providers: [.apt(["libopenmpi-dev"])]),
+    // bf16 GEMM kernels and casts in C (AVX-512 and AVX512-BF16 per function, chosen at run time).
+    .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3"])]),
     // JPEG and PNG decoding in C, so that libpng's longjmp error handling never crosses Swift frames.
     .target(name: "CImageCodec", dependencies: ["CTurboJPEG", "CPNG"]),
     // protoc-c output for Sources/CONNXProto/schema/onnx.proto, committed.
@@ -55,7 +57,7 @@ let package = Package(
     // The runtime reads plans; it never runs a pass. MemberImportVisibility makes that a
     // compile error: no member of a passes type is visible here, even through a plan.
     .target(
-      name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS", "CMPI"],
+      name: "SBPRuntime", dependencies: ["SBPIR", "SBPPlan", "COpenBLAS", "CMPI", "CBF16"],
       swiftSettings: kernelFlags + [.enableUpcomingFeature("MemberImportVisibility")]),
     // Image data sets, decoding and transforms: a BatchSource for the runtime's loops.
     .target(name: "SBPData", dependencies: ["SBPIR", "SBPRuntime", "CImageCodec"], swiftSettings: kernelFlags),

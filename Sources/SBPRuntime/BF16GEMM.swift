@@ -1,0 +1,87 @@
+// BF16GEMM.swift: GEMM with bf16 operands and fp32 accumulation, on the kernel this CPU runs faster, split over the worker pool.
+import CBF16
+import Dispatch
+import Foundation
+
+/// Row-major GEMM whose operands are bf16 (the upper 16 bits of an fp32) and whose result
+/// and accumulation are fp32: the product of a bf16 plan. Two kernels compute it
+/// (`Sources/CBF16`), both with OpenBLAS-style packed panels:
+/// - `widen` turns the operands into fp32 while packing and multiplies with fp32 FMA;
+/// - `dot` keeps bf16 pairs and multiplies them with AVX512-BF16's vdpbf16ps.
+/// The products are exact in fp32 either way, so both give the same result up to the order
+/// of the sums. vdpbf16ps does twice FMA's multiply-adds per instruction, but not at the
+/// same rate on every CPU: on this project's Emerald Rapids machine it issues at a quarter
+/// of FMA's rate, half the FLOPs (BENCHMARKS.md). So the kernel is chosen by measuring.
+public enum BF16GEMM {
+  public enum Kernel: Int32, Sendable, CaseIterable {
+    case widen = 0
+    case dot = 1
+
+    public var available: Bool { sbp_bf16_kernel_available(rawValue) != 0 }
+  }
+
+  /// The kernel `gemm` runs: `SBPC_BF16_GEMM=widen|dot` when given (and available);
+  /// otherwise `dot` only where vdpbf16ps chains outrun FMA chains by a tenth, which covers
+  /// the packing of pairs, measured once per process (about 10 ms).
+  public static let kernel: Kernel = {
+    if let name = ProcessInfo.processInfo.environment["SBPC_BF16_GEMM"],
+      let k = Kernel.allCases.first(where: { "\($0)" == name }), k.available
+    {
+      return k
+    }
+    guard Kernel.dot.available else { return .widen }
+    return peakGFLOPs(.dot) > 1.1 * peakGFLOPs(.widen) ? .dot : .widen
+  }()
+
+  /// GFLOP/s of independent chains of the kernel's multiply-add instruction on one core: the
+  /// rate its GEMM can approach (0 when the CPU lacks the instruction).
+  public static func peakGFLOPs(_ k: Kernel, iterations: Int = 200_000) -> Double {
+    sbp_bf16_peak_gflops(k.rawValue, iterations)
+  }
+
+  /// Per-chunk panel memory, grown once to the pool's size: no allocation inside a step.
+  nonisolated(unsafe) private static var workspaces: [UnsafeMutableRawPointer] = []
+
+  private static func workspace(_ chunk: Int) -> UnsafeMutableRawPointer { workspaces[chunk] }
+
+  private static func ensureWorkspaces(_ count: Int) {
+    while workspaces.count < count { workspaces.append(.allocate(byteCount: sbp_bf16_gemm_workspace(), alignment: 64)) }
+  }
+
+  /// C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major and contiguous; A
+  /// and B bf16, C fp32. Split into one block of C's rows (or columns) per worker, as
+  /// `GEMM.sgemm` splits; counted in `GEMM.flops` and `GEMM.nanos`.
+  public static func gemm(
+    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>,
+    beta: Float = 0, c: UnsafeMutablePointer<Float>, kernel: Kernel = BF16GEMM.kernel
+  ) {
+    precondition(m >= 0 && n >= 0 && k >= 0, "bf16 gemm: negative dimension")
+    guard m > 0, n > 0 else { return }
+    GEMM.flops &+= 2 * m * n * k
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    defer { GEMM.nanos &+= DispatchTime.now().uptimeNanoseconds - t0 }
+    let lda = transA ? m : k, ldb = transB ? k : n
+    let alongM = m >= n, extent = alongM ? m : n
+    let parts = 2 * m * n * k >= GEMM.splitFlops ? Swift.min(Parallel.threads, Swift.max(1, extent / 32)) : 1
+    ensureWorkspaces(Parallel.chunkCount(parts, grain: 1))
+    Parallel.chunks(parts, grain: 1) { chunk, r in
+      for p in r {
+        let lo = extent * p / parts / 16 * 16, hi = p == parts - 1 ? extent : extent * (p + 1) / parts / 16 * 16
+        guard hi > lo else { continue }
+        if alongM {
+          sbp_bf16_gemm(
+            kernel.rawValue, transA ? 1 : 0, transB ? 1 : 0, Int32(hi - lo), Int32(n), Int32(k), alpha, a + (transA ? lo : lo * lda),
+            Int32(lda), b, Int32(ldb), beta, c + lo * n, Int32(n), workspace(chunk))
+        } else {
+          sbp_bf16_gemm(
+            kernel.rawValue, transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(hi - lo), Int32(k), alpha, a, Int32(lda),
+            b + (transB ? lo * ldb : lo), Int32(ldb), beta, c + lo, Int32(n), workspace(chunk))
+        }
+      }
+    }
+  }
+
+  /// fp32 to bf16, rounding to nearest even; and back (exact).
+  public static func narrow(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<UInt16>, count: Int) { sbp_f32_to_bf16(x, y, count) }
+  public static func widen(_ x: UnsafePointer<UInt16>, _ y: UnsafeMutablePointer<Float>, count: Int) { sbp_bf16_to_f32(x, y, count) }
+}
