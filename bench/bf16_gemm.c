@@ -68,7 +68,7 @@ static void row(const char *what, int m, int n, int k, int ta, int tb) {
     for (int kern = 0; kern < 2; kern++) {
       if (!sbp_bf16_kernel_available(kern)) continue;
       double t = now();
-      sbp_bf16_gemm(kern, ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, n, ws);
+      sbp_bf16_gemm(kern, ta, tb, m, n, k, 1, a, 0, lda, b, 0, ldb, 0, c, n, ws);
       t = now() - t;
       if (t < best[kern]) best[kern] = t;
       for (size_t i = 0; i < (size_t)m * n; i++) err[kern] = fmax(err[kern], fabs(c[i] - ref[i]));

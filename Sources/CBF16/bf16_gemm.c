@@ -34,13 +34,14 @@ static inline float widen(uint16_t h) {
 static inline uint16_t narrow(float f) {
   uint32_t u;
   memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFF) > 0x7F800000) return (uint16_t)((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
-  u += 0x7FFF + ((u >> 16) & 1);
-  return (uint16_t)(u >> 16);
+  uint16_t rounded = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+  return (u & 0x7FFFFFFF) > 0x7F800000 ? (uint16_t)((u >> 16) | 0x40) : rounded;  // NaN stays a (quiet) NaN
 }
 
-static inline uint16_t element(const uint16_t *p, int trans, int ld, int row, int col) {
-  return trans ? p[(size_t)col * ld + row] : p[(size_t)row * ld + col];
+// Element (row, col) of op(P) as bf16; an fp32 operand is rounded on the way.
+static inline uint16_t element(const void *p, int fp32, int trans, int ld, int row, int col) {
+  size_t i = trans ? (size_t)col * ld + row : (size_t)row * ld + col;
+  return fp32 ? narrow(((const float *)p)[i]) : ((const uint16_t *)p)[i];
 }
 
 // C's rows × cols corner of a register block: alpha · acc + beta · C (C not read when beta is 0).
@@ -59,25 +60,70 @@ AVX512 static inline void store_block(__m512 acc[MR][2], float *c, int ldc, int 
 
 // ---- widen: fp32 panels, fp32 FMA ----
 
+// Element i of an operand as the fp32 value of its bf16: an fp32 operand is rounded first.
+#define WIDENED(p, fp32, i) widen((fp32) ? narrow(((const float *)(p))[i]) : ((const uint16_t *)(p))[i])
+
 // op(B)[k0:k0+kc, n0:n0+nc] as NR-column strips, each k's NR values contiguous; columns past
-// n are zero.
-static void pack_b_widen(int transB, const uint16_t *b, int ldb, int k0, int kc, int n0, int nc, int n, float *dst) {
-  for (int j = 0; j < nc; j += NR)
-    for (int k = k0; k < k0 + kc; k++)
-      for (int c = 0; c < NR; c++) {
-        int col = n0 + j + c;
-        *dst++ = col < n ? widen(element(b, transB, ldb, k, col)) : 0.0f;
+// n are zero. Each loop runs along the operand's contiguous axis; the four (transpose,
+// fp32) cases are separate loops, so no element pays for a test.
+static inline __attribute__((always_inline)) void pack_b_widen_case(int trans, int fp32, const void *b, int ldb, int k0, int kc, int n0, int nc,
+                                                                    int n, float *dst) {
+  for (int j = 0; j < nc; j += NR) {
+    float *strip = dst + (size_t)j * kc;
+    int cols = n - (n0 + j) < NR ? n - (n0 + j) : NR;
+    if (cols < 0) cols = 0;
+    if (!trans) {
+      for (int k = 0; k < kc; k++) {
+        size_t row = (size_t)(k0 + k) * ldb + n0 + j;
+        for (int c = 0; c < cols; c++) strip[k * NR + c] = WIDENED(b, fp32, row + c);
+        for (int c = cols; c < NR; c++) strip[k * NR + c] = 0.0f;
       }
+    } else {
+      for (int c = 0; c < cols; c++) {
+        size_t col = (size_t)(n0 + j + c) * ldb + k0;
+        for (int k = 0; k < kc; k++) strip[k * NR + c] = WIDENED(b, fp32, col + k);
+      }
+      for (int c = cols; c < NR; c++)
+        for (int k = 0; k < kc; k++) strip[k * NR + c] = 0.0f;
+    }
+  }
+}
+
+static void pack_b_widen(int transB, const void *b, int bf, int ldb, int k0, int kc, int n0, int nc, int n, float *dst) {
+  if (transB)
+    bf ? pack_b_widen_case(1, 1, b, ldb, k0, kc, n0, nc, n, dst) : pack_b_widen_case(1, 0, b, ldb, k0, kc, n0, nc, n, dst);
+  else
+    bf ? pack_b_widen_case(0, 1, b, ldb, k0, kc, n0, nc, n, dst) : pack_b_widen_case(0, 0, b, ldb, k0, kc, n0, nc, n, dst);
 }
 
 // op(A)[m0:m0+mc, k0:k0+kc] as MR-row strips, each k's MR values contiguous; rows past m are zero.
-static void pack_a_widen(int transA, const uint16_t *a, int lda, int m0, int mc, int k0, int kc, int m, float *dst) {
-  for (int i = 0; i < mc; i += MR)
-    for (int k = k0; k < k0 + kc; k++)
-      for (int r = 0; r < MR; r++) {
-        int row = m0 + i + r;
-        *dst++ = row < m ? widen(element(a, transA, lda, row, k)) : 0.0f;
+static inline __attribute__((always_inline)) void pack_a_widen_case(int trans, int fp32, const void *a, int lda, int m0, int mc, int k0, int kc,
+                                                                    int m, float *dst) {
+  for (int i = 0; i < mc; i += MR) {
+    float *strip = dst + (size_t)i * kc;
+    int rows = m - (m0 + i) < MR ? m - (m0 + i) : MR;
+    if (rows < 0) rows = 0;
+    if (!trans) {
+      for (int r = 0; r < rows; r++) {
+        size_t row = (size_t)(m0 + i + r) * lda + k0;
+        for (int k = 0; k < kc; k++) strip[k * MR + r] = WIDENED(a, fp32, row + k);
       }
+    } else {
+      for (int k = 0; k < kc; k++) {
+        size_t col = (size_t)(k0 + k) * lda + m0 + i;
+        for (int r = 0; r < rows; r++) strip[k * MR + r] = WIDENED(a, fp32, col + r);
+      }
+    }
+    for (int r = rows; r < MR; r++)
+      for (int k = 0; k < kc; k++) strip[k * MR + r] = 0.0f;
+  }
+}
+
+static void pack_a_widen(int transA, const void *a, int af, int lda, int m0, int mc, int k0, int kc, int m, float *dst) {
+  if (transA)
+    af ? pack_a_widen_case(1, 1, a, lda, m0, mc, k0, kc, m, dst) : pack_a_widen_case(1, 0, a, lda, m0, mc, k0, kc, m, dst);
+  else
+    af ? pack_a_widen_case(0, 1, a, lda, m0, mc, k0, kc, m, dst) : pack_a_widen_case(0, 0, a, lda, m0, mc, k0, kc, m, dst);
 }
 
 AVX512 static void micro_widen_avx512(int kc, const float *a, const float *b, float *c, int ldc, int rows, int cols, float alpha, float beta) {
@@ -114,7 +160,7 @@ static void micro_widen_c(int kc, const float *a, const float *b, float *c, int 
 // ---- dot: bf16 pairs, vdpbf16ps ----
 
 // op(B) as NR-column strips of k-pairs: for pair p, NR (b[2p][c], b[2p+1][c]); an odd last k pairs with 0.
-static void pack_b_dot(int transB, const uint16_t *b, int ldb, int k0, int kc, int n0, int nc, int n, uint16_t *dst) {
+static void pack_b_dot(int transB, const void *b, int bf, int ldb, int k0, int kc, int n0, int nc, int n, uint16_t *dst) {
   int pairs = (kc + 1) / 2;
   for (int j = 0; j < nc; j += NR)
     for (int p = 0; p < pairs; p++)
@@ -122,12 +168,12 @@ static void pack_b_dot(int transB, const uint16_t *b, int ldb, int k0, int kc, i
         int col = n0 + j + c;
         for (int h = 0; h < 2; h++) {
           int k = 2 * p + h;
-          *dst++ = col < n && k < kc ? element(b, transB, ldb, k0 + k, col) : 0;
+          *dst++ = col < n && k < kc ? element(b, bf, transB, ldb, k0 + k, col) : 0;
         }
       }
 }
 
-static void pack_a_dot(int transA, const uint16_t *a, int lda, int m0, int mc, int k0, int kc, int m, uint16_t *dst) {
+static void pack_a_dot(int transA, const void *a, int af, int lda, int m0, int mc, int k0, int kc, int m, uint16_t *dst) {
   int pairs = (kc + 1) / 2;
   for (int i = 0; i < mc; i += MR)
     for (int p = 0; p < pairs; p++)
@@ -135,7 +181,7 @@ static void pack_a_dot(int transA, const uint16_t *a, int lda, int m0, int mc, i
         int row = m0 + i + r;
         for (int h = 0; h < 2; h++) {
           int k = 2 * p + h;
-          *dst++ = row < m && k < kc ? element(a, transA, lda, row, k0 + k) : 0;
+          *dst++ = row < m && k < kc ? element(a, af, transA, lda, row, k0 + k) : 0;
         }
       }
 }
@@ -159,8 +205,8 @@ AVX512BF16 static void micro_dot(int pairs, const uint16_t *a, const uint16_t *b
   store_block(acc, c, ldc, rows, cols, alpha, beta);
 }
 
-void sbp_bf16_gemm(int kernel, int transA, int transB, int m, int n, int k, float alpha, const uint16_t *a, int lda,
-                   const uint16_t *b, int ldb, float beta, float *c, int ldc, void *workspace) {
+void sbp_bf16_gemm(int kernel, int transA, int transB, int m, int n, int k, float alpha, const void *a, int a_fp32, int lda,
+                   const void *b, int b_fp32, int ldb, float beta, float *c, int ldc, void *workspace) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int r = 0; r < m; r++)
@@ -178,15 +224,15 @@ void sbp_bf16_gemm(int kernel, int transA, int transB, int m, int n, int k, floa
       int kc = k - k0 < KC ? k - k0 : KC, pairs = (kc + 1) / 2;
       float bk = k0 == 0 ? beta : 1.0f;  // later depth blocks add to what the first wrote
       if (dot)
-        pack_b_dot(transB, b, ldb, k0, kc, n0, ncr, n, pb);
+        pack_b_dot(transB, b, b_fp32, ldb, k0, kc, n0, ncr, n, pb);
       else
-        pack_b_widen(transB, b, ldb, k0, kc, n0, ncr, n, pb);
+        pack_b_widen(transB, b, b_fp32, ldb, k0, kc, n0, ncr, n, pb);
       for (int m0 = 0; m0 < m; m0 += MC) {
         int mc = m - m0 < MC ? m - m0 : MC, mcr = (mc + MR - 1) / MR * MR;
         if (dot)
-          pack_a_dot(transA, a, lda, m0, mcr, k0, kc, m, pa);
+          pack_a_dot(transA, a, a_fp32, lda, m0, mcr, k0, kc, m, pa);
         else
-          pack_a_widen(transA, a, lda, m0, mcr, k0, kc, m, pa);
+          pack_a_widen(transA, a, a_fp32, lda, m0, mcr, k0, kc, m, pa);
         for (int j = 0; j < nc; j += NR)
           for (int i = 0; i < mc; i += MR) {
             int rows = mc - i < MR ? mc - i : MR, cols = nc - j < NR ? nc - j : NR;

@@ -28,6 +28,8 @@ public enum Annotation {
   public static let memPair = "mem.pair"
   public static let memRun = "mem.run"
   public static let memScratch = "mem.scratch"
+  // mixed-precision: "bf16" on a product whose operands are rounded to bf16 (fp32 accumulation).
+  public static let precision = "mp.precision"
   // bucket-allreduce: the allreduce bucket an update's gradient travels in.
   public static let commBucket = "comm.bucket"
 }

@@ -268,3 +268,19 @@ extension Graph {
     }
   }
 }
+
+extension Op {
+  /// The operand positions of a product (matmul, linear, gemm, linear's weight gradient): the
+  /// matrices it multiplies, which `mixed-precision` makes bf16. Empty for other ops.
+  public var productOperands: [Int] {
+    switch self {
+    case .matMul, .linear, .gemm, .linearGradWeight: return [0, 1]
+    case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .conv, .layerNorm, .softmax, .reshape, .transpose,
+      .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
+      .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool,
+      .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
+      .layerNormGrad, .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      return []
+    }
+  }
+}

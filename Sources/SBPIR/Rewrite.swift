@@ -124,6 +124,27 @@ extension Graph {
     for k in nodes[node].inputs.indices where nodes[node].inputs[k] == old { nodes[node].inputs[k] = new }
   }
 
+  /// Inserts nodes, each before the node now at index `before` (`nodes.count`: at the end),
+  /// keeping every other node's order; several at one index keep their given order. Each new
+  /// node's results must be fresh values (`newValue`) of the types its op infers.
+  public mutating func insert(_ new: [(before: Int, node: Node)]) throws {
+    var at: [Int: [Node]] = [:]
+    for (before, n) in new {
+      guard before >= 0, before <= nodes.count else { throw IRError.verify("insert: position \(before) outside 0...\(nodes.count)") }
+      guard try n.op.inferTypes(n.inputs.map(type(of:))) == n.outputs.map(type(of:)) else {
+        throw IRError.verify("insert: node '\(n.name)' (\(n.op.name)) declares results its op does not infer")
+      }
+      at[before, default: []].append(n)
+    }
+    var out: [Node] = []
+    out.reserveCapacity(nodes.count + new.count)
+    for i in 0...nodes.count {
+      out += at[i] ?? []
+      if i < nodes.count { out.append(nodes[i]) }
+    }
+    nodes = out
+  }
+
   /// Removes nodes whose results nobody reads, and parameters nobody reads.
   public mutating func eliminateDeadCode() {
     var live = Set(outputs.map(\.value))

@@ -72,6 +72,15 @@ extension Op {
       guard checkedElementCount(shape) != nil else { throw fail("shape \(shape) is negative or too large") }
       return TensorType(dtype, shape)
     }
+    /// A product's result dtype: fp32 when an operand is bf16 (bf16 operands, fp32
+    /// accumulation: `mixed-precision`), else the operands'.
+    func accumulated(_ a: TensorType, _ b: TensorType) throws -> DType {
+      guard a.dtype == .bf16 || b.dtype == .bf16 else { return a.dtype }
+      guard [DType.f32, .bf16].contains(a.dtype), [DType.f32, .bf16].contains(b.dtype) else {
+        throw fail("a bf16 product takes f32 or bf16 operands, got \(a.dtype) and \(b.dtype)")
+      }
+      return .f32
+    }
 
     switch self {
     case .constant(let lit):
@@ -112,7 +121,7 @@ extension Op {
       guard let batch = broadcastShapes(Array(a.dropLast(2)), Array(b.dropLast(2))) else {
         throw fail("cannot broadcast batch dimensions of \(t[0]) and \(t[1])")
       }
-      return [try checked(batch + [a[a.count - 2], b[b.count - 1]], t[0].dtype)]
+      return [try checked(batch + [a[a.count - 2], b[b.count - 1]], try accumulated(t[0], t[1]))]
     case .linear(let ax, let layout):
       try arity(2, 3)
       let x = t[0], w = t[1]
@@ -129,7 +138,7 @@ extension Op {
       }
       var s = x.shape
       s[a] = wOut
-      return [try checked(s, x.dtype)]
+      return [try checked(s, try accumulated(x, w))]
     case .gemm(let ta, let tb, _, _):
       try arity(2, 3)
       guard t[0].rank == 2, t[1].rank == 2 else { throw fail("operands must be 2-D, got \(t[0]) and \(t[1])") }
@@ -139,7 +148,7 @@ extension Op {
       if t.count == 3, broadcastShapes(t[2].shape, [m, n]) != [m, n] {
         throw fail("bias \(t[2]) does not broadcast to [\(m),\(n)]")
       }
-      return [try checked([m, n], t[0].dtype)]
+      return [try checked([m, n], try accumulated(t[0], t[1]))]
     case .conv(let g):
       try arity(2, 3)
       let x = t[0], w = t[1]
@@ -315,7 +324,7 @@ extension Op {
       guard try Op.linear(axis: ax, layout: layout).inferTypes([t[0], TensorType(t[0].dtype, shape)]) == [t[1]] else {
         throw fail("dy \(t[1]) is not the output of a linear on \(t[0]) with weight \(shape)")
       }
-      return [TensorType(t[0].dtype, shape)]
+      return [TensorType(try accumulated(t[0], t[1]), shape)]
     case .sliceGrad(let spec, let shape):
       try arity(1)
       guard try Op.slice(spec).inferTypes([TensorType(t[0].dtype, shape)]) == [t[0]] else {

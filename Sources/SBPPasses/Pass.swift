@@ -32,12 +32,16 @@ public struct PipelineOptions: Sendable, Equatable {
   public var softTargets: Bool
   /// `bucket-allreduce`'s bucket size in bytes; nil schedules the step for one process.
   public var bucketBytes: Int?
+  /// `mixed-precision`: the products' operand precision.
+  public var precision: Precision
 
   public init(
     sbp: SBPOptions = SBPOptions(), optimizer: OptimizerConfig = .defaultSGD, fuseOptimizer: Bool = true,
-    groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false, bucketBytes: Int? = nil
+    groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false, bucketBytes: Int? = nil,
+    precision: Precision = .fp32
   ) {
     self.bucketBytes = bucketBytes
+    self.precision = precision
     self.smoothing = smoothing
     self.softTargets = softTargets
     self.sbp = sbp
@@ -60,6 +64,7 @@ public enum PassRegistry {
       Autodiff(optimizer: options.optimizer, groups: options.groups, smoothing: options.smoothing, softTargets: options.softTargets),
       PruneBackward(),
       Rematerialize(),
+      MixedPrecision(options.precision),
       Schedule(fuseOptimizer: options.fuseOptimizer),
       BucketAllreduce(bucketBytes: options.bucketBytes),
       PlanMemory(),
@@ -73,7 +78,7 @@ public enum PassRegistry {
   /// What `sbpc compile` runs: `model` on the imported graph (which is also the evaluation
   /// forward), then `training` on a copy of it, which becomes the training step.
   public static let modelPipeline = "canonicalize,mark"
-  public static let trainingPipeline = "batch-norm-train,insert-sbp,dead-rows,autodiff,prune-backward,remat,schedule,bucket-allreduce,plan-memory"
+  public static let trainingPipeline = "batch-norm-train,insert-sbp,dead-rows,autodiff,prune-backward,remat,mixed-precision,schedule,bucket-allreduce,plan-memory"
   /// Run on the evaluation forward after the training copy is made: its memory layout.
   public static let evaluationPipeline = "schedule,plan-memory"
 

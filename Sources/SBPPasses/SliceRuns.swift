@@ -6,7 +6,8 @@ extension SliceRun {
   static func slices(_ n: Node, _ g: Graph, transposed: Set<ValueID>, paired: Set<Int>, at i: Int) -> Int? {
     guard !paired.contains(i), n.outputs.count == 1, !transposed.contains(n.outputs[0]) else { return nil }
     let types = n.inputs.map { g.type(of: $0) }, out = g.type(of: n.outputs[0])
-    guard out.dtype == .f32, types.allSatisfy({ $0.dtype == .f32 }) else { return nil }
+    // A bf16 product (`mixed-precision`) runs its own kernel, not the groups' sgemm.
+    guard out.dtype == .f32, types.allSatisfy({ $0.dtype == .f32 }), n.attrs[Annotation.precision] == nil else { return nil }
     let s = out.shape, r = s.count
     guard r >= 3 else { return nil }
     let slices = s[..<(r - 2)].reduce(1, *)

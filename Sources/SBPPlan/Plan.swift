@@ -64,12 +64,16 @@ public struct Plan: Sendable {
     /// Schedule the step for data-parallel training: gradients in allreduce buckets of this
     /// many bytes (`bucket-allreduce`); nil for one process.
     public var bucketBytes: Int?
+    /// The products' operand precision (`mixed-precision`).
+    public var precision: Precision
     public init(
       batch: Int? = nil, dims: [String: Int] = [:], optimizer: OptimizerConfig = .defaultSGD, sbp: SBPOptions = .off,
       fuseOptimizer: Bool = true, freeze: [String] = [], keepTied: Bool = false, head: HeadSpec? = nil,
-      groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false, bucketBytes: Int? = nil
+      groups: ParameterGroups = ParameterGroups(), smoothing: Double = 0, softTargets: Bool = false, bucketBytes: Int? = nil,
+      precision: Precision = .fp32
     ) {
       self.bucketBytes = bucketBytes
+      self.precision = precision
       self.smoothing = smoothing
       self.softTargets = softTargets
       self.head = head
@@ -95,7 +99,8 @@ public struct Plan: Sendable {
     var eval = imported.graph
     let passOptions = PipelineOptions(
       sbp: options.sbp, optimizer: options.optimizer, fuseOptimizer: options.fuseOptimizer, groups: options.groups,
-      smoothing: options.smoothing, softTargets: options.softTargets, bucketBytes: options.bucketBytes)
+      smoothing: options.smoothing, softTargets: options.softTargets, bucketBytes: options.bucketBytes,
+      precision: options.precision)
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.modelPipeline, passOptions), verifyEach: true).run(&eval)
     var notes = imported.notes
     // Structural --freeze specs (stem, head, norm, blocks) read mark's annotations.

@@ -42,18 +42,27 @@ public enum BF16GEMM {
   /// Per-chunk panel memory, grown once to the pool's size: no allocation inside a step.
   nonisolated(unsafe) private static var workspaces: [UnsafeMutableRawPointer] = []
 
-  private static func workspace(_ chunk: Int) -> UnsafeMutableRawPointer { workspaces[chunk] }
-
-  private static func ensureWorkspaces(_ count: Int) {
+  static func ensureWorkspaces(_ count: Int) {
     while workspaces.count < count { workspaces.append(.allocate(byteCount: sbp_bf16_gemm_workspace(), alignment: 64)) }
   }
 
+  /// One single-threaded product on chunk `chunk`'s panels (`ensureWorkspaces` first).
+  @inline(__always) static func one(
+    _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: GEMMOperand, _ lda: Int, _ b: GEMMOperand,
+    _ ldb: Int, _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, chunk: Int, kernel: Kernel = BF16GEMM.kernel
+  ) {
+    sbp_bf16_gemm(
+      kernel.rawValue, transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a.base, a.bf16 ? 0 : 1, Int32(lda), b.base,
+      b.bf16 ? 0 : 1, Int32(ldb), beta, c, Int32(ldc), workspaces[chunk])
+  }
+
   /// C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major and contiguous; A
-  /// and B bf16, C fp32. Split into one block of C's rows (or columns) per worker, as
-  /// `GEMM.sgemm` splits; counted in `GEMM.flops` and `GEMM.nanos`.
+  /// and B bf16 or fp32 (an fp32 operand is rounded to bf16 as it is packed), C fp32. Split
+  /// into one block of C's rows (or columns) per worker, as `GEMM.sgemm` splits; counted in
+  /// `GEMM.flops` and `GEMM.nanos`.
   public static func gemm(
-    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>,
-    beta: Float = 0, c: UnsafeMutablePointer<Float>, kernel: Kernel = BF16GEMM.kernel
+    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1, a: GEMMOperand, b: GEMMOperand, beta: Float = 0,
+    c: UnsafeMutablePointer<Float>, kernel: Kernel = BF16GEMM.kernel
   ) {
     precondition(m >= 0 && n >= 0 && k >= 0, "bf16 gemm: negative dimension")
     guard m > 0, n > 0 else { return }
@@ -61,21 +70,32 @@ public enum BF16GEMM {
     let t0 = DispatchTime.now().uptimeNanoseconds
     defer { GEMM.nanos &+= DispatchTime.now().uptimeNanoseconds - t0 }
     let lda = transA ? m : k, ldb = transB ? k : n
+    let large = Parallel.threads > 1 && 2 * m * n * k >= GEMM.splitFlops
+    // A product much deeper than wide (a weight gradient): each core a slice of K, as sgemm.
+    if large, k >= 4 * Swift.max(m, n) {
+      ensureWorkspaces(Parallel.threads)
+      GEMM.splitDepth(m: m, n: n, k: k, beta: beta, c: c, parts: Parallel.threads) { chunk, lo, hi, beta, out in
+        one(
+          transA, transB, m, n, hi - lo, alpha, a.advanced(by: transA ? lo * lda : lo), lda, b.advanced(by: transB ? lo : lo * ldb), ldb, beta,
+          out, n, chunk: chunk, kernel: kernel)
+      }
+      return
+    }
     let alongM = m >= n, extent = alongM ? m : n
-    let parts = 2 * m * n * k >= GEMM.splitFlops ? Swift.min(Parallel.threads, Swift.max(1, extent / 32)) : 1
+    let parts = large ? Swift.min(Parallel.threads, Swift.max(1, extent / 32)) : 1
     ensureWorkspaces(Parallel.chunkCount(parts, grain: 1))
     Parallel.chunks(parts, grain: 1) { chunk, r in
       for p in r {
         let lo = extent * p / parts / 16 * 16, hi = p == parts - 1 ? extent : extent * (p + 1) / parts / 16 * 16
         guard hi > lo else { continue }
         if alongM {
-          sbp_bf16_gemm(
-            kernel.rawValue, transA ? 1 : 0, transB ? 1 : 0, Int32(hi - lo), Int32(n), Int32(k), alpha, a + (transA ? lo : lo * lda),
-            Int32(lda), b, Int32(ldb), beta, c + lo * n, Int32(n), workspace(chunk))
+          one(
+            transA, transB, hi - lo, n, k, alpha, a.advanced(by: transA ? lo : lo * lda), lda, b, ldb, beta, c + lo * n, n, chunk: chunk,
+            kernel: kernel)
         } else {
-          sbp_bf16_gemm(
-            kernel.rawValue, transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(hi - lo), Int32(k), alpha, a, Int32(lda),
-            b + (transB ? lo * ldb : lo), Int32(ldb), beta, c + lo, Int32(n), workspace(chunk))
+          one(
+            transA, transB, m, hi - lo, k, alpha, a, lda, b.advanced(by: transB ? lo * ldb : lo), ldb, beta, c + lo, n, chunk: chunk,
+            kernel: kernel)
         }
       }
     }

@@ -39,6 +39,8 @@ public final class Buffer: @unchecked Sendable {
   public var f32: UnsafeMutablePointer<Float> { raw.assumingMemoryBound(to: Float.self) }
   public var i64: UnsafeMutablePointer<Int64> { raw.assumingMemoryBound(to: Int64.self) }
   public var u8: UnsafeMutablePointer<UInt8> { raw.assumingMemoryBound(to: UInt8.self) }
+  /// bf16 elements: the upper 16 bits of an fp32.
+  public var bf16: UnsafeMutablePointer<UInt16> { raw.assumingMemoryBound(to: UInt16.self) }
 
   public var floats: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: f32, count: count) }
 

@@ -190,6 +190,15 @@ enum Elementwise {
 
   /// Converts between f32 and integer dtypes.
   static func cast(_ x: Buffer, _ out: Buffer) {
+    switch (x.type.dtype, out.type.dtype) {
+    case (.f32, .bf16):
+      Parallel.chunks(out.count, grain: 1 << 15) { _, r in BF16GEMM.narrow(x.f32 + r.lowerBound, out.bf16 + r.lowerBound, count: r.count) }
+      return
+    case (.bf16, .f32):
+      Parallel.chunks(out.count, grain: 1 << 15) { _, r in BF16GEMM.widen(x.bf16 + r.lowerBound, out.f32 + r.lowerBound, count: r.count) }
+      return
+    default: break
+    }
     for i in 0..<out.count {
       let v: Double = x.type.dtype.isFloat ? Double(x.f32[i]) : Double(x.index(i))
       switch out.type.dtype {

@@ -37,6 +37,8 @@ public final class Executor {
     /// the first is skipped and its result is `unwritten`.
     var movement: MovementPair?
     var unwritten = false
+    /// A product whose operands are rounded to bf16 (`mixed-precision`).
+    var bf16 = false
   }
 
   enum MovementPair {
@@ -160,8 +162,23 @@ public final class Executor {
     for n in graph.nodes {
       for o in n.outputs {
         let t = graph.type(of: o)
-        guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .bool || t.dtype == .i32 else {
-          throw RuntimeError("node '\(n.name)' (\(n.op.name)) produces \(t.dtype); the CPU runtime runs f32")
+        // bf16 values are GEMM operands (`mixed-precision`): casts make them, and views
+        // (a reshape, a transpose read only by matmuls) pass them on; no other kernel reads bf16.
+        var bf16 = false
+        if t.dtype == .bf16 {
+          if case .cast = n.op { bf16 = true }
+          bf16 = bf16 || n.op.isView || plan.transposedViews.contains(o)
+        }
+        guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .bool || t.dtype == .i32 || bf16 else {
+          throw RuntimeError(
+            "node '\(n.name)' (\(n.op.name)) produces \(t.dtype); the CPU runtime runs f32, and bf16 only as cast GEMM operands")
+        }
+      }
+      for (k, v) in n.inputs.enumerated() where graph.type(of: v).dtype == .bf16 {
+        var reads = n.op.isView || n.op.productOperands.contains(k) || plan.transposedViews.contains(n.outputs[0])
+        if case .cast = n.op { reads = true }
+        guard reads else {
+          throw RuntimeError("node '\(n.name)' (\(n.op.name)) reads a bf16 value; the CPU runtime reads bf16 in products, casts and views only")
         }
       }
       if case .conv = n.op, Executor.convShapes(n, graph).x.count != 4 {
@@ -215,6 +232,7 @@ public final class Executor {
         .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: break
       }
       var pre = Executor.prepare(n, graph)
+      pre.bf16 = n.attrs[Annotation.precision] == .string("bf16")
       switch n.op {
       case .transpose: pre.skip = transposed.contains(n.outputs[0])
       case .matMul: (pre.transA, pre.transB) = (transposed.contains(n.inputs[0]), transposed.contains(n.inputs[1]))
@@ -485,12 +503,13 @@ public final class Executor {
     case .select: Elementwise.select(ins[0], ins[1], ins[2], y!, strides: pre.strides)
     case .unary(let f): Elementwise.unary(f, ins[0], y!)
     case .cast: Elementwise.cast(ins[0], y!)
-    case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!, batch: pre.strides, transA: pre.transA, transB: pre.transB)
-    case .linear(let axis, let layout): LinearAlgebra.linear(axis: axis, layout: layout, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
+    case .matMul: LinearAlgebra.matMul(ins[0], ins[1], y!, batch: pre.strides, transA: pre.transA, transB: pre.transB, bf16: pre.bf16)
+    case .linear(let axis, let layout):
+      LinearAlgebra.linear(axis: axis, layout: layout, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!, bf16: pre.bf16)
     case .gemm(let ta, let tb, let alpha, let beta):
       LinearAlgebra.gemm(
         transA: ta, transB: tb, alpha: Float(alpha), beta: Float(beta), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!,
-        cStrides: pre.strides)
+        cStrides: pre.strides, bf16: pre.bf16)
     case .conv:
       conv!.forward(ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!, scratch: scratch)
     case .layerNorm(let axis, let eps): Norm.layerNorm(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
@@ -514,7 +533,8 @@ public final class Executor {
       conv!.gradInput(ins[0], ins[1], y!, scratch: scratch)
     case .convGradWeight:
       conv!.gradWeight(ins[0], ins[1], y!, scratch: scratch)
-    case .linearGradWeight(let axis, let layout, _): LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!)
+    case .linearGradWeight(let axis, let layout, _):
+      LinearAlgebra.linearGradWeight(axis: axis, layout: layout, ins[0], ins[1], y!, bf16: pre.bf16)
     case .sliceGrad: Movement.sliceGrad(base: pre.base, strides: pre.strides, ins[0], y!)
     case .gatherGrad(let axis, _): Movement.gatherGrad(axis: axis, ins[0], ins[1], y!)
     case .batchNorm(let eps, _): BatchNorm.inference(epsilon: Float(eps), ins[0], ins[1], ins[2], ins[3], ins[4], y!)

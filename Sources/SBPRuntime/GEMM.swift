@@ -1,9 +1,40 @@
 // GEMM.swift: the runtime's matrix-multiply kernel, a thin checked wrapper over OpenBLAS sgemm.
 import COpenBLAS
 import Dispatch
+import SBPIR
+
+/// A GEMM operand: fp32 or bf16 elements from an address.
+public struct GEMMOperand {
+  public let base: UnsafeRawPointer
+  public let bf16: Bool
+  public init(_ base: UnsafeRawPointer, bf16: Bool) { (self.base, self.bf16) = (base, bf16) }
+  public init(_ p: UnsafePointer<Float>) { (base, bf16) = (UnsafeRawPointer(p), false) }
+  public init(_ p: UnsafePointer<UInt16>) { (base, bf16) = (UnsafeRawPointer(p), true) }
+  @inline(__always) public func advanced(by elements: Int) -> GEMMOperand { GEMMOperand(base + elements * (bf16 ? 2 : 4), bf16: bf16) }
+  var f32: UnsafePointer<Float> { base.assumingMemoryBound(to: Float.self) }
+}
+
+extension Buffer {
+  /// The buffer as a GEMM operand (f32 or bf16).
+  var operand: GEMMOperand { GEMMOperand(raw, bf16: type.dtype == .bf16) }
+}
 
 /// Row-major single-precision GEMM kernels backed by OpenBLAS.
 public enum GEMM {
+  /// C = alpha · op(A) · op(B) + beta · C: OpenBLAS sgemm on fp32 operands, the bf16
+  /// kernels (`BF16GEMM`) when either operand is bf16 or `bf16` asks for bf16 operands (an
+  /// fp32 one is then rounded as it is packed).
+  static func product(
+    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1, a: GEMMOperand, b: GEMMOperand, beta: Float = 0,
+    c: UnsafeMutablePointer<Float>, bf16: Bool = false
+  ) {
+    if bf16 || a.bf16 || b.bf16 {
+      BF16GEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, b: b, beta: beta, c: c)
+    } else {
+      sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a.f32, b: b.f32, beta: beta, c: c)
+    }
+  }
+
   /// Σ 2·M·N·K over every sgemm call since the counter was last reset. Only the executor's
   /// thread calls these entry points (they split work themselves), so a plain counter is safe.
   nonisolated(unsafe) public static var flops = 0
@@ -54,16 +85,27 @@ public enum GEMM {
     _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
     _ b: UnsafePointer<Float>, _ ldb: Int, _ beta: Float, _ c: UnsafeMutablePointer<Float>, parts: Int
   ) {
+    splitDepth(m: m, n: n, k: k, beta: beta, c: c, parts: parts) { _, lo, hi, beta, out in
+      // Slice [lo, hi) of K: columns of op(A) and rows of op(B).
+      call(transA, transB, m, n, hi - lo, alpha, a + (transA ? lo * lda : lo), lda, b + (transB ? lo : lo * ldb), ldb, beta, out, n)
+    }
+  }
+
+  /// The depth split itself: `product(chunk, lo, hi, beta, out)` computes the product over
+  /// slice [lo, hi) of K into `out` (C for the first slice, scratch for the others), then
+  /// the slices are summed into C.
+  static func splitDepth(
+    m: Int, n: Int, k: Int, beta: Float, c: UnsafeMutablePointer<Float>, parts: Int,
+    product: (_ chunk: Int, _ lo: Int, _ hi: Int, _ beta: Float, _ out: UnsafeMutablePointer<Float>) -> Void
+  ) {
     let partials = Scratch.floats(m * n * (parts - 1), slot: 2)
-    Parallel.chunks(parts, grain: 1) { _, r in
+    Parallel.chunks(parts, grain: 1) { chunk, r in
       for p in r {
         let lo = k * p / parts, hi = k * (p + 1) / parts
-        // Slice [lo, hi) of K: columns of op(A) and rows of op(B).
-        let ap = a + (transA ? lo * lda : lo), bp = b + (transB ? lo : lo * ldb)
         if p == 0 {
-          call(transA, transB, m, n, hi - lo, alpha, ap, lda, bp, ldb, beta, c, n)
+          product(chunk, lo, hi, beta, c)
         } else {
-          call(transA, transB, m, n, hi - lo, alpha, ap, lda, bp, ldb, 0, partials + (p - 1) * m * n, n)
+          product(chunk, lo, hi, 0, partials + (p - 1) * m * n)
         }
       }
     }
@@ -97,20 +139,26 @@ public enum GEMM {
   /// machine's rate when OpenBLAS splits it over threads, and well above when whole products
   /// go to each core. `offsets(i)` gives product i's (A, B, C) element offsets.
   public static func batched(
-    count: Int, threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>,
-    b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, offsets: (Int) -> (Int, Int, Int)
+    count: Int, threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: GEMMOperand, b: GEMMOperand,
+    c: UnsafeMutablePointer<Float>, bf16: Bool = false, offsets: (Int) -> (Int, Int, Int)
   ) {
     guard m > 0, n > 0, count > 0 else { return }
     let t0 = DispatchTime.now().uptimeNanoseconds
     let lda = transA ? m : k, ldb = transB ? k : n
-    func one(_ i: Int) {
+    let mixed = bf16 || a.bf16 || b.bf16
+    if mixed { BF16GEMM.ensureWorkspaces(Swift.max(threads, 1)) }
+    func one(_ i: Int, _ chunk: Int) {
       let (oa, ob, oc) = offsets(i)
-      call(transA, transB, m, n, k, 1, a + oa, lda, b + ob, ldb, 0, c + oc, n)
+      if mixed {
+        BF16GEMM.one(transA, transB, m, n, k, 1, a.advanced(by: oa), lda, b.advanced(by: ob), ldb, 0, c + oc, n, chunk: chunk)
+      } else {
+        call(transA, transB, m, n, k, 1, a.f32 + oa, lda, b.f32 + ob, ldb, 0, c + oc, n)
+      }
     }
     if threads > 1 && count >= threads {
-      Parallel.chunks(count, grain: 1) { _, r in for i in r { one(i) } }
+      Parallel.chunks(count, grain: 1) { chunk, r in for i in r { one(i, chunk) } }
     } else {
-      for i in 0..<count { one(i) }
+      for i in 0..<count { one(i, 0) }
     }
     flops &+= 2 * m * n * k * count
     nanos &+= DispatchTime.now().uptimeNanoseconds - t0

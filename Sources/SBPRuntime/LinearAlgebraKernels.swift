@@ -1,4 +1,4 @@
-// LinearAlgebraKernels.swift: matmul, linear, gemm and convolution, all through OpenBLAS sgemm.
+// LinearAlgebraKernels.swift: matmul, linear, gemm and convolution, through OpenBLAS sgemm (bf16 operands: the bf16 kernels).
 import SBPIR
 
 /// GEMM-backed kernels: batched matmul, linear and its weight gradient, gemm.
@@ -14,14 +14,17 @@ enum LinearAlgebra {
 
   /// Batched matmul with broadcast batch axes; `batch` is `matMulBatch`'s result. With
   /// `transA`/`transB` an operand's memory holds each matrix transposed (a transposed view).
-  static func matMul(_ a: Buffer, _ b: Buffer, _ out: Buffer, batch p: [[Int]], transA: Bool = false, transB: Bool = false) {
+  /// `bf16`: round the operands to bf16 (`mixed-precision`), as a bf16 operand already is.
+  static func matMul(_ a: Buffer, _ b: Buffer, _ out: Buffer, batch p: [[Int]], transA: Bool = false, transB: Bool = false, bf16: Bool = false) {
     let sa = a.type.shape, sb = b.type.shape
     let m = sa[sa.count - 2], k = sa[sa.count - 1], n = sb[sb.count - 1]
     let (batch, ba, bb, bs) = (p[0], p[1], p[2], p[3])
     var count = 1
     for d in batch { count *= d }
     let threads = 2 * m * n * k <= GEMM.smallProductFlops ? Parallel.threads : 1
-    GEMM.batched(count: count, threads: threads, transA: transA, transB: transB, m: m, n: n, k: k, a: a.f32, b: b.f32, c: out.f32) { i in
+    GEMM.batched(
+      count: count, threads: threads, transA: transA, transB: transB, m: m, n: n, k: k, a: a.operand, b: b.operand, c: out.f32, bf16: bf16
+    ) { i in
       var oa = 0, ob = 0
       for d in 0..<batch.count {
         let c = (i / bs[d]) % batch[d]
@@ -38,7 +41,7 @@ enum LinearAlgebra {
   }
 
   /// y = x ·(axis) W (+ b).
-  static func linear(axis: Int, layout: WeightLayout, _ x: Buffer, _ w: Buffer, _ bias: Buffer?, _ out: Buffer) {
+  static func linear(axis: Int, layout: WeightLayout, _ x: Buffer, _ w: Buffer, _ bias: Buffer?, _ out: Buffer, bf16: Bool = false) {
     let (outer, fin, inner) = around(x.type.shape, axis)
     let fout = out.type.shape[axis]
     // The bias is written into C first and sgemm accumulates onto it (beta 1): the GEMM's
@@ -50,13 +53,13 @@ enum LinearAlgebra {
     let beta: Float = bias == nil ? 0 : 1
     if inner == 1 {
       // Y[outer, out] = X[outer, in] · W' where W' = W (io) or Wᵀ (oi).
-      GEMM.sgemm(transA: false, transB: layout == .outIn, m: outer, n: fout, k: fin, a: x.f32, b: w.f32, beta: beta, c: out.f32)
+      GEMM.product(transA: false, transB: layout == .outIn, m: outer, n: fout, k: fin, a: x.operand, b: w.operand, beta: beta, c: out.f32, bf16: bf16)
     } else {
       // Per outer index: Y[out, inner] = W''[out, in] · X[in, inner].
       for o in 0..<outer {
-        GEMM.sgemm(
-          transA: layout == .inOut, transB: false, m: fout, n: inner, k: fin, a: w.f32, b: x.f32 + o * fin * inner, beta: beta,
-          c: out.f32 + o * fout * inner)
+        GEMM.product(
+          transA: layout == .inOut, transB: false, m: fout, n: inner, k: fin, a: w.operand, b: x.operand.advanced(by: o * fin * inner),
+          beta: beta, c: out.f32 + o * fout * inner, bf16: bf16)
       }
     }
   }
@@ -77,23 +80,23 @@ enum LinearAlgebra {
   }
 
   /// dW for `linear`, in the weight's own layout.
-  static func linearGradWeight(axis: Int, layout: WeightLayout, _ x: Buffer, _ dy: Buffer, _ dw: Buffer) {
+  static func linearGradWeight(axis: Int, layout: WeightLayout, _ x: Buffer, _ dy: Buffer, _ dw: Buffer, bf16: Bool = false) {
     let (outer, fin, inner) = around(x.type.shape, axis)
     let fout = dy.type.shape[axis]
     if inner == 1 {
       if layout == .outIn {
-        GEMM.sgemm(transA: true, transB: false, m: fout, n: fin, k: outer, a: dy.f32, b: x.f32, c: dw.f32)
+        GEMM.product(transA: true, transB: false, m: fout, n: fin, k: outer, a: dy.operand, b: x.operand, c: dw.f32, bf16: bf16)
       } else {
-        GEMM.sgemm(transA: true, transB: false, m: fin, n: fout, k: outer, a: x.f32, b: dy.f32, c: dw.f32)
+        GEMM.product(transA: true, transB: false, m: fin, n: fout, k: outer, a: x.operand, b: dy.operand, c: dw.f32, bf16: bf16)
       }
     } else {
       dw.f32.update(repeating: 0, count: dw.count)
       for o in 0..<outer {
-        let xo = x.f32 + o * fin * inner, dyo = dy.f32 + o * fout * inner
+        let xo = x.operand.advanced(by: o * fin * inner), dyo = dy.operand.advanced(by: o * fout * inner)
         if layout == .outIn {
-          GEMM.sgemm(transA: false, transB: true, m: fout, n: fin, k: inner, a: dyo, b: xo, beta: 1, c: dw.f32)
+          GEMM.product(transA: false, transB: true, m: fout, n: fin, k: inner, a: dyo, b: xo, beta: 1, c: dw.f32, bf16: bf16)
         } else {
-          GEMM.sgemm(transA: false, transB: true, m: fin, n: fout, k: inner, a: xo, b: dyo, beta: 1, c: dw.f32)
+          GEMM.product(transA: false, transB: true, m: fin, n: fout, k: inner, a: xo, b: dyo, beta: 1, c: dw.f32, bf16: bf16)
         }
       }
     }
@@ -102,12 +105,14 @@ enum LinearAlgebra {
   /// out = alpha · op(A) · op(B) + beta · C.
   /// `cStrides`: C's strides broadcast to the output (prepared once).
   static func gemm(
-    transA: Bool, transB: Bool, alpha: Float, beta: Float, _ a: Buffer, _ b: Buffer, _ c: Buffer?, _ out: Buffer, cStrides: [[Int]]
+    transA: Bool, transB: Bool, alpha: Float, beta: Float, _ a: Buffer, _ b: Buffer, _ c: Buffer?, _ out: Buffer, cStrides: [[Int]],
+    bf16: Bool = false
   ) {
     let m = out.type.shape[0], n = out.type.shape[1]
     let k = transA ? a.type.shape[0] : a.type.shape[1]
     if let c { Movement.strided(c, base: 0, strides: cStrides, out) }
-    GEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a.f32, b: b.f32, beta: c == nil ? 0 : beta, c: out.f32)
+    GEMM.product(
+      transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a.operand, b: b.operand, beta: c == nil ? 0 : beta, c: out.f32, bf16: bf16)
   }
 }
 

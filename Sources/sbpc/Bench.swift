@@ -35,8 +35,11 @@ struct Bench: ParsableCommand {
   @Option(help: "Seed for the synthetic data and the SBP masks.") var seed: UInt64 = 0
   @Option(help: "Which plans to run: no-sbp, sbp or both (default both).") var plans: String = "both"
   @Flag(help: "Print the results as JSON instead of a table.") var json = false
+  @Option(help: ArgumentHelp("The products' precision in both plans, as compile's --precision (default fp32).", valueName: "fp32|bf16"))
+  var precision: String = "fp32"
 
   func validate() throws {
+    guard Precision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32 or bf16, got '\(precision)'") }
     guard runs >= 1, runs <= 10_000 else { throw ValidationError("--runs must be between 1 and 10000, got \(runs)") }
     guard warmup >= 0, warmup <= 10_000 else { throw ValidationError("--warmup must be between 0 and 10000, got \(warmup)") }
     guard threads >= 1, threads <= 256 else { throw ValidationError("--threads must be between 1 and 256, got \(threads)") }
@@ -91,7 +94,9 @@ struct Bench: ParsableCommand {
         var o = sbp.options
         if name == "no-sbp" { o.keep = 1 }
         let (plan, notes) = try Plan.compile(
-          model: model, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, optimizer: .defaultSGD, sbp: o))
+          model: model,
+          options: Plan.Options(
+            batch: shape.batch, dims: shape.importOptions.dims, optimizer: .defaultSGD, sbp: o, precision: Precision(rawValue: precision)!))
         if name == "sbp" {
           printNotes(notes)
           sbpOptions = plan.sbp

@@ -52,6 +52,11 @@ struct Compile: ParsableCommand {
     name: .customLong("bucket-mb"),
     help: ArgumentHelp("With --distributed: the allreduce bucket size in MiB (default 25, as PyTorch DDP's).", valueName: "MB"))
   var bucketMB: Double?
+  @Option(
+    help: ArgumentHelp(
+      "fp32 (default), or bf16: the step's products (linear, matmul) read bf16 operands and accumulate in fp32, and keep bf16 copies for the backward; everything else stays fp32.",
+      valueName: "fp32|bf16"))
+  var precision: String = "fp32"
   @Option(help: "Optimizer: sgd or adamw.") var optimizer: String = "sgd"
   @Option(help: "Learning rate.") var lr: Double = 0.01
   @Option(help: "SGD momentum.") var momentum: Double = 0.9
@@ -84,6 +89,7 @@ struct Compile: ParsableCommand {
     guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
     guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
     if let r = layerDecay, !(r > 0 && r <= 1) { throw ValidationError("--layer-decay must be in (0, 1], got \(r)") }
+    guard Precision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32 or bf16, got '\(precision)'") }
     if let bucketMB {
       guard distributed else { throw ValidationError("--bucket-mb needs --distributed") }
       guard bucketMB > 0, bucketMB <= 4096 else { throw ValidationError("--bucket-mb must be in (0, 4096], got \(bucketMB)") }
@@ -102,7 +108,7 @@ struct Compile: ParsableCommand {
         freeze: parameters.freeze, keepTied: parameters.keepTied,
         head: parameters.numClasses.map { HeadSpec(classes: $0, seed: parameters.seed) },
         groups: ParameterGroups(noDecay1D: noDecay1D, layerDecay: layerDecay), smoothing: smoothing, softTargets: softTargets,
-        bucketBytes: distributed ? Int((bucketMB ?? 25) * 1_048_576) : nil)
+        bucketBytes: distributed ? Int((bucketMB ?? 25) * 1_048_576) : nil, precision: Precision(rawValue: precision)!)
       let (plan, notes) = try Plan.compile(model: model, options: options)
       printNotes(notes)
       if let limit = maxMemory.flatMap(MemoryOptions.parse) {

@@ -34,16 +34,20 @@ struct Opt: ParsableCommand {
     name: .customLong("bucket-mb"),
     help: ArgumentHelp("bucket-allreduce's bucket size in MiB (without it the pass leaves the step as it is).", valueName: "MB"))
   var bucketMB: Double?
+  @Option(help: ArgumentHelp("mixed-precision's precision (default fp32: the pass leaves the step as it is).", valueName: "fp32|bf16"))
+  var precision: String = "fp32"
 
   func validate() throws {
     if let bucketMB, !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be in (0, 4096], got \(bucketMB)") }
+    guard Precision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32 or bf16, got '\(precision)'") }
   }
 
   func run() throws {
     try reportingErrors {
       // The passes take their settings from the flags, as compile's do (default: keep 0.5, grid,
       // qkv, default blocks; SGD; fused updates).
-      let options = PipelineOptions(sbp: sbp.options, bucketBytes: bucketMB.map { Int($0 * 1_048_576) })
+      let options = PipelineOptions(
+        sbp: sbp.options, bucketBytes: bucketMB.map { Int($0 * 1_048_576) }, precision: Precision(rawValue: precision)!)
       let list = passes.isEmpty ? [] : try PassRegistry.pipeline(passes, options)
       for p in printAfter where PassRegistry.named(p) == nil {
         throw PassError("--print-after: unknown pass '\(p)'")

@@ -33,14 +33,29 @@ final class BF16GEMMTests: XCTestCase {
           cblas_sgemm(
             CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, blasint(m), blasint(n), blasint(k), 1,
             aw.map(abs), blasint(lda), bw.map(abs), blasint(ldb), 0, &bound, blasint(n))
+          // Each kernel on bf16 operands, and on the unrounded fp32 ones (rounded as packed):
+          // both must be the product of the rounded values.
           for kernel in kernels {
-            var c = c0
-            BF16GEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.5, a: a, b: b, beta: 2, c: &c, kernel: kernel)
-            for i in 0..<(m * n) {
-              let tolerance = 1e-6 * Float(k) * bound[i] + 1e-6 * abs(c0[i])
-              if abs(c[i] - ref[i]) > tolerance {
-                XCTFail("\(kernel) m\(m) n\(n) k\(k) tA \(transA) tB \(transB) at \(i): \(c[i]) vs \(ref[i])")
-                break
+            for fp32Operands in [false, true] {
+              var c = c0
+              a.withUnsafeBufferPointer { pa in
+                b.withUnsafeBufferPointer { pb in
+                  af.withUnsafeBufferPointer { fa in
+                    bf.withUnsafeBufferPointer { fb in
+                      let (oa, ob) =
+                        fp32Operands
+                        ? (GEMMOperand(fa.baseAddress!), GEMMOperand(fb.baseAddress!)) : (GEMMOperand(pa.baseAddress!), GEMMOperand(pb.baseAddress!))
+                      BF16GEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.5, a: oa, b: ob, beta: 2, c: &c, kernel: kernel)
+                    }
+                  }
+                }
+              }
+              for i in 0..<(m * n) {
+                let tolerance = 1e-6 * Float(k) * bound[i] + 1e-6 * abs(c0[i])
+                if abs(c[i] - ref[i]) > tolerance {
+                  XCTFail("\(kernel) fp32 operands \(fp32Operands) m\(m) n\(n) k\(k) tA \(transA) tB \(transB) at \(i): \(c[i]) vs \(ref[i])")
+                  break
+                }
               }
             }
           }

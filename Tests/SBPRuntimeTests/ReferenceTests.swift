@@ -31,11 +31,11 @@ func referenceCases() -> [(model: String, stem: String, onnx: String)] {
 }
 
 /// Runs one training step of `onnx` on the reference input and labels; returns the executor.
-func runReferenceStep(_ model: String, _ onnx: String, threads: Int = 1) throws -> (Executor, Plan) {
+func runReferenceStep(_ model: String, _ onnx: String, threads: Int = 1, precision: Precision = .fp32) throws -> (Executor, Plan) {
   let ref = repoRoot + "/models/reference/" + model
   let x = try NPYArray.read(repoRoot + "/models/\(model).ref/input.npy")
   let labels = try NPYArray.read(ref + "/labels.npy")
-  let (plan, _) = try Plan.compile(model: onnx, options: Plan.Options(batch: x.shape[0]))
+  let (plan, _) = try Plan.compile(model: onnx, options: Plan.Options(batch: x.shape[0], precision: precision))
   let ex = try Executor(graph: plan.train, threads: threads, retaining: Executor.gradientValues(plan.train))
   let inp = try XCTUnwrap(plan.train.inputs.first { $0.name != "labels" && $0.name != "step" })
   x.data.withUnsafeBytes { ex.buffer(inp.value).raw.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }

@@ -45,6 +45,7 @@ CASES=(
 "plan: clipping needs an unfused plan|train Tests/Fixtures/sbp-vit.plan --clip-grad-norm 1"
 "flag: --bucket-mb without --distributed|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --bucket-mb 4"
 "flag: --bucket-mb out of range|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --distributed --bucket-mb 0"
+"flag: unknown --precision|compile Tests/Fixtures/ok_linear.onnx -o /dev/null --precision fp16"
 "flag: unknown --distributed|train Fuzz/corpus/plan/linear-sgd.plan --distributed yes"
 "flag: --sync-bn without mpirun|train Fuzz/corpus/plan/linear-sgd.plan --sync-bn"
 "checkpoint: none in the --resume folder|train Fuzz/corpus/plan/linear-sgd.plan --resume Tests/Fixtures/bad"

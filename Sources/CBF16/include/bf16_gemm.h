@@ -15,10 +15,12 @@ int sbp_bf16_kernel_available(int kernel);
 /// Bytes of scratch one call needs (packed panels); the caller owns it, one per thread.
 size_t sbp_bf16_gemm_workspace(void);
 
-/// C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, row-major, A and B bf16 (the upper
-/// half of an fp32), C fp32; lda, ldb, ldc are row strides in elements.
-void sbp_bf16_gemm(int kernel, int transA, int transB, int m, int n, int k, float alpha, const uint16_t *a, int lda,
-                   const uint16_t *b, int ldb, float beta, float *c, int ldc, void *workspace);
+/// C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, row-major, C fp32; lda, ldb, ldc are
+/// row strides in elements. A and B are bf16 (the upper half of an fp32), or fp32 when
+/// `a_fp32` / `b_fp32` says so: such an operand is rounded to bf16 as it is packed, so the
+/// product is the same as if it had been cast first.
+void sbp_bf16_gemm(int kernel, int transA, int transB, int m, int n, int k, float alpha, const void *a, int a_fp32, int lda,
+                   const void *b, int b_fp32, int ldb, float beta, float *c, int ldc, void *workspace);
 
 /// fp32 to bf16, rounding to nearest even (NaN stays NaN), and back.
 void sbp_f32_to_bf16(const float *x, uint16_t *y, size_t n);
