@@ -175,7 +175,7 @@ public final class Executor {
         }
       }
       for (k, v) in n.inputs.enumerated() where graph.type(of: v).dtype == .bf16 {
-        var reads = n.op.isView || n.op.productOperands.contains(k) || plan.transposedViews.contains(n.outputs[0])
+        var reads = n.op.isView || n.op.productOperands.contains(k) || n.outputs.first.map(plan.transposedViews.contains) == true
         if case .cast = n.op { reads = true }
         guard reads else {
           throw RuntimeError("node '\(n.name)' (\(n.op.name)) reads a bf16 value; the CPU runtime reads bf16 in products, casts and views only")

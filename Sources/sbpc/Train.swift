@@ -271,7 +271,7 @@ struct Train: ParsableCommand {
 
   /// What rank 0 says if mpirun stops it during the step after `step` (another rank ended).
   func stopNote(step: Int, total: Int) -> String {
-    var note = "sbpc: error: the job stopped after step \(step) of \(total): another rank ended, and mpirun stopped this one"
+    var note = "sbpc: error: the job stopped after step \(step) of \(total): another rank ended (or the job was interrupted), and mpirun stopped this one"
     if let dir = checkpoint {
       let every = checkpointEvery ?? Int.max
       let saved = every == Int.max ? 0 : step / every * every
@@ -322,7 +322,7 @@ enum StopNote {
   nonisolated(unsafe) static var length = 0
 
   static func install() {
-    set("sbpc: error: the job stopped before its first step: another rank ended, and mpirun stopped this one\n")
+    set("sbpc: error: the job stopped before its first step: another rank ended (or the job was interrupted), and mpirun stopped this one\n")
     signal(SIGTERM) { _ in
       _ = write(2, StopNote.text, StopNote.length)
       _exit(1)
