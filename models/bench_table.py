@@ -27,7 +27,7 @@ import sys
 
 NAMES = {"pytorch": "PyTorch", "sbpc": "sbpc"}
 PLAN_NAMES = {"no-sbp": "no-SBP", "sbp": "SBP"}
-SETTINGS = ("batch", "threads", "keep", "attention")  # should agree across files
+SETTINGS = ("batch", "threads", "keep", "attention", "precision")  # should agree across files
 DASH = "\u2014"
 
 
@@ -75,7 +75,7 @@ def describe(doc, label):
     return (f"- {label}: `{doc['model']}`, batch {doc.get('batch', '?')}, "
             f"{doc.get('threads', '?')} threads, runs {doc.get('runs', '?')}, "
             f"warm-up {doc.get('warmup', '?')}, keep {doc.get('keep', '?')}, "
-            f"attention {doc.get('attention', '?')}, "
+            f"attention {doc.get('attention', '?')}, precision {doc.get('precision', 'fp32')}, "
             f"sgemm peak {fmt(doc['sgemm_peak_gflops'], '.1f')} GFLOP/s"
             + (f", OpenBLAS core {doc['blas_core']}" if doc.get("blas_core") else "")
             + (f" (OpenBLAS detected {doc['blas_core_detected']})" if doc.get("blas_core_detected") else "")

@@ -139,7 +139,10 @@ def plan_child(args, out):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(x), labels, reduction="mean")
+        # --precision bf16: PyTorch's CPU autocast around the forward and the loss; the
+        # backward runs outside it, as PyTorch documents.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = torch.nn.functional.cross_entropy(model(x), labels, reduction="mean")
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -240,7 +243,7 @@ class Child(Piped):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", role, "--model", args.model,
                "--batch", str(args.batch), "--threads", str(args.threads),
                "--warmup", str(args.warmup), "--keep", repr(args.keep),
-               "--attention", args.attention]
+               "--attention", args.attention, "--precision", args.precision]
         if args.seed is not None:
             cmd += ["--seed", str(args.seed)]
         super().__init__(role, role, cmd)
@@ -279,7 +282,7 @@ def sbpc_plans(args, folder):
     for plan in args.plans:
         path = os.path.join(folder, f"{plan}.plan")
         keep = "1" if plan == "no-sbp" else repr(args.keep)
-        cmd = [args.sbpc, "compile", args.onnx, "--batch", str(args.batch), "--keep", keep, "-o", path]
+        cmd = [args.sbpc, "compile", args.onnx, "--batch", str(args.batch), "--keep", keep, "--precision", args.precision, "-o", path]
         if plan == "sbp" and args.attention != "none":
             cmd += ["--attention", args.attention]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -306,7 +309,7 @@ def document(framework, model, args, peak, plans):
     median = {p["name"]: p["median_s"] for p in plans}
     return {"framework": framework, "model": model, "batch": args.batch,
             "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "keep": args.keep,
-            "attention": args.attention, "sgemm_peak_gflops": peak, "plans": plans,
+            "attention": args.attention, "precision": args.precision, "sgemm_peak_gflops": peak, "plans": plans,
             "speedup": median["no-sbp"] / median["sbp"] if len(median) == 2 else None}
 
 
@@ -423,6 +426,9 @@ def parse(argv):
                         help="SBP attention mode (default qkv for ViT, none for ConvNeXt)")
     parser.add_argument("--plans", default=",".join(PLANS),
                         help="comma-separated plans to run, of %s (default %%(default)s)" % ", ".join(PLANS))
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: PyTorch's steps under torch.autocast('cpu', bfloat16) and sbpc's plans "
+                        "compiled with --precision bf16 (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print only the JSON document")
     parser.add_argument("--seed", type=int,
                         help="seed of input and labels (default: export.py's seeds for the model)")
