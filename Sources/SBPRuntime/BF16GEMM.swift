@@ -23,20 +23,57 @@ public enum BF16GEMM {
   /// The kernel `gemm` runs: `SBPC_BF16_GEMM=widen|dot` when given (and available);
   /// otherwise `dot` only where vdpbf16ps chains outrun FMA chains by a tenth, which covers
   /// the packing of pairs, measured once per process (about 10 ms).
-  public static let kernel: Kernel = {
+  public static var kernel: Kernel { choice.kernel }
+
+  /// Why `kernel` was chosen, in one line (what a bf16 run says once).
+  public static var why: String { choice.why }
+
+  private static let choice: (kernel: Kernel, why: String) = {
     if let name = ProcessInfo.processInfo.environment["SBPC_BF16_GEMM"],
       let k = Kernel.allCases.first(where: { "\($0)" == name }), k.available
     {
-      return k
+      return (k, "SBPC_BF16_GEMM=\(name)")
     }
-    guard Kernel.dot.available else { return .widen }
-    return peakGFLOPs(.dot) > 1.1 * peakGFLOPs(.widen) ? .dot : .widen
+    guard Kernel.dot.available else {
+      return (.widen, "this CPU has no AVX512-BF16: bf16 operands are widened to fp32 and multiplied in fp32, with the same memory")
+    }
+    let dot = peakGFLOPs(.dot), fma = peakGFLOPs(.widen)
+    let k: Kernel = dot > 1.1 * fma ? .dot : .widen
+    return (
+      k,
+      String(
+        format: "on this core vdpbf16ps chains reach %.0f GFLOP/s and fp32 FMA chains %.0f: %@", dot, fma,
+        k == .dot ? "bf16 pairs are multiplied with vdpbf16ps" : "bf16 operands are widened to fp32 and multiplied in fp32")
+    )
   }()
 
   /// GFLOP/s of independent chains of the kernel's multiply-add instruction on one core: the
   /// rate its GEMM can approach (0 when the CPU lacks the instruction).
   public static func peakGFLOPs(_ k: Kernel, iterations: Int = 200_000) -> Double {
     sbp_bf16_peak_gflops(k.rawValue, iterations)
+  }
+
+  /// GFLOP/s of a `size`³ product of bf16 operands on kernel `k`, split over `threads` (the
+  /// rate a large product reaches; 1 warm-up, median of 3).
+  public static func productGFLOPs(_ k: Kernel, threads: Int, size: Int = 2048) -> Double {
+    let saved = Parallel.threads
+    Parallel.threads = threads
+    defer { Parallel.threads = saved }
+    let a = [UInt16](repeating: 0x3F80, count: size * size)
+    var c = [Float](repeating: 0, count: size * size)
+    var times: [Double] = []
+    a.withUnsafeBufferPointer { pa in
+      c.withUnsafeMutableBufferPointer { pc in
+        for run in 0..<4 {
+          let t0 = DispatchTime.now().uptimeNanoseconds
+          gemm(
+            transA: false, transB: false, m: size, n: size, k: size, a: GEMMOperand(pa.baseAddress!), b: GEMMOperand(pa.baseAddress!),
+            c: pc.baseAddress!, kernel: k)
+          if run > 0 { times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9) }
+        }
+      }
+    }
+    return 2 * Double(size * size) * Double(size) / times.sorted()[1] / 1e9
   }
 
   /// Per-chunk panel memory, grown once to the pool's size: no allocation inside a step.

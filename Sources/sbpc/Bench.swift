@@ -78,6 +78,11 @@ struct Bench: ParsableCommand {
     var blas_core_detected: String?
     var plans: [Result]
     var speedup: Double?
+    /// The products' precision; for bf16, the kernel they ran on and the rate of a large
+    /// product on the vdpbf16ps kernel (0 without AVX512-BF16), same threads.
+    var precision = "fp32"
+    var bf16_kernel: String?
+    var bf16_dot_peak_gflops: Double?
   }
 
   func run() throws {
@@ -143,11 +148,16 @@ struct Bench: ParsableCommand {
       }
       clearProgress()
       let speedup = results.count == 2 ? results[0].median_s / results[1].median_s : nil
-      let report = Report(
+      var report = Report(
         model: model, batch: shape.batch ?? ImportOptions.defaultBatch, threads: threads, runs: runs, warmup: warmup,
         keep: sbpOptions.keep, attention: sbpOptions.attention.rawValue, sgemm_peak_gflops: peak,
         blas_core: BLASCore.name, blas_core_detected: ProcessInfo.processInfo.environment["SBPC_OPENBLAS_DETECTED"],
         plans: results, speedup: speedup)
+      if precision == "bf16" {
+        report.precision = precision
+        report.bf16_kernel = "\(BF16GEMM.kernel)"
+        report.bf16_dot_peak_gflops = BF16GEMM.Kernel.dot.available ? BF16GEMM.productGFLOPs(.dot, threads: threads) : 0
+      }
       if json {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -175,6 +185,14 @@ struct Bench: ParsableCommand {
             100 * p.peak_fraction, p.gemm_gflops, 100 * p.gemm_peak_fraction, 100 * p.gemm_share, byteText(p.peak_rss_bytes)))
     }
     if let s = r.speedup { lines.append(String(format: "SBP speed-up (no-SBP median / SBP median): %.2f×", s)) }
+    if let kernel = r.bf16_kernel, let dot = r.bf16_dot_peak_gflops {
+      lines.append(
+        "bf16 products on the \(kernel) kernel; "
+          + (dot > 0
+            ? String(format: "a 2048³ product on vdpbf16ps (the dot kernel) runs at %.1f GFLOP/s; the plans' GEMM rates are ", dot)
+              + r.plans.map { String(format: "%@ %.0f%%", $0.name, 100 * $0.gemm_gflops / dot) }.joined(separator: ", ") + " of it"
+            : "this CPU has no AVX512-BF16"))
+    }
     return lines.joined(separator: "\n")
   }
 

@@ -211,6 +211,9 @@ struct Train: ParsableCommand {
           StopNote.install()
         }
       }
+      if root, p.train.nodes.contains(where: { $0.attrs[Annotation.precision] == .string("bf16") }) {
+        printNotes(["bf16 products on the \(BF16GEMM.kernel) kernel: \(BF16GEMM.why)"])
+      }
       let progress = Progress(total: trainer.total, first: trainer.first, batch: p.batch * comm.size)
       let dt = try trainer.run { event in
         guard root else { return }
