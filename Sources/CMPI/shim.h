@@ -16,3 +16,6 @@ static inline MPI_Request sbp_mpi_request_null(void) { return MPI_REQUEST_NULL; 
 static inline MPI_Status *sbp_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
 static inline int sbp_mpi_success(void) { return MPI_SUCCESS; }
 static inline int sbp_mpi_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
+// Errors come back as return codes instead of aborting inside Open MPI, so that sbpc can say
+// what happened (a rank that died) in its own words.
+static inline int sbp_mpi_errors_return(void) { return MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN); }

@@ -34,7 +34,25 @@ public final class Communicator: @unchecked Sendable {
     var r: Int32 = 0, n: Int32 = 0
     MPI_Comm_rank(sbp_mpi_world(), &r)
     MPI_Comm_size(sbp_mpi_world(), &n)
+    _ = sbp_mpi_errors_return()
     return Communicator(rank: Int(r), size: Int(n), mpi: true)
+  }
+
+  /// What a rank does when a collective fails (another rank died, the network broke): by
+  /// default one line and exit 1; `sbpc train` replaces it with its stop note. It must not
+  /// return: the ranks can no longer agree on anything.
+  nonisolated(unsafe) public static var onFailure: (String) -> Never = { what in
+    FileHandle.standardError.write(Data("sbpc: error: \(what)\n".utf8))
+    exit(1)
+  }
+
+  /// Checks an MPI call's result.
+  @inline(__always) func check(_ code: Int32, _ what: @autoclosure () -> String) {
+    guard code != sbp_mpi_success() else { return }
+    var text = [CChar](repeating: 0, count: 512), length: Int32 = 0
+    MPI_Error_string(code, &text, &length)
+    let reason = String(decoding: text.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    Communicator.onFailure("rank \(rank) of \(size): \(what()) failed: \(reason)")
   }
 
   /// Leaves the MPI world (every rank, at the end of a run that went well).
@@ -50,19 +68,20 @@ public final class Communicator: @unchecked Sendable {
   /// Σ over the ranks, in place.
   public func sum(_ p: UnsafeMutablePointer<Float>, _ count: Int) {
     guard mpi, count > 0 else { return }
-    MPI_Allreduce(sbp_mpi_in_place(), p, Int32(count), sbp_mpi_float(), sbp_mpi_sum(), sbp_mpi_world())
+    check(MPI_Allreduce(sbp_mpi_in_place(), p, Int32(count), sbp_mpi_float(), sbp_mpi_sum(), sbp_mpi_world()), "an allreduce")
   }
 
   public func sum(_ p: UnsafeMutablePointer<Double>, _ count: Int) {
     guard mpi, count > 0 else { return }
-    MPI_Allreduce(sbp_mpi_in_place(), p, Int32(count), sbp_mpi_double(), sbp_mpi_sum(), sbp_mpi_world())
+    check(MPI_Allreduce(sbp_mpi_in_place(), p, Int32(count), sbp_mpi_double(), sbp_mpi_sum(), sbp_mpi_world()), "an allreduce")
   }
 
   public func sum(_ values: inout [Double]) {
     guard mpi, !values.isEmpty else { return }
-    values.withUnsafeMutableBufferPointer {
-      _ = MPI_Allreduce(sbp_mpi_in_place(), $0.baseAddress, Int32($0.count), sbp_mpi_double(), sbp_mpi_sum(), sbp_mpi_world())
+    let code = values.withUnsafeMutableBufferPointer {
+      MPI_Allreduce(sbp_mpi_in_place(), $0.baseAddress, Int32($0.count), sbp_mpi_double(), sbp_mpi_sum(), sbp_mpi_world())
     }
+    check(code, "an allreduce")
   }
 
   /// The smallest and largest of each value over the ranks (equal on every rank only when
@@ -70,12 +89,14 @@ public final class Communicator: @unchecked Sendable {
   public func range(_ values: [UInt64]) -> (min: [UInt64], max: [UInt64]) {
     guard mpi, !values.isEmpty else { return (values, values) }
     var lo = values, hi = values
-    lo.withUnsafeMutableBufferPointer {
-      _ = MPI_Allreduce(sbp_mpi_in_place(), $0.baseAddress, Int32($0.count), sbp_mpi_uint64(), sbp_mpi_min(), sbp_mpi_world())
-    }
-    hi.withUnsafeMutableBufferPointer {
-      _ = MPI_Allreduce(sbp_mpi_in_place(), $0.baseAddress, Int32($0.count), sbp_mpi_uint64(), sbp_mpi_max(), sbp_mpi_world())
-    }
+    check(
+      lo.withUnsafeMutableBufferPointer {
+        MPI_Allreduce(sbp_mpi_in_place(), $0.baseAddress, Int32($0.count), sbp_mpi_uint64(), sbp_mpi_min(), sbp_mpi_world())
+      }, "an allreduce")
+    check(
+      hi.withUnsafeMutableBufferPointer {
+        MPI_Allreduce(sbp_mpi_in_place(), $0.baseAddress, Int32($0.count), sbp_mpi_uint64(), sbp_mpi_max(), sbp_mpi_world())
+      }, "an allreduce")
     return (lo, hi)
   }
 
@@ -85,11 +106,12 @@ public final class Communicator: @unchecked Sendable {
     var mine = [CChar](repeating: 0, count: width)
     for (i, b) in s.utf8.prefix(width - 1).enumerated() { mine[i] = CChar(bitPattern: b) }
     var all = [CChar](repeating: 0, count: width * size)
-    mine.withUnsafeMutableBufferPointer { m in
+    let code = mine.withUnsafeMutableBufferPointer { m in
       all.withUnsafeMutableBufferPointer { a in
-        _ = MPI_Allgather(m.baseAddress, Int32(width), sbp_mpi_char(), a.baseAddress, Int32(width), sbp_mpi_char(), sbp_mpi_world())
+        MPI_Allgather(m.baseAddress, Int32(width), sbp_mpi_char(), a.baseAddress, Int32(width), sbp_mpi_char(), sbp_mpi_world())
       }
     }
+    check(code, "an allgather")
     return (0..<size).map { r in
       let bytes = all[(r * width)..<((r + 1) * width)].prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
       return String(decoding: bytes, as: UTF8.self)
@@ -99,7 +121,7 @@ public final class Communicator: @unchecked Sendable {
   /// Rank 0's bytes, on every rank.
   public func broadcast(_ p: UnsafeMutableRawPointer, bytes: Int) {
     guard mpi, bytes > 0 else { return }
-    MPI_Bcast(p, Int32(bytes), sbp_mpi_char(), 0, sbp_mpi_world())
+    check(MPI_Bcast(p, Int32(bytes), sbp_mpi_char(), 0, sbp_mpi_world()), "a broadcast")
   }
 
   /// A reduction in flight: `startSum` begins it, `test` lets it progress (Open MPI moves a
@@ -113,7 +135,7 @@ public final class Communicator: @unchecked Sendable {
   /// until `wait`.
   public func startSum(_ p: UnsafeMutablePointer<Float>, _ count: Int, _ r: Request) {
     guard mpi else { return }
-    MPI_Iallreduce(sbp_mpi_in_place(), p, Int32(count), sbp_mpi_float(), sbp_mpi_sum(), sbp_mpi_world(), &r.handle)
+    check(MPI_Iallreduce(sbp_mpi_in_place(), p, Int32(count), sbp_mpi_float(), sbp_mpi_sum(), sbp_mpi_world(), &r.handle), "an allreduce")
     r.active = true
   }
 
@@ -122,14 +144,14 @@ public final class Communicator: @unchecked Sendable {
   public func test(_ r: Request) -> Bool {
     guard r.active else { return true }
     var flag: Int32 = 0
-    MPI_Test(&r.handle, &flag, sbp_mpi_status_ignore())
+    check(MPI_Test(&r.handle, &flag, sbp_mpi_status_ignore()), "an allreduce")
     if flag != 0 { r.active = false }
     return flag != 0
   }
 
   public func wait(_ r: Request) {
     guard r.active else { return }
-    MPI_Wait(&r.handle, sbp_mpi_status_ignore())
+    check(MPI_Wait(&r.handle, sbp_mpi_status_ignore()), "an allreduce")
     r.active = false
   }
 }

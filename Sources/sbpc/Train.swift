@@ -330,6 +330,11 @@ enum StopNote {
       _ = write(2, StopNote.text, StopNote.length)
       _exit(1)
     }
+    // A collective that fails because a rank died says the same, whichever comes first.
+    Communicator.onFailure = { _ in
+      _ = write(2, StopNote.text, StopNote.length)
+      _exit(1)
+    }
   }
 
   static func set(_ s: String) {
