@@ -122,7 +122,7 @@ class Runner:
         plan = os.path.join(self.plans, f"{name}_{key}.plan")
         self.sbpc("compile", os.path.join(self.data, f"{name}.onnx"), "--batch", digits_torch.BATCH,
                   "--optimizer", "adamw", "--lr", digits_torch.LR, "--weight-decay", digits_torch.WEIGHT_DECAY,
-                  "--keep", f"{keep:g}", "-o", plan)
+                  "--keep", f"{keep:g}", "--precision", self.args.precision, "-o", plan)
         m = json.loads(self.sbpc("memory", plan, "--json"))
         return plan, {"saved_bytes": m["cost"]["savedBytes"], "total_bytes": m["memory"]["totalBytes"],
                       "arena_bytes": m["memory"]["arenaBytes"], "sbp": m.get("sbp"), "blocks": m.get("blocks")}
@@ -267,6 +267,8 @@ def main(argv=None):
     parser.add_argument("--sbpc", default=digits.DEFAULT_SBPC, help="default: %(default)s")
     parser.add_argument("--threads", type=int, default=digits_torch.THREADS, help="default: %(default)s")
     parser.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch runs")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="sbpc's products (compile --precision; default %(default)s)")
     parser.add_argument("--skip-cosine", action="store_true",
                         help="do not run grad_cosine.py (ViT, keep 0.5) at the end")
     parser.add_argument("--dry-run", action="store_true",
