@@ -13,9 +13,10 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cc -shared -fPIC -O2 -o "$tmp/count.so" Tests/alloc/count_malloc.c -ldl
 status=0
-# Besides the ViT and ConvNeXt: BatchNorm, pooling and ReLU (the BN CNN), the clip and hard
-# activations, and padding.
+# Besides the ViT and ConvNeXt: the ViT with bf16 products, BatchNorm, pooling and ReLU (the
+# BN CNN), the clip and hard activations, and padding.
 for spec in "models/vit_p4_d6_ts17.onnx --keep 1" "models/vit_p4_d6_ts17.onnx" "models/vit_p4_d6_ts17.onnx --mask random" \
+  "models/vit_p4_d6_ts17.onnx --precision bf16" \
   "models/convnext_t1131_ts17.onnx" "models/reference_bn/cnn_bn.onnx" "Tests/Fixtures/ok_activations.onnx" "Tests/Fixtures/ok_pad.onnx"; do
   # shellcheck disable=SC2086
   "$SBPC" compile $spec --batch 2 -o "$tmp/p.plan" > /dev/null
