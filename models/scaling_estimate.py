@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""scaling_estimate.py: data-parallel scaling on paper: ring-allreduce time of the gradients against the step time.
+# scaling_estimate.py: data-parallel scaling on paper, the gradients' ring-allreduce time against the measured step time.
+"""Data-parallel scaling on paper: ring-allreduce time of the gradients against the step time.
 
 For each model: its gradient bytes per step (4 bytes per trainable parameter, counted from
 the ONNX initializers) and its measured step time without and with SBP (`sbpc bench --json`
