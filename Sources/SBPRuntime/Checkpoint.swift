@@ -41,12 +41,20 @@ public enum Checkpoint {
     }
   }
 
+  /// FNV-1a-64 of `bytes`, continuing from `h` (the offset basis by default).
+  static func fnv1a<S: Sequence>(_ bytes: S, from h: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 where S.Element == UInt8 {
+    var h = h
+    for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    return h
+  }
+
+  /// FNV-1a-64 of a buffer's bytes.
+  static func fnv1a(_ b: Buffer, from h: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
+    fnv1a(UnsafeRawBufferPointer(start: b.raw, count: b.byteCount), from: h)
+  }
+
   static func digest(_ parts: [(name: String, buffer: Buffer)]) -> String {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
-    for p in parts {
-      let bytes = UnsafeRawBufferPointer(start: p.buffer.raw, count: p.buffer.byteCount)
-      for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-    }
+    let h = parts.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { fnv1a($1.buffer, from: $0) }
     return String(h, radix: 16)
   }
 

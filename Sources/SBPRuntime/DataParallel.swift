@@ -60,6 +60,11 @@ extension Executor {
         "the plan was compiled for one process (its updates run as each gradient is done, before an allreduce could finish); compile it with --distributed for a data-parallel run"
       )
     }
+    // Each reduction must start after its gradients are made and end before an update reads
+    // them; otherwise an update would read a rank's own, or a half-reduced, gradient.
+    for b in buckets where b.start >= b.wait {
+      throw RuntimeError("allreduce bucket \(b.index) starts at op \(b.start), after an update that reads it (op \(b.wait)): the plan's schedule is broken")
+    }
     let channels = graph.nodes.reduce(0) { m, n in
       if case .batchNormTraining = n.op { return max(m, graph.type(of: n.inputs[0]).shape[1]) }
       return m

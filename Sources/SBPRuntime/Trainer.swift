@@ -210,11 +210,7 @@ public final class Trainer {
   /// Compares the ranks' plans and options before any step: one line names the first
   /// difference, with each rank's value.
   static func checkAgreement(plan p: Plan, path: String, options o: TrainerOptions, _ comm: Communicator) throws {
-    func fnv(_ s: String) -> UInt64 {
-      var h: UInt64 = 0xcbf2_9ce4_8422_2325
-      for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-      return h
-    }
+    func fnv(_ s: String) -> UInt64 { Checkpoint.fnv1a(s.utf8) }
     let planText = p.serialized()
     let items = [("the plan", "\(path) (checksum \(String(fnv(planText), radix: 16)))")] + o.fingerprint
     let hashes = [fnv(planText)] + o.fingerprint.map { fnv($0.value) }
@@ -240,11 +236,7 @@ public final class Trainer {
   /// bits on every rank after the step; the first that is not is named.
   func checkReplicas(step: Int) throws {
     let parts = Checkpoint.tensors(executor)
-    let digests = parts.map { p -> UInt64 in
-      var h: UInt64 = 0xcbf2_9ce4_8422_2325
-      for b in UnsafeRawBufferPointer(start: p.buffer.raw, count: p.buffer.byteCount) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-      return h
-    }
+    let digests = parts.map { Checkpoint.fnv1a($0.buffer) }
     let (lo, hi) = comm.range(digests)
     if let k = digests.indices.first(where: { lo[$0] != hi[$0] }) {
       throw RuntimeError("step \(step): @\(parts[k].name) differs across the ranks after the update (replicas must stay bit-identical)")
