@@ -284,3 +284,40 @@ extension Op {
     }
   }
 }
+
+/// How PyTorch's CPU autocast types an op's result in a bf16 region, which decides what a
+/// bf16 step may keep for its backward in bf16 (`mixed-precision`).
+public enum AutocastRule: Sendable, Equatable {
+  /// On autocast's lower-precision list (products and convolutions): the result is bf16.
+  case lower
+  /// On its fp32 list (losses), or outside the step's forward: the result is fp32.
+  case float32
+  /// The first result has the dtype of operand 0 (norms, whose fp32 weights do not promote
+  /// it); any other result, a statistic, is fp32.
+  case followsInput
+  /// Type promotion: bf16 when every floating operand that carries data is bf16. Literals, a
+  /// one-element operand (a Python number, as the exporters write it) and values computed
+  /// from those alone (a mask's bias) do not promote.
+  case promote
+  /// A literal: it takes the precision of what it is combined with.
+  case literal
+}
+
+extension Op {
+  public var autocast: AutocastRule {
+    switch self {
+    case .matMul, .linear, .gemm, .conv: return .lower
+    case .layerNorm, .batchNorm, .batchNormTraining: return .followsInput
+    case .add, .sub, .mul, .div, .pow, .select, .unary, .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows,
+      .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .maxPool, .averagePool,
+      .stopGradient:
+      return .promote
+    case .cast(let to): return to == .bf16 ? .lower : .float32
+    case .constant: return .literal
+    case .equal, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad,
+      .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .padGrad, .batchNormGrad, .runningStats,
+      .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
+      return .float32
+    }
+  }
+}

@@ -84,5 +84,76 @@ public struct MixedPrecision: Pass {
     }
     try graph.insert(inserts)
     graph.eliminateDeadCode()
+    try keepSavedInBF16(&graph)
+  }
+
+  /// The second half: a forward value that other backward ops read (an activation's input, a
+  /// softmax's output, a norm's input) is kept in bf16 where PyTorch's CPU autocast would hold
+  /// it in bf16 (`Op.autocast`: a product's result, and what is computed from such results
+  /// without an fp32 operand), so the step keeps one bf16 copy of it, as autocast does. The
+  /// forward still computes it in fp32; the backward reads an fp32 copy cast back just before
+  /// its readers, which lives only while they run. The residual stream and anything
+  /// a loss reads stay fp32, as under autocast.
+  func keepSavedInBF16(_ graph: inout Graph) throws {
+    guard let loss = graph.lossIndex else { return }
+    let nodes = graph.nodes
+    // Each forward value's precision under autocast; parameters and the data are fp32.
+    enum Held { case low, high, literal }
+    var held: [ValueID: Held] = [:]
+    func precision(_ v: ValueID) -> Held {
+      let t = graph.type(of: v)
+      guard t.dtype == .f32 || t.dtype == .bf16 else { return .literal }
+      return t.elementCount <= 1 ? .literal : held[v] ?? .high
+    }
+    for n in nodes[..<loss] {
+      let result: Held
+      switch n.op.autocast {
+      case .lower: result = .low
+      case .float32: result = .high
+      case .literal: result = .literal
+      case .followsInput:
+        held[n.outputs[0]] = precision(n.inputs[0])
+        continue
+      case .promote:
+        let data = n.inputs.map(precision).filter { $0 != .literal }
+        result = data.isEmpty ? .literal : data.allSatisfy { $0 == .low } ? .low : .high
+      }
+      for o in n.outputs { held[o] = result }
+    }
+    let low = Set(held.filter { $0.value == .low }.keys)
+    let producer = graph.producerIndex()
+    let excluded = Set(graph.outputs.map(\.value)).union(nodes[loss].inputs)
+    var castOf: [ValueID: ValueID] = [:]
+    for n in nodes[..<loss] {
+      if case .cast(.bf16) = n.op, graph.type(of: n.inputs[0]).dtype == .f32 { castOf[n.inputs[0]] = n.outputs[0] }
+    }
+    var readers: [ValueID: [Int]] = [:]
+    for i in (loss + 1)..<nodes.count {
+      for v in Set(nodes[i].inputs) where low.contains(v) && !excluded.contains(v) && graph.type(of: v).dtype == .f32 {
+        readers[v, default: []].append(i)
+      }
+    }
+    var inserts: [(before: Int, node: Node)] = []
+    func annotations(_ n: Node) -> [String: AttrValue] {
+      var attrs: [String: AttrValue] = [:]
+      for key in [Annotation.block, Annotation.stage] { attrs[key] = n.attrs[key] }
+      return attrs
+    }
+    for (v, users) in readers.sorted(by: { $0.key.raw < $1.key.raw }) {
+      let from = nodes[producer[v]!], shape = graph.type(of: v).shape
+      let c: ValueID
+      if let existing = castOf[v] {
+        c = existing
+      } else {
+        c = graph.newValue(TensorType(.bf16, shape))
+        inserts.append((producer[v]! + 1, Node(op: .cast(.bf16), inputs: [v], outputs: [c], name: from.name + ".bf16", attrs: annotations(from))))
+      }
+      // One copy for all of them, so a recomputed gelu and its gelu_grad still read one value
+      // and run as one kernel; `schedule` runs the cast when its first reader can run.
+      let r = graph.newValue(TensorType(.f32, shape))
+      inserts.append((users[0], Node(op: .cast(.f32), inputs: [c], outputs: [r], name: from.name + ".f32", attrs: annotations(nodes[users[0]]))))
+      for i in users { graph.replaceUses(of: v, with: r, inNode: i) }
+    }
+    try graph.insert(inserts)
   }
 }

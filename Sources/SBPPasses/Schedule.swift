@@ -108,14 +108,21 @@ public struct Schedule: Pass {
       // A node is wanted now when some reader of its results would become ready with it; a
       // recomputation that only reads forward values waits until its reader is close, so it
       // does not hold its result across the backward.
-      // A view reader (a reshape) counts through its own readers: it computes nothing.
+      // A view reader (a reshape) counts through its own readers: it computes nothing. A gelu
+      // waiting for its gelu_grad is not close (a bf16 step's cast back to fp32 would otherwise
+      // run early and hold its copy).
+      // A bf16 step's cast of a kept value back to fp32 counts through a recomputation that
+      // reads it (a norm rebuilt from its input), which waits for its own reader.
       func wanted(_ i: Int) -> Bool {
         var made = Set(nodes[i].outputs)
+        var widening = false
+        if case .cast(.f32) = nodes[i].op { widening = graph.type(of: nodes[i].inputs[0]).dtype == .bf16 }
         func close(_ o: ValueID) -> Bool {
           (readers[o] ?? []).contains { r in
-            guard pending.contains(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || (producer[v].map { done[$0] } ?? true) })
+            guard pending.contains(r), !waiting(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || (producer[v].map { done[$0] } ?? true) })
             else { return false }
-            guard nodes[r].op.isView else { return true }
+            let recomputes = widening && nodes[r].inputs.allSatisfy { v in made.contains(v) || (producer[v].map { $0 <= loss } ?? true) }
+            guard nodes[r].op.isView || recomputes else { return true }
             made.formUnion(nodes[r].outputs)
             return nodes[r].outputs.contains(where: close)
           }

@@ -40,6 +40,10 @@ public struct Plan: Sendable {
   /// The classifier `--num-classes` gave the model (the plan file's `== head` section):
   /// loading the plan replaces it again, from the same seed, to find the weights.
   public var head: HeadSpec?
+  /// The precision its products compute in (`compile --precision`), read from the step.
+  public var precision: Precision {
+    train.nodes.contains { $0.attrs[Annotation.precision] == .string(Precision.bf16.rawValue) } ? .bf16 : .fp32
+  }
   /// Why a plan without masks has none: "keep 1" or "no blocks".
   public var whyNoSBP: String { sbp.keep >= 1 ? "keep 1" : "no blocks" }
 

@@ -10,7 +10,7 @@ import SBPRuntime
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Time a model's training step without and with SBP, and compare.",
-    discussion: """
+    discussion: prose("""
       Compiles the plain plan (--keep 1) and the SBP plan (the SBP flags, default keep 0.5 on
       the paper's blocks) and runs each in its own child process, so peak memory is per plan.
       Each child builds its executor and runs the warm-up steps; then the counted steps
@@ -24,7 +24,7 @@ struct Bench: ParsableCommand {
       memory (weights, optimizer state, the arena, and the process itself). Then the SBP
       speed-up, no-SBP median over SBP median. `models/bench_torch.py` measures PyTorch the
       same way; `make bench` runs both.
-      """)
+      """))
 
   @Argument(help: "The ONNX model.") var model: String
   @OptionGroup var sbp: SBPFlags

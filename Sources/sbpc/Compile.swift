@@ -8,7 +8,7 @@ import SBPPlan
 struct Compile: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Compile an ONNX model into a training step (a plan file).",
-    discussion: """
+    discussion: prose("""
       The plan holds the training step (forward, mean softmax cross-entropy against integer
       labels, backward, one optimizer update per parameter) and the plain forward for
       evaluation. Weights stay in the ONNX file; the plan refers to it.
@@ -20,7 +20,7 @@ struct Compile: ParsableCommand {
 
       Without -o the plan is NAME.plan beside NAME.onnx; the last line compares the plan's
       memory, saved activations and step FLOPs with --keep 1 (--quiet leaves it out).
-      """)
+      """))
 
   @Argument(help: "The ONNX model.") var model: String
   @Option(

@@ -111,13 +111,13 @@ struct DataCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "data",
     abstract: "List an image data set, write its first images as the loader makes them, or measure the loader.",
-    discussion: """
+    discussion: prose("""
       PATH is a folder of class folders or WebDataset shards ('shards-{000..099}.tar'). Without
       other flags, prints the classes and their image counts. --dump N OUT.npy writes the
       first N images, in the data set's order and through --transform, as f32 [N, C, S, S]
       (and their labels as i64 [N] beside it, OUT.labels.npy). --bench decodes and transforms
       for --seconds and reports images/s on one worker and on --workers.
-      """)
+      """))
 
   @Argument(help: "The data set.") var path: String
   @Option(help: "train (RandomResizedCrop, flip, color jitter) or eval (resize, center crop); default eval.")

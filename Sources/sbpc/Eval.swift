@@ -9,11 +9,11 @@ import SBPRuntime
 struct Eval: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Evaluate a plan's forward on a data set: mean loss, top-1 and top-5 accuracy.",
-    discussion: """
+    discussion: prose("""
       Prints one line: loss, top-1 (with the count) and top-5 (top-k for fewer than 5 classes).
       --per-class adds each class's accuracy; --log FILE writes all of it as JSON, with the
       confusion matrix (confusion[label][predicted]).
-      """)
+      """))
 
   @Argument(help: "The plan file.") var plan: String
   @Option(help: "Images, f32 [N,C,H,W] .npy (any N; a partial last batch is padded), or a folder of NAME.x.npy / NAME.y.npy pairs.")

@@ -8,13 +8,13 @@ import SBPRuntime
 struct Export: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Write the plan's ONNX model with trained weights from a checkpoint.",
-    discussion: """
+    discussion: prose("""
       The output is the original graph, byte for byte, with each trained initializer's data
       replaced by the checkpoint's values (optimizer state is left out). A model whose weights
       live in external data files gets one new file beside the output, OUTPUT.data, holding all
       of them; the original's files are only read. Files are written under temporary names and
       renamed, so a failed export leaves nothing half-written.
-      """)
+      """))
 
   @Argument(help: "The plan file the training ran.") var plan: String
   @Option(help: "The checkpoint folder (`sbpc train --checkpoint DIR`).") var weights: String

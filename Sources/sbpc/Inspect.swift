@@ -9,7 +9,7 @@ import SBPPasses
 struct Inspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Summarize a model: inputs, outputs, op histograms, parameters, and the blocks SBP can apply to.",
-    discussion: """
+    discussion: prose("""
       The block table lists each residual block `mark` found (by structure, not names): its
       stage, kind, token grid (leading non-spatial tokens + H x W), the roles it matched, its
       parameters, and whether --blocks selects it (default: the paper's rule, the last 2/3 of
@@ -18,7 +18,7 @@ struct Inspect: ParsableCommand {
 
       --blocks grammar: all, none, last:N, first:N, N, A-B, stage:S, stage:S[A-B], and
       comma-separated lists of these.
-      """)
+      """))
 
   @Argument(help: "The ONNX model.")
   var model: String

@@ -8,35 +8,47 @@ import SBPPlan
 struct Memory: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Report what a training step saves for backward and the FLOPs it runs, per block.",
-    discussion: """
+    discussion: prose("""
       The input is a plan file, or an ONNX model plus compile flags. "Saved" bytes are the
       forward values, other than parameters and inputs, that a backward op reads: they are
       live where the forward ends. FLOPs count 2·M·N·K per matrix multiply plus the runtime's
       own kernels, exactly as `sbpc train` counts them. --compare adds plain backpropagation
       (--keep 1) and the ratio. For attention blocks it also prints the paper's Eq. 13 for
       Drop QKV, corrected (DESIGN.md), beside the measured attention-core ratio.
-      """)
+      """))
 
   @Argument(help: "A plan file or an ONNX model.") var input: String
   @OptionGroup var sbp: SBPFlags
   @Flag(help: "Also cost plain backpropagation (--keep 1) and show the ratio.") var compare = false
   @Flag(help: "Print JSON instead of a table.") var json = false
   @Flag(help: "Also list every saved value: its part, producing node, op, type and size.") var values = false
-  @Option(help: "Activation precision for an estimate of another device: fp32, bf16 or fp16 (parameters and optimizer state stay fp32).")
-  var dtype: String = "fp32"
+  @Option(
+    help: ArgumentHelp(
+      "Precision: fp32, bf16 or fp16.",
+      discussion:
+        "bf16 reports the plan `compile --precision bf16` makes, exactly; fp16 estimates another device's run, every fp32 activation at two bytes (parameters and optimizer state stay fp32). A plan file's own precision is the default."
+    ))
+  var dtype: String?
 
   @Option(help: "Also write a timeline of live bytes over the op sequence, stacked by category, as SVG.") var svg: String?
 
-  var activationBytes: Int { dtype == "fp32" ? 4 : 2 }
+  /// Bytes per fp32 activation: 2 for the fp16 estimate; bf16 plans are costed as they are.
+  var activationBytes: Int { dtype == "fp16" ? 2 : 4 }
+  /// The precision to compile an ONNX model in.
+  var precision: Precision { dtype == "bf16" ? .bf16 : .fp32 }
 
   func validate() throws {
-    guard ["fp32", "bf16", "fp16"].contains(dtype) else { throw ValidationError("--dtype must be fp32, bf16 or fp16, got '\(dtype)'") }
+    if let dtype, !["fp32", "bf16", "fp16"].contains(dtype) { throw ValidationError("--dtype must be fp32, bf16 or fp16, got '\(dtype)'") }
   }
   @OptionGroup var shape: ShapeOptions
   struct Report: Encodable {
     var model: String
     var batch: Int
     var sbp: String
+    /// The plan's precision (`compile --precision`): its bytes are exact.
+    var precision: String
+    /// "fp16" when the bytes are `--dtype fp16`'s estimate rather than a plan's.
+    var estimate: String?
     var blocks: [Int]
     var cost: StepCost
     var plain: StepCost?
@@ -102,12 +114,17 @@ struct Memory: ParsableCommand {
     try reportingErrors {
       let plan: Plan
       if input.hasSuffix(".onnx") {
-        plan = try Plan.compile(model: input, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, sbp: sbp.options)).0
+        plan = try Plan.compile(
+          model: input, options: Plan.Options(batch: shape.batch, dims: shape.importOptions.dims, sbp: sbp.options, precision: precision)
+        ).0
       } else {
         guard !sbp.given, shape.batch == nil else {
           throw PlanError("\(input): a plan already fixes its SBP flags and batch; pass the ONNX model to try others")
         }
         plan = try Plan.load(input)
+        if let dtype, dtype != "fp16", dtype != plan.precision.rawValue {
+          throw PlanError("\(input): the plan computes in \(plan.precision.rawValue), not \(dtype); compile it with --precision \(dtype), or pass the ONNX model")
+        }
       }
       let out = try render(plan)
       if let svg { try write(out.svg, to: svg) }
@@ -121,7 +138,9 @@ struct Memory: ParsableCommand {
     var plain: StepCost?
     var plainMemory: MemoryRow?
     if compare {
-      let p = try Plan.compile(model: plan.model, options: Plan.Options(batch: plan.batch, dims: shape.importOptions.dims, sbp: .off)).0
+      let p = try Plan.compile(
+        model: plan.model, options: Plan.Options(batch: plan.batch, dims: shape.importOptions.dims, sbp: .off, precision: plan.precision)
+      ).0
       plain = StepCost(train: p.train, bytesPerElement: activationBytes)
       plainMemory = MemoryRow(MemoryPlan(p.train, activationBytes: activationBytes))
     }
@@ -131,7 +150,8 @@ struct Memory: ParsableCommand {
     row.peakSavedBytes = timeline.bytes[timeline.peakStep][3]
     row.peakTransientBytes = timeline.bytes[timeline.peakStep][4]
     let report = Report(
-      model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text, blocks: plan.layout?.blocks ?? [],
+      model: plan.model, batch: plan.batch, sbp: plan.layout == nil ? "off" : plan.sbp.text,
+      precision: plan.precision.rawValue, estimate: dtype == "fp16" ? "fp16" : nil, blocks: plan.layout?.blocks ?? [],
       cost: cost,
       plain: plain, savedRatio: plain.map { Double(cost.savedBytes) / Double(max($0.savedBytes, 1)) },
       flopRatio: plain.map { Double(cost.stepFlops) / Double(max($0.stepFlops, 1)) }, attention: attentionRows(plan, cost, plain),
@@ -200,7 +220,10 @@ struct Memory: ParsableCommand {
     func mb(_ b: Int) -> String { String(format: "%.2f", Double(b) / 1_048_576) }
     func gf(_ f: Int) -> String { String(format: "%.3f", Double(f) / 1e9) }
     func ratio(_ a: Int, _ b: Int) -> String { b == 0 ? "-" : String(format: "%.3f", Double(a) / Double(b)) }
-    print("\(r.model): batch \(r.batch); SBP \(r.sbp == "off" ? "off" : r.sbp)" + (dtype == "fp32" ? "" : "; activations in \(dtype)"))
+    let precision =
+      r.estimate.map { "; activations estimated in \($0) (parameters and optimizer state fp32)" }
+      ?? (r.precision == "bf16" ? "; bf16 plan (products and the activations autocast holds in bf16)" : "")
+    print("\(r.model): batch \(r.batch); SBP \(r.sbp == "off" ? "off" : r.sbp)" + precision)
     if !r.blocks.isEmpty { print("SBP blocks: \(r.blocks.map(String.init).joined(separator: ","))") }
     var header =
       "part".padding(toLength: 16, withPad: " ", startingAt: 0) + "saved MiB".leftPad(11) + "fwd GFLOP".leftPad(11)

@@ -60,13 +60,19 @@ struct SBPC: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "sbpc",
     abstract: "Compile ONNX image models into memory-efficient training steps with Stochastic Backpropagation.",
-    discussion: """
+    discussion: prose("""
       Start with `sbpc inspect model.onnx` to see what sbpc makes of a model, and
       `sbpc opt FILE --passes canonicalize` to run compiler passes on a model or on text IR.
-      """,
+      """),
     subcommands: [
       Inspect.self, Opt.self, Compile.self, Memory.self, Train.self, Eval.self, DataCommand.self, Export.self, Bench.self, BenchChild.self,
     ])
+}
+
+/// A help discussion as ArgumentParser should wrap it: the lines of each paragraph joined,
+/// since it keeps the source's line breaks and wraps again at the terminal's width.
+func prose(_ text: String) -> String {
+  text.components(separatedBy: "\n\n").map { $0.split(separator: "\n").joined(separator: " ") }.joined(separator: "\n\n")
 }
 
 /// Options that fix a model's symbolic dimensions, shared by every command that imports ONNX.

@@ -96,7 +96,7 @@ final class SBPCLITests: XCTestCase {
   }
 
   /// `compile --max-memory` refuses a plan that does not fit and names a setting that does;
-  /// `memory --dtype bf16` estimates another device's activations at two bytes.
+  /// `memory --dtype fp16` estimates another device's activations at two bytes.
   func testMaxMemorySuggestsAFitAndDtypeEstimates() throws {
     let d = try tmp()
     func total(_ extra: [String]) throws -> Double {
@@ -111,8 +111,35 @@ final class SBPCLITests: XCTestCase {
     XCTAssertEqual(s, 1)
     XCTAssertNotNil(err.range(of: #"more than --max-memory .*; --keep 0\.[0-9]+( --blocks all)? fits"#, options: .regularExpression), err)
     XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/v.plan"))
-    let fp32 = try total([]), bf16 = try total(["--dtype", "bf16"])
-    XCTAssertLessThan(bf16, 0.75 * fp32)
+    let fp32 = try total([]), fp16 = try total(["--dtype", "fp16"])
+    XCTAssertLessThan(fp16, 0.75 * fp32)
+  }
+
+  /// `memory --dtype bf16` reports the plan `compile --precision bf16` makes: the report on the
+  /// ONNX model, on the compiled plan file and compile's own `--memory-plan` are the same JSON,
+  /// and its bytes are below fp32's. A plan keeps its precision: another one is refused.
+  func testMemoryBF16IsThePlan() throws {
+    let d = try tmp()
+    let model = "models/vit_p4_d6_ts17.onnx"
+    func report(_ args: [String]) throws -> String {
+      let (s, out, err) = try sbpc(["memory"] + args + ["--json"])
+      XCTAssertEqual(s, 0, err)
+      return out
+    }
+    let estimate = try report([model, "--batch", "8", "--dtype", "bf16", "--compare"])
+    let (s, _, err) = try sbpc(["compile", model, "--batch", "8", "--precision", "bf16", "-o", d + "/b.plan", "--memory-plan", d + "/m.json"])
+    XCTAssertEqual(s, 0, err)
+    XCTAssertEqual(estimate, try report([d + "/b.plan", "--compare"]))
+    XCTAssertEqual(try report([model, "--batch", "8", "--dtype", "bf16"]), try String(contentsOfFile: d + "/m.json", encoding: .utf8))
+    let j = try JSONSerialization.jsonObject(with: Data(estimate.utf8)) as! [String: Any]
+    XCTAssertEqual(j["precision"] as? String, "bf16")
+    XCTAssertNil(j["estimate"])
+    let fp32 = try JSONSerialization.jsonObject(with: Data(try report([model, "--batch", "8", "--compare"]).utf8)) as! [String: Any]
+    func saved(_ r: [String: Any]) -> Double { (r["cost"] as! [String: Any])["savedBytes"] as! Double }
+    XCTAssertLessThanOrEqual(saved(j) / saved(fp32), 0.6)
+    let (s2, _, err2) = try sbpc(["memory", d + "/b.plan", "--dtype", "fp32"])
+    XCTAssertEqual(s2, 1)
+    XCTAssertTrue(err2.contains("the plan computes in bf16, not fp32"), err2)
   }
 
   /// `memory --svg` writes the timeline: one band per category present, the boundary, the peak.
