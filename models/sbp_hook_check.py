@@ -15,8 +15,10 @@ branch input, kept rows their full one.  It needs no model-specific code, which 
 it checks splits on families the hand-written reference (reference.py --sbp) does not know.
 
 An attention core sbpc splits gets the same rule in PyTorch: a torch function mode adds -inf
-to the scores of dropped keys for kept queries (--attention qkv; none for query), and takes
-the context of dropped queries from the full attention, detached.
+to the scores of dropped keys for kept queries (--attention qkv; none for query) and zeroes
+them in the probabilities the context matmul reads (talking heads mix them again, with a
+bias), and takes the context of dropped queries from the full attention, detached, carried
+through every op between the softmax and the context.
 
 With --write, the PyTorch gradients also go to models/families/FAMILY/ts17/sbp_p<PHASE>/grads/
 (sbp_query_p<PHASE> with --attention query),
@@ -189,7 +191,7 @@ class ResidualMasks(TorchFunctionMode):
     def __init__(self, model, targets, cores=None):
         super().__init__()
         self.targets, self.stack, self.counts, self.hits = targets, [], collections.Counter(), set()
-        self.cores, self.pending = cores or {}, {}
+        self.cores, self.shadow = cores or {}, {}
         self.hooks = []
         for name, mod in model.named_modules():
             self.hooks.append(mod.register_forward_pre_hook(lambda _m, _i, name=name: self.stack.append(name)))
@@ -210,14 +212,25 @@ class ResidualMasks(TorchFunctionMode):
             keys = torch.zeros(s.shape[-1], dtype=s.dtype) if mode == "query" or s.shape[-1] != rows.numel() else \
                 torch.where(rows, torch.zeros((), dtype=s.dtype), torch.full((), float("-inf"), dtype=s.dtype))
             kept = func(s + keys, *args[1:], **kwargs)
-            self.pending[self.stack[-1]] = (func(s, *args[1:], **kwargs).detach(), rows)
+            # The dropped queries' probabilities, detached, follow the kept ones through every
+            # op up to the context matmul (talking heads mix them over heads on the way).
+            # Under qkv the context reads kept keys only: talking heads' mix after the softmax
+            # has a bias, which would otherwise give dropped keys weight again.
+            visible = (keys == 0).to(s.dtype)
+            self.shadow[id(kept)] = (kept, func(s, *args[1:], **kwargs).detach(), rows, visible)
             self.hits.add(self.stack[-1])
             return kept
-        if core and self.stack[-1] in self.pending and func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__):
-            full, rows = self.pending.pop(self.stack[-1])
-            kept = func(*args, **kwargs)
-            dropped = torch.matmul(full, args[1]).detach()
-            return torch.where(rows[:, None], kept, dropped)
+        tracked = [a for a in args if isinstance(a, torch.Tensor) and id(a) in self.shadow and self.shadow[id(a)][0] is a]
+        if tracked:
+            _, full, rows, visible = self.shadow.pop(id(tracked[0]))
+            full_args = [full if a is tracked[0] else a for a in args]
+            dropped = func(*full_args, **kwargs).detach()
+            if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__) and args[0] is tracked[0]:
+                out = func(args[0] * visible, *args[1:], **kwargs)
+                return torch.where(rows[:, None], out, dropped)
+            out = func(*args, **kwargs)
+            self.shadow[id(out)] = (out, dropped, rows, visible)
+            return out
         if func in (torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__) and self.stack:
             key = (self.stack[-1], self.counts[self.stack[-1]])
             self.counts[self.stack[-1]] += 1

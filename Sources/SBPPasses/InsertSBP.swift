@@ -267,7 +267,7 @@ struct SBPRewriter {
       // A scalar scale, or an additive bias over (query, key) pairs (a relative-position
       // table, a computed bias, a mask): each half reads the bias rows and columns of its
       // own queries and keys.
-      for x in n.inputs where !region.contains(where: { graph.nodes[$0].outputs.contains(x) }) && ![q, kt, v].contains(x) {
+      for x in outsideOperands(n) where !region.contains(where: { graph.nodes[$0].outputs.contains(x) }) && ![q, kt, v].contains(x) {
         let shape = graph.type(of: x).shape
         guard graph.type(of: x).elementCount == 1 || (shape.count >= 2 && shape.suffix(2).allSatisfy { $0 == tokens || $0 == 1 }) else {
           throw fail(block, "the attention core reads an operand at '\(n.name)' that is neither a scalar nor a bias over query and key tokens")
@@ -312,6 +312,14 @@ struct SBPRewriter {
     return b
   }
 
+  /// The operands of an attention-core node that may be biases over its tokens: all of them,
+  /// but a linear's weight and bias (talking heads' mix of the heads), which every half reads
+  /// whole.
+  func outsideOperands(_ n: Node) -> [ValueID] {
+    if case .linear = n.op { return [n.inputs[0]] }
+    return n.inputs
+  }
+
   /// Appends a copy of every node of `region` that depends on a substituted value; nodes that do
   /// not are shared. With `keyBias`, the bias is added to the softmax's operand. An operand
   /// from outside the region that spans the `tokens` query and key axes (a position bias) is
@@ -327,7 +335,8 @@ struct SBPRewriter {
       let n = graph.nodes[i]
       guard n.inputs.contains(where: { map[$0] != nil }) else { continue }
       var ins = n.inputs.map { map[$0] ?? $0 }
-      for (j, x) in n.inputs.enumerated() where !inside.contains(x) && map[x] == nil && graph.type(of: x).elementCount > 1 {
+      let operands = Set(outsideOperands(n))
+      for (j, x) in n.inputs.enumerated() where operands.contains(x) && !inside.contains(x) && map[x] == nil && graph.type(of: x).elementCount > 1 {
         let shape = graph.type(of: x).shape, r = shape.count
         var b = x
         if shape[r - 2] == tokens { b = try emit(.gatherRows(axis: r - 2), [b, queries], name: "\(n.name).\(suffix).bias")[0] }

@@ -101,7 +101,10 @@ struct BlockMatcher {
     for (i, n) in g.nodes.enumerated() where n.op == .add {
       let (a, b) = (n.inputs[0], n.inputs[1])
       let t = g.type(of: n.outputs[0])
-      guard g.type(of: a) == t, g.type(of: b) == t, isActivation(a), isActivation(b) else { continue }
+      // x may be a learned token computed from parameters alone (CaiT's class token entering
+      // its first class-attention unit); f(x) always depends on the data.
+      func operand(_ v: ValueID) -> Bool { isActivation(v) || (constantValues.contains(v) && producerIndex[v] != nil) }
+      guard g.type(of: a) == t, g.type(of: b) == t, operand(a), operand(b), isActivation(a) || isActivation(b) else { continue }
       if let br = path(from: a, to: b) {
         out.append((i, a, b, br))
       } else if let br = path(from: b, to: a) {
@@ -218,11 +221,19 @@ struct BlockMatcher {
     // Scores: a matmul of two activations, possibly scaled or masked on the way to the softmax.
     var v = g.nodes[softmax].inputs[0]
     var scores: Int?
+    // Talking heads (CaiT): transposes and a linear over the heads axis between the scores
+    // and the softmax, and again between the softmax and the context; checked below.
+    var mixes: [Int] = []
     while let p = producerIndex[v], inBranch.contains(p) {
       let n = g.nodes[p]
       if n.op == .matMul, n.inputs.allSatisfy(isActivation) {
         scores = p
         break
+      }
+      if headMix(n) || isTranspose(n) {
+        if !isTranspose(n) { mixes.append(p) }
+        v = n.inputs[0]
+        continue
       }
       guard [.mul, .div, .add].contains(n.op), n.inputs.count == 2 else { break }
       let act = n.inputs.filter(isActivation)
@@ -238,13 +249,30 @@ struct BlockMatcher {
           "the softmax is not fed by a matmul of two activations (attention scores)" + (blocker.map { "; it reads \($0)" } ?? "")))
     }
     roles[scores] = "mhsa.scores"
-    let sOut = g.nodes[softmax].outputs[0]
-    guard let context = ud.users(sOut).first(where: { g.nodes[$0].op == .matMul && g.nodes[$0].inputs[0] == sOut }),
-      inBranch.contains(context)
-    else {
+    // From the softmax to the context matmul: the probabilities, possibly mixed over heads.
+    var probs = g.nodes[softmax].outputs[0]
+    var context: Int?
+    while context == nil {
+      let users = ud.users(probs)
+      guard users.count == 1, let u = users.first, inBranch.contains(u) else { break }
+      let n = g.nodes[u]
+      if n.op == .matMul, n.inputs[0] == probs {
+        context = u
+      } else if headMix(n) || isTranspose(n) {
+        if !isTranspose(n) { mixes.append(u) }
+        probs = n.outputs[0]
+      } else {
+        break
+      }
+    }
+    guard let context else {
       return .failure(MatchFailure("the softmax output does not feed a matmul with the values (attention context)"))
     }
     roles[context] = "mhsa.context"
+    if let bad = headMixLayout(scores: scores, softmax: softmax, context: context, inBranch: inBranch) {
+      return .failure(MatchFailure(bad))
+    }
+    for i in mixes { roles[i] = "mhsa.heads" }
     // Norm: a layer_norm reading x; without one (LeViT normalizes after each linear), the
     // projections read x itself.
     let norm = branch.first(where: {
@@ -341,13 +369,61 @@ struct BlockMatcher {
         return false
       }()
       let qkScaling = qkvNorm || (i < scores && (n.op.isElementwise || { if case .concat = n.op { return true } else { return false } }()))
-      guard n.op.isDataMovement || scaling || qkScaling || isConstantNode(n) else {
+      // q, k and v picked out of the qkv tensor by a constant index (CaiT's qkv[0]): a slice
+      // of a leading axis, never of the tokens.
+      let pick: Bool = {
+        guard case .gather(let axis) = n.op, !isActivation(n.inputs[1]), g.type(of: n.inputs[1]).elementCount == 1 else { return false }
+        return axis < g.type(of: n.inputs[0]).rank - 2
+      }()
+      guard n.op.isDataMovement || scaling || qkScaling || pick || isConstantNode(n) else {
         return .failure(MatchFailure("unexpected \(describe(n)) in the attention branch"))
       }
     }
     var unit = Unit(kind: .mhsa, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false)
     unit.queryOnly = reducedKeys
     return .success(unit)
+  }
+
+  func isTranspose(_ n: Node) -> Bool {
+    if case .transpose = n.op { return true }
+    return false
+  }
+
+  /// A linear with parameter weights over an axis that is not a token axis of the attention
+  /// scores, keeping its size: talking heads' mix of the heads, which is row-wise in both
+  /// the queries and the keys.
+  func headMix(_ n: Node) -> Bool {
+    guard case .linear(let axis, _) = n.op, n.inputs.count >= 2, isActivation(n.inputs[0]), !n.inputs.dropFirst().contains(where: isActivation)
+    else { return false }
+    let t = g.type(of: n.inputs[0]), o = g.type(of: n.outputs[0])
+    return axis == t.rank - 1 && t.shape == o.shape
+  }
+
+  /// Follows the axes of the scores (batch…, queries, keys) through the transposes and head
+  /// mixes to the softmax and on to the context matmul: the mixes must contract a batch axis
+  /// (the heads), the softmax must run over the keys, and the context must read the queries
+  /// and keys where the scores had them. nil when they do; otherwise the reason.
+  func headMixLayout(scores: Int, softmax: Int, context: Int, inBranch: Set<Int>) -> String? {
+    let r = g.type(of: g.nodes[scores].outputs[0]).rank
+    var labels: [ValueID: [Int]] = [g.nodes[scores].outputs[0]: Array(0..<r)]
+    for i in inBranch.sorted() where i > scores && i <= context {
+      let n = g.nodes[i]
+      guard let l = n.inputs.lazy.compactMap({ labels[$0] }).first else { continue }
+      switch n.op {
+      case .transpose(let perm): labels[n.outputs[0]] = perm.map { l[$0] }
+      case .linear(let axis, _):
+        guard headMix(n) else { continue }
+        if l[axis] >= r - 2 { return "a linear (\(describe(n))) between the scores and the context mixes query or key tokens" }
+        labels[n.outputs[0]] = l
+      case .softmax(let axis):
+        if l[axis] != r - 1 { return "the attention softmax (\(describe(n))) does not run over the keys" }
+        labels[n.outputs[0]] = l
+      case .matMul where i == context:
+        if l.suffix(2) != [r - 2, r - 1] { return "the context matmul (\(describe(n))) does not read the probabilities as (queries, keys)" }
+      default: labels[n.outputs[0]] = l
+      }
+    }
+    return nil
   }
 
   /// "relu 'name'" for messages, or just the op when the node has no name.
