@@ -135,7 +135,35 @@ public struct BlockTable: Sendable, Encodable {
 
   /// The paper's rule scaled to any depth: for an isotropic model the last ⌈2/3·depth⌉ blocks;
   /// for a hierarchical one every stage before the second-to-last plus the first ⌈2/3⌉ of it.
+  /// Blocks on a stage whose grid is not a whole multiple of the deepest selected stage's (PiT's
+  /// 27×27 before 14×14) are left out, since the one mask cannot be replicated to them.
   public var defaultSelection: [Int] {
+    let rule = paperRule
+    let chosen = blocks.filter { rule.contains($0.index) }
+    guard let deepest = chosen.flatMap(\.splitStages).max(), let base = stage(deepest)?.grid, base.count == 2 else { return rule }
+    return chosen.filter { b in
+      b.splitStages.allSatisfy { s in
+        guard let g = stage(s)?.grid, g.count == 2, g[0] % base[0] == 0, g[1] % base[1] == 0 else { return false }
+        return g[0] / base[0] == g[1] / base[1]
+      }
+    }.map(\.index)
+  }
+
+  /// Why the default leaves out blocks the paper's rule picks, for a note; nil when it does not.
+  public var defaultNote: String? {
+    let kept = Set(defaultSelection)
+    let left = blocks.filter { paperRule.contains($0.index) && !kept.contains($0.index) }
+    guard !left.isEmpty, let deepest = blocks.filter({ kept.contains($0.index) }).flatMap(\.splitStages).max(),
+      let base = stage(deepest)?.grid
+    else { return nil }
+    let stages = Set(left.map(\.stage)).sorted()
+    let grids = stages.compactMap { stage($0)?.grid.map(String.init).joined(separator: "x") }
+    return "the default SBP blocks leave out stage\(stages.count == 1 ? "" : "s") \(stages.map(String.init).joined(separator: ", ")) "
+      + "(\(left.count) block\(left.count == 1 ? "" : "s")): \(stages.count == 1 ? "its" : "their") \(grids.joined(separator: ", ")) grid is not a whole multiple of "
+      + "the \(base.map(String.init).joined(separator: "x")) base grid of stage \(deepest), so the one mask cannot be replicated to \(stages.count == 1 ? "it" : "them")"
+  }
+
+  var paperRule: [Int] {
     guard !blocks.isEmpty else { return [] }
     func twoThirds(_ n: Int) -> Int { (2 * n + 2) / 3 }
     if !isHierarchical { return Array(blocks.suffix(twoThirds(blocks.count)).map(\.index)) }
@@ -148,6 +176,21 @@ public struct BlockTable: Sendable, Encodable {
   /// The default written in the selector grammar, for messages and `--help`.
   public var defaultSpec: String {
     guard !blocks.isEmpty else { return "none" }
+    let selected = defaultSelection
+    if selected != paperRule {
+      // Leftovers of the rule: list the blocks, as ranges.
+      guard !selected.isEmpty else { return "none" }
+      var parts: [String] = [], start = selected[0], prev = selected[0]
+      for i in selected.dropFirst() + [Int.min] {
+        if i == prev + 1 {
+          prev = i
+          continue
+        }
+        parts.append(start == prev ? "\(start)" : "\(start)-\(prev)")
+        (start, prev) = (i, i)
+      }
+      return parts.joined(separator: ",")
+    }
     if !isHierarchical { return "last:\(defaultSelection.count)" }
     let s = stageCount
     var parts = (0..<max(s - 2, 0)).map { "stage:\($0)" }

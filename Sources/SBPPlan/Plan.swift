@@ -117,7 +117,11 @@ public struct Plan: Sendable {
       notes.append(
         "--freeze \(structural.joined(separator: " ")): \(frozen.count) parameters frozen; \(still.count) (\(eval.elementCount(still)) values) train")
     }
-    if let spec = options.sbp.blocks, options.sbp.keep < 1 { _ = try BlockSelector.parse(spec, table: BlockTable(eval), notes: &notes) }
+    if let spec = options.sbp.blocks, options.sbp.keep < 1 {
+      _ = try BlockSelector.parse(spec, table: BlockTable(eval), notes: &notes)
+    } else if options.sbp.keep < 1, let note = BlockTable(eval).defaultNote {
+      notes.append(note)
+    }
     var train = eval
     try PassPipeline(passes: try PassRegistry.pipeline(PassRegistry.trainingPipeline, passOptions), verifyEach: true).run(&train)
     // The evaluation forward is scheduled and laid out too, so the runtime reads its memory

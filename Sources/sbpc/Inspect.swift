@@ -51,6 +51,7 @@ struct Inspect: ParsableCommand {
         }
       }
       let selected = try blocks.map { try BlockSelector.parse($0, table: table, notes: &notes) } ?? table.defaultSelection
+      if blocks == nil, let note = table.defaultNote { notes.append(note) }
       let s = ModelSummary(
         model: model, imported: m, canonical: g, importedHistogram: imported, canonicalHistogram: canonical, table: table,
         selected: selected, selectionSpec: blocks ?? table.defaultSpec)

@@ -63,6 +63,30 @@ final class BlockSelectorTests: XCTestCase {
     XCTAssertEqual(table([]).defaultSpec, "none")
   }
 
+  /// PiT's grids (27×27, 14×14, 7×7): the rule picks stage 0 and most of stage 1, but 27×27 is
+  /// not a whole multiple of stage 1's 14×14 base, so the default leaves stage 0 out, says
+  /// why, and writes the rest as a list the grammar reads back.
+  func testDefaultLeavesOutStagesTheMaskCannotReach() throws {
+    var blocks: [BlockInfo] = []
+    for (s, (n, side)) in [(2, 27), (6, 14), (4, 7)].enumerated() {
+      for _ in 0..<n {
+        blocks.append(
+          BlockInfo(
+            index: blocks.count, stage: s, kind: "mhsa+mlp", layout: "tokens", tokenAxes: [1], grid: [side, side], prefix: 1, roles: [],
+            parameters: 0, nodes: 0, splitStages: [s]))
+      }
+    }
+    let pit = BlockTable(blocks: blocks)
+    XCTAssertEqual(pit.defaultSelection, [2, 3, 4, 5])
+    XCTAssertEqual(pit.defaultSpec, "2-5")
+    XCTAssertEqual(try BlockSelector.parse(pit.defaultSpec, table: pit), pit.defaultSelection)
+    XCTAssertEqual(
+      pit.defaultNote,
+      "the default SBP blocks leave out stage 0 (2 blocks): its 27x27 grid is not a whole multiple of the 14x14 base grid of stage 1, so the one mask cannot be replicated to it"
+    )
+    XCTAssertNil(convnext.defaultNote)
+  }
+
   func testEveryErrorShowsTheValidRange() {
     let cases: [(String, BlockTable, String)] = [
       ("", vit, "empty spec"),
