@@ -138,6 +138,13 @@ TINY = {
                             (3, 32, 32), 2, False),
     "vit_relpos_small_patch16_224": Family(timm("vit_relpos_small_patch16_224", img_size=32, patch_size=4,
                                                 embed_dim=32, depth=2, num_heads=2), (3, 32, 32), 2, True),
+    # Families no issue names, for coverage: XCiT's cross-covariance attention and class
+    # attention, EdgeNeXt's XCA with depthwise convs, Twins' windowed and subsampled attention.
+    "xcit_nano_12_p16_224": Family(timm("xcit_nano_12_p16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                        num_heads=2), (3, 32, 32), 2, False),
+    "edgenext_xx_small": Family(timm("edgenext_xx_small", depths=(1, 1, 1, 1), dims=(16, 24, 32, 40)), (3, 64, 64), 2, False),
+    "twins_svt_small": Family(timm("twins_svt_small", img_size=64, embed_dims=(16, 24, 32, 48), depths=(1, 1, 1, 1),
+                                   num_heads=(1, 1, 2, 2), wss=(2, 2, 2, 2), sr_ratios=(4, 2, 1, 1)), (3, 64, 64), 2, False),
 }
 
 # Families also exported at a fixed batch: (stem, dynamo?, batch). sbpc re-batches them to
@@ -158,7 +165,8 @@ FULL = {name: Family(functools.partial(eft.timm_model, name), (3, 224, 224), FUL
                      "swin_tiny_patch4_window7_224", "poolformer_s12", "caformer_s18", "convformer_s18",
                      "levit_128s", "convnextv2_atto", "deit3_small_patch16_224", "beit_base_patch16_224",
                      "eva02_tiny_patch14_224", "cait_xxs24_224", "pvt_v2_b0", "mixer_b16_224",
-                     "resmlp_12_224", "vit_relpos_small_patch16_224")}
+                     "resmlp_12_224", "vit_relpos_small_patch16_224", "xcit_nano_12_p16_224", "edgenext_xx_small",
+                     "twins_svt_small")}
 
 
 def seed(name, salt):

@@ -194,6 +194,46 @@ def ok_mod(out):
     write_model(os.path.join(out, "ok_mod.onnx"), m)
 
 
+def ok_encodings(out):
+    """y = x + Tile(P, [batch, 1]) + e, where P [1, 4] is a weight tiled over the batch (the batch
+    read from Shape(x)) and e is a sine encoding computed from constants alone:
+    sin(CumSum(Cast(Range(0, 4, 1)))) + cos(Range) + Cast(Not(zeros)) = sin([0, 1, 3, 6]) + cos([0, 1, 2, 3]) + 1."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"], name="shape"),
+        helper.make_node("Gather", ["xs", "zero"], ["b"], name="batch", axis=0),
+        helper.make_node("Unsqueeze", ["b", "axes0"], ["b1"], name="batch_1d"),
+        helper.make_node("Concat", ["b1", "one"], ["reps"], name="repeats", axis=0),
+        helper.make_node("Tile", ["P", "reps"], ["pt"], name="tile"),
+        helper.make_node("Range", ["start", "limit", "delta"], ["ri"], name="range"),
+        helper.make_node("Cast", ["ri"], ["rf"], name="range_f", to=TensorProto.FLOAT),
+        helper.make_node("CumSum", ["rf", "zero"], ["cs"], name="cumsum"),
+        helper.make_node("Sin", ["cs"], ["sn"], name="sin"),
+        helper.make_node("Cos", ["rf"], ["cn"], name="cos"),
+        helper.make_node("ConstantOfShape", ["four"], ["zb"], name="zeros",
+                         value=helper.make_tensor("v", TensorProto.BOOL, [1], [False])),
+        helper.make_node("Not", ["zb"], ["nb"], name="not"),
+        helper.make_node("Cast", ["nb"], ["nf"], name="not_f", to=TensorProto.FLOAT),
+        helper.make_node("Add", ["sn", "cn"], ["e1"], name="enc1"),
+        helper.make_node("Add", ["e1", "nf"], ["e"], name="enc"),
+        helper.make_node("Add", ["x", "pt"], ["s"], name="add_tile"),
+        helper.make_node("Add", ["s", "e"], ["y"], name="add_enc"),
+    ]
+    ints = [helper.make_tensor(n, TensorProto.INT64, d, v) for n, d, v in
+            [("zero", [], [0]), ("axes0", [1], [0]), ("one", [1], [1]), ("start", [], [0]), ("limit", [], [4]),
+             ("delta", [], [1]), ("four", [1], [4])]]
+    m = model("ok_encodings", nodes, [x_input()], [y_output(("batch", 4))],
+              [init("P", np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32))] + ints)
+    write_model(os.path.join(out, "ok_encodings.onnx"), m)
+
+
+def bad_tile(out):
+    """Tile repeating an axis longer than 1: sbpc reads Tile only as a broadcast."""
+    nodes = [helper.make_node("Tile", ["x", "reps"], ["y"], name="tile_rows")]
+    m = model("bad_tile", nodes, [x_input()], [y_output(("batch", 8))],
+              [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 2])])
+    write_model(os.path.join(out, "bad_tile.onnx"), m)
+
+
 def bn_model(out, name, shared, training_mode):
     """x [batch, 2, 3] -> BatchNormalization -> BatchNormalization -> mean over the last axis -> y [batch, 2]."""
     c = np.array([0.5, 1.5], dtype=np.float32)
@@ -469,7 +509,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_encodings, bad_tile, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -517,6 +557,10 @@ def check(out):
     want = np.sqrt((((xn - mean) / np.sqrt(var + 1e-5) * NORM_SCALE[:, None] + NORM_BIAS[:, None]) ** 2).sum(axis=2))
     sess = ort.InferenceSession(p("ok_norms.onnx"), providers=["CPUExecutionProvider"])
     expect(np.allclose(sess.run(["y"], {"x": xn})[0], want, atol=1e-5), "ok_norms.onnx: onnxruntime matches numpy")
+    sess = ort.InferenceSession(p("ok_encodings.onnx"), providers=["CPUExecutionProvider"])
+    enc = np.sin([0.0, 1.0, 3.0, 6.0]) + np.cos([0.0, 1.0, 2.0, 3.0]) + 1
+    expect(np.allclose(sess.run(["y"], {"x": x})[0], x + np.array([0.5, -1.0, 2.0, 0.25]) + enc, atol=1e-6),
+           "ok_encodings.onnx: onnxruntime matches numpy")
     sess = ort.InferenceSession(p("ok_mod.onnx"), providers=["CPUExecutionProvider"])
     expect(np.allclose(sess.run(["y"], {"x": x})[0], x + np.array([2, 2, 0, 2]) + np.array([1.5, -1.5, 1.0, 0.0])),
            "ok_mod.onnx: onnxruntime gives Python's % for integers and fmod for floats")

@@ -1,4 +1,5 @@
 // Importer.swift: turns a decoded ONNX graph into the static IR, folding shape arithmetic on the way.
+import Glibc
 import SBPIR
 
 /// Options that fix what ONNX leaves symbolic.
@@ -101,12 +102,12 @@ public let supportedOpsets = 13...21
 /// in `lower()`. `OpTableTests` checks the two agree and writes the README's list from this.
 public let supportedONNXOps: [String] = [
   "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat", "Constant", "ConstantOfShape",
-  "Conv", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm",
+  "Conv", "Cos", "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm",
   "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
-  "InstanceNormalization", "LayerNormalization", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Pad", "Pow",
-  "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "SequenceAt", "Shape", "Sigmoid",
-  "Size", "Slice", "Softmax", "Split", "SplitToSequence", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
-  "Where"
+  "InstanceNormalization", "LayerNormalization", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
+  "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "SequenceAt", "Shape", "Sigmoid", "Sin",
+  "Size", "Slice", "Softmax", "Split", "SplitToSequence", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
+  "Unsqueeze", "Where"
 ]
 
 /// Imports the ONNX model at `path`. Every error is one line naming the file and the thing at fault.
@@ -705,6 +706,30 @@ private struct Importer {
       case "Tanh": return try unary(.unary(.tanh))
       case "Exp": return try unary(.unary(.exp))
       case "Neg": return try unary(.unary(.neg))
+      case "Sin", "Cos", "CumSum":
+        // Only on constants: the sine position encodings (XCiT's, EdgeNeXt's) are computed
+        // from the grid's shape alone, and fold here; no kernel computes them per step.
+        guard let x = try const(0, "data"), x.dtype.isFloat || node.opType == "CumSum" else {
+          throw err("input 0 must be a floating constant; sbpc computes \(node.opType) only at import")
+        }
+        if node.opType == "CumSum" {
+          guard let a = try const(1, "axis")?.intValues.first else { throw err("axis must be given") }
+          let r = x.shape.count, axis = a < 0 ? a + r : a
+          guard axis >= 0, axis < r else { throw err("axis \(a) outside a rank-\(r) input") }
+          guard try int("exclusive", 0) == 0, try int("reverse", 0) == 0 else { throw err("exclusive and reverse are not supported") }
+          let inner = x.shape[(axis + 1)...].reduce(1, *), len = x.shape[axis]
+          var v = x.doubleValues
+          for i in v.indices where (i / inner) % len != 0 { v[i] += v[i - inner] }
+          return [.const(x.dtype.isFloat ? ConstTensor(dtype: x.dtype, shape: x.shape, floats: v) : ConstTensor(dtype: x.dtype, shape: x.shape, ints: v.map { Int64($0) }))]
+        }
+        let f: (Double) -> Double = node.opType == "Sin" ? { Glibc.sin($0) } : { Glibc.cos($0) }
+        let v = x.floats.map(f)
+        return [.const(ConstTensor(dtype: x.dtype, shape: x.shape, floats: x.dtype == .f64 ? v : v.map { Double(Float($0)) }))]
+      case "Not":
+        // not x = (x == false); folded when x is a constant, as a mask built from shapes is.
+        let x = try required(0)
+        guard importer.type(x).dtype == .bool else { throw err("input must be bool, got \(importer.type(x).dtype)") }
+        return try emit(.equal, [x, .const(ConstTensor(dtype: .bool, shape: [], ints: [0]))])
       case "Relu": return try unary(.unary(.relu))
       case "Sigmoid": return try unary(.unary(.sigmoid))
       case "Reciprocal": return try unary(.unary(.reciprocal))
@@ -891,9 +916,21 @@ private struct Importer {
         guard let ax = try axes(input: 1) else { throw err("axes must be given") }
         let r = importer.type(x).rank + ax.count
         return try emit(.unsqueeze(ax.map { $0 < 0 ? $0 + r : $0 }.sorted()), [x])
-      case "Expand":
+      case "Expand", "Tile":
         let x = try required(0)
-        guard var shape = try const(1, "shape")?.intValues else { throw err("shape must be given") }
+        guard var shape = try const(1, node.opType == "Tile" ? "repeats" : "shape")?.intValues else {
+          throw err("\(node.opType == "Tile" ? "repeats" : "shape") must be given")
+        }
+        if node.opType == "Tile" {
+          // Repeating axes of size 1 (a position embedding tiled over the batch) is a
+          // broadcast; repeating longer axes would need an op of its own.
+          let inShape = importer.type(x).shape
+          guard shape.count == inShape.count else { throw err("repeats has \(shape.count) entries for a rank-\(inShape.count) input") }
+          if let axis = inShape.indices.first(where: { shape[$0] != 1 && inShape[$0] != 1 }) {
+            throw err("repeats axis \(axis) of size \(inShape[axis]) \(shape[axis]) times; sbpc supports Tile only along axes of size 1")
+          }
+          shape = zip(inShape, shape).map { $0 * $1 }
+        }
         // A folded `cls_token.expand(batch, -1, -1)`: the exported batch as a constant.
         if let rb = importer.rebatch, shape.first == rb.from, shape.count == importer.type(x).rank,
           let d0 = importer.type(x).shape.first, d0 == 1 || d0 == rb.from

@@ -296,6 +296,20 @@ struct BlockMatcher {
     let kvSide = ancestors(g.nodes[scores].inputs[1]).union(ancestors(g.nodes[context].inputs[1])).subtracting(qSide)
     let qTokens = g.type(of: g.nodes[scores].inputs[0]).shape.dropLast().last
     let kTokens = g.type(of: g.nodes[scores].outputs[0]).shape.last
+    // The queries must be the unit's tokens. Cross-covariance attention (XCiT, EdgeNeXt)
+    // attends over channels: its scores are d×d, and rows of them are not tokens.
+    let xs = g.type(of: x).shape
+    let tokenCounts: Set<Int> = xs.count == 3 ? [xs[1]] : xs.count == 4 ? [xs[2] * xs[3], xs[1] * xs[2]] : []
+    guard let qTokens, tokenCounts.contains(qTokens) else {
+      let q = qTokens ?? 0
+      let windows = tokenCounts.contains { q > 0 && q < $0 && $0 % q == 0 }
+      return .failure(
+        MatchFailure(
+          windows
+            ? "the attention runs within windows of \(q) tokens (a window partition between the norm and the projections), which the split does not follow yet"
+            : "the attention's \(q) queries are not the unit's tokens: it attends over another axis, as cross-covariance attention (XCiT) does over channels, so its rows are not tokens to split"
+        ))
+    }
     let reducedKeys = qTokens != kTokens
     if reducedKeys {
       for i in kvSide { if case .linear = g.nodes[i].op { roles[i] = "mhsa.kv" } }

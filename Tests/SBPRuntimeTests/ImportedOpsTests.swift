@@ -81,6 +81,36 @@ final class ImportedOpsTests: XCTestCase {
     XCTAssertEqual(Array(ex.buffer(g.outputs[0].value).floats), [3.5, 0.5, 1, 2])
   }
 
+  /// A weight tiled over the batch is a broadcast that trains (its gradient is dy summed over
+  /// the batch), and a sine encoding built from constants (Range, CumSum, Sin, Cos, Not)
+  /// folds at import to numbers that match numpy's.
+  func testTileAndConstantEncodings() throws {
+    let p = try Plan.compile(model: repoRoot + "/Tests/Fixtures/ok_encodings.onnx", options: Plan.Options(batch: 3, sbp: .off)).0
+    XCTAssertEqual(p.train.params.filter(\.trainable).map(\.name), ["P"])
+    XCTAssertFalse(p.eval.nodes.contains { if case .unary = $0.op { return true } else { return false } }, "the encoding folds")
+    var o = TrainerOptions()
+    o.steps = 1
+    o.threads = 1
+    o.retainGradients = true
+    let t = try Trainer(plan: p, path: "encodings", options: o)
+    let x = (0..<12).map { Float($0) * 0.25 - 1 }
+    var eval = p.eval
+    try PassPipeline(passes: [PlanMemory()], verifyEach: true).run(&eval)
+    let ex = try Executor(graph: eval)
+    x.withUnsafeBufferPointer { src in ex.buffer(eval.inputs[0].value).f32.update(from: src.baseAddress!, count: 12) }
+    try ex.run()
+    let pv: [Float] = [0.5, -1, 2, 0.25]
+    let enc = (0..<4).map { Float(sin([0.0, 1, 3, 6][$0]) + cos(Double($0)) + 1) }
+    for (i, y) in ex.buffer(eval.outputs[0].value).floats.enumerated() { XCTAssertEqual(y, x[i] + pv[i % 4] + enc[i % 4], accuracy: 1e-5, "y[\(i)]") }
+    try t.run { _ in }
+    let g = try XCTUnwrap(t.gradients().first { $0.name == "P" }).gradient
+    // P adds to every row of the logits: its gradient is dy summed over the batch, and each
+    // row of a softmax cross-entropy's dy sums to 0 over the classes.
+    XCTAssertEqual(g.count, 4)
+    XCTAssertTrue(g.floats.contains { abs($0) > 1e-4 }, "P gets a gradient")
+    XCTAssertEqual(Double(g.floats.reduce(0, +)), 0, accuracy: 1e-6)
+  }
+
   /// Every float initializer of the model trains, one-element ones included (StarReLU's
   /// scale and bias); a scalar named as exporters name their constants folds instead.
   func testScalarParametersTrain() throws {

@@ -1,0 +1,62 @@
+# sweep_unnamed.py: timm families no issue names, built small, with their PyTorch float64 step, to check sbpc on models it was not written for.
+"""Build each family below small (timm's random init, 5 classes), export it for training and
+write PyTorch's float64 train-mode step beside it, as models/families.py does:
+
+    python3 models/sweep_unnamed.py [--out DIR] [NAME ...]     # default DIR: /tmp/sbpc-sweep
+
+Then check sbpc's plain step on each folder with models/compare_family.py (the commands of
+models/check_families.sh), and its SBP step with models/sbp_hook_check.py after adding the
+family to families.FULL. A family whose export fails its own onnxruntime check is reported
+and skipped. BENCHMARKS.md ("Families no issue names") records a run.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import families as F  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+SPECS = {
+  "xcit_nano_12_p16_224": (dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), (3, 32, 32)),
+  "edgenext_xx_small": (dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40)), (3, 64, 64)),
+  "twins_svt_small": (dict(img_size=64, embed_dims=(16, 24, 32, 48), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
+                           wss=(2, 2, 2, 2), sr_ratios=(4, 2, 1, 1)), (3, 64, 64)),
+  "mobilevit_xxs": (dict(), (3, 64, 64)),
+  "pit_ti_224": (dict(img_size=64), (3, 64, 64)),
+  "visformer_tiny": (dict(img_size=64), (3, 64, 64)),
+  "ghostnet_050": (dict(), (3, 64, 64)),
+  "lcnet_050": (dict(), (3, 64, 64)),
+  "repvgg_a0": (dict(), (3, 64, 64)),
+  "resnest14d": (dict(), (3, 64, 64)),
+  "rexnet_100": (dict(), (3, 64, 64)),
+  "mixnet_s": (dict(), (3, 64, 64)),
+  "sequencer2d_s": (dict(), (3, 32, 32)),
+}
+
+
+def family(name):
+    kw, chw = SPECS[name]
+
+    def build():
+        torch.manual_seed(0)
+        return timm.create_model(name, pretrained=False, num_classes=5, drop_rate=0.0, **kw)
+    return F.Family(build, chw, 2, False)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/sbpc-sweep")
+    ap.add_argument("names", nargs="*", help=f"default: all of {sorted(SPECS)}")
+    args = ap.parse_args()
+    for name in args.names or list(SPECS):
+        try:
+            F.write_reference(name, family(name), os.path.join(args.out, name), False, control_float32=True)
+            print("ok", name, flush=True)
+        except BaseException as e:  # an export that fails its own check is a finding, not a crash
+            print("EXPORT-FAIL", name, type(e).__name__, (str(e).splitlines() or [""])[0][:200], flush=True)
+
+
+if __name__ == "__main__":
+    main()
