@@ -40,11 +40,13 @@ public struct MixedPrecision: Pass {
     for (i, n) in nodes.enumerated() { for v in n.inputs { readers[v, default: []].insert(i) } }
     var products: [ValueID: Set<Int>] = [:]
     for (i, n) in nodes.enumerated() { for slot in n.op.productOperands { products[n.inputs[slot], default: []].insert(i) } }
-    /// A transpose of the last two axes whose result only products read (a view the BLAS
-    /// flag reads): the products read its operand through it.
+    /// A transpose of the last two axes whose result only matmuls read (a view the BLAS flag
+    /// reads, `MemoryPlan.transposedViews`): the products read its operand through it. A
+    /// linear cannot read a transposed view, so a transpose it reads is a copy, cast as such.
     func viewTranspose(_ w: ValueID) -> Int? {
       guard let t = producer[w], case .transpose(let perm) = nodes[t].op, perm.count >= 2,
-        perm == Array(0..<(perm.count - 2)) + [perm.count - 1, perm.count - 2], !outputs.contains(w), readers[w] == products[w]
+        perm == Array(0..<(perm.count - 2)) + [perm.count - 1, perm.count - 2], !outputs.contains(w), readers[w] == products[w],
+        readers[w]!.allSatisfy({ if case .matMul = nodes[$0].op { return true } else { return false } })
       else { return nil }
       return t
     }
@@ -122,7 +124,11 @@ public struct MixedPrecision: Pass {
     }
     let low = Set(held.filter { $0.value == .low }.keys)
     let producer = graph.producerIndex()
-    let excluded = Set(graph.outputs.map(\.value)).union(nodes[loss].inputs)
+    // BatchNorm's backward reads its input with the statistics the forward computed from the
+    // fp32 input; a rounded input would no longer have that mean and variance, and its
+    // gradient would drift (autocast's BatchNorm takes both from the same bf16 input).
+    let statistics = nodes[(loss + 1)...].filter { if case .batchNormGrad = $0.op { return true } else { return false } }.map { $0.inputs[0] }
+    let excluded = Set(graph.outputs.map(\.value)).union(nodes[loss].inputs).union(statistics)
     var castOf: [ValueID: ValueID] = [:]
     for n in nodes[..<loss] {
       if case .cast(.bf16) = n.op, graph.type(of: n.inputs[0]).dtype == .f32 { castOf[n.inputs[0]] = n.outputs[0] }
