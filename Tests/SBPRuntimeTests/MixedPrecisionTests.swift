@@ -84,4 +84,32 @@ final class MixedPrecisionTests: XCTestCase {
     let ratio = Double(StepCost(train: bf16).savedBytes) / Double(StepCost(train: fp32).savedBytes)
     XCTAssertLessThanOrEqual(ratio, 0.6, "saved bytes bf16 / fp32")
   }
+
+  /// Every tiny family's bf16 plan, SBP on, compiles and runs a step to a finite loss (a
+  /// transpose that a linear reads is a copy and is cast as one, not a view), and no
+  /// BatchNorm's backward reads a bf16 input: it reads its input with the forward's
+  /// statistics, which the fp32 input gave.
+  func testEveryFamilyRunsInBF16() throws {
+    let root = repoRoot + "/models/families"
+    var ran = 0
+    for family in try FileManager.default.contentsOfDirectory(atPath: root).sorted() {
+      let onnx = "\(root)/\(family)/model_ts17.onnx"
+      guard FileManager.default.fileExists(atPath: onnx) else { continue }
+      let plan = try Plan.compile(model: onnx, options: Plan.Options(batch: 2, sbp: SBPOptions(), precision: .bf16)).0
+      let g = plan.train, producer = g.producerIndex()
+      for n in g.nodes {
+        guard case .batchNormGrad = n.op, let p = producer[n.inputs[0]] else { continue }
+        if case .cast(.f32) = g.nodes[p].op { XCTFail("\(family): '\(n.name)' reads its input through a bf16 copy") }
+      }
+      var o = TrainerOptions()
+      o.steps = 1
+      o.threads = 1
+      let t = try Trainer(plan: plan, path: family, options: o)
+      var loss = Float.nan
+      _ = try t.run { if case .step(_, _, _, let l, _) = $0 { loss = l } }
+      XCTAssertTrue(loss.isFinite, "\(family): loss \(loss)")
+      ran += 1
+    }
+    XCTAssertGreaterThanOrEqual(ran, 22)
+  }
 }
