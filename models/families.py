@@ -145,6 +145,12 @@ TINY = {
     "edgenext_xx_small": Family(timm("edgenext_xx_small", depths=(1, 1, 1, 1), dims=(16, 24, 32, 40)), (3, 64, 64), 2, False),
     "twins_svt_small": Family(timm("twins_svt_small", img_size=64, embed_dims=(16, 24, 32, 48), depths=(1, 1, 1, 1),
                                    num_heads=(1, 1, 2, 2), wss=(2, 2, 2, 2), sr_ratios=(4, 2, 1, 1)), (3, 64, 64), 2, False),
+    # CoaT: a class token in every stage, behind a stride = kernel patch embed; DaViT: channel
+    # and windowed attention, its MLP's x a transpose of a reshaped NCHW map.
+    "coat_lite_tiny": Family(timm("coat_lite_tiny", img_size=64, embed_dims=(32, 48, 64, 80), serial_depths=(1, 1, 1, 1),
+                                  num_heads=8), (3, 64, 64), 2, False),
+    "davit_tiny": Family(timm("davit_tiny", depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)),
+                         (3, 64, 64), 2, False),
 }
 
 # Families also exported at a fixed batch: (stem, dynamo?, batch). sbpc re-batches them to

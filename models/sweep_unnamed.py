@@ -15,7 +15,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import families as F  # noqa: E402
-import timm  # noqa: E402
 import torch  # noqa: E402
 
 SPECS = {
@@ -33,15 +32,29 @@ SPECS = {
   "rexnet_100": (dict(), (3, 64, 64)),
   "mixnet_s": (dict(), (3, 64, 64)),
   "sequencer2d_s": (dict(), (3, 32, 32)),
+  "coat_lite_tiny": (dict(img_size=64, embed_dims=(32, 48, 64, 80), serial_depths=(1, 1, 1, 1), num_heads=8), (3, 64, 64)),
+  "tiny_vit_5m_224": (dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+                           window_sizes=(2, 2, 2, 2)), (3, 64, 64)),
+  "efficientformer_l1": (dict(depths=(1, 1, 1, 1), embed_dims=(16, 24, 32, 48)), (3, 224, 224)),
+  "fastvit_t8": (dict(layers=(1, 1, 1, 1)), (3, 64, 64)),
+  "densenet121": (dict(growth_rate=8, block_config=(1, 1, 1, 1)), (3, 64, 64)),
+  "convmixer_768_32": (dict(dim=32, depth=2, kernel_size=3, patch_size=4), (3, 32, 32)),
+  "gcvit_xxtiny": (dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)), (3, 224, 224)),
+  "davit_tiny": (dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)), (3, 64, 64)),
+  "focalnet_tiny_srf": (dict(embed_dim=16, depths=(1, 1, 1, 1)), (3, 64, 64)),
+  "nest_tiny": (dict(img_size=64, patch_size=4, embed_dims=(16, 32, 64), num_heads=(1, 2, 4), depths=(1, 1, 1)), (3, 64, 64)),
+  "volo_d1_224": (dict(layers=(1, 1, 1, 1), img_size=64), (3, 64, 64)),
 }
 
 
 def family(name):
     kw, chw = SPECS[name]
 
+    make = F.timm(name, **kw)  # families.py's builder: overrides win over the registered arguments
+
     def build():
         torch.manual_seed(0)
-        return timm.create_model(name, pretrained=False, num_classes=5, drop_rate=0.0, **kw)
+        return make()
     return F.Family(build, chw, 2, False)
 
 

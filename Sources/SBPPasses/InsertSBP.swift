@@ -36,6 +36,8 @@ struct SBPRewriter {
   var producer: [ValueID: Int] = [:]
   var indexInputs: [Int: (kept: ValueID, dropped: ValueID)] = [:]
   var keyBias: [Int: ValueID] = [:]
+  /// Per stage with leading tokens: its rows as positions of the H×W grid alone (`gridIndices`).
+  var gridIndexInputs: [Int: (kept: ValueID, dropped: ValueID)] = [:]
   var patchDownsamplers = true
   var operandViews: [String: ValueID] = [:]
   /// Annotations every node made for the current block carries (its block and stage).
@@ -80,7 +82,10 @@ struct SBPRewriter {
       var segments: [Int: [Int]] = [:]
       for i in chain { if case .int(let k)? = original[i].attrs[Annotation.segment] { segments[k, default: []].append(i) } }
       let whole = chain.filter { original[$0].attrs[Annotation.segment] == nil }
-      if !whole.isEmpty { try splitTokenwise(block: b, stage: stage, chain: whole, blockAxes: axes) }
+      // The residual's x: the operand of its add that the block does not compute.
+      let inBlock = Set(nodes.flatMap { original[$0].outputs })
+      let blockInput = original[res].inputs.first { !inBlock.contains($0) }
+      if !whole.isEmpty { try splitTokenwise(block: b, stage: stage, chain: whole, blockAxes: axes, blockInput: blockInput) }
       for k in segments.keys.sorted() {
         let nodes = segments[k]!, head = original[nodes.min()!]
         guard case .int(let s)? = head.attrs[Annotation.stage], case .ints(let segAxes)? = head.attrs[Annotation.tokenAxes] else {
@@ -151,10 +156,12 @@ struct SBPRewriter {
   }
 
   /// Token axes of `v`, found by following transposes back to a value in the block's layout.
-  func axesOf(_ v: ValueID, blockAxes: TokenAxes, rank: Int) -> TokenAxes {
+  func axesOf(_ v: ValueID, blockAxes: TokenAxes, rank: Int, blockInput: ValueID? = nil) -> TokenAxes {
     var perm: [Int]?
     var cur = v
-    while let p = producer[cur], case .transpose(let pp) = graph.nodes[p].op {
+    // The walk stops at the residual's x, which is in the block's layout whatever made it
+    // (DaViT's x is a transpose of a reshaped NCHW map: walking past it read that map's axes).
+    while cur != blockInput, let p = producer[cur], case .transpose(let pp) = graph.nodes[p].op {
       perm = perm.map { $0.map { pp[$0] } } ?? pp
       cur = graph.nodes[p].inputs[0]
     }
@@ -169,11 +176,13 @@ struct SBPRewriter {
 
   static func mergedAxis(_ a: Int, _ t: TokenAxes) -> Int { a < t[0] ? a : a - (t.count - 1) }
 
-  mutating func splitTokenwise(block: Int, stage: Int, chain: [Int], blockAxes: TokenAxes, inputAxes: TokenAxes? = nil) throws {
+  mutating func splitTokenwise(
+    block: Int, stage: Int, chain: [Int], blockAxes: TokenAxes, inputAxes: TokenAxes? = nil, blockInput: ValueID? = nil
+  ) throws {
     let first = chain.min()!, last = chain.max()!
     let x = graph.nodes[first].inputs[0], y = graph.nodes[last].outputs[0]
     let region = graph.nodesBetween(sources: [x], sink: y, producer: producer)
-    let xAxes = inputAxes ?? axesOf(x, blockAxes: blockAxes, rank: blockAxes.count == 1 ? 3 : 4)
+    let xAxes = inputAxes ?? axesOf(x, blockAxes: blockAxes, rank: blockAxes.count == 1 ? 3 : 4, blockInput: blockInput)
     let axes = try tokenAxes(region: region, input: x, inputAxes: xAxes, block: block)
     let (kept, dropped) = indexInputs[stage]!
     let name = graph.nodes[first].name
@@ -356,7 +365,7 @@ struct SBPRewriter {
 
   /// Keeps `y`'s forward and lets gradient through only at kept positions of token axes `axes`.
   mutating func maskGradient(of y: ValueID, axes: TokenAxes, stage: Int, name: String) throws {
-    guard let (kept, dropped) = indexInputs[stage] else { return }
+    guard let (kept, dropped) = try gridIndices(stage) else { return }
     let shape = graph.type(of: y).shape
     // A view of its own, not the shared one: every other reader of y, a split's view
     // included, must read the masked output.
@@ -380,7 +389,7 @@ struct SBPRewriter {
   /// patches' norm input. Returns false when the pattern does not hold.
   mutating func splitPatchDownsampler(_ conv: Node, stage: Int) throws -> Bool {
     guard case .conv(let geo) = conv.op, geo.group == 1, geo.pads.allSatisfy({ $0 == 0 }), geo.dilations.allSatisfy({ $0 == 1 }),
-      let (kept, dropped) = indexInputs[stage]
+      let (kept, dropped) = try gridIndices(stage)
     else { return false }
     let w = graph.type(of: conv.inputs[1]).shape
     guard w.count == 4, w[2] == w[3], geo.strides == [w[2], w[3]], let tp = producer[conv.inputs[0]],
@@ -421,6 +430,28 @@ struct SBPRewriter {
     let back = try emit(.transpose([0, 2, 1]), [sc], name: name + ".sbp.unpatch")[0]
     graph.replaceUses(of: conv.outputs[0], with: try reshape(back, to: [b, co, ho, wo], name: name + ".sbp.unpatch"))
     return true
+  }
+
+  /// The stage's kept and dropped rows as positions of its H×W grid alone, for a downsampler's
+  /// output, which has no leading tokens: the stage's own indices count its prefix tokens
+  /// first (CoaT's class token), so they drop those and shift the rest; padding (−1) stays.
+  /// Both are gathers (the runtime copies indices as bytes; it does no integer arithmetic).
+  mutating func gridIndices(_ stage: Int) throws -> (kept: ValueID, dropped: ValueID)? {
+    guard let (kept, dropped) = indexInputs[stage] else { return nil }
+    guard let st = layout.stage(stage), st.prefix > 0 else { return (kept, dropped) }
+    if let cached = gridIndexInputs[stage] { return cached }
+    let n = "sbp.grid_rows.\(stage)"
+    let rows = graph.type(of: kept).shape[0], cells = st.grid.reduce(1, *)
+    func ints(_ v: [Int]) -> Op { .constant(Literal(type: TensorType(.i64, [v.count]), elements: .ints(v.map(Int64.init)))) }
+    let tail = try emit(ints(Array(st.prefix..<rows)), [], name: n)[0]
+    // table[prefix + i] = i; its last entry, which index −1 reads, is −1 again.
+    let table = try emit(ints([Int](repeating: -1, count: st.prefix) + Array(0..<cells) + [-1]), [], name: n)[0]
+    let spatial = try emit(.gather(axis: 0), [kept, tail], name: n)[0]
+    let out = (
+      try emit(.gather(axis: 0), [table, spatial], name: n)[0], try emit(.gather(axis: 0), [table, dropped], name: n)[0]
+    )
+    gridIndexInputs[stage] = out
+    return out
   }
 
   mutating func reshape(_ v: ValueID, to shape: [Int], name: String) throws -> ValueID {

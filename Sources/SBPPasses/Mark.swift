@@ -300,13 +300,19 @@ struct BlockMatcher {
     // attends over channels: its scores are d×d, and rows of them are not tokens.
     let xs = g.type(of: x).shape
     let tokenCounts: Set<Int> = xs.count == 3 ? [xs[1]] : xs.count == 4 ? [xs[2] * xs[3], xs[1] * xs[2]] : []
+    if qTokens == 1 {
+      return .failure(MatchFailure("the attention has one query (class attention, as in CaiT and XCiT): no rows to split"))
+    }
     guard let qTokens, tokenCounts.contains(qTokens) else {
+      // Channel attention contracts the tokens in its scores (its q is d×N); windowed
+      // attention contracts the head's channels and has fewer queries than the grid.
       let q = qTokens ?? 0
-      let windows = tokenCounts.contains { q > 0 && q < $0 && $0 % q == 0 }
+      let contracted = g.type(of: g.nodes[scores].inputs[0]).shape.last ?? 0
+      let windows = q > 0 && !tokenCounts.contains(contracted) && tokenCounts.contains { q < $0 }
       return .failure(
         MatchFailure(
           windows
-            ? "the attention runs within windows of \(q) tokens (a window partition between the norm and the projections), which the split does not follow yet"
+            ? "the attention runs within windows of \(q) tokens (a window partition, padded or shifted, between the norm and the projections), which the split does not follow yet"
             : "the attention's \(q) queries are not the unit's tokens: it attends over another axis, as cross-covariance attention (XCiT) does over channels, so its rows are not tokens to split"
         ))
     }
