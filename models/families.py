@@ -93,6 +93,35 @@ def efficientnet(variant, gen, **kw):
     return build
 
 
+def normfree():
+    """A small normalizer-free net (NF-ResNet's parts): weight-standardized convs
+    (timm's ScaledStdConv2d, which calls batch_norm on its weight), LeakyReLU, and a residual
+    unit of two 1×1 convs on a 8×8 grid."""
+    def build():
+        import torch.nn as nn
+        from timm.layers import ScaledStdConv2d
+
+        class Unit(nn.Module):
+            def __init__(self, c):
+                super().__init__()
+                self.conv1, self.act, self.conv2 = ScaledStdConv2d(c, 2 * c, 1), nn.LeakyReLU(0.1), ScaledStdConv2d(2 * c, c, 1)
+
+            def forward(self, x):
+                return x + self.conv2(self.act(self.conv1(x)))
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem, self.act = ScaledStdConv2d(3, 16, 3, stride=4, padding=1), nn.LeakyReLU(0.1)
+                self.blocks = nn.Sequential(Unit(16), Unit(16), Unit(16))
+                self.head = nn.Linear(16, 5)
+
+            def forward(self, x):
+                return self.head(self.blocks(self.act(self.stem(x))).mean((2, 3)))
+        return Net()
+    return build
+
+
 def regnet(**cfg):
     def build():
         from timm.models.regnet import RegNet, RegNetCfg
@@ -145,6 +174,8 @@ TINY = {
     "edgenext_xx_small": Family(timm("edgenext_xx_small", depths=(1, 1, 1, 1), dims=(16, 24, 32, 40)), (3, 64, 64), 2, False),
     "twins_svt_small": Family(timm("twins_svt_small", img_size=64, embed_dims=(16, 24, 32, 48), depths=(1, 1, 1, 1),
                                    num_heads=(1, 1, 2, 2), wss=(2, 2, 2, 2), sr_ratios=(4, 2, 1, 1)), (3, 64, 64), 2, False),
+    # NF-ResNet's parts: weights standardized by batch_norm in the forward, LeakyReLU.
+    "normfree_tiny": Family(normfree(), (3, 32, 32), 2, False),
     # CoaT: a class token in every stage, behind a stride = kernel patch embed; DaViT: channel
     # and windowed attention, its MLP's x a transpose of a reshaped NCHW map.
     "coat_lite_tiny": Family(timm("coat_lite_tiny", img_size=64, embed_dims=(32, 48, 64, 80), serial_depths=(1, 1, 1, 1),

@@ -104,7 +104,7 @@ public let supportedONNXOps: [String] = [
   "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat", "Constant", "ConstantOfShape",
   "Conv", "Cos", "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm",
   "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
-  "InstanceNormalization", "LayerNormalization", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
+  "InstanceNormalization", "LayerNormalization", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
   "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "SequenceAt", "Shape", "Sigmoid", "Sin",
   "Size", "Slice", "Softmax", "Split", "SplitToSequence", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
   "Unsqueeze", "Where"
@@ -731,6 +731,13 @@ private struct Importer {
         guard importer.type(x).dtype == .bool else { throw err("input must be bool, got \(importer.type(x).dtype)") }
         return try emit(.equal, [x, .const(ConstTensor(dtype: .bool, shape: [], ints: [0]))])
       case "Relu": return try unary(.unary(.relu))
+      case "LeakyRelu":
+        // relu(x) + α·min(x, 0), in ops that have gradients (TResNet's activation).
+        let x = try required(0), alpha = try float("alpha", 0.01)
+        let pos = try emit(.unary(.relu), [x])[0]
+        let neg = try emit(.unary(.clip(min: -Double(Float.greatestFiniteMagnitude), max: 0)), [x])[0]
+        let scaled = try emit(.mul, [neg, .const(ConstTensor(dtype: importer.type(x).dtype, shape: [], floats: [alpha]))])[0]
+        return try emit(.add, [pos, scaled])
       case "Sigmoid": return try unary(.unary(.sigmoid))
       case "Reciprocal": return try unary(.unary(.reciprocal))
       case "MatMul": return try binary(.matMul)
@@ -751,9 +758,22 @@ private struct Importer {
         // Running statistics are the model's state, not weights: gradients never reach them;
         // the training step updates them from each batch (the batch-norm-train pass).
         let ins = try (0..<5).map { try required($0) }
+        let stored = [3, 4].map { i -> Bool in
+          if case .value(let v) = ins[i] { return importer.graph.params.contains { $0.value == v } }
+          return false
+        }
+        if !stored.contains(true) {
+          // No running statistics to keep (`track_running_stats=False`, or F.batch_norm on a
+          // weight, as NF-ResNet's weight standardization calls it): the exporter passes
+          // constants, and the step normalizes with the batch's statistics, as PyTorch does.
+          let x = ins[0], r = importer.type(x).rank
+          guard r >= 2 else { throw err("expects an input of rank 2 or more, got \(importer.type(x))") }
+          let normalized = try normalize(x, axes: [0] + Array(2..<r), epsilon: try float("epsilon", 1e-5))
+          return try affine(normalized, scale: ins[1], bias: ins[2], rank: r)
+        }
         for (i, what) in [(3, "running mean"), (4, "running variance")] {
           guard case .value(let v) = ins[i], let k = importer.graph.params.firstIndex(where: { $0.value == v }) else {
-            throw err("the \(what) must be a float initializer with one value per channel, got \(importer.type(ins[i]))")
+            throw err("the \(what) must be a float initializer with one value per channel like the other statistic, got \(importer.type(ins[i]))")
           }
           importer.graph.params[k].trainable = false
           importer.roles[importer.graph.params[k].name] = (false, "BatchNorm \(what): state the training step updates in place")

@@ -19,7 +19,8 @@ extension BlockMatcher {
   /// Whether `v` is a parameter or literal, or a view of one made outside any branch.
   func isConstantOperand(_ v: ValueID) -> Bool {
     let source = operandSource(v)
-    return ud.param(source) != nil || ud.literal(source) != nil
+    // Or computed from parameters alone: NF-ResNet's weights, standardized in the forward.
+    return ud.param(source) != nil || ud.literal(source) != nil || constantValues.contains(v)
   }
 
   /// Whether `v` is a parameter or literal (possibly reshaped) that is a scalar or varies
@@ -113,6 +114,9 @@ extension BlockMatcher {
         region.append(j)
         values.insert(n.outputs[0])
       }
+      // A linear that does not seed a region (an operand computed from the data besides xs)
+      // is no PW-Conv node here.
+      guard !region.isEmpty else { continue }
       // The longest prefix whose results other nodes read come to exactly one value, made by
       // its last node: the split replaces that value and nothing else.
       var cut = 1
