@@ -773,7 +773,7 @@ private struct Importer {
         }
         for (i, what) in [(3, "running mean"), (4, "running variance")] {
           guard case .value(let v) = ins[i], let k = importer.graph.params.firstIndex(where: { $0.value == v }) else {
-            throw err("the \(what) must be a float initializer with one value per channel like the other statistic, got \(importer.type(ins[i]))")
+            throw err("the \(what) must be a float initializer with one value per channel, got \(importer.type(ins[i]))")
           }
           importer.graph.params[k].trainable = false
           importer.roles[importer.graph.params[k].name] = (false, "BatchNorm \(what): state the training step updates in place")
