@@ -197,7 +197,8 @@ def ok_mod(out):
 def ok_encodings(out):
     """y = x + Tile(P, [batch, 1]) + e, where P [1, 4] is a weight tiled over the batch (the batch
     read from Shape(x)) and e is a sine encoding computed from constants alone:
-    sin(CumSum(Cast(Range(0, 4, 1)))) + cos(Range) + Cast(Not(zeros)) = sin([0, 1, 3, 6]) + cos([0, 1, 2, 3]) + 1."""
+    sin(CumSum(Cast(Range(0, 4, 1)))) + cos(Range) + Cast(Not(zeros)) + Ceil(Range/2) − Floor(Range/2)
+    = sin([0, 1, 3, 6]) + cos([0, 1, 2, 3]) + 1 + [0, 1, 0, 1]."""
     nodes = [
         helper.make_node("Shape", ["x"], ["xs"], name="shape"),
         helper.make_node("Gather", ["xs", "zero"], ["b"], name="batch", axis=0),
@@ -214,13 +215,19 @@ def ok_encodings(out):
         helper.make_node("Not", ["zb"], ["nb"], name="not"),
         helper.make_node("Cast", ["nb"], ["nf"], name="not_f", to=TensorProto.FLOAT),
         helper.make_node("Add", ["sn", "cn"], ["e1"], name="enc1"),
-        helper.make_node("Add", ["e1", "nf"], ["e"], name="enc"),
+        helper.make_node("Add", ["e1", "nf"], ["e2"], name="enc2"),
+        helper.make_node("Div", ["rf", "two_f"], ["half"], name="half"),
+        helper.make_node("Ceil", ["half"], ["up"], name="ceil"),
+        helper.make_node("Floor", ["half"], ["down"], name="floor"),
+        helper.make_node("Sub", ["up", "down"], ["odd"], name="odd"),
+        helper.make_node("Add", ["e2", "odd"], ["e"], name="enc"),
         helper.make_node("Add", ["x", "pt"], ["s"], name="add_tile"),
         helper.make_node("Add", ["s", "e"], ["y"], name="add_enc"),
     ]
     ints = [helper.make_tensor(n, TensorProto.INT64, d, v) for n, d, v in
             [("zero", [], [0]), ("axes0", [1], [0]), ("one", [1], [1]), ("start", [], [0]), ("limit", [], [4]),
              ("delta", [], [1]), ("four", [1], [4])]]
+    nodes.insert(0, helper.make_node("Constant", [], ["two_f"], name="two_const", value=helper.make_tensor("t", TensorProto.FLOAT, [], [2.0])))
     m = model("ok_encodings", nodes, [x_input()], [y_output(("batch", 4))],
               [init("P", np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32))] + ints)
     write_model(os.path.join(out, "ok_encodings.onnx"), m)
@@ -558,7 +565,7 @@ def check(out):
     sess = ort.InferenceSession(p("ok_norms.onnx"), providers=["CPUExecutionProvider"])
     expect(np.allclose(sess.run(["y"], {"x": xn})[0], want, atol=1e-5), "ok_norms.onnx: onnxruntime matches numpy")
     sess = ort.InferenceSession(p("ok_encodings.onnx"), providers=["CPUExecutionProvider"])
-    enc = np.sin([0.0, 1.0, 3.0, 6.0]) + np.cos([0.0, 1.0, 2.0, 3.0]) + 1
+    enc = np.sin([0.0, 1.0, 3.0, 6.0]) + np.cos([0.0, 1.0, 2.0, 3.0]) + 1 + np.array([0.0, 1.0, 0.0, 1.0])
     expect(np.allclose(sess.run(["y"], {"x": x})[0], x + np.array([0.5, -1.0, 2.0, 0.25]) + enc, atol=1e-6),
            "ok_encodings.onnx: onnxruntime matches numpy")
     sess = ort.InferenceSession(p("ok_mod.onnx"), providers=["CPUExecutionProvider"])

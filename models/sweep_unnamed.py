@@ -61,6 +61,18 @@ SPECS = {
   "gernet_s": (dict(), (3, 64, 64)),
   "tresnet_m": (dict(), (3, 64, 64)),
   "hiera_tiny_224": (dict(), (3, 224, 224)),
+  "gmlp_s16_224": (dict(img_size=32, patch_size=4, embed_dim=32, num_blocks=2), (3, 32, 32)),
+  "vit_small_patch14_reg4_dinov2": (dict(img_size=28, embed_dim=32, depth=3, num_heads=2), (3, 28, 28)),
+  "swinv2_cr_tiny_ns_224": (dict(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=2), (3, 64, 64)),
+  "resnetv2_50x1_bit": (dict(), (3, 64, 64)),
+  "tf_efficientnet_b0": (dict(), (3, 64, 64)),
+  "skresnet18": (dict(), (3, 64, 64)),
+  "hrnet_w18_small": (dict(), (3, 64, 64)),
+  "inception_v3": (dict(), (3, 96, 96)),
+  "xception41": (dict(), (3, 64, 64)),
+  "mobileone_s0": (dict(), (3, 64, 64)),
+  "efficientnetv2_rw_t": (dict(), (3, 64, 64)),
+  "regnetx_002": (dict(), (3, 64, 64)),
 }
 
 

@@ -101,8 +101,8 @@ public let supportedOpsets = 13...21
 /// The ONNX ops the importer reads (default domain), sorted: its op table, one `case` each
 /// in `lower()`. `OpTableTests` checks the two agree and writes the README's list from this.
 public let supportedONNXOps: [String] = [
-  "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat", "Constant", "ConstantOfShape",
-  "Conv", "Cos", "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm",
+  "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape",
+  "Conv", "Cos", "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherND", "Gelu", "Gemm",
   "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
   "InstanceNormalization", "LayerNormalization", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
   "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "SequenceAt", "Shape", "Sigmoid", "Sin",
@@ -706,9 +706,10 @@ private struct Importer {
       case "Tanh": return try unary(.unary(.tanh))
       case "Exp": return try unary(.unary(.exp))
       case "Neg": return try unary(.unary(.neg))
-      case "Sin", "Cos", "CumSum":
-        // Only on constants: the sine position encodings (XCiT's, EdgeNeXt's) are computed
-        // from the grid's shape alone, and fold here; no kernel computes them per step.
+      case "Sin", "Cos", "CumSum", "Ceil", "Floor":
+        // Only on constants: the sine position encodings (XCiT's, EdgeNeXt's) and TF-style
+        // "same" padding (Ceil of a size over a stride) are computed from shapes alone, and
+        // fold here; no kernel computes them per step.
         guard let x = try const(0, "data"), x.dtype.isFloat || node.opType == "CumSum" else {
           throw err("input 0 must be a floating constant; sbpc computes \(node.opType) only at import")
         }
@@ -722,7 +723,13 @@ private struct Importer {
           for i in v.indices where (i / inner) % len != 0 { v[i] += v[i - inner] }
           return [.const(x.dtype.isFloat ? ConstTensor(dtype: x.dtype, shape: x.shape, floats: v) : ConstTensor(dtype: x.dtype, shape: x.shape, ints: v.map { Int64($0) }))]
         }
-        let f: (Double) -> Double = node.opType == "Sin" ? { Glibc.sin($0) } : { Glibc.cos($0) }
+        let f: (Double) -> Double
+        switch node.opType {
+        case "Sin": f = { Glibc.sin($0) }
+        case "Cos": f = { Glibc.cos($0) }
+        case "Ceil": f = { $0.rounded(.up) }
+        default: f = { $0.rounded(.down) }
+        }
         let v = x.floats.map(f)
         return [.const(ConstTensor(dtype: x.dtype, shape: x.shape, floats: x.dtype == .f64 ? v : v.map { Double(Float($0)) }))]
       case "Not":
