@@ -63,67 +63,46 @@ AVX512 static inline void store_block(__m512 acc[MR][2], float *c, int ldc, int 
 // Element i of an operand as the fp32 value of its bf16: an fp32 operand is rounded first.
 #define WIDENED(p, fp32, i) widen((fp32) ? narrow(((const float *)(p))[i]) : ((const uint16_t *)(p))[i])
 
-// op(B)[k0:k0+kc, n0:n0+nc] as NR-column strips, each k's NR values contiguous; columns past
-// n are zero. Each loop runs along the operand's contiguous axis; the four (transpose,
-// fp32) cases are separate loops, so no element pays for a test.
-static inline __attribute__((always_inline)) void pack_b_widen_case(int trans, int fp32, const void *b, int ldb, int k0, int kc, int n0, int nc,
-                                                                    int n, float *dst) {
-  for (int j = 0; j < nc; j += NR) {
-    float *strip = dst + (size_t)j * kc;
-    int cols = n - (n0 + j) < NR ? n - (n0 + j) : NR;
-    if (cols < 0) cols = 0;
-    if (!trans) {
-      for (int k = 0; k < kc; k++) {
-        size_t row = (size_t)(k0 + k) * ldb + n0 + j;
-        for (int c = 0; c < cols; c++) strip[k * NR + c] = WIDENED(b, fp32, row + c);
-        for (int c = cols; c < NR; c++) strip[k * NR + c] = 0.0f;
-      }
-    } else {
-      for (int c = 0; c < cols; c++) {
-        size_t col = (size_t)(n0 + j + c) * ldb + k0;
-        for (int k = 0; k < kc; k++) strip[k * NR + c] = WIDENED(b, fp32, col + k);
-      }
-      for (int c = cols; c < NR; c++)
-        for (int k = 0; k < kc; k++) strip[k * NR + c] = 0.0f;
-    }
-  }
-}
-
-static void pack_b_widen(int transB, const void *b, int bf, int ldb, int k0, int kc, int n0, int nc, int n, float *dst) {
-  if (transB)
-    bf ? pack_b_widen_case(1, 1, b, ldb, k0, kc, n0, nc, n, dst) : pack_b_widen_case(1, 0, b, ldb, k0, kc, n0, nc, n, dst);
-  else
-    bf ? pack_b_widen_case(0, 1, b, ldb, k0, kc, n0, nc, n, dst) : pack_b_widen_case(0, 0, b, ldb, k0, kc, n0, nc, n, dst);
-}
-
-// op(A)[m0:m0+mc, k0:k0+kc] as MR-row strips, each k's MR values contiguous; rows past m are zero.
-static inline __attribute__((always_inline)) void pack_a_widen_case(int trans, int fp32, const void *a, int lda, int m0, int mc, int k0, int kc,
-                                                                    int m, float *dst) {
-  for (int i = 0; i < mc; i += MR) {
+// A panel of an operand as strips of `width` lines (rows of op(A), columns of op(B)), each
+// k's `width` values contiguous; lines past `extent` are zero. `along` says the operand is
+// contiguous along the lines (op(A) transposed, op(B) not): each loop then runs along the
+// operand's contiguous axis. The cases are separate loops, so no element pays for a test.
+static inline __attribute__((always_inline)) void pack_widen_case(int along, int fp32, int width, const void *p, int ld, int l0, int lc,
+                                                                  int k0, int kc, int extent, float *dst) {
+  for (int i = 0; i < lc; i += width) {
     float *strip = dst + (size_t)i * kc;
-    int rows = m - (m0 + i) < MR ? m - (m0 + i) : MR;
-    if (rows < 0) rows = 0;
-    if (!trans) {
-      for (int r = 0; r < rows; r++) {
-        size_t row = (size_t)(m0 + i + r) * lda + k0;
-        for (int k = 0; k < kc; k++) strip[k * MR + r] = WIDENED(a, fp32, row + k);
+    int lines = extent - (l0 + i) < width ? extent - (l0 + i) : width;
+    if (lines < 0) lines = 0;
+    if (along) {
+      for (int k = 0; k < kc; k++) {
+        size_t at = (size_t)(k0 + k) * ld + l0 + i;
+        for (int r = 0; r < lines; r++) strip[k * width + r] = WIDENED(p, fp32, at + r);
       }
     } else {
-      for (int k = 0; k < kc; k++) {
-        size_t col = (size_t)(k0 + k) * lda + m0 + i;
-        for (int r = 0; r < rows; r++) strip[k * MR + r] = WIDENED(a, fp32, col + r);
+      for (int r = 0; r < lines; r++) {
+        size_t at = (size_t)(l0 + i + r) * ld + k0;
+        for (int k = 0; k < kc; k++) strip[k * width + r] = WIDENED(p, fp32, at + k);
       }
     }
-    for (int r = rows; r < MR; r++)
-      for (int k = 0; k < kc; k++) strip[k * MR + r] = 0.0f;
+    for (int r = lines; r < width; r++)
+      for (int k = 0; k < kc; k++) strip[k * width + r] = 0.0f;
   }
 }
 
+// op(B)[k0:k0+kc, n0:n0+nc] as NR-column strips.
+static void pack_b_widen(int transB, const void *b, int bf, int ldb, int k0, int kc, int n0, int nc, int n, float *dst) {
+  if (!transB)
+    bf ? pack_widen_case(1, 1, NR, b, ldb, n0, nc, k0, kc, n, dst) : pack_widen_case(1, 0, NR, b, ldb, n0, nc, k0, kc, n, dst);
+  else
+    bf ? pack_widen_case(0, 1, NR, b, ldb, n0, nc, k0, kc, n, dst) : pack_widen_case(0, 0, NR, b, ldb, n0, nc, k0, kc, n, dst);
+}
+
+// op(A)[m0:m0+mc, k0:k0+kc] as MR-row strips.
 static void pack_a_widen(int transA, const void *a, int af, int lda, int m0, int mc, int k0, int kc, int m, float *dst) {
   if (transA)
-    af ? pack_a_widen_case(1, 1, a, lda, m0, mc, k0, kc, m, dst) : pack_a_widen_case(1, 0, a, lda, m0, mc, k0, kc, m, dst);
+    af ? pack_widen_case(1, 1, MR, a, lda, m0, mc, k0, kc, m, dst) : pack_widen_case(1, 0, MR, a, lda, m0, mc, k0, kc, m, dst);
   else
-    af ? pack_a_widen_case(0, 1, a, lda, m0, mc, k0, kc, m, dst) : pack_a_widen_case(0, 0, a, lda, m0, mc, k0, kc, m, dst);
+    af ? pack_widen_case(0, 1, MR, a, lda, m0, mc, k0, kc, m, dst) : pack_widen_case(0, 0, MR, a, lda, m0, mc, k0, kc, m, dst);
 }
 
 AVX512 static void micro_widen_avx512(int kc, const float *a, const float *b, float *c, int ldc, int rows, int cols, float alpha, float beta) {

@@ -769,10 +769,13 @@ private struct Importer {
           if case .value(let v) = ins[i] { return importer.graph.params.contains { $0.value == v } }
           return false
         }
-        if !stored.contains(true) {
+        // Only a train-mode export: an eval-mode BatchNorm whose statistics were folded into
+        // constants has running statistics the step must keep, and is refused below.
+        let trainMode = try int("training_mode", 0) != 0 || importer.model.trainingBatchNorms.contains(node.name)
+        if !stored.contains(true), trainMode {
           // No running statistics to keep (`track_running_stats=False`, or F.batch_norm on a
           // weight, as NF-ResNet's weight standardization calls it): the exporter passes
-          // constants, and the step normalizes with the batch's statistics, as PyTorch does.
+          // computed values, and the step normalizes with the batch's statistics, as PyTorch does.
           let x = ins[0], r = importer.type(x).rank
           guard r >= 2 else { throw err("expects an input of rank 2 or more, got \(importer.type(x))") }
           let normalized = try normalize(x, axes: [0] + Array(2..<r), epsilon: try float("epsilon", 1e-5))
@@ -785,7 +788,7 @@ private struct Importer {
           importer.graph.params[k].trainable = false
           importer.roles[importer.graph.params[k].name] = (false, "BatchNorm \(what): state the training step updates in place")
         }
-        if try int("training_mode", 0) == 0 && !importer.model.trainingBatchNorms.contains(node.name) {
+        if !trainMode {
           importer.notes.append(
             "BatchNorm '\(node.name)' was exported in eval mode; the training step uses each batch's statistics, as PyTorch's train() does")
         }
