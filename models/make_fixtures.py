@@ -173,6 +173,36 @@ def ok_pools(out):
     write_model(os.path.join(out, "ok_pools.onnx"), m)
 
 
+def ok_resize(out):
+    """x [batch, 2, 3, 4] -> five Resizes (nearest asymmetric floor x2, the PyTorch nearest; linear
+    half_pixel x1.5 by 2, the bilinear; linear align_corners x2 by 0.5; cubic half_pixel x2;
+    nearest round_prefer_floor half_pixel x0.5 by 0.75), ReduceMax over axes 1 and 3 and
+    ReduceMin over axis 2, each flattened, concatenated -> y [batch, 297] (opset 18)."""
+    f = lambda name, v: helper.make_tensor(name, TensorProto.FLOAT, [len(v)], v)  # noqa: E731
+    i = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
+    resizes = [
+        ("near2", dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"), [1, 1, 2, 2]),
+        ("bilinear", dict(mode="linear", coordinate_transformation_mode="half_pixel"), [1, 1, 1.5, 2]),
+        ("corners", dict(mode="linear", coordinate_transformation_mode="align_corners"), [1, 1, 2, 0.5]),
+        ("cubic", dict(mode="cubic", coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75), [1, 1, 2, 2]),
+        ("nearhalf", dict(mode="nearest"), [1, 1, 0.5, 0.75]),
+    ]
+    nodes, inits, flat = [], [], []
+    for name, attrs, scales in resizes:
+        # Scales as Constant nodes, as exporters emit them: a float initializer is a weight.
+        nodes.append(helper.make_node("Constant", [], [f"{name}_scales"], name=f"{name}_scales", value=f(f"{name}_scales_v", scales)))
+        nodes.append(helper.make_node("Resize", ["x", "", f"{name}_scales"], [name], name=name, **attrs))
+    nodes += [helper.make_node("ReduceMax", ["x", "max_axes"], ["rmax"], name="reducemax", keepdims=0),
+              helper.make_node("ReduceMin", ["x", "min_axes"], ["rmin"], name="reducemin", keepdims=1)]
+    inits += [i("max_axes", [1, 3]), i("min_axes", [2])]
+    for name in [r[0] for r in resizes] + ["rmax", "rmin"]:
+        nodes.append(helper.make_node("Flatten", [name], [f"{name}_flat"], name=f"{name}_flatten", axis=1))
+        flat.append(f"{name}_flat")
+    nodes.append(helper.make_node("Concat", flat, ["y"], name="concat", axis=1))
+    write_model(os.path.join(out, "ok_resize.onnx"),
+                model("ok_resize", nodes, [x_input(("batch", 2, 3, 4))], [y_output(("batch", 297))], inits, opset=18))
+
+
 def ok_mod(out):
     """y = x + Cast(Mod([5, -7, 9, -4], 3)) + Mod([5.5, -7.5, 9, -4], 2, fmod=1): integer Mod takes the divisor's sign, fmod the dividend's."""
     ints = helper.make_tensor("ai", TensorProto.INT64, [4], [5, -7, 9, -4])
@@ -239,6 +269,17 @@ def bad_tile(out):
     m = model("bad_tile", nodes, [x_input()], [y_output(("batch", 8))],
               [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 2])])
     write_model(os.path.join(out, "bad_tile.onnx"), m)
+
+
+def bad_resize(out):
+    """Resize with tf_crop_and_resize coordinates: a crop box sbpc does not read."""
+    nodes = [helper.make_node("Resize", ["x", "roi", "scales"], ["y"], name="crop_resize", mode="linear",
+                              coordinate_transformation_mode="tf_crop_and_resize")]
+    nodes = [helper.make_node("Constant", [], ["roi"], name="roi", value=helper.make_tensor("roi_v", TensorProto.FLOAT, [8], [0, 0, 0, 0, 1, 1, 1, 1])),
+             helper.make_node("Constant", [], ["scales"], name="scales", value=helper.make_tensor("scales_v", TensorProto.FLOAT, [4], [1, 1, 2, 2]))] + nodes
+    inits = []
+    write_model(os.path.join(out, "bad_resize.onnx"),
+                model("bad_resize", nodes, [x_input(("batch", 2, 3, 4))], [y_output(("batch", 2, 6, 8))], inits, opset=18))
 
 
 def bn_model(out, name, shared, training_mode):
@@ -516,7 +557,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_mod, ok_encodings, bad_tile, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -589,6 +630,17 @@ def check(out):
     sess = ort.InferenceSession(p("ok_pools.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["y"], {"x": xp})[0]
     np.save(p("ok_pools.expected.npy"), got)
+    sess = ort.InferenceSession(p("ok_resize.onnx"), providers=["CPUExecutionProvider"])
+    xr = np.sin(np.arange(48, dtype=np.float32) * 0.37).reshape(2, 2, 3, 4) * 3
+    got_r = sess.run(["y"], {"x": xr})[0]
+    np.save(p("ok_resize.expected.npy"), got_r)
+    expect(got_r.shape == (2, 297), f"ok_resize.onnx: onnxruntime runs it, y {got_r.shape} written to ok_resize.expected.npy")
+    import torch
+    t = torch.from_numpy(xr)
+    torch_parts = [torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest"),
+                   torch.nn.functional.interpolate(t, scale_factor=(1.5, 2), mode="bilinear", align_corners=False)]
+    expect(np.allclose(got_r[:, :96 + 64], np.concatenate([a.reshape(2, -1).numpy() for a in torch_parts], axis=1), atol=1e-5),
+           "ok_resize.onnx: its nearest and bilinear Resizes are PyTorch's interpolate")
     expect(got.shape == (2, 2), f"ok_pools.onnx: onnxruntime runs it, y {got.shape} written to ok_pools.expected.npy")
     run(p("ok_shared_identity.onnx"), 2 * (x @ W_VALUES) + B_VALUES)
     m = onnx.load(p("ok_shared_identity.onnx"))

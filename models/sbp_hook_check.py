@@ -77,6 +77,7 @@ def split_branches(sbpc, onnx_path, batch, blocks):
     segments = {}  # (block, k) -> [scope of its last node, stage, token axes, prefix]
     linears = []  # (scope, block, stage or None for the block's) of every split linear
     downsamplers, first_of_stage = [], {}
+    windowed, windowed_parts = {}, {}  # windowed attention: {block: {role: scope}}
     for line in ir.splitlines():
         m = IR_LINE.match(line)
         if not m:
@@ -108,6 +109,10 @@ def split_branches(sbpc, onnx_path, batch, blocks):
             tokenwise.add(block)
         if role.group(1) == "mhsa.softmax":
             attention[block] = m.group(3)
+            if "sbp.windows=" in attrs:
+                windowed.setdefault(block, {})["softmax"] = m.group(3)
+        if role.group(1) in ("mhsa.norm", "mhsa.qkv", "mhsa.q"):
+            windowed_parts.setdefault(block, {})[role.group(1)] = m.group(3)
         if role.group(1) == "residual":
             ins = [int(v) for v in re.findall(r"%(\d+)", line.split("=", 1)[1].split("{")[0])]
             axes = [int(a) for a in re.search(r"sbp\.token_axes=\[([0-9,]+)\]", attrs).group(1).split(",")]
@@ -126,8 +131,16 @@ def split_branches(sbpc, onnx_path, batch, blocks):
     # For --algorithm1: each split linear with its stage and the prefix of its block's tokens.
     split_linears = [(scope, stage if stage is not None else residual[b][2], residual[b][4]) for scope, b, stage in linears]
     downs = [(scope, stage) for scope, stage in downsamplers if first_of_stage.get(stage) in blocks]
+    # Windowed cores: the norm whose output the windows partition, and the projection that
+    # reads the windows (its input), by module.
+    # Without a norm before the windows (SwinV2-CR's post-norm), the windows partition the
+    # block's input: the module whose forward makes the residual add.
+    windows = {b: (module_path(windowed_parts[b]["mhsa.norm"]) if "mhsa.norm" in windowed_parts[b] else None,
+                   module_path(windowed_parts[b].get("mhsa.qkv") or windowed_parts[b]["mhsa.q"]),
+                   module_path(residual[b][0]))
+               for b in windowed}
     return ({b: residual[b] for b in sorted(tokenwise)}, {k: tuple(v) for k, v in segments.items()}, cores,
-            (split_linears, downs))
+            (split_linears, downs), windows)
 
 
 def kept_rows(keep, prefix):
@@ -206,18 +219,37 @@ class ResidualMasks(TorchFunctionMode):
         if core and func in (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax):
             # The attention rule (DESIGN.md): kept queries attend to kept keys only (qkv) or to
             # every key (query), with gradient; dropped queries attend to every key, without.
-            rows, mode = core
+            rows, mode = core[:2]
             s = args[0]
+            if len(core) > 2:
+                # Windowed attention: rows holds every window's keep row, batch first. The scores
+                # hold the windows folded into the batch (Swin), or on an axis of their own
+                # before the queries (Twins: [B, W, h, q, k]; NesT: [B, h, W, q, k]).
+                n = s.shape[-1]
+                view = [1] * (s.dim() - 2) + [n]
+                if s.shape[0] * n == rows.numel():
+                    view[0] = s.shape[0]
+                else:
+                    windows = rows.numel() // (n * s.shape[0])
+                    axis = max(a for a in range(1, s.dim() - 2) if s.shape[a] == windows)
+                    view[0], view[axis] = s.shape[0], windows
+                rows = rows.reshape(view)
+                qsel, kview = rows[..., :, None], rows[..., None, :]
+            else:
+                qsel, kview = rows[:, None], rows
             # Keys on another grid (PVT's spatial reduction): queries split only, as sbpc does.
-            keys = torch.zeros(s.shape[-1], dtype=s.dtype) if mode == "query" or s.shape[-1] != rows.numel() else \
-                torch.where(rows, torch.zeros((), dtype=s.dtype), torch.full((), float("-inf"), dtype=s.dtype))
+            # Dropped keys get -1e30, not -inf: a window with no kept row has rows of dropped
+            # keys only, whose softmax would be NaN and poison the backward through the where
+            # that discards them (exp(-1e30) is exactly 0 wherever a kept key exists).
+            keys = torch.zeros(s.shape[-1], dtype=s.dtype) if mode == "query" or s.shape[-1] != rows.shape[-1] else \
+                torch.where(kview, torch.zeros((), dtype=s.dtype), torch.full((), -1e30, dtype=s.dtype))
             kept = func(s + keys, *args[1:], **kwargs)
             # The dropped queries' probabilities, detached, follow the kept ones through every
             # op up to the context matmul (talking heads mix them over heads on the way).
             # Under qkv the context reads kept keys only: talking heads' mix after the softmax
             # has a bias, which would otherwise give dropped keys weight again.
             visible = (keys == 0).to(s.dtype)
-            self.shadow[id(kept)] = (kept, func(s, *args[1:], **kwargs).detach(), rows, visible)
+            self.shadow[id(kept)] = (kept, func(s, *args[1:], **kwargs).detach(), qsel, visible)
             self.hits.add(self.stack[-1])
             return kept
         tracked = [a for a in args if isinstance(a, torch.Tensor) and id(a) in self.shadow and self.shadow[id(a)][0] is a]
@@ -227,7 +259,7 @@ class ResidualMasks(TorchFunctionMode):
             dropped = func(*full_args, **kwargs).detach()
             if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__) and args[0] is tracked[0]:
                 out = func(args[0] * visible, *args[1:], **kwargs)
-                return torch.where(rows[:, None], out, dropped)
+                return torch.where(rows, out, dropped)
             out = func(*args, **kwargs)
             self.shadow[id(out)] = (out, dropped, rows, visible)
             return out
@@ -240,6 +272,39 @@ class ResidualMasks(TorchFunctionMode):
                 args[i] = MaskGrad.apply(args[i], mask(args[i]))
                 self.hits.add(key)
         return func(*args, **kwargs)
+
+
+def window_rows(modules, parts, cores, path, keep, mode):
+    """Hooks that find, for a windowed attention, which grid position each window row holds,
+    without sbpc's trace: every row the projection reads is matched by value to a row of the
+    norm's output, or of the block's input without a norm (the partition and shift only move
+    rows; a padded row matches none and
+    counts as dropped). The core's keep rows become every window row's, batch first."""
+    norm_path, proj_path, block_path = parts
+    seen = {}
+
+    def grab(_m, _i, out):
+        seen["grid"] = out
+
+    def grab_input(_m, inputs):
+        seen["grid"] = inputs[0]
+
+    def project(_m, inputs):
+        x = inputs[0]
+        grid = seen.pop("grid", None)
+        if grid is None:
+            raise SystemExit(f"{path}: the windows' norm {norm_path} did not run before {proj_path}")
+        c = x.shape[-1]
+        if grid.shape[-1] != c:
+            grid = grid.movedim(1, -1)  # channels-first
+        where = {tuple(r.tolist()): i for i, r in enumerate(grid[0].reshape(-1, c))}
+        per_image = x.reshape(-1, c).shape[0] // grid.shape[0]
+        table = torch.tensor([where.get(tuple(r.tolist()), -1) for r in x.reshape(-1, c)[:per_image]])
+        rows = torch.where(table >= 0, keep[table.clamp(min=0)], torch.zeros((), dtype=torch.bool))
+        cores[path] = (rows.repeat(grid.shape[0]), mode, "windows")
+
+    source = modules[norm_path].register_forward_hook(grab) if norm_path else modules[block_path].register_forward_pre_hook(grab_input)
+    return [source, modules[proj_path].register_forward_pre_hook(project)]
 
 
 def initializers_of(onnx_path, model):
@@ -333,7 +398,7 @@ def main(argv=None):
                     "--dump-grads", os.path.join(d, "grads"), "--dump-logits", os.path.join(d, "logits.npy"),
                     "--dump-mask", os.path.join(d, "masks"), "--dump-loss"])
         np.save(os.path.join(d, "loss.npy"), np.array([float(loss.split()[0])], dtype=np.float32))
-        branches, segments, attention, explicit = split_branches(args.sbpc, onnx_path, batch, set(blocks))
+        branches, segments, attention, explicit, windows = split_branches(args.sbpc, onnx_path, batch, set(blocks))
         masks = {int(re.search(r"stage(\d+)", f).group(1)): np.load(os.path.join(d, "masks", f)).astype(bool)
                  for f in os.listdir(os.path.join(d, "masks")) if ".stage" in f}
 
@@ -374,7 +439,10 @@ def main(argv=None):
         for b, (path, stage, prefix) in attention.items():
             keep = masks[stage]
             cores[path] = (torch.cat([torch.ones(prefix, dtype=torch.bool), torch.from_numpy(keep).reshape(-1)]), args.attention)
-            print(f"block {b}: attention in {path} split ({args.attention}; stage {stage}, {int(keep.sum())} of {keep.size} rows kept)")
+            if b in windows:
+                hooked += window_rows(modules, windows[b], cores, path, torch.from_numpy(keep).reshape(-1), args.attention)
+            print(f"block {b}: attention in {path} split ({args.attention}; stage {stage}, {int(keep.sum())} of {keep.size} rows kept"
+                  f"{', per window' if b in windows else ''})")
         x = torch.from_numpy(np.load(os.path.join(ref, "input.npy"))).double()
         labels = torch.from_numpy(np.load(os.path.join(ref, "labels.npy")))
         mode = ResidualMasks(model, targets, cores)

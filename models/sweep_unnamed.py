@@ -73,6 +73,9 @@ SPECS = {
   "mobileone_s0": (dict(), (3, 64, 64)),
   "efficientnetv2_rw_t": (dict(), (3, 64, 64)),
   "regnetx_002": (dict(), (3, 64, 64)),
+  "swinv2_tiny_window8_256": (dict(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=4), (3, 64, 64)),
+  "maxvit_rmlp_pico_rw_256": (dict(img_size=64), (3, 64, 64)),
+  "nest_tiny": (dict(img_size=64, embed_dims=(16, 32, 64), depths=(1, 1, 1), num_heads=(1, 2, 4)), (3, 64, 64)),
 }
 
 

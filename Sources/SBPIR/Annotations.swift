@@ -19,6 +19,8 @@ public enum Annotation {
   /// On an attention softmax whose keys come from another grid: "query", the split that
   /// core gets whatever `--attention` says.
   public static let attention = "sbp.attention"
+  /// On a windowed attention's softmax: [windows, tokens per window] of its partition.
+  public static let windows = "sbp.windows"
   // insert-sbp and prune-backward.
   public static let from = "sbp.from"
   public static let sparseRows = "sbp.sparse_rows"

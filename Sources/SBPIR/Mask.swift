@@ -195,16 +195,115 @@ public struct MaskStage: Sendable, Equatable {
   public var droppedInput: String { "sbp.dropped.\(stage)" }
 }
 
+/// The windows of a windowed attention's partition on one stage (Swin): where each window
+/// row sits on the stage's grid, and how many rows each window's kept and dropped lists hold.
+/// The step's lists are graph inputs `sbp.wkept.<id>` and `sbp.wdropped.<id>`: window w's
+/// rows are entries w·rows ..< (w+1)·rows, each w·size + the row in the window, −1 padded.
+/// A padding row of the partition is always dropped.
+public struct MaskWindows: Sendable, Equatable {
+  public var id: Int
+  public var stage: Int
+  public var windows: Int
+  public var size: Int
+  /// windows·size grid positions (row-major over the stage's H×W grid), −1 for padding.
+  public var table: [Int]
+  public var keptRows: Int
+  public var droppedRows: Int
+
+  public init(id: Int, stage: Int, windows: Int, size: Int, table: [Int], keptRows: Int, droppedRows: Int) {
+    self.id = id
+    self.stage = stage
+    self.windows = windows
+    self.size = size
+    self.table = table
+    self.keptRows = keptRows
+    self.droppedRows = droppedRows
+  }
+
+  public var keptInput: String { "sbp.wkept.\(id)" }
+  public var droppedInput: String { "sbp.wdropped.\(id)" }
+
+  /// Whether grid position `p` of a stage (width `w`, factor `f`) is kept under base mask `m`.
+  @inline(__always) static func kept(_ p: Int, _ m: KeepMask, width w: Int, factor f: Int) -> Bool {
+    m.keep[(p / w / f) * m.width + (p % w) / f]
+  }
+
+  /// The most kept and dropped rows one window holds under any mask `spec` draws, for a
+  /// stage of `grid` at block-replication `factor`.
+  public static func rows(table: [Int], windows: Int, size: Int, spec: MaskSpec, grid: [Int], factor: Int) -> (kept: Int, dropped: Int) {
+    var kept = 0, dropped = 0
+    func count(_ m: KeepMask) {
+      for w in 0..<windows {
+        var k = 0
+        for n in 0..<size where table[w * size + n] >= 0 && Self.kept(table[w * size + n], m, width: grid[1], factor: factor) { k += 1 }
+        kept = max(kept, k)
+        dropped = max(dropped, size - k)
+      }
+    }
+    switch spec.mode {
+    case .grid:
+      for p in 0..<spec.phases { count(spec.gridMask(phase: p)) }
+    case .random:
+      // Any subset of the base grid can be drawn: bound each window by the mask's counts.
+      let f2 = factor * factor, range = spec.keptRange, base = spec.height * spec.width
+      for w in 0..<windows {
+        let real = (0..<size).filter { table[w * size + $0] >= 0 }.count
+        kept = max(kept, min(real, range.upperBound * f2))
+        dropped = max(dropped, size - real + min(real, (base - range.lowerBound) * f2))
+      }
+    }
+    return (max(kept, 1), max(dropped, 1))
+  }
+
+  /// Writes the step's lists for base mask `m` through `kept(i, v)` and `dropped(i, v)`,
+  /// padding each window's rows with −1. False when a window holds more than its rows.
+  @discardableResult
+  public func write(_ m: KeepMask, grid: [Int], factor: Int, kept: (Int, Int64) -> Void, dropped: (Int, Int64) -> Void) -> Bool {
+    var fits = true
+    for w in 0..<windows {
+      var k = 0, d = 0
+      for n in 0..<size {
+        let p = table[w * size + n], v = Int64(w * size + n)
+        if p >= 0 && Self.kept(p, m, width: grid[1], factor: factor) {
+          if k < keptRows { kept(w * keptRows + k, v) } else { fits = false }
+          k += 1
+        } else {
+          if d < droppedRows { dropped(w * droppedRows + d, v) } else { fits = false }
+          d += 1
+        }
+      }
+      for r in min(k, keptRows)..<keptRows { kept(w * keptRows + r, -1) }
+      for r in min(d, droppedRows)..<droppedRows { dropped(w * droppedRows + r, -1) }
+    }
+    return fits
+  }
+}
+
 /// The masks a training step reads: the base mask drawn each step and the stages whose
 /// kept and dropped token indices are graph inputs. The compiler decides it; the plan file
 /// carries it, and the runtime draws masks from it without the passes.
 public struct MaskLayout: Sendable, Equatable {
   public var spec: MaskSpec
   public var stages: [MaskStage]
+  /// Windowed attentions' partitions, whose per-window lists are inputs too.
+  public var windows: [MaskWindows]
 
-  public init(spec: MaskSpec, stages: [MaskStage]) {
+  public init(spec: MaskSpec, stages: [MaskStage], windows: [MaskWindows] = []) {
     self.spec = spec
     self.stages = stages
+    self.windows = windows
+  }
+
+  /// Each window partition's kept and dropped lists under base mask `m` (`MaskWindows`).
+  public func windowIndices(for m: KeepMask) throws -> [(kept: [Int64], dropped: [Int64])] {
+    try windows.map { w in
+      guard let st = stage(w.stage) else { throw MaskError("window partition \(w.id) is on stage \(w.stage), which the mask does not index") }
+      var kept = [Int64](repeating: -1, count: w.windows * w.keptRows), dropped = [Int64](repeating: -1, count: w.windows * w.droppedRows)
+      guard w.write(m, grid: st.grid, factor: st.factor, kept: { kept[$0] = $1 }, dropped: { dropped[$0] = $1 }) else {
+        throw MaskError("the mask keeps or drops more rows in a window of partition \(w.id) than its \(w.keptRows) / \(w.droppedRows) rows")
+      }
+      return (kept, dropped)
+    }
   }
 
   public func stage(_ s: Int) -> MaskStage? { stages.first { $0.stage == s } }

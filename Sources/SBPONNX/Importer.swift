@@ -105,7 +105,7 @@ public let supportedONNXOps: [String] = [
   "Conv", "Cos", "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherND", "Gelu", "Gemm",
   "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
   "InstanceNormalization", "LayerNormalization", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
-  "Range", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "SequenceAt", "Shape", "Sigmoid", "Sin",
+  "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "SequenceAt", "Shape", "Sigmoid", "Sin",
   "Size", "Slice", "Softmax", "Split", "SplitToSequence", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
   "Unsqueeze", "Where"
 ]
@@ -987,6 +987,8 @@ private struct Importer {
           let sq = try emit(.mul, [x, x])
           return try emit(.unary(.sqrt), try emit(.reduceSum(axes: ax, keepDims: keep), sq))
         }
+      case "ReduceMax", "ReduceMin": return try reduceExtreme(min: node.opType == "ReduceMin")
+      case "Resize": return try resize()
       case "GlobalAveragePool": return try unary(.globalAveragePool)
       case "MaxPool", "AveragePool", "GlobalMaxPool": return try pool()
       case "Pad":
@@ -1117,6 +1119,137 @@ private struct Importer {
       }
       let scaled = try emit(.mul, [y, try emit(.reshape(channels), [scale])[0]])
       return try emit(.add, [scaled[0], try emit(.reshape(channels), [bias])[0]])
+    }
+
+    /// ReduceMax and ReduceMin as one max pool over the reduced axes, moved last and merged:
+    /// its gradient goes to the first maximal element, as the max pool's does (Hiera's max
+    /// over its query-pooling stride). ReduceMin is −max(−x).
+    mutating func reduceExtreme(min: Bool) throws -> [Sym] {
+      var x = try required(0)
+      let s = importer.type(x).shape, r = s.count
+      guard importer.type(x).dtype.isFloat else { throw err("input must be floating, got \(importer.type(x).dtype)") }
+      let opset = importer.opset
+      var ax = (opset >= 18 ? try const(1, "axes")?.intValues : try ints("axes")) ?? []
+      if ax.isEmpty, try int("noop_with_empty_axes", 0) != 0 { return [x] }
+      ax = try ax.map { a -> Int in
+        guard let n = normalizeAxis(a, rank: r) else { throw err("axis \(a) out of range for rank \(r)") }
+        return n
+      }
+      ax = Array(Set(ax.isEmpty ? Array(0..<r) : ax)).sorted()
+      let keep = try int("keepdims", 1) != 0
+      let others: [Int] = (0..<r).filter { !ax.contains($0) }
+      let outer = others.reduce(1) { $0 * s[$1] }, k = ax.reduce(1) { $0 * s[$1] }
+      if min { x = try emit(.unary(.neg), [x])[0] }
+      let order: [Int] = others + ax
+      if order != Array(0..<r) { x = try emit(.transpose(order), [x])[0] }
+      x = try emit(.reshape([outer, 1, k, 1]), [x])[0]
+      x = try emit(.maxPool(PoolGeometry(kernel: [k, 1], strides: [k, 1], pads: [0, 0, 0, 0], dilations: [1, 1], ceilMode: false)), [x])[0]
+      let shape = keep ? (0..<r).map { ax.contains($0) ? 1 : s[$0] } : others.map { s[$0] }
+      x = try emit(.reshape(shape), [x])[0]
+      return min ? try emit(.unary(.neg), [x]) : [x]
+    }
+
+    /// Resize as one constant interpolation matrix per resized axis, applied by a product:
+    /// y = M_h · x · M_wᵀ for an image. Every mode of ONNX's (nearest, linear, cubic) is a
+    /// linear map along each axis, so its gradient is the product's; the matrices follow the
+    /// spec and onnxruntime (`ok_resize.onnx` checks them). A dense matrix costs `in`
+    /// multiply-adds per output where the interpolation needs 2 or 4, which the small
+    /// upsampled maps of HRNet and GhostNetV2 afford.
+    mutating func resize() throws -> [Sym] {
+      var x = try required(0)
+      let s = importer.type(x).shape, r = s.count
+      guard importer.type(x).dtype.isFloat else { throw err("input must be floating, got \(importer.type(x).dtype)") }
+      let mode = try string("mode", "nearest")
+      guard ["nearest", "linear", "cubic"].contains(mode) else { throw err("mode '\(mode)' is not supported") }
+      let transform = try string("coordinate_transformation_mode", "half_pixel")
+      guard ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"].contains(transform) else {
+        throw err("coordinate_transformation_mode '\(transform)' is not supported")
+      }
+      guard try int("antialias", 0) == 0 else { throw err("antialias is not supported") }
+      guard try int("exclude_outside", 0) == 0 else { throw err("exclude_outside is not supported") }
+      guard try ints("axes") == nil else { throw err("the axes attribute is not supported") }
+      let nearestMode = try string("nearest_mode", "round_prefer_floor")
+      guard ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"].contains(nearestMode) else {
+        throw err("nearest_mode '\(nearestMode)' is not supported")
+      }
+      let cubicA = try float("cubic_coeff_a", -0.75)
+      // Opset 10 has (X, scales); 11 and later (X, roi, scales, sizes).
+      let opset = importer.opset
+      let sizes = opset >= 11 ? try const(3, "sizes")?.intValues : nil
+      let scales = try const(opset >= 11 ? 2 : 1, "scales")?.doubleValues
+      var out = s
+      var scale = [Double](repeating: 1, count: r)
+      if let sizes, !sizes.isEmpty {
+        guard sizes.count == r, sizes.allSatisfy({ $0 > 0 }) else { throw err("sizes must have \(r) positive entries, got \(sizes)") }
+        guard try string("keep_aspect_ratio_policy", "stretch") == "stretch" else { throw err("keep_aspect_ratio_policy is not supported") }
+        out = sizes
+        scale = (0..<r).map { Double(sizes[$0]) / Double(s[$0]) }
+      } else if let scales, !scales.isEmpty {
+        guard scales.count == r, scales.allSatisfy({ $0 > 0 && $0.isFinite }) else { throw err("scales must have \(r) positive entries, got \(scales)") }
+        scale = scales
+        out = (0..<r).map { Int((Double(s[$0]) * scales[$0]).rounded(.down)) }
+        guard out.allSatisfy({ $0 > 0 }) else { throw err("scales \(scales) make an empty output") }
+      } else {
+        throw err("scales or sizes must be given as constants")
+      }
+      guard (0..<Swift.max(r - 2, 0)).allSatisfy({ out[$0] == s[$0] }) else {
+        throw err("only the last two axes may be resized, got sizes \(out) for an input of \(s)")
+      }
+      /// [out, in] weights of one axis.
+      func matrix(inLen: Int, outLen: Int, scale: Double) -> [Double] {
+        var m = [Double](repeating: 0, count: outLen * inLen)
+        func add(_ o: Int, _ j: Int, _ w: Double) { m[o * inLen + Swift.min(Swift.max(j, 0), inLen - 1)] += w }
+        for o in 0..<outLen {
+          let i = Double(o)
+          let x: Double
+          switch transform {
+          case "align_corners": x = outLen == 1 ? 0 : i * Double(inLen - 1) / Double(outLen - 1)
+          case "asymmetric": x = i / scale
+          case "pytorch_half_pixel": x = outLen > 1 ? (i + 0.5) / scale - 0.5 : 0
+          default: x = (i + 0.5) / scale - 0.5
+          }
+          switch mode {
+          case "nearest":
+            let f = x.rounded(.down), half = x - f == 0.5
+            switch nearestMode {
+            case "floor": add(o, Int(f), 1)
+            case "ceil": add(o, Int(x.rounded(.up)), 1)
+            case "round_prefer_ceil": add(o, Int(half ? f + 1 : x.rounded()), 1)
+            default: add(o, Int(half ? f : x.rounded()), 1)
+            }
+          case "linear":
+            // A coordinate before the first sample reads the first sample, as onnxruntime
+            // and PyTorch's bilinear both do.
+            let c = Swift.min(Swift.max(x, 0), Double(inLen - 1))
+            let j = Int(c.rounded(.down)), f = c - Double(j)
+            add(o, j, 1 - f)
+            if f > 0 { add(o, j + 1, f) }
+          default:
+            // Cubic convolution with coefficient a; taps outside the input repeat the edge.
+            let j = Int(x.rounded(.down)), t = x - Double(j), a = cubicA
+            func w(_ d: Double) -> Double {
+              let d = Swift.abs(d)
+              if d <= 1 { return ((a + 2) * d - (a + 3)) * d * d + 1 }
+              if d < 2 { return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a }
+              return 0
+            }
+            for k in -1...2 { add(o, j + k, w(t - Double(k))) }
+          }
+        }
+        return m
+      }
+      for a in [r - 2, r - 1] where a >= 0 && (out[a] != s[a] || scale[a] != 1) {
+        let m = matrix(inLen: s[a], outLen: out[a], scale: scale[a]).map { Double(Float($0)) }
+        if a == r - 1 {
+          // x · Mᵀ: the matrix as [in, out].
+          var t = [Double](repeating: 0, count: m.count)
+          for o in 0..<out[a] { for j in 0..<s[a] { t[j * out[a] + o] = m[o * s[a] + j] } }
+          x = try emit(.matMul, [x, .const(ConstTensor(dtype: .f32, shape: [s[a], out[a]], floats: t))])[0]
+        } else {
+          x = try emit(.matMul, [.const(ConstTensor(dtype: .f32, shape: [out[a], s[a]], floats: m)), x])[0]
+        }
+      }
+      return [x]
     }
 
     /// MaxPool, AveragePool and GlobalMaxPool over NCHW.

@@ -42,6 +42,11 @@ struct SBPRewriter {
   var operandViews: [String: ValueID] = [:]
   /// Annotations every node made for the current block carries (its block and stage).
   var stamp: [String: AttrValue] = [:]
+  /// Per window partition (`MaskWindows.id`): its kept and dropped list inputs.
+  var windowInputs: [Int: (kept: ValueID, dropped: ValueID)] = [:]
+  /// Per block with a windowed attention: its partition's id and the batch.
+  var blockWindow: [Int: (id: Int, batch: Int, sink: ValueID)] = [:]
+  var windowKeyBias: [Int: ValueID] = [:]
 
   mutating func emit(_ op: Op, _ inputs: [ValueID], name: String, attrs: [String: AttrValue] = [:]) throws -> [ValueID] {
     try graph.append(op, inputs, name: name, attrs: stamp.merging(attrs) { _, new in new })
@@ -60,6 +65,20 @@ struct SBPRewriter {
       let k = graph.addInput(st.keptInput, TensorType(.i64, [st.keptRows]))
       let d = graph.addInput(st.droppedInput, TensorType(.i64, [st.droppedRows]))
       indexInputs[st.stage] = (k, d)
+    }
+    for w in layout.windows {
+      let k = graph.addInput(w.keptInput, TensorType(.i64, [w.windows * w.keptRows]))
+      let d = graph.addInput(w.droppedInput, TensorType(.i64, [w.windows * w.droppedRows]))
+      windowInputs[w.id] = (k, d)
+    }
+    if layout.options.attention != .none {
+      for b in layout.blocks {
+        guard let (t, s, batch, sink) = try WindowTrace.partition(graph, producer: producer, block: b) else { continue }
+        guard let w = layout.windows.first(where: { $0.stage == s && $0.table == t.table }) else {
+          throw fail(b, "its window partition is not in the SBP layout")
+        }
+        blockWindow[b] = (w.id, batch, sink)
+      }
     }
     let original = graph.nodes
     let table = BlockTable(graph)
@@ -98,7 +117,11 @@ struct SBPRewriter {
       if layout.options.attention != .none, let scores = roles.first(where: { $0.1 == "mhsa.scores" })?.0,
         let context = roles.first(where: { $0.1 == "mhsa.context" })?.0
       {
-        try splitAttention(block: b, stage: stage, scores: scores, context: context)
+        if let w = blockWindow[b] {
+          try splitWindowedAttention(block: b, scores: scores, context: context, window: layout.windows[w.id], batch: w.batch, sink: w.sink)
+        } else {
+          try splitAttention(block: b, stage: stage, scores: scores, context: context)
+        }
       }
     }
     // Downsamplers feeding a stage whose first block is selected.
@@ -254,16 +277,6 @@ struct SBPRewriter {
     // the softmax): only queries split.
     let reduced = graph.type(of: graph.nodes[scores].outputs[0]).shape.last != graph.type(of: graph.nodes[scores].inputs[0]).shape.dropLast().last
     let mode: AttentionSplit = reduced ? .query : layout.options.attention
-    func throughScaling(_ v: ValueID) -> ValueID {
-      var v = v
-      while let p = producer[v], [.mul, .div].contains(graph.nodes[p].op),
-        graph.nodes[p].inputs.count == 2, graph.type(of: graph.nodes[p].inputs[1]).elementCount == 1,
-        graph.type(of: graph.nodes[p].inputs[0]) == graph.type(of: v)
-      {
-        v = graph.nodes[p].inputs[0]
-      }
-      return v
-    }
     let q = throughScaling(graph.nodes[scores].inputs[0]), kt = throughScaling(graph.nodes[scores].inputs[1])
     let v = graph.nodes[context].inputs[1], ctx = graph.nodes[context].outputs[0]
     let region = graph.nodesBetween(sources: [q, kt, v], sink: ctx, producer: producer)
@@ -307,18 +320,241 @@ struct SBPRewriter {
     graph.replaceUses(of: ctx, with: sc)
   }
 
+  // MARK: Windowed attention
+
+  /// Splits a windowed attention core (Swin) with the stage's one mask, carried through the
+  /// window partition and shift by the partition's table: every window's kept queries attend
+  /// to its kept keys (or, with `query`, to all its keys) with gradient, its dropped and
+  /// padding rows to all its keys without. The halves are per-window lists of a fixed number
+  /// of rows (−1 padded), so each window's core stays one batched product.
+  mutating func splitWindowedAttention(block: Int, scores: Int, context: Int, window w: MaskWindows, batch: Int, sink: ValueID) throws {
+    let q = throughScaling(graph.nodes[scores].inputs[0]), kt = throughScaling(graph.nodes[scores].inputs[1])
+    let v = graph.nodes[context].inputs[1], ctx = graph.nodes[context].outputs[0]
+    let (nW, n) = (w.windows, w.size)
+    // Where q, k and v hold the windows, traced from the projections' input; the context
+    // leads as q does (the products keep q's leading axes).
+    func axes(_ x: ValueID, token: Int) throws -> WindowAxes {
+      guard let a = WindowTrace.axes(graph, producer: producer, sink: sink, value: x, tokenAxis: token, batch: batch, windows: nW, size: n) else {
+        throw fail(block, "the windowed attention's \(x == q ? "q" : x == kt ? "k" : "v") does not hold the \(nW) windows of \(n) tokens as rows the split can gather")
+      }
+      return a
+    }
+    let (rq, rk, rv) = (graph.type(of: q).rank, graph.type(of: kt).rank, graph.type(of: v).rank)
+    let qa = try axes(q, token: rq - 2), ka = try axes(kt, token: rk - 1), va = try axes(v, token: rv - 2)
+    guard graph.type(of: ctx).shape.dropLast() == graph.type(of: q).shape.dropLast() else {
+      throw fail(block, "the windowed attention's context does not lead as its queries do")
+    }
+    let region = graph.nodesBetween(sources: [q, kt, v], sink: ctx, producer: producer)
+    let (kept, dropped) = windowInputs[w.id]!
+    let name = graph.nodes[scores].name
+    let qkv = layout.options.attention == .qkv
+    var sub: [ValueID: ValueID] = [q: try windowGather(q, axis: rq - 2, qa, kept, w, batch: batch, name: name + ".sbp.kept.q")]
+    if qkv {
+      sub[kt] = try windowGather(kt, axis: rk - 1, ka, kept, w, batch: batch, name: name + ".sbp.kept.k")
+      sub[v] = try windowGather(v, axis: rv - 2, va, kept, w, batch: batch, name: name + ".sbp.kept.v")
+    }
+    let keyBias = qkv ? try windowPaddingBias(w, kept: kept) : nil
+    let keptCtx = try cloneWindowed(
+      region, sources: [q, kt, v], sub, suffix: "sbp.kept", window: w, batch: batch, layout: qa, queries: kept, keys: qkv ? kept : nil,
+      keyBias: keyBias)
+    let dq = try windowGather(q, axis: rq - 2, qa, dropped, w, batch: batch, name: name + ".sbp.dropped.q")
+    let dropCtx = try cloneWindowed(
+      region, sources: [q, kt, v], [q: dq], suffix: "sbp.dropped", window: w, batch: batch, layout: qa, queries: dropped, keys: nil, keyBias: nil)
+    let stopped = try emit(.stopGradient, [dropCtx], name: name + ".sbp.dropped.stop")[0]
+    // Both halves back to window rows: one scatter over the flattened windows.
+    let t = graph.type(of: ctx).rank - 2
+    let kf = try toWindowRows(keptCtx, axis: t, qa, w, batch: batch, name: name + ".sbp.kept.ctx")
+    let df = try toWindowRows(stopped, axis: t, qa, w, batch: batch, name: name + ".sbp.dropped.ctx")
+    let sc = try emit(
+      .scatterRows(axis: kf.axis, size: nW * n), [kf.value, kept, df.value, dropped], name: name + ".sbp.scatter", attrs: [Annotation.block: .int(block)])[0]
+    graph.replaceUses(of: ctx, with: try fromWindowRows(sc, axis: kf.axis, perm: kf.perm, like: ctx, rowsAxis: t, name: name + ".sbp.unwindow"))
+  }
+
+
+
+  /// `x` ([B·windows, …] or [B, windows, …], tokens at `axis`) as [B, …, windows·rows, …]:
+  /// the windows moved next to their rows and merged with them; the merged axis and the
+  /// permutation used.
+  mutating func toWindowRows(
+    _ x: ValueID, axis t: Int, _ lay: WindowAxes, _ w: MaskWindows, batch: Int, name: String
+  ) throws -> (value: ValueID, axis: Int, perm: [Int]) {
+    let s = graph.type(of: x).shape
+    let split = lay.merged ? try emit(.reshape([batch, w.windows] + s[1...]), [x], name: name)[0] : x
+    let (wa, tt) = lay.merged ? (1, t + 1) : (lay.axis, t)
+    // The windows' axis moves to just before the rows' axis: [B, …, W, rows, …].
+    var perm = Array(0..<graph.type(of: split).rank)
+    perm.remove(at: wa)
+    let m = perm.firstIndex(of: tt)!
+    perm.insert(wa, at: m)
+    let moved = perm == Array(0..<perm.count) ? split : try emit(.transpose(perm), [split], name: name)[0]
+    let ms = graph.type(of: moved).shape
+    let merged = try emit(.reshape(Array(ms[..<m]) + [ms[m] * ms[m + 1]] + Array(ms[(m + 2)...])), [moved], name: name)[0]
+    return (merged, m, perm)
+  }
+
+  /// The inverse of `toWindowRows`: back to `like`'s shape, with `rows` rows per window at
+  /// `rowsAxis` when given.
+  mutating func fromWindowRows(
+    _ x: ValueID, axis m: Int, perm: [Int], like: ValueID, rows: Int? = nil, rowsAxis: Int, name: String
+  ) throws -> ValueID {
+    var target = graph.type(of: like).shape
+    if let rows { target[rowsAxis] = rows }
+    let s = graph.type(of: x).shape
+    let per = target[rowsAxis]
+    let unmerged = try emit(.reshape(Array(s[..<m]) + [s[m] / per, per] + Array(s[(m + 1)...])), [x], name: name)[0]
+    var inverse = [Int](repeating: 0, count: perm.count)
+    for (i, p) in perm.enumerated() { inverse[p] = i }
+    let back = inverse == Array(0..<perm.count) ? unmerged : try emit(.transpose(inverse), [unmerged], name: name)[0]
+    return try emit(.reshape(target), [back], name: name)[0]
+  }
+
+  /// Rows `idx` (a per-window list, `MaskWindows`) of every window of `x` along `axis`.
+  mutating func windowGather(_ x: ValueID, axis t: Int, _ lay: WindowAxes, _ idx: ValueID, _ w: MaskWindows, batch: Int, name: String) throws -> ValueID {
+    let (flat, m, perm) = try toWindowRows(x, axis: t, lay, w, batch: batch, name: name)
+    let g = try emit(.gatherRows(axis: m), [flat, idx], name: name)[0]
+    return try fromWindowRows(g, axis: m, perm: perm, like: x, rows: graph.type(of: idx).shape[0] / w.windows, rowsAxis: t, name: name)
+  }
+
+  /// 0 for a real kept row of each window's list, −1e9 for its padding (flat, windows·rows).
+  mutating func windowPaddingBias(_ w: MaskWindows, kept: ValueID) throws -> ValueID {
+    if let b = windowKeyBias[w.id] { return b }
+    let b = try padScores(kept, name: "sbp.window_key_bias.\(w.id)")
+    windowKeyBias[w.id] = b
+    return b
+  }
+
+  /// A bias over (query, key) pairs read by a windowed core, as [windows, heads, rows, keys]
+  /// for the half's per-window lists: `aligned` is its shape right-aligned to the node's
+  /// output, whose leading axes are [B·windows] or, folded, [B, windows].
+  mutating func windowBias(_ b: ValueID, aligned: [Int], folded: Bool, _ w: MaskWindows, queries: ValueID, keys: ValueID?, name: String) throws -> ValueID? {
+    let r = aligned.count, n = w.size
+    guard aligned[0] == 1, r == (folded ? 5 : 4) else { return nil }
+    let (n1, n2) = (aligned[r - 2], aligned[r - 1])
+    let wdim = folded ? aligned[1] : 1, heads = aligned[r - 3]
+    var x = try emit(.reshape([wdim, heads, n1, n2]), [b], name: name)[0]
+    if wdim == 1 { x = try emit(.expand([w.windows, heads, n1, n2]), [x], name: name)[0] }
+    func rowsOf(_ x: ValueID, _ idx: ValueID, columns: Bool) throws -> ValueID {
+      // [W, h, a, c] → [h, W, a, c] (rows) or [h, W, c, a] (columns), gather per window, back.
+      let p = columns ? [1, 0, 3, 2] : [1, 0, 2, 3]
+      let moved = try emit(.transpose(p), [x], name: name)[0]
+      let s = graph.type(of: moved).shape
+      let flat = try emit(.reshape([s[0], s[1] * s[2], s[3]]), [moved], name: name)[0]
+      let g = try emit(.gatherRows(axis: 1), [flat, idx], name: name)[0]
+      let k = graph.type(of: idx).shape[0] / w.windows
+      let back = try emit(.reshape([s[0], s[1], k, s[3]]), [g], name: name)[0]
+      return try emit(.transpose(p), [back], name: name)[0]
+    }
+    if n1 == n { x = try rowsOf(x, queries, columns: false) }
+    if let keys, n2 == n { x = try rowsOf(x, keys, columns: true) }
+    return x
+  }
+
+  /// Copies the core `region` for one half with q, k, v substituted: reshapes keep their
+  /// leading axes and take the half's (queries, keys) sizes; operands over (query, key)
+  /// pairs are read per window at the half's rows (and, for kept keys, columns), applied to
+  /// the scores with the windows on an axis of their own; `keyBias` (flat, windows·keys)
+  /// masks padding keys before the softmax. `layout` is how q holds the windows.
+  mutating func cloneWindowed(
+    _ region: [Int], sources: Set<ValueID>, _ sub: [ValueID: ValueID], suffix: String, window w: MaskWindows, batch: Int,
+    layout qa: WindowAxes, queries: ValueID, keys: ValueID?, keyBias: ValueID?
+  ) throws -> ValueID {
+    var map = sub
+    let inside = Set(region.flatMap { graph.nodes[$0].outputs }).union(sources)
+    /// The windows' axis of a score-shaped value: folded into axis 0 (nil), or its own.
+    func windowAxis(_ s: [Int]) throws -> Int? {
+      if qa.merged {
+        // Folded into the batch, or unfolded by the model itself (Swin's shift mask is added
+        // to [B, windows, heads, q, k]).
+        if s.first == batch * w.windows { return nil }
+        if s.count >= 2, s[0] == batch, s[1] == w.windows { return 1 }
+      } else if s.count > qa.axis, s[0] == batch, s[qa.axis] == w.windows {
+        return qa.axis
+      }
+      throw PassError("insert-sbp: a windowed attention's scores \(s) do not hold the batch's \(w.windows) windows where its queries do")
+    }
+    /// Applies `f(act, window axis)`, with B·windows unfolded to [B, windows] for the call.
+    func unfolded(_ act: ValueID, _ f: (ValueID, Int) throws -> ValueID) throws -> ValueID {
+      let s = graph.type(of: act).shape
+      if let a = try windowAxis(s) { return try f(act, a) }
+      let v = try emit(.reshape([batch, w.windows] + s.dropFirst()), [act], name: "\(suffix).fold")[0]
+      let y = try f(v, 1)
+      return try emit(.reshape([s[0]] + graph.type(of: y).shape.dropFirst(2)), [y], name: "\(suffix).unfold")[0]
+    }
+    var last: ValueID?
+    for i in region {
+      let n = graph.nodes[i]
+      guard n.inputs.contains(where: { map[$0] != nil }) else { continue }
+      var ins = n.inputs.map { map[$0] ?? $0 }
+      let out: ValueID
+      if case .reshape(let shape) = n.op {
+        let s = graph.type(of: ins[0]).shape
+        out = try emit(.reshape(Array(shape.dropLast(2)) + s.suffix(2)), ins, name: "\(n.name).\(suffix)", attrs: n.attrs)[0]
+      } else if let j = n.inputs.indices.first(where: { !inside.contains(n.inputs[$0]) && graph.type(of: n.inputs[$0]).elementCount > 1 }),
+        n.op.isElementwise, n.inputs.count == 2
+      {
+        let o = graph.type(of: n.outputs[0])
+        let shape = graph.type(of: n.inputs[j]).shape
+        let aligned = [Int](repeating: 1, count: o.rank - shape.count) + shape
+        let axis = try windowAxis(o.shape)
+        guard axis == nil || (axis == 1 && o.rank == 5),
+          let bias = try windowBias(n.inputs[j], aligned: aligned, folded: axis != nil, w, queries: queries, keys: keys, name: "\(n.name).\(suffix).bias")
+        else {
+          throw PassError(
+            "insert-sbp: the windowed attention reads an operand at '\(n.name)' that is not a bias shared by the batch over (query, key) pairs")
+        }
+        let a = 1 - j
+        out = try unfolded(ins[a]) { act, _ in
+          var xs = ins
+          xs[a] = act
+          xs[j] = bias
+          return try emit(n.op, xs, name: "\(n.name).\(suffix)", attrs: n.attrs)[0]
+        }
+      } else {
+        if case .softmax = n.op, let keyBias {
+          ins[0] = try unfolded(ins[0]) { act, a in
+            // [windows, 1 …, keys], with the windows on the scores' windows axis.
+            let r = graph.type(of: act).rank, k = graph.type(of: act).shape[r - 1]
+            let view = try reshape(keyBias, to: [w.windows] + [Int](repeating: 1, count: r - a - 2) + [k], name: "\(n.name).\(suffix).key_bias")
+            return try emit(.add, [act, view], name: "\(n.name).\(suffix).key_bias")[0]
+          }
+        }
+        out = try emit(n.op, ins, name: "\(n.name).\(suffix)", attrs: n.attrs)[0]
+      }
+      map[n.outputs[0]] = out
+      last = out
+    }
+    guard let last else { throw PassError("insert-sbp: the windowed attention core is empty") }
+    return last
+  }
+
+  /// `v` before any scaling by a scalar (q·scale, k/√d): the split gathers the unscaled rows.
+  func throughScaling(_ v: ValueID) -> ValueID {
+    var v = v
+    while let p = producer[v], [.mul, .div].contains(graph.nodes[p].op),
+      graph.nodes[p].inputs.count == 2, graph.type(of: graph.nodes[p].inputs[1]).elementCount == 1,
+      graph.type(of: graph.nodes[p].inputs[0]) == graph.type(of: v)
+    {
+      v = graph.nodes[p].inputs[0]
+    }
+    return v
+  }
+
   /// 0 for a real kept row, −1e9 for a padding row: added to attention scores so that no query
   /// attends to a padding key.
   mutating func paddingBias(stage: Int, kept: ValueID) throws -> ValueID {
     if let b = keyBias[stage] { return b }
-    let n = "sbp.key_bias.\(stage)"
+    let b = try padScores(kept, name: "sbp.key_bias.\(stage)")
+    keyBias[stage] = b
+    return b
+  }
+
+  /// 0 where an index list holds a row, −1e9 where it is padded (−1).
+  mutating func padScores(_ kept: ValueID, name n: String) throws -> ValueID {
     let minus1 = try emit(.constant(Literal(type: TensorType(.i64, []), elements: .ints([-1]))), [], name: n)[0]
     let pad = try emit(.equal, [kept, minus1], name: n)[0]
     let big = try emit(.constant(Literal(f32: [-1e9], shape: [])), [], name: n)[0]
     let zero = try emit(.constant(Literal(f32: [0], shape: [])), [], name: n)[0]
-    let b = try emit(.select, [pad, big, zero], name: n)[0]
-    keyBias[stage] = b
-    return b
+    return try emit(.select, [pad, big, zero], name: n)[0]
   }
 
   /// The operands of an attention-core node that may be biases over its tokens: all of them,

@@ -42,6 +42,8 @@ struct Unit {
   var segments: [Segment] = []
   /// Keys and values on another grid: the attention core splits its queries only.
   var queryOnly = false
+  /// Windowed attention: the windows and tokens per window of its partition (`WindowTrace`).
+  var windows: [Int]?
 }
 
 /// Token layout of a block's input.
@@ -230,8 +232,8 @@ struct BlockMatcher {
         scores = p
         break
       }
-      if headMix(n) || isTranspose(n) {
-        if !isTranspose(n) { mixes.append(p) }
+      if headMix(n) || isTranspose(n) || foldsLeading(n) {
+        if headMix(n) { mixes.append(p) }
         v = n.inputs[0]
         continue
       }
@@ -303,20 +305,54 @@ struct BlockMatcher {
     if qTokens == 1 {
       return .failure(MatchFailure("the attention has one query (class attention, as in CaiT and XCiT): no rows to split"))
     }
-    guard let qTokens, tokenCounts.contains(qTokens) else {
-      // Channel attention contracts the tokens in its scores (its q is d×N); windowed
-      // attention contracts the head's channels and has fewer queries than the grid.
-      let q = qTokens ?? 0
-      let contracted = g.type(of: g.nodes[scores].inputs[0]).shape.last ?? 0
-      let windows = q > 0 && !tokenCounts.contains(contracted) && tokenCounts.contains { q < $0 }
-      return .failure(
-        MatchFailure(
-          windows
-            ? "the attention runs within windows of \(q) tokens (a window partition, padded or shifted, between the norm and the projections), which the split does not follow yet"
-            : "the attention's \(q) queries are not the unit's tokens: it attends over another axis, as cross-covariance attention (XCiT) does over channels, so its rows are not tokens to split"
-        ))
-    }
+    guard let qTokens else { return .failure(MatchFailure("the attention scores have no query axis")) }
     let reducedKeys = qTokens != kTokens
+    // A head with as many channels as there are tokens (XCiT-nano's d = N = 16) makes token
+    // attention and channel attention the same shapes: trace which axis of q holds the rows
+    // of the projections' input, and refuse channel attention (its rows are not tokens).
+    let qType = g.type(of: g.nodes[scores].inputs[0])
+    if qType.shape.last == qTokens, qType.rank >= 3, projections.contains(where: { qSide.contains($0) }) {
+      let q = g.nodes[scores].inputs[0], b = xs.first ?? 1
+      func fits(_ axis: Int) -> Bool {
+        WindowTrace.axes(g, producer: producerIndex, sink: normOut, value: q, tokenAxis: axis, batch: b, windows: 1, size: qTokens) != nil
+      }
+      if !fits(qType.rank - 2) && fits(qType.rank - 1) {
+        return .failure(
+          MatchFailure(
+            "the attention's \(qTokens) queries are not the unit's tokens: it attends over another axis, as cross-covariance attention (XCiT) does over channels, so its rows are not tokens to split"
+          ))
+      }
+    }
+    var window: WindowTable?
+    // Windows, or one window the size of the grid whose tokens the projections read through
+    // data movement (SwinV2-CR's last stage): the partition decides which rows are tokens.
+    if !tokenCounts.contains(qTokens) || (projections.isEmpty && !reducedKeys) {
+      // Channel attention contracts the tokens in its scores (its q is d×N); windowed
+      // attention contracts the head's channels, and its windows may hold more rows than the
+      // grid has tokens when they are padded (DaViT's 7×7 windows on a 4×4 grid).
+      let contracted = g.type(of: g.nodes[scores].inputs[0]).shape.last ?? 0
+      let channels = "the attention's \(qTokens) queries are not the unit's tokens: it attends over another axis, as cross-covariance attention (XCiT) does over channels, so its rows are not tokens to split"
+      // The trace decides: a partition whose rows q holds on its query axis is windowed
+      // attention, whatever the sizes say; otherwise a token-sized contraction is channels.
+      switch windowPartition(x: x, normOut: normOut, qSide: qSide, inBranch: inBranch, size: qTokens) {
+      case .success(let (table, sink)):
+        // The split gathers q's rows window by window: they must be the windows' rows.
+        let q = g.nodes[scores].inputs[0], qr = g.type(of: q).rank
+        guard qr >= 3,
+          WindowTrace.axes(
+            g, producer: producerIndex, sink: sink, value: q, tokenAxis: qr - 2, batch: xs.first ?? 1, windows: table.windows, size: table.size)
+            != nil
+        else {
+          if tokenCounts.contains(contracted) { return .failure(MatchFailure(channels)) }
+          return .failure(MatchFailure("the attention runs within windows of \(qTokens) tokens, but its queries do not hold the windows' rows on one axis"))
+        }
+        window = table
+        projections = branch.filter { if case .linear = g.nodes[$0].op { return g.nodes[$0].inputs[0] == sink } else { return false } }
+      case .failure(let why):
+        if tokenCounts.contains(contracted) { return .failure(MatchFailure(channels)) }
+        return .failure(MatchFailure("the attention runs within windows of \(qTokens) tokens, but \(why.description)"))
+      }
+    }
     if reducedKeys {
       for i in kvSide { if case .linear = g.nodes[i].op { roles[i] = "mhsa.kv" } }
       projections = projections.filter { qSide.contains($0) }
@@ -353,7 +389,8 @@ struct BlockMatcher {
     // optional layer-scale mul or a BatchNorm (LeViT's linear + BatchNorm). They run on
     // every row: the split is the core's.
     let ctxOut = g.nodes[context].outputs[0]
-    let after = branch.filter { $0 > context && !g.nodes[$0].op.isDataMovement }
+    // A window partition's reverse (and its shift back) is data movement too.
+    let after = branch.filter { $0 > context && !g.nodes[$0].op.isDataMovement && !(window != nil && rearranges(g.nodes[$0])) }
     let lead = after.prefix { g.nodes[$0].op.isElementwise && !(g.nodes[$0].op == .mul && g.nodes[$0].inputs.contains(where: { ud.trainableParam($0) != nil })) }
     var fromCtx = ctxOut
     for i in lead {
@@ -372,7 +409,9 @@ struct BlockMatcher {
       let n = g.nodes[i]
       switch n.op {
       case .mul where n.inputs.contains(where: { ud.trainableParam($0) != nil }) && i == rest.last: roles[i] = "mhsa.scale"
-      case .batchNorm, .batchNormTraining: roles[i] = "mhsa.proj.norm"
+      // A norm after the projection (LeViT's BatchNorm, SwinV2's res-post-norm) runs on
+      // every row, as the projection does.
+      case .batchNorm, .batchNormTraining, .layerNorm: roles[i] = "mhsa.proj.norm"
       default: return .failure(MatchFailure("unexpected \(describe(n)) after the attention output projection"))
       }
     }
@@ -388,20 +427,72 @@ struct BlockMatcher {
         if norm == nil, i < scores, case .batchNormTraining = n.op { return true }
         return false
       }()
-      let qkScaling = qkvNorm || (i < scores && (n.op.isElementwise || { if case .concat = n.op { return true } else { return false } }()))
+      // Cosine attention (SwinV2) L2-normalizes q and k over their channels: a reduction over
+      // the last axis is row-wise too.
+      let channelReduction: Bool = {
+        switch n.op {
+        case .reduceSum(let axes, true), .reduceMean(let axes, true): return axes == [g.type(of: n.inputs[0]).rank - 1]
+        default: return false
+        }
+      }()
+      let qkScaling = qkvNorm || (i < scores && (n.op.isElementwise || channelReduction || { if case .concat = n.op { return true } else { return false } }()))
       // q, k and v picked out of the qkv tensor by a constant index (CaiT's qkv[0]): a slice
       // of a leading axis, never of the tokens.
       let pick: Bool = {
         guard case .gather(let axis) = n.op, !isActivation(n.inputs[1]), g.type(of: n.inputs[1]).elementCount == 1 else { return false }
         return axis < g.type(of: n.inputs[0]).rank - 2
       }()
-      guard n.op.isDataMovement || scaling || qkScaling || pick || isConstantNode(n) else {
+      guard n.op.isDataMovement || scaling || qkScaling || pick || isConstantNode(n) || (window != nil && rearranges(n)) else {
         return .failure(MatchFailure("unexpected \(describe(n)) in the attention branch"))
       }
     }
     var unit = Unit(kind: .mhsa, add: add, x: x, branch: branch, roles: roles, hasDepthwise: false)
     unit.queryOnly = reducedKeys
+    unit.windows = window.map { [$0.windows, $0.size] }
     return .success(unit)
+  }
+
+  /// Ops that only rearrange, select or pad one activation's elements: a window partition's
+  /// cyclic shift (slices and a concat, or a gather) and its padding.
+  func rearranges(_ n: Node) -> Bool {
+    switch n.op {
+    case .concat: return true
+    case .pad(_, .constant, _): return true
+    case .gather: return !isActivation(n.inputs[1])
+    default: return n.op.isDataMovement
+    }
+  }
+
+  /// The window partition between the attention's norm and its projections: the windows'
+  /// table (traced on token ids) and the value the projections read; or why there is none.
+  func windowPartition(x: ValueID, normOut: ValueID, qSide: Set<Int>, inBranch: Set<Int>, size: Int) -> Result<(WindowTable, ValueID), PassError> {
+    let xs = g.type(of: x).shape
+    var reasons: [String] = []
+    var tried = Set<ValueID>()
+    for i in qSide.sorted() {
+      guard case .linear = g.nodes[i].op, tried.insert(g.nodes[i].inputs[0]).inserted else { continue }
+      let sink = g.nodes[i].inputs[0], c = g.type(of: sink).shape.last ?? 0
+      let axes: [Int]
+      switch xs.count {
+      case 3: axes = [1]
+      case 4 where xs[3] == c: axes = [1, 2]
+      case 4 where xs[1] == c: axes = [2, 3]
+      default: return .failure(PassError("the token grid's layout is not known"))
+      }
+      switch WindowTrace.table(g, producer: producerIndex, source: normOut, tokenAxes: axes, sink: sink, size: size) {
+      case .success(let t): return .success((t, sink))
+      case .failure(let why): reasons.append(why.description)
+      }
+    }
+    return .failure(PassError(reasons.first ?? "no projection reads the windows"))
+  }
+
+  /// A reshape that keeps the (queries, keys) axes and regroups the leading ones: windowed
+  /// attention folds its windows into the batch and back around the shift mask.
+  func foldsLeading(_ n: Node) -> Bool {
+    guard case .reshape = n.op else { return false }
+    let a = g.type(of: n.inputs[0]).shape, b = g.type(of: n.outputs[0]).shape
+    return a.count >= 2 && b.count >= 2 && a.suffix(2) == b.suffix(2)
   }
 
   func isTranspose(_ n: Node) -> Bool {
@@ -431,6 +522,9 @@ struct BlockMatcher {
       guard let l = n.inputs.lazy.compactMap({ labels[$0] }).first else { continue }
       switch n.op {
       case .transpose(let perm): labels[n.outputs[0]] = perm.map { l[$0] }
+      case .reshape:
+        guard foldsLeading(n), l.count >= 2 else { return "a reshape (\(describe(n))) between the scores and the context regroups query or key tokens" }
+        labels[n.outputs[0]] = [Int](repeating: -1, count: g.type(of: n.outputs[0]).rank - 2) + l.suffix(2)
       case .linear(let axis, _):
         guard headMix(n) else { continue }
         if l[axis] >= r - 2 { return "a linear (\(describe(n))) between the scores and the context mixes query or key tokens" }
@@ -799,7 +893,7 @@ struct BlockMatcher {
       let stage = stageIndex(of: lay.grid)
       stageStarts.append((lay.grid, stage, group[0].add))
       var segmentIndex = 0
-      let kind = group.map { ($0.hasDepthwise ? "dwconv+" : "") + $0.kind.rawValue + ($0.queryOnly ? "(query)" : "") }.joined(separator: "+")
+      let kind = group.map { ($0.hasDepthwise ? "dwconv+" : "") + $0.kind.rawValue + ($0.queryOnly ? "(query)" : "") + ($0.windows != nil ? "(windows)" : "") }.joined(separator: "+")
       for u in group {
         known[g.nodes[u.add].outputs[0]] = lay
         for i in u.branch + [u.add] {
@@ -810,6 +904,9 @@ struct BlockMatcher {
         for (i, r) in u.roles { out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string(r))) }
         if u.queryOnly, let sm = u.roles.first(where: { $0.value == "mhsa.softmax" })?.key {
           out.append(PendingAnnotation(node: sm, key: Annotation.attention, value: .string("query")))
+        }
+        if let w = u.windows, let sm = u.roles.first(where: { $0.value == "mhsa.softmax" })?.key {
+          out.append(PendingAnnotation(node: sm, key: Annotation.windows, value: .ints(w)))
         }
         for seg in u.segments {
           for i in seg.nodes {

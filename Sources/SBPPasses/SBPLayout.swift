@@ -51,6 +51,8 @@ public struct SBPLayout: Sendable, Equatable {
   /// The mask drawn each step, over the deepest selected stage's grid.
   public var spec: MaskSpec
   public var stages: [MaskStage]
+  /// The window partitions of the selected windowed attentions (none with `--attention none`).
+  public var windows: [MaskWindows] = []
 
   /// The layout for `graph` (annotated by `mark`), or nil when the options drop nothing:
   /// keep 1 or an empty selection.
@@ -90,22 +92,40 @@ public struct SBPLayout: Sendable, Equatable {
           stage: s, grid: b.grid, prefix: b.prefix, factor: f, keptRows: b.prefix + range.upperBound * f * f,
           droppedRows: (base - range.lowerBound) * f * f))
     }
-    return SBPLayout(options: options, blocks: chosen.map(\.index), spec: spec, stages: stages)
+    var layout = SBPLayout(options: options, blocks: chosen.map(\.index), spec: spec, stages: stages)
+    if options.attention != .none {
+      let producer = graph.producerIndex()
+      for b in layout.blocks {
+        guard let (table, s, _, _) = try WindowTrace.partition(graph, producer: producer, block: b),
+          !layout.windows.contains(where: { $0.stage == s && $0.table == table.table })
+        else { continue }
+        guard let st = layout.stage(s), st.prefix == 0 else {
+          throw PassError("insert-sbp: block \(b): windowed attention on a stage with prefix tokens is not supported")
+        }
+        let rows = MaskWindows.rows(table: table.table, windows: table.windows, size: table.size, spec: spec, grid: st.grid, factor: st.factor)
+        layout.windows.append(
+          MaskWindows(
+            id: layout.windows.count, stage: s, windows: table.windows, size: table.size, table: table.table, keptRows: rows.kept,
+            droppedRows: rows.dropped))
+      }
+    }
+    return layout
   }
 
   public func stage(_ s: Int) -> MaskStage? { mask.stage(s) }
 
   /// The masks this layout draws: what the plan file carries for the runtime.
-  public var mask: MaskLayout { MaskLayout(spec: spec, stages: stages) }
+  public var mask: MaskLayout { MaskLayout(spec: spec, stages: stages, windows: windows) }
 
   /// Kept and dropped token indices for each stage under base mask `m` (`MaskLayout.indices`).
   public func indices(for m: KeepMask) throws -> [(kept: [Int64], dropped: [Int64])] { try mask.indices(for: m) }
 
-  public init(options: SBPOptions, blocks: [Int], spec: MaskSpec, stages: [MaskStage]) {
+  public init(options: SBPOptions, blocks: [Int], spec: MaskSpec, stages: [MaskStage], windows: [MaskWindows] = []) {
     self.options = options
     self.blocks = blocks
     self.spec = spec
     self.stages = stages
+    self.windows = windows
   }
 
   /// The compile summary: effective keep ratio and kept-count range.

@@ -146,6 +146,11 @@ public struct Plan: Sendable {
           "stage \(st.stage) grid \(st.grid.map(String.init).joined(separator: "x")) prefix \(st.prefix) factor \(st.factor) "
           + "kept \(st.keptRows) dropped \(st.droppedRows)\n"
       }
+      for w in l.windows {
+        body +=
+          "window \(w.id) stage \(w.stage) windows \(w.windows) size \(w.size) kept \(w.keptRows) dropped \(w.droppedRows) "
+          + "table \(w.table.map(String.init).joined(separator: ","))\n"
+      }
     }
     body += "== train\n\(train.printed())== eval\n\(eval.printed())"
     return "sbpc-plan \(Plan.formatVersion)\nmodel \(quoted(model))\nbatch \(batch)\nsbp \(sbp.text)\nchecksum \(Plan.checksum(body))\n"
@@ -273,6 +278,18 @@ public struct Plan: Sendable {
     for (g, what) in [(train, "train"), (eval, "eval")] {
       do { _ = try g.bufferLayout() } catch { throw bad("\(what) graph: \(error)") }
     }
+    if let l = layout {
+      let listed = Set(l.stages.flatMap { [$0.keptInput, $0.droppedInput] } + l.windows.flatMap { [$0.keptInput, $0.droppedInput] })
+      if let i = train.inputs.first(where: { $0.name.hasPrefix("sbp.") && !listed.contains($0.name) }) {
+        throw bad("the train graph reads \(i.name), which its sbp section does not list; recompile")
+      }
+    }
+    let windowInputs = (layout?.windows ?? []).flatMap { [($0.keptInput, $0.windows * $0.keptRows), ($0.droppedInput, $0.windows * $0.droppedRows)] }
+    for (name, rows) in windowInputs {
+      guard let i = train.inputs.first(where: { $0.name == name }), train.type(of: i.value) == TensorType(.i64, [rows]) else {
+        throw bad("the train graph has no i64[\(rows)] input \(name), which its sbp settings need; recompile")
+      }
+    }
     for st in layout?.stages ?? [] {
       for (name, rows) in [(st.keptInput, st.keptRows), (st.droppedInput, st.droppedRows)] {
         guard let i = train.inputs.first(where: { $0.name == name }), train.type(of: i.value) == TensorType(.i64, [rows]) else {
@@ -296,7 +313,7 @@ extension Plan {
       let d = s.split(separator: "x").compactMap { Int($0) }
       return d.count == 2 && d.allSatisfy({ $0 > 0 }) ? d : nil
     }
-    var blocks: [Int]?, spec: MaskSpec?, stages: [MaskStage] = []
+    var blocks: [Int]?, spec: MaskSpec?, stages: [MaskStage] = [], windows: [MaskWindows] = []
     for (k, line) in lines.enumerated() {
       let f = line.split(separator: " ")
       let at = "line \(firstLine + k)"
@@ -317,6 +334,16 @@ extension Plan {
           let dropped = Int(f[11]), s >= 0, prefix >= 0, factor >= 1, kept >= 1, dropped >= 1
         else { throw bad("\(at): expected stage S grid HxW prefix P factor F kept K dropped D") }
         stages.append(MaskStage(stage: s, grid: g, prefix: prefix, factor: factor, keptRows: kept, droppedRows: dropped))
+      case "window"?:
+        guard f.count == 14, f[2] == "stage", f[4] == "windows", f[6] == "size", f[8] == "kept", f[10] == "dropped", f[12] == "table",
+          let id = Int(f[1]), let s = Int(f[3]), let n = Int(f[5]), let size = Int(f[7]), let kept = Int(f[9]), let dropped = Int(f[11]),
+          id == windows.count, s >= 0, n >= 1, size >= 1, n <= 1 << 20, size <= 1 << 16, (1...size).contains(kept), (1...size).contains(dropped)
+        else { throw bad("\(at): expected window ID stage S windows N size K kept R dropped R table P,P,…") }
+        let table = f[13].split(separator: ",").map { Int($0) }
+        guard table.count == n * size, table.allSatisfy({ $0 != nil && $0! >= -1 }) else {
+          throw bad("\(at): the window table needs \(n * size) grid positions (or -1)")
+        }
+        windows.append(MaskWindows(id: id, stage: s, windows: n, size: size, table: table.map { $0! }, keptRows: kept, droppedRows: dropped))
       default:
         throw bad("\(at): unexpected '\(line)' in the sbp section")
       }
@@ -331,7 +358,23 @@ extension Plan {
         st.droppedRows >= (base - range.lowerBound) * st.factor * st.factor
       else { throw bad("sbp stage \(st.stage) does not fit the \(spec.height)x\(spec.width) mask; recompile") }
     }
-    return SBPLayout(options: options, blocks: blocks, spec: spec, stages: stages)
+    for w in windows {
+      // The runtime writes each window's rows from the table: every position must be on the
+      // stage's grid, once, and the rows must hold what any mask of the spec puts there.
+      guard let st = stages.first(where: { $0.stage == w.stage }), st.prefix == 0 else {
+        throw bad("sbp window \(w.id) is on stage \(w.stage), which has no stage line without prefix tokens; recompile")
+      }
+      let cells = st.grid[0] * st.grid[1]
+      var seen = Set<Int>()
+      guard w.table.allSatisfy({ $0 < cells && ($0 < 0 || seen.insert($0).inserted) }) else {
+        throw bad("sbp window \(w.id): its table has a position off the \(st.grid[0])x\(st.grid[1]) grid or twice; recompile")
+      }
+      let need = MaskWindows.rows(table: w.table, windows: w.windows, size: w.size, spec: spec, grid: st.grid, factor: st.factor)
+      guard w.keptRows >= need.kept, w.droppedRows >= need.dropped else {
+        throw bad("sbp window \(w.id) holds \(w.keptRows) kept and \(w.droppedRows) dropped rows; its masks need \(need.kept) and \(need.dropped); recompile")
+      }
+    }
+    return SBPLayout(options: options, blocks: blocks, spec: spec, stages: stages, windows: windows)
   }
 }
 

@@ -14,6 +14,7 @@ public struct MaskFeed {
   public let source: Source
   private var rng: SplitMix64
   private let targets: [(kept: Buffer, dropped: Buffer)]
+  private let windowTargets: [(kept: Buffer, dropped: Buffer)]
   private var phaseMasks: [KeepMask] = []
   private var current: KeepMask
   private var order: [Int]
@@ -36,6 +37,7 @@ public struct MaskFeed {
       current = layout.spec.gridMask(phase: p)
     case .explicit(let m):
       _ = try layout.indices(for: m)
+      _ = try layout.windowIndices(for: m)
       rng = SplitMix64(seed: 0)
       current = m
     }
@@ -43,6 +45,14 @@ public struct MaskFeed {
     targets = try layout.stages.map { st in
       guard let k = executor.input(st.keptInput), let d = executor.input(st.droppedInput) else {
         throw RuntimeError("the training graph has no \(st.keptInput) / \(st.droppedInput) inputs")
+      }
+      return (k, d)
+    }
+    windowTargets = try layout.windows.map { w in
+      guard let k = executor.input(w.keptInput), let d = executor.input(w.droppedInput),
+        k.count == w.windows * w.keptRows, d.count == w.windows * w.droppedRows, layout.stage(w.stage) != nil
+      else {
+        throw RuntimeError("the training graph has no \(w.keptInput) / \(w.droppedInput) inputs of the plan's window sizes")
       }
       return (k, d)
     }
@@ -93,11 +103,17 @@ public struct MaskFeed {
       for r in k..<st.keptRows { t.kept.i64[r] = -1 }
       for r in d..<st.droppedRows { t.dropped.i64[r] = -1 }
     }
+    for (w, t) in zip(layout.windows, windowTargets) {
+      let st = layout.stage(w.stage)!  // checked in init
+      let (kept, dropped) = (t.kept.i64, t.dropped.i64)
+      w.write(m, grid: st.grid, factor: st.factor, kept: { kept[$0] = $1 }, dropped: { dropped[$0] = $1 })
+    }
   }
 
   /// Writes `mask`'s kept and dropped token indices (−1 padded) into the step's inputs.
   public func feed(_ mask: KeepMask) throws {
     _ = try layout.indices(for: mask)  // checks that it fits
+    _ = try layout.windowIndices(for: mask)
     write(mask)
   }
 

@@ -184,7 +184,9 @@ struct Memory: ParsableCommand {
       let tokens = plan.eval.type(of: n.outputs[0]).shape.last ?? 0
       let d = plan.eval.type(of: n.inputs[0]).shape.last ?? 0
       let patches = Double(layout.spec.height * layout.spec.width * st.factor * st.factor)
-      let r = (Double(st.prefix) + layout.spec.effectiveKeep * patches) / Double(tokens)
+      // A windowed core's n is a window's tokens, of which each window keeps its share.
+      let windowed = Double(tokens) < Double(st.prefix) + patches && layout.windows.contains { $0.stage == s }
+      let r = windowed ? layout.spec.effectiveKeep : (Double(st.prefix) + layout.spec.effectiveKeep * patches) / Double(tokens)
       let dn = Double(d) / Double(tokens)
       let eq13 = r * (3 * dn + 2 * r) / (3 * dn + 2)
       let name = "block \(b)"

@@ -57,19 +57,36 @@ final class ImportedOpsTests: XCTestCase {
   /// MaxPool (pads), AveragePool (ceil mode, divisor without pads) and GlobalMaxPool as
   /// onnxruntime runs them (its output for the same input is ok_pools.expected.npy).
   func testPoolingImportsAsOnnxruntimeRunsIt() throws {
-    var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_pools.onnx", options: ImportOptions(batch: 2)).graph
+    let g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_pools.onnx", options: ImportOptions(batch: 2)).graph
     XCTAssertEqual(g.nodes.map(\.op.name).filter { $0.hasSuffix("pool") }, ["max_pool", "average_pool", "max_pool"])
+    try assertMatchesOnnxruntime(g, "ok_pools", shape: [2, 2])
+  }
+
+  /// Runs imported `g` on sin(0.37·i)·3 and holds its output to onnxruntime's for the same
+  /// input (`<name>.expected.npy`, written by make_fixtures.py --check) within 1e-5.
+  func assertMatchesOnnxruntime(_ graph: Graph, _ name: String, shape: [Int]) throws {
+    var g = graph
     try PassPipeline(passes: [Canonicalize(), PlanMemory()], verifyEach: true).run(&g)
     let ex = try Executor(graph: g)
-    let x = (0..<144).map { Float(sin(Double(Float($0) * 0.37)) * 3) }
-    ex.buffer(g.inputs[0].value).f32.update(from: x, count: 144)
+    let n = g.type(of: g.inputs[0].value).elementCount
+    ex.buffer(g.inputs[0].value).f32.update(from: (0..<n).map { Float(sin(Double(Float($0) * 0.37)) * 3) }, count: n)
     try ex.run()
-    let want = try NPYArray.read(repoRoot + "/Tests/Fixtures/ok_pools.expected.npy")
+    let want = try NPYArray.read(repoRoot + "/Tests/Fixtures/\(name).expected.npy")
     let got = Array(ex.buffer(g.outputs[0].value).floats)
-    XCTAssertEqual(want.shape, [2, 2])
-    want.data.withUnsafeBytes { raw in
-      for (i, w) in raw.bindMemory(to: Float.self).enumerated() { XCTAssertEqual(got[i], w, accuracy: 1e-5, "y[\(i)]") }
-    }
+    XCTAssertEqual(want.shape, shape)
+    XCTAssertEqual(want.floats.count, got.count)
+    for (i, w) in want.floats.enumerated() where i < got.count { XCTAssertEqual(got[i], w, accuracy: 1e-5, "\(name): y[\(i)]") }
+  }
+
+  /// Resize (nearest, bilinear, align-corners, cubic, half-pixel nearest) as per-axis
+  /// interpolation products, and ReduceMax / ReduceMin as max pools, as onnxruntime runs them
+  /// (its output for the same input is ok_resize.expected.npy); their gradients are the
+  /// products' and the max pool's.
+  func testResizeAndReduceExtremesImportAsOnnxruntimeRunsThem() throws {
+    let g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_resize.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertEqual(g.nodes.filter { $0.op == .matMul }.count, 10, "two interpolation products per Resize")
+    XCTAssertEqual(g.nodes.map(\.op.name).filter { $0 == "max_pool" }.count, 2)
+    try assertMatchesOnnxruntime(g, "ok_resize", shape: [2, 297])
   }
 
   /// Mod folds at import, with Python's sign for integers and C's fmod for floats.
