@@ -10,13 +10,147 @@ struct WindowTable: Equatable {
   var table: [Int]
 }
 
-/// Traces the data movement between a unit's token grid and its window-partitioned rows on
-/// token ids, whatever ops make it (reshapes and transposes for the partition, slices and
-/// concats or gathers for the cyclic shift, pads for grids that are not a whole number of
-/// windows): the mechanism does not pattern-match Swin's code, it runs it on ids.
-enum WindowTrace {
-  /// Ids of the elements of one value: batch·tokens + token, or −1 where a pad filled.
-  typealias Ids = (shape: [Int], ids: [Int32])
+/// Where a windowed core's tensor holds its windows: folded into the batch (axis 0 is
+/// B·windows, as in Swin) or on an axis of their own after the batch (Twins' axis 1, NesT's
+/// axis 2, behind the heads).
+struct WindowAxes: Equatable {
+  var merged: Bool
+  var axis: Int
+}
+
+/// Traces the data movement between a unit's token grid and its window-partitioned rows,
+/// whatever ops make it (reshapes and transposes for the partition, slices and concats or
+/// gathers for the cyclic shift, pads for grids that are not a whole number of windows): the
+/// mechanism does not pattern-match Swin's code, it follows each element back to where it
+/// was read from. Elements are pulled one at a time, from the result to the source, so a
+/// trace costs a few operations per row it asks about, not per element of the tensors.
+struct WindowTrace {
+  let g: Graph
+  let producer: [ValueID: Int]
+  let source: ValueID
+  /// Values computed from `source` on the way to the traced result.
+  let reached: Set<ValueID>
+
+  init(_ g: Graph, producer: [ValueID: Int], from source: ValueID, to sink: ValueID) {
+    self.g = g
+    self.producer = producer
+    self.source = source
+    reached = Set(g.nodesBetween(sources: [source], sink: sink, producer: producer).flatMap { g.nodes[$0].outputs }).union([source])
+  }
+
+  enum Pull: Equatable {
+    /// Element `flat` of the source.
+    case element(Int)
+    /// A value no source element made (a constant pad).
+    case padding
+    /// An op the trace does not follow.
+    case unknown(String)
+  }
+
+  static func rowMajor(_ s: [Int]) -> [Int] {
+    var st = [Int](repeating: 1, count: s.count)
+    for d in stride(from: s.count - 2, through: 0, by: -1) { st[d] = st[d + 1] * s[d + 1] }
+    return st
+  }
+
+  static func unravel(_ flat: Int, _ s: [Int]) -> [Int] {
+    let st = rowMajor(s)
+    return s.indices.map { (flat / st[$0]) % s[$0] }
+  }
+
+  static func ravel(_ i: [Int], _ s: [Int]) -> Int {
+    var f = 0
+    for d in s.indices { f = f * s[d] + i[d] }
+    return f
+  }
+
+  func literal(_ v: ValueID) -> [Int]? {
+    guard let p = producer[v], case .constant(let l) = g.nodes[p].op else { return nil }
+    return l.ints.map { Int($0) }
+  }
+
+  /// The source element element `flat` of `v` copies (or, through a row-wise op — a
+  /// projection, a norm over a row's channels — the first element of the row it is
+  /// computed from, with `rowwise`).
+  func pull(_ v: ValueID, _ flat: Int, rowwise: Bool = false) -> Pull {
+    var v = v, flat = flat
+    while v != source {
+      guard reached.contains(v), let p = producer[v] else { return .unknown("a value not computed from the token grid") }
+      let n = g.nodes[p]
+      let out = g.type(of: v).shape, o = Self.unravel(flat, out)
+      // The data operand: the first input for data movement, else the one the trace reached.
+      guard let x = reached.contains(n.inputs[0]) ? n.inputs[0] : n.inputs.first(where: { reached.contains($0) }) else {
+        return .unknown("\(n.op.name) '\(n.name)'")
+      }
+      let xs = g.type(of: x).shape
+      var i = o
+      switch n.op {
+      case .reshape, .squeeze, .unsqueeze:
+        v = n.inputs[0]
+        continue
+      case .transpose(let perm):
+        for d in perm.indices { i[perm[d]] = o[d] }
+      case .slice(let spec):
+        for (k, a) in spec.axes.enumerated() {
+          let a = a < 0 ? a + xs.count : a
+          let s0 = spec.starts[k] < 0 ? spec.starts[k] + xs[a] : spec.starts[k]
+          i[a] = Swift.min(Swift.max(s0, 0), xs[a] - (spec.steps[k] < 0 ? 1 : 0)) + o[a] * spec.steps[k]
+        }
+      case .pad(let pads, .constant, _):
+        guard pads.count == 2 * xs.count else { return .unknown("pad '\(n.name)'") }
+        for d in xs.indices {
+          i[d] = o[d] - pads[d]
+          if i[d] < 0 || i[d] >= xs[d] { return .padding }
+        }
+      case .split(let axis, let sizes):
+        guard let k = n.outputs.firstIndex(of: v) else { return .unknown("split '\(n.name)'") }
+        i[axis] = sizes[..<k].reduce(0, +) + o[axis]
+      case .gather(let axis):
+        guard n.inputs[0] == x, let idx = literal(n.inputs[1]), g.type(of: n.inputs[1]).rank == 1, out.count == xs.count else {
+          return .unknown("gather '\(n.name)'")
+        }
+        i[axis] = idx[o[axis]] < 0 ? idx[o[axis]] + xs[axis] : idx[o[axis]]
+      case .concat(let axis):
+        var at = o[axis]
+        var which = n.inputs[0]
+        for u in n.inputs {
+          let len = g.type(of: u).shape[axis]
+          if at < len {
+            which = u
+            break
+          }
+          at -= len
+        }
+        guard reached.contains(which) else { return .unknown("concat '\(n.name)' of a constant") }
+        i[axis] = at
+        v = which
+        flat = Self.ravel(i, g.type(of: which).shape)
+        continue
+      case .expand:
+        let lead = out.count - xs.count
+        guard lead >= 0 else { return .unknown("expand '\(n.name)'") }
+        i = xs.indices.map { xs[$0] == 1 ? 0 : o[$0 + lead] }
+      case .linear(let axis, _) where rowwise && axis == xs.count - 1:
+        i[axis] = 0
+      case .reduceSum(let axes, true) where rowwise && axes == [xs.count - 1], .reduceMean(let axes, true) where rowwise && axes == [xs.count - 1]:
+        i[xs.count - 1] = 0
+      case _ where rowwise && n.op.isElementwise && xs == out && n.inputs.filter({ reached.contains($0) }).allSatisfy({ g.type(of: $0).shape == out || g.type(of: $0).shape.last == 1 }):
+        // A full-shape operand carries the row (a norm's divisor broadcast over it does not move it).
+        let full = n.inputs.first { reached.contains($0) && g.type(of: $0).shape == out }!
+        v = full
+        continue
+      case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
+        .pad, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .padGrad, .batchNorm, .batchNormTraining,
+        .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
+        .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight,
+        .sliceGrad, .gatherGrad, .sgd, .adamw:
+        return .unknown("\(n.op.name) '\(n.name)'")
+      }
+      v = x
+      flat = Self.ravel(i, xs)
+    }
+    return .element(flat)
+  }
 
   /// The table for the rows of `sink` ([B·windows, size, C], or with the windows and their
   /// `size` tokens spread over more axes) computed from `source`, whose token axes are
@@ -29,57 +163,53 @@ enum WindowTrace {
     guard s.count >= 2, let t0 = tokenAxes.first, t0 > 0, tokenAxes.allSatisfy({ $0 < s.count }) else {
       return .failure(PassError("the token grid's layout is not known"))
     }
-    let tokens = tokenAxes.reduce(1) { $0 * s[$1] }, batch = s[0]
-    guard s.reduce(1, *) < 1 << 28, batch * tokens < Int(Int32.max) else {
-      return .failure(PassError("the window partition is too large to trace"))
-    }
-    // Source ids: b·tokens + the merged token index, the same for every channel.
-    var ids = [Int32](repeating: 0, count: s.reduce(1, *))
-    let strides = rowMajor(s)
-    for flat in ids.indices {
-      var t = 0
-      for a in tokenAxes { t = t * s[a] + (flat / strides[a]) % s[a] }
-      ids[flat] = Int32((flat / strides[0]) * tokens + t)
-    }
-    var values: [ValueID: Ids] = [source: (s, ids)]
-    for i in g.nodesBetween(sources: [source], sink: sink, producer: producer) {
-      let n = g.nodes[i]
-      guard let x = values[n.inputs[0]], n.inputs.dropFirst().allSatisfy({ values[$0] != nil || isConstant($0, g, producer) }) else {
-        return .failure(PassError("the window partition reads \(n.op.name) '\(n.name)' on more than the token grid"))
-      }
-      let outs = n.outputs.map { g.type(of: $0).shape }
-      guard let r = step(n.op, x, n.inputs.dropFirst().map { values[$0] }, constant: n.inputs.count > 1 ? literal(n.inputs[1], g, producer) : nil, outs: outs)
-      else {
-        return .failure(PassError("the window partition runs \(n.op.name) '\(n.name)', which moves no rows (only data movement can partition windows)"))
-      }
-      for (o, v) in zip(n.outputs, r) { values[o] = v }
-    }
+    let batch = s[0]
     // [B·windows, tokens, C]; or the windows and their tokens as several axes each
     // ([B, wh, ww, sh, sw, C] in Twins): the trailing axes before C hold `size` tokens.
-    guard let out = values[sink], out.shape.count >= 3, out.shape[0] % batch == 0 else {
+    let out = g.type(of: sink).shape
+    guard out.count >= 3, out[0] % batch == 0 else {
       return .failure(PassError("the projections' input is not [batch·windows, tokens, channels]"))
     }
-    let c = out.shape.last!, lead = Array(out.shape.dropLast())
+    let c = out.last!, lead = Array(out.dropLast())
     let size = size ?? lead.last!
     guard (1..<lead.count).contains(where: { lead[$0...].reduce(1, *) == size }) else {
       return .failure(PassError("the projections' input does not end in the \(size) tokens of a window before its channels"))
     }
-    let rows = lead.reduce(1, *) / size
-    let windows = rows / batch
-    var table = [Int](repeating: -2, count: windows * size)
+    let rows = lead.reduce(1, *) / size, windows = rows / batch
+    guard rows % batch == 0, windows >= 1 else { return .failure(PassError("the windows do not divide the batch")) }
+    let trace = WindowTrace(g, producer: producer, from: source, to: sink)
+    /// The (image, grid position) row r·size + n of the sink reads, or nil for padding.
+    func position(_ row: Int, channel: Int) -> Result<(Int, Int)?, PassError> {
+      switch trace.pull(sink, row * c + channel) {
+      case .padding: return .success(nil)
+      case .unknown(let what): return .failure(PassError("the window partition runs \(what), which moves no rows (only data movement can partition windows)"))
+      case .element(let f):
+        let i = unravel(f, s)
+        var t = 0
+        for a in tokenAxes { t = t * s[a] + i[a] }
+        return .success((i[0], t))
+      }
+    }
+    var table = [Int](repeating: -1, count: windows * size)
     var seen = Set<Int>()
-    for r in 0..<rows {
-      for n in 0..<size {
-        let base = (r * size + n) * c
-        let id = Int(out.ids[base])
-        guard (1..<c).allSatisfy({ out.ids[base + $0] == out.ids[base] }) else {
+    // The first image's rows make the table; the last image's must read the same positions
+    // of their own image, and a row's last channel the same token as its first.
+    for (b, check) in [(0, false), (batch - 1, true)] where !check || batch > 1 {
+      for k in 0..<(windows * size) {
+        let row = b * windows * size + k
+        let first: (Int, Int)?, last: (Int, Int)?
+        switch (position(row, channel: 0), position(row, channel: c - 1)) {
+        case (.failure(let e), _), (_, .failure(let e)): return .failure(e)
+        case (.success(let p), .success(let q)):
+          first = p
+          last = q
+        }
+        guard first?.0 == last?.0, first?.1 == last?.1 else {
           return .failure(PassError("the window partition mixes channels of different tokens in one row"))
         }
-        let (b, w) = (r / windows, r % windows)
-        let pos = id < 0 ? -1 : id % tokens
-        guard id < 0 || id / tokens == b else { return .failure(PassError("the window partition moves tokens between images")) }
-        let k = w * size + n
-        if b == 0 {
+        guard first == nil || first!.0 == b else { return .failure(PassError("the window partition moves tokens between images")) }
+        let pos = first?.1 ?? -1
+        if !check {
           table[k] = pos
           if pos >= 0, !seen.insert(pos).inserted { return .failure(PassError("the windows overlap: a token sits in two of them")) }
         } else if table[k] != pos {
@@ -90,111 +220,40 @@ enum WindowTrace {
     return .success(WindowTable(windows: windows, size: size, table: table))
   }
 
-  static func rowMajor(_ s: [Int]) -> [Int] {
-    var st = [Int](repeating: 1, count: s.count)
-    for d in stride(from: s.count - 2, through: 0, by: -1) { st[d] = st[d + 1] * s[d + 1] }
-    return st
-  }
-
-  static func isConstant(_ v: ValueID, _ g: Graph, _ producer: [ValueID: Int]) -> Bool {
-    guard let p = producer[v] else { return false }
-    if case .constant = g.nodes[p].op { return true }
-    return false
-  }
-
-  static func literal(_ v: ValueID, _ g: Graph, _ producer: [ValueID: Int]) -> [Int]? {
-    guard let p = producer[v], case .constant(let l) = g.nodes[p].op else { return nil }
-    return l.ints.map { Int($0) }
-  }
-
-  /// One data-movement op on ids: each output element takes the id of the input element it
-  /// copies (−1 for a constant pad). nil for anything else.
-  static func step(_ op: Op, _ x: Ids, _ more: [Ids?], constant: [Int]?, outs: [[Int]]) -> [Ids]? {
-    let shape = outs[0], n = shape.reduce(1, *)
-    let inStr = rowMajor(x.shape), outStr = rowMajor(shape)
-    /// Output element → input element through `source(axis, index) -> input index or nil`.
-    func remap(_ shape: [Int], _ source: (Int, Int) -> Int?) -> Ids {
-      let os = rowMajor(shape)
-      var out = [Int32](repeating: -1, count: shape.reduce(1, *))
-      outer: for flat in out.indices {
-        var r = 0
-        for d in 0..<shape.count {
-          guard let i = source(d, (flat / os[d]) % shape[d]) else { continue outer }
-          r += i * inStr[d]
-        }
-        out[flat] = x.ids[r]
+  /// How `value` (q, k or v of a windowed core, tokens on `tokenAxis`) holds the windows of
+  /// the projections' input `sink`: each probed element is pulled back, through the
+  /// projection (row by row) and the data movement after it, to the row it was computed
+  /// from, and each layout the rows could have is tested; nil when none fits. The probes are
+  /// every index of every axis (the others at 0 and at their last index) and a spread of
+  /// others.
+  static func axes(
+    _ g: Graph, producer: [ValueID: Int], sink: ValueID, value: ValueID, tokenAxis t: Int, batch: Int, windows: Int, size: Int
+  ) -> WindowAxes? {
+    let trace = WindowTrace(g, producer: producer, from: sink, to: value)
+    let s = g.type(of: value).shape, c0 = g.type(of: sink).shape.last ?? 1
+    guard t < s.count, s.count >= 2 else { return nil }
+    let total = s.reduce(1, *)
+    var probes: [[Int]] = []
+    for a in s.indices {
+      for k in 0..<s[a] {
+        var lo = [Int](repeating: 0, count: s.count), hi = s.map { $0 - 1 }
+        lo[a] = k
+        hi[a] = k
+        probes += [lo, hi]
       }
-      return (shape, out)
     }
-    switch op {
-    case .reshape, .squeeze, .unsqueeze:
-      return [(shape, x.ids)]
-    case .transpose(let perm):
-      var out = [Int32](repeating: -1, count: n)
-      for flat in 0..<n {
-        var r = 0
-        for d in 0..<shape.count { r += ((flat / outStr[d]) % shape[d]) * inStr[perm[d]] }
-        out[flat] = x.ids[r]
-      }
-      return [(shape, out)]
-    case .slice(let spec):
-      var start = [Int](repeating: 0, count: shape.count), step = [Int](repeating: 1, count: shape.count)
-      for (i, a) in spec.axes.enumerated() {
-        step[a] = spec.steps[i]
-        start[a] = min(max(spec.starts[i] < 0 ? spec.starts[i] + x.shape[a] : spec.starts[i], 0), x.shape[a] - (step[a] < 0 ? 1 : 0))
-      }
-      return [remap(shape) { d, o in start[d] + o * step[d] }]
-    case .pad(let pads, .constant, _):
-      let r = x.shape.count
-      guard pads.count == 2 * r else { return nil }
-      return [remap(shape) { d, o in
-        let i = o - pads[d]
-        return i >= 0 && i < x.shape[d] ? i : nil
-      }]
-    case .split(let axis, let sizes):
-      var off = 0, res: [Ids] = []
-      for (k, sz) in sizes.enumerated() {
-        let o0 = off
-        res.append(remap(outs[k]) { d, o in d == axis ? o0 + o : o })
-        off += sz
-      }
-      return res
-    case .gather(let axis):
-      guard let idx = constant, outs[0].count == x.shape.count, idx.count == shape[axis] else { return nil }
-      return [remap(shape) { d, o in d == axis ? (idx[o] < 0 ? idx[o] + x.shape[axis] : idx[o]) : o }]
-    case .expand:
-      // Broadcast: size-1 axes (right-aligned) repeat their one element.
-      let lead = shape.count - x.shape.count
-      guard lead >= 0 else { return nil }
-      let os = rowMajor(shape)
-      var out = [Int32](repeating: -1, count: n)
-      for flat in 0..<n {
-        var r = 0
-        for d in 0..<x.shape.count where x.shape[d] != 1 { r += ((flat / os[d + lead]) % shape[d + lead]) * inStr[d] }
-        out[flat] = x.ids[r]
-      }
-      return [(shape, out)]
-    case .concat(let axis):
-      let parts = [x] + more.compactMap { $0 }
-      guard parts.count == more.count + 1 else { return nil }
-      var out = [Int32](repeating: -1, count: n)
-      let inner = shape[(axis + 1)...].reduce(1, *), outer = shape[..<axis].reduce(1, *)
-      var at = 0
-      for o in 0..<outer {
-        for p in parts {
-          let chunk = p.shape[axis] * inner
-          out.replaceSubrange(at..<(at + chunk), with: p.ids[(o * chunk)..<((o + 1) * chunk)])
-          at += chunk
-        }
-      }
-      return [(shape, out)]
-    case .pad, .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv,
-      .layerNorm, .softmax, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .padGrad, .batchNorm,
-      .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
-      .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
-      .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
-      return nil
+    for k in 0..<256 { probes.append(unravel((k &* 2_654_435_761) % total, s)) }
+    var rows: [([Int], Int)] = []
+    for p in probes {
+      guard case .element(let f) = trace.pull(value, ravel(p, s), rowwise: true) else { return nil }
+      rows.append((p, f / c0))
     }
+    func fits(_ id: ([Int]) -> Int) -> Bool { rows.allSatisfy { id($0.0) == $0.1 } }
+    if s[0] == batch * windows, fits({ $0[0] * size + $0[t] }) { return WindowAxes(merged: true, axis: 0) }
+    for a in 1..<s.count where a != t && s[0] == batch && s[a] == windows {
+      if fits({ ($0[0] * windows + $0[a]) * size + $0[t] }) { return WindowAxes(merged: false, axis: a) }
+    }
+    return nil
   }
 }
 
@@ -224,58 +283,3 @@ extension WindowTrace {
 /// Where a windowed core's tensor holds its windows: folded into the batch (axis 0 is
 /// B·windows, as in Swin) or on an axis of their own after the batch (Twins' axis 1, NesT's
 /// axis 2, behind the heads).
-struct WindowAxes: Equatable {
-  var merged: Bool
-  var axis: Int
-}
-
-extension WindowTrace {
-  /// How `value` (q, k or v of a windowed core, tokens on `tokenAxis`) holds the windows of
-  /// the projections' input `sink`: found by running the projection (row by row) and the
-  /// data movement after it on row ids and testing each layout the ids could have; nil when
-  /// none fits.
-  static func axes(
-    _ g: Graph, producer: [ValueID: Int], sink: ValueID, value: ValueID, tokenAxis t: Int, batch: Int, windows: Int, size: Int
-  ) -> WindowAxes? {
-    let s0 = g.type(of: sink).shape, c0 = s0.last ?? 1
-    guard s0.reduce(1, *) < 1 << 28 else { return nil }
-    var values: [ValueID: Ids] = [sink: (s0, (0..<s0.reduce(1, *)).map { Int32($0 / c0) })]
-    for i in g.nodesBetween(sources: [sink], sink: value, producer: producer) {
-      let n = g.nodes[i]
-      guard let x = n.inputs.lazy.compactMap({ values[$0] }).first else { return nil }
-      let out = g.type(of: n.outputs[0]).shape
-      switch n.op {
-      case .linear(let axis, _) where axis == x.shape.count - 1:
-        // Row by row: every output channel of a row carries the row's id.
-        let ci = x.shape.last!, co = out.last!
-        values[n.outputs[0]] = (out, (0..<out.reduce(1, *)).map { x.ids[($0 / co) * ci] })
-      case .reduceSum([x.shape.count - 1], true), .reduceMean([x.shape.count - 1], true):
-        // Over a row's channels (cosine attention's norms of q and k): the row's id.
-        let ci = x.shape.last!
-        values[n.outputs[0]] = (out, (0..<out.reduce(1, *)).map { x.ids[$0 * ci] })
-      case _ where n.op.isElementwise:
-        // Rows keep their ids through element-wise ops; an operand broadcast over the row's
-        // channels (a norm) or a constant does not move them.
-        guard let full = n.inputs.lazy.compactMap({ values[$0] }).first(where: { $0.shape == out }) else { return nil }
-        values[n.outputs[0]] = full
-      default:
-        guard let x = values[n.inputs[0]], n.inputs.dropFirst().allSatisfy({ values[$0] != nil || isConstant($0, g, producer) }),
-          let r = step(n.op, x, n.inputs.dropFirst().map { values[$0] }, constant: n.inputs.count > 1 ? literal(n.inputs[1], g, producer) : nil,
-            outs: n.outputs.map { g.type(of: $0).shape })
-        else { return nil }
-        for (o, v) in zip(n.outputs, r) { values[o] = v }
-      }
-    }
-    guard let v = values[value] else { return nil }
-    let s = v.shape, st = rowMajor(s)
-    func fits(_ id: (_ index: (Int) -> Int) -> Int) -> Bool {
-      for flat in v.ids.indices where Int(v.ids[flat]) != id({ (flat / st[$0]) % s[$0] }) { return false }
-      return true
-    }
-    if s.count > t, s[0] == batch * windows, fits({ $0(0) * size + $0(t) }) { return WindowAxes(merged: true, axis: 0) }
-    for a in 1..<s.count where a != t && s[0] == batch && s[a] == windows {
-      if fits({ ($0(0) * windows + $0(a)) * size + $0(t) }) { return WindowAxes(merged: false, axis: a) }
-    }
-    return nil
-  }
-}
