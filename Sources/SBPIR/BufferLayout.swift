@@ -159,7 +159,7 @@ extension Graph {
       .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean,
       .reduceSum, .globalAveragePool, .pad, .padGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
       .unaryGrad, .softmaxGrad,
-      .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
+      .layerNormGrad, .layerNormSaving, .layerNormAffine, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
       .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats:
       return 0
     }

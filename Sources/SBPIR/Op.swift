@@ -156,8 +156,16 @@ public enum Op: Sendable, Hashable {
   case unaryGrad(Unary)
   /// Inputs: y (the softmax output), dy → dx.
   case softmaxGrad(axis: Int)
-  /// Inputs: x, scale, dy → dx, dscale, dbias.
+  /// Inputs: x, scale, dy → dx, dscale, dbias. With four inputs, x̂, scale, dy, rstd: the
+  /// gradient from what `layerNormSaving` kept instead of x (epsilon is then unused).
   case layerNormGrad(axis: Int, epsilon: Double)
+  /// A bf16 step's layer norm (`mixed-precision`): inputs x, scale, optional bias → y, the
+  /// normalized x̂ = (x − mean)·rstd rounded to bf16, and rstd = 1/√(var + ε) in f32, one per
+  /// normalized row. Its gradient and its recomputation read x̂ and rstd, so x is not kept.
+  case layerNormSaving(axis: Int, epsilon: Double)
+  /// Inputs: x̂, scale, optional bias → x̂·scale + bias in f32: a layer norm's result rebuilt
+  /// in the backward from the x̂ that `layerNormSaving` kept.
+  case layerNormAffine(axis: Int)
   /// Inputs: dy, w → dx, for an input of shape `inputShape`.
   case convGradInput(ConvGeometry, inputShape: [Int])
   /// Inputs: x, dy → dw, for a weight of shape `weightShape`.
@@ -236,6 +244,8 @@ public enum Op: Sendable, Hashable {
     case .unaryGrad(let f): return f.name + "_grad"
     case .softmaxGrad: return "softmax_grad"
     case .layerNormGrad: return "layer_norm_grad"
+    case .layerNormSaving: return "layer_norm_saving"
+    case .layerNormAffine: return "layer_norm_affine"
     case .convGradInput: return "conv_grad_input"
     case .convGradWeight: return "conv_grad_weight"
     case .linearGradWeight: return "linear_grad_weight"
@@ -260,7 +270,8 @@ public enum Op: Sendable, Hashable {
     case .softmaxCrossEntropy(let e), .softmaxCrossEntropyGrad(let e): return e == 0 ? [:] : ["smoothing": .float(e)]
     case .unary(let f), .unaryGrad(let f): return f.attributes
     case .softmaxGrad(let axis): return ["axis": .int(axis)]
-    case .layerNormGrad(let axis, let eps): return ["axis": .int(axis), "epsilon": .float(eps)]
+    case .layerNormGrad(let axis, let eps), .layerNormSaving(let axis, let eps): return ["axis": .int(axis), "epsilon": .float(eps)]
+    case .layerNormAffine(let axis): return ["axis": .int(axis)]
     case .convGradInput(let g, let shape):
       return [
         "strides": .ints(g.strides), "pads": .ints(g.pads), "dilations": .ints(g.dilations), "group": .int(g.group),
@@ -320,7 +331,7 @@ public enum Op: Sendable, Hashable {
       "constant", "add", "sub", "mul", "div", "pow", "equal", "select", "cast", "matmul", "linear", "gemm", "conv", "layer_norm",
       "softmax", "reshape", "transpose", "slice", "gather", "concat", "split", "gather_rows", "scatter_rows", "squeeze", "unsqueeze",
       "expand", "reduce_mean", "reduce_sum", "global_average_pool", "stop_gradient", "softmax_cross_entropy",
-      "softmax_cross_entropy_grad", "softmax_grad", "layer_norm_grad", "conv_grad_input", "conv_grad_weight", "linear_grad_weight",
+      "softmax_cross_entropy_grad", "softmax_grad", "layer_norm_grad", "layer_norm_saving", "layer_norm_affine", "conv_grad_input", "conv_grad_weight", "linear_grad_weight",
       "slice_grad", "gather_grad", "sgd", "adamw", "max_pool", "average_pool", "max_pool_grad", "average_pool_grad",
       "batch_norm", "batch_norm_training", "batch_norm_grad", "running_stats", "pad", "pad_grad",
     ] + Unary.all.map(\.name).uniqued() + Unary.all.map { $0.name + "_grad" }.uniqued()
@@ -388,6 +399,8 @@ public enum Op: Sendable, Hashable {
       self = name == "softmax_cross_entropy" ? .softmaxCrossEntropy(smoothing: e) : .softmaxCrossEntropyGrad(smoothing: e)
     case "softmax_grad": self = .softmaxGrad(axis: try a.int("axis"))
     case "layer_norm_grad": self = .layerNormGrad(axis: try a.int("axis"), epsilon: try a.float("epsilon"))
+    case "layer_norm_saving": self = .layerNormSaving(axis: try a.int("axis"), epsilon: try a.float("epsilon"))
+    case "layer_norm_affine": self = .layerNormAffine(axis: try a.int("axis"))
     case "conv_grad_input", "conv_grad_weight":
       let g = ConvGeometry(
         strides: try a.ints("strides"), pads: try a.ints("pads"), dilations: try a.ints("dilations"), group: try a.int("group"))

@@ -36,7 +36,8 @@ extension Op {
     case .softmaxCrossEntropyGrad: return .backward(of: "softmax_cross_entropy")
     case .unaryGrad(let f): return .backward(of: f.name)
     case .softmaxGrad: return .backward(of: "softmax")
-    case .layerNormGrad: return .backward(of: "layer_norm")
+    case .layerNormGrad, .layerNormAffine: return .backward(of: "layer_norm")
+    case .layerNormSaving: return .normalization
     case .convGradInput, .convGradWeight: return .backward(of: "conv")
     case .linearGradWeight: return .backward(of: "linear")
     case .sliceGrad: return .backward(of: "slice")
@@ -69,7 +70,7 @@ extension Op {
     case .add, .sub, .mul, .div, .pow, .unary, .unaryGrad: return true
     case .equal, .select, .cast, .constant, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .transpose, .slice,
       .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
-      .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad,
+      .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine,
       .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad,
       .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad, .sgd, .adamw:
       return false
@@ -83,7 +84,7 @@ extension Op {
     case .reshape, .squeeze, .unsqueeze, .stopGradient: return true
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
-      .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad,
+      .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine,
       .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad,
       .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad, .sgd, .adamw:
       return false
@@ -95,10 +96,10 @@ extension Op {
   public var isCheapToRecompute: Bool {
     switch self {
     case .unary(let f): return f.isCheapToRecompute
-    case .layerNorm, .transpose, .reshape, .squeeze, .unsqueeze, .stopGradient, .gatherRows, .slice: return true
+    case .layerNorm, .layerNormAffine, .transpose, .reshape, .squeeze, .unsqueeze, .stopGradient, .gatherRows, .slice: return true
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .cast, .matMul, .linear, .gemm, .conv, .softmax, .gather,
       .concat, .split, .scatterRows, .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .softmaxCrossEntropy,
-      .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight,
+      .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .convGradInput, .convGradWeight, .linearGradWeight,
       .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining,
       .batchNormGrad, .runningStats, .sgd, .adamw:
       return false
@@ -118,7 +119,7 @@ extension Op {
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand,
       .reduceMean, .reduceSum, .globalAveragePool, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
-      .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool,
+      .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool,
       .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .pad, .padGrad:
       return nil
     }
@@ -131,7 +132,7 @@ extension Op {
     case .transpose, .reshape, .squeeze, .unsqueeze, .split, .slice, .expand: return true
     case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm,
       .softmax, .gather, .concat, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .stopGradient,
-      .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
+      .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight,
       .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm,
       .batchNormTraining, .batchNormGrad, .runningStats, .sgd, .adamw:
       return false
@@ -199,7 +200,7 @@ extension Op {
     case .linear, .layerNorm, .softmax, .split, .concat:
       return nil  // the op acts along the row axis itself
     case .constant, .gemm, .conv, .slice, .gather, .gatherRows, .scatterRows, .expand, .reduceMean, .reduceSum,
-      .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .convGradInput,
+      .globalAveragePool, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput,
       .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
       .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad, .sgd, .adamw:
       return nil
@@ -246,6 +247,8 @@ extension Graph {
       return (0, out)
     case .layerNorm: return (0, 5 * out)
     case .layerNormGrad: return (0, 8 * count(0))
+    case .layerNormSaving: return (0, 6 * out)
+    case .layerNormAffine: return (0, 2 * out)
     case .softmax: return (0, 3 * out)
     case .softmaxGrad: return (0, 3 * out)
     case .softmaxCrossEntropy, .softmaxCrossEntropyGrad: return (0, 3 * count(0))
@@ -279,7 +282,7 @@ extension Op {
       .slice, .gather, .concat, .split, .gatherRows, .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum,
       .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool,
       .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
-      .layerNormGrad, .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
       return []
     }
   }
@@ -307,14 +310,14 @@ extension Op {
   public var autocast: AutocastRule {
     switch self {
     case .matMul, .linear, .gemm, .conv: return .lower
-    case .layerNorm, .batchNorm, .batchNormTraining: return .followsInput
+    case .layerNorm, .layerNormSaving, .batchNorm, .batchNormTraining: return .followsInput
     case .add, .sub, .mul, .div, .pow, .select, .unary, .softmax, .reshape, .transpose, .slice, .gather, .concat, .split, .gatherRows,
       .scatterRows, .squeeze, .unsqueeze, .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .maxPool, .averagePool,
       .stopGradient:
       return .promote
     case .cast(let to): return to == .bf16 ? .lower : .float32
     case .constant: return .literal
-    case .equal, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad,
+    case .equal, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormAffine,
       .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .padGrad, .batchNormGrad, .runningStats,
       .maxPoolGrad, .averagePoolGrad, .sgd, .adamw:
       return .float32

@@ -300,6 +300,14 @@ extension Op {
       _ = try axis(a, t[0].rank)
       guard t[0] == t[1] else { throw fail("y \(t[0]) and dy \(t[1]) differ") }
       return [t[0]]
+    case .layerNormGrad(let ax, _) where t.count == 4:
+      let a = try axis(ax, t[0].rank)
+      guard [DType.f32, .bf16].contains(t[0].dtype), t[0].shape == t[2].shape, t[2].dtype == .f32, t[1].elementCount == t[0].shape[a...].reduce(1, *),
+        t[3] == TensorType(.f32, Array(t[0].shape[..<a]))
+      else {
+        throw fail("x̂ \(t[0]), scale \(t[1]), dy \(t[2]) and rstd \(t[3]) do not fit")
+      }
+      return [t[2], t[1], t[1]]
     case .layerNormGrad(let ax, _):
       try arity(3)
       let a = try axis(ax, t[0].rank)
@@ -307,6 +315,20 @@ extension Op {
         throw fail("x \(t[0]), scale \(t[1]) and dy \(t[2]) do not fit")
       }
       return [t[0], t[1], t[1]]
+    case .layerNormSaving(let ax, _):
+      try arity(2, 3)
+      let a = try axis(ax, t[0].rank)
+      guard t[0].dtype == .f32, t.dropFirst().allSatisfy({ $0.elementCount == t[0].shape[a...].reduce(1, *) }) else {
+        throw fail("x \(t[0]) must be f32 and scale/bias must match its normalized shape \(Array(t[0].shape[a...]))")
+      }
+      return [t[0], TensorType(.bf16, t[0].shape), TensorType(.f32, Array(t[0].shape[..<a]))]
+    case .layerNormAffine(let ax):
+      try arity(2, 3)
+      let a = try axis(ax, t[0].rank)
+      guard [DType.f32, .bf16].contains(t[0].dtype), t.dropFirst().allSatisfy({ $0.elementCount == t[0].shape[a...].reduce(1, *) }) else {
+        throw fail("scale/bias do not match x̂'s normalized shape \(Array(t[0].shape[a...]))")
+      }
+      return [TensorType(.f32, t[0].shape)]
     case .convGradInput(let g, let shape):
       try arity(2)
       guard try Op.conv(g).inferTypes([TensorType(t[0].dtype, shape), t[1]]) == [t[0]] else {

@@ -252,7 +252,7 @@ func evaluate(_ op: Op, _ x: [ConstTensor], outType: TensorType) -> ConstTensor?
     .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
     .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
     .softmaxCrossEntropyGrad,
-    .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad,
+    .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad,
     .gatherGrad, .sgd, .adamw:
     // Only shape arithmetic folds; training ops never appear in an imported graph.
     return nil

@@ -214,7 +214,7 @@ struct SiluFromSigmoid: RewritePattern {
         .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
         .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
         .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
-        .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
+        .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
         .sgd, .adamw:
         continue
       }

@@ -198,7 +198,7 @@ extension GradBuilder {
       return [try one(.mul, [try one(.expand(s), [dy]), try scalar(1 / Double(n))])]
     case .softmaxCrossEntropy(let e):
       return [try one(.softmaxCrossEntropyGrad(smoothing: e), [x[0], x[1], dy]), nil]
-    case .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight,
+    case .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight,
       .linearGradWeight, .sliceGrad, .gatherGrad, .maxPoolGrad, .averagePoolGrad, .batchNormGrad, .runningStats, .padGrad,
       .sgd, .adamw:
       throw none("backward, optimizer and state-update ops have no gradients of their own")

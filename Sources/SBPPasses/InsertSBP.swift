@@ -169,7 +169,7 @@ struct SBPRewriter {
         .runningStats, .maxPool,
         .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
         .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
-        .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+        .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
         .adamw:
         throw fail(block, "\(n.op.name) '\(n.name)' is not token-wise, so the branch cannot be split by rows")
       }
@@ -252,7 +252,7 @@ struct SBPRewriter {
           .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool,
           .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
           .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
-          .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+          .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
           .adamw: op = n.op
         }
         let outs = try emit(op, ins, name: "\(n.name).sbp.\(suffix)", attrs: n.attrs)

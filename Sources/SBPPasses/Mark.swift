@@ -606,7 +606,7 @@ struct BlockMatcher {
         .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
         .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
         .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
-        .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
+        .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
         .sgd, .adamw:
         let want = [
           "a depthwise conv, layer_norm or linear", "a layer_norm or linear", "a layer_norm or linear", "an activation or layer-scale mul",
@@ -754,7 +754,7 @@ struct BlockMatcher {
         .maxPool, .averagePool,
         .maxPoolGrad, .averagePoolGrad, .stopGradient,
         .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
-        .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+        .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
         nchw = channelsFirst(unit, shape: s) ?? (g.nodes[unit.branch[0]].op == .transpose([0, 2, 3, 1]))
       }
       return nchw
@@ -949,7 +949,7 @@ struct BlockMatcher {
         .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .maxPool, .averagePool,
         .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
         .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
-        .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: compute = false
+        .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: compute = false
       }
       if i <= firstProducer {
         if compute { out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string("stem"))) }

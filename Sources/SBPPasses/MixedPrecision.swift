@@ -86,7 +86,55 @@ public struct MixedPrecision: Pass {
     }
     try graph.insert(inserts)
     graph.eliminateDeadCode()
+    try keepNormalizedInBF16(&graph)
     try keepSavedInBF16(&graph)
+  }
+
+  /// A layer norm's backward reads its input x (the gradient, and `remat`'s recomputation of
+  /// the norm's result), and x is often the fp32 residual stream, held across the step. When
+  /// nothing else in the backward reads x, the forward norm becomes `layer_norm_saving`, which
+  /// also writes x̂ in bf16 and 1/σ per row; the gradient and the recomputation read those,
+  /// and x dies in the forward. That halves what a norm keeps, where autocast keeps x in
+  /// fp32; the gradient is computed in fp32 as before, from x̂ rounded to bf16.
+  func keepNormalizedInBF16(_ graph: inout Graph) throws {
+    guard let loss = graph.lossIndex else { return }
+    let nodes = graph.nodes
+    let outputs = Set(graph.outputs.map(\.value))
+    var backward: [ValueID: [Int]] = [:]
+    for i in (loss + 1)..<nodes.count { for v in Set(nodes[i].inputs) { backward[v, default: []].append(i) } }
+    let producer = graph.producerIndex()
+    var inserts: [(before: Int, node: Node)] = []
+    for f in 0..<loss {
+      let norm = nodes[f]
+      guard case .layerNorm(let axis, let eps) = norm.op else { continue }
+      let x = norm.inputs[0], params = Array(norm.inputs.dropFirst()), shape = graph.type(of: x).shape
+      // A graph input or parameter is held for the whole step anyway; x̂ would only add to it.
+      guard producer[x] != nil, graph.type(of: x).dtype == .f32, !outputs.contains(x), !params.contains(x), let users = backward[x]
+      else { continue }
+      // Only this norm's own gradient and recomputation read x; any other reader keeps it.
+      let grads = users.filter { nodes[$0].op == .layerNormGrad(axis: axis, epsilon: eps) }
+      let redone = users.filter { nodes[$0].op == norm.op && Array(nodes[$0].inputs.dropFirst()) == params }
+      guard !grads.isEmpty, grads.count + redone.count == users.count,
+        grads.allSatisfy({ nodes[$0].inputs.count == 3 && nodes[$0].inputs[0] == x && nodes[$0].inputs[1] == params[0] && nodes[$0].inputs[2] != x }),
+        redone.allSatisfy({ nodes[$0].inputs[0] == x })
+      else { continue }
+      let y = graph.newValue(graph.type(of: norm.outputs[0]))
+      let xhat = graph.newValue(TensorType(.bf16, shape)), rstd = graph.newValue(TensorType(.f32, Array(shape[..<axis])))
+      inserts.append((f + 1, Node(op: .layerNormSaving(axis: axis, epsilon: eps), inputs: norm.inputs, outputs: [y, xhat, rstd], name: norm.name, attrs: norm.attrs)))
+      graph.replaceUses(of: norm.outputs[0], with: y)
+      for g in grads {
+        let old = nodes[g], outs = old.outputs.map { graph.newValue(graph.type(of: $0)) }
+        inserts.append((g, Node(op: old.op, inputs: [xhat, old.inputs[1], old.inputs[2], rstd], outputs: outs, name: old.name, attrs: old.attrs)))
+        for (o, n) in zip(old.outputs, outs) { graph.replaceUses(of: o, with: n) }
+      }
+      for r in redone {
+        let old = nodes[r], out = graph.newValue(graph.type(of: old.outputs[0]))
+        inserts.append((r, Node(op: .layerNormAffine(axis: axis), inputs: [xhat] + params, outputs: [out], name: old.name, attrs: old.attrs)))
+        graph.replaceUses(of: old.outputs[0], with: out)
+      }
+    }
+    try graph.insert(inserts)
+    graph.eliminateDeadCode()
   }
 
   /// The second half: a forward value that other backward ops read (an activation's input, a

@@ -197,7 +197,7 @@ public struct PruneBackward: Pass {
       redirect(n.outputs[0], try scatter(y, like: n.outputs[0], s))
       return true
     case .layerNormGrad(let axis, _):
-      guard let s = support[n.inputs[2]], s.axis < axis else { return false }
+      guard n.inputs.count == 3, let s = support[n.inputs[2]], s.axis < axis else { return false }
       let outs = try g.append(n.op, [try gather(n.inputs[0], s), n.inputs[1], try gather(n.inputs[2], s)], name: n.name, attrs: n.attrs)
       redirect(n.outputs[0], try scatter(outs[0], like: n.outputs[0], s))
       redirect(n.outputs[1], outs[1])
@@ -229,7 +229,7 @@ public struct PruneBackward: Pass {
       .averagePool,
       .maxPoolGrad, .averagePoolGrad, .stopGradient,
       .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .softmaxGrad,
-      .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw:
+      .convGradInput, .convGradWeight, .sliceGrad, .gatherGrad, .layerNormSaving, .layerNormAffine, .sgd, .adamw:
       return false
     }
   }
@@ -279,7 +279,7 @@ enum RowSparsity {
         .runningStats, .maxPool,
         .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
         .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
-        .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+        .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
         .adamw: factors = [n.inputs[1]]
       }
       return factors.lazy.compactMap { v in g.type(of: v) == out ? support[v] : nil }.first
@@ -292,7 +292,7 @@ enum RowSparsity {
       guard let s = support[n.inputs[0]], s.axis != axis else { return nil }
       return s
     case .layerNormGrad(let axis, _):
-      guard let s = support[n.inputs[2]], s.axis < axis else { return nil }
+      guard n.inputs.count == 3, let s = support[n.inputs[2]], s.axis < axis else { return nil }
       return s
     case .transpose(let p):
       guard let s = support[n.inputs[0]], let a = p.firstIndex(of: s.axis) else { return nil }
@@ -326,7 +326,7 @@ enum RowSparsity {
       .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad,
       .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .softmaxGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad,
-      .sgd, .adamw:
+      .layerNormSaving, .layerNormAffine, .sgd, .adamw:
       return nil
     }
   }

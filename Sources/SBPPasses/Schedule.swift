@@ -112,16 +112,20 @@ public struct Schedule: Pass {
       // waiting for its gelu_grad is not close (a bf16 step's cast back to fp32 would otherwise
       // run early and hold its copy).
       // A bf16 step's cast of a kept value back to fp32 counts through a recomputation that
-      // reads it (a norm rebuilt from its input), which waits for its own reader.
+      // reads it (a norm rebuilt from its input), which waits for its own reader; so does a
+      // recomputation itself (a norm rebuilt from its saved x̂, and the transpose after it).
       func wanted(_ i: Int) -> Bool {
         var made = Set(nodes[i].outputs)
         var widening = false
         if case .cast(.f32) = nodes[i].op { widening = graph.type(of: nodes[i].inputs[0]).dtype == .bf16 }
+        let rebuilding = recomputations.contains(i) && nodes[i].op.isCheapToRecompute
         func close(_ o: ValueID) -> Bool {
           (readers[o] ?? []).contains { r in
             guard pending.contains(r), !waiting(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || (producer[v].map { done[$0] } ?? true) })
             else { return false }
-            let recomputes = widening && nodes[r].inputs.allSatisfy { v in made.contains(v) || (producer[v].map { $0 <= loss } ?? true) }
+            let recomputes =
+              (widening || rebuilding && nodes[r].op.isCheapToRecompute)
+              && nodes[r].inputs.allSatisfy { v in made.contains(v) || (producer[v].map { $0 <= loss } ?? true) }
             guard nodes[r].op.isView || recomputes else { return true }
             made.formUnion(nodes[r].outputs)
             return nodes[r].outputs.contains(where: close)

@@ -33,7 +33,7 @@ extension SliceRun {
       .pad, .padGrad,
       .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
       .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
-      .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .layerNormGrad, .convGradInput,
+      .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput,
       .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return nil
     }
   }

@@ -142,7 +142,7 @@ struct WindowTrace {
       case .constant, .add, .sub, .mul, .div, .pow, .equal, .select, .unary, .cast, .matMul, .linear, .gemm, .conv, .layerNorm, .softmax,
         .pad, .gatherRows, .scatterRows, .reduceMean, .reduceSum, .globalAveragePool, .padGrad, .batchNorm, .batchNormTraining,
         .batchNormGrad, .runningStats, .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
-        .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight,
+        .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight,
         .sliceGrad, .gatherGrad, .sgd, .adamw:
         return .unknown("\(n.op.name) '\(n.name)'")
       }

@@ -107,7 +107,7 @@ public final class Executor {
     case .matMul: return Prepared(strides: LinearAlgebra.matMulBatch(ins[0], ins[1], out))
     case .constant, .unary, .cast, .linear, .gemm, .conv, .layerNorm, .softmax, .reshape, .gather, .concat, .split,
       .gatherRows, .scatterRows, .squeeze, .unsqueeze, .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
-      .unaryGrad, .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .gatherGrad, .sgd, .adamw,
+      .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .gatherGrad, .sgd, .adamw,
       .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats, .pad, .padGrad:
       return Prepared()
     }
@@ -162,11 +162,15 @@ public final class Executor {
     for n in graph.nodes {
       for o in n.outputs {
         let t = graph.type(of: o)
-        // bf16 values are GEMM operands (`mixed-precision`): casts make them, and views
-        // (a reshape, a transpose read only by matmuls) pass them on; no other kernel reads bf16.
+        // bf16 values are GEMM operands (`mixed-precision`) and a layer norm's saved x̂: casts and
+        // layer_norm_saving make them, and views (a reshape, a transpose read only by matmuls)
+        // pass them on; only products, casts and the norm's gradient and affine read bf16.
         var bf16 = false
         if t.dtype == .bf16 {
-          if case .cast = n.op { bf16 = true }
+          switch n.op {
+          case .cast, .layerNormSaving: bf16 = true
+          default: break
+          }
           bf16 = bf16 || n.op.isView || plan.transposedViews.contains(o)
         }
         guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .bool || t.dtype == .i32 || bf16 else {
@@ -176,9 +180,13 @@ public final class Executor {
       }
       for (k, v) in n.inputs.enumerated() where graph.type(of: v).dtype == .bf16 {
         var reads = n.op.isView || n.op.productOperands.contains(k) || n.outputs.first.map(plan.transposedViews.contains) == true
-        if case .cast = n.op { reads = true }
+        switch n.op {
+        case .cast, .layerNormAffine: reads = true
+        case .layerNormGrad: reads = reads || n.inputs.count == 4
+        default: break
+        }
         guard reads else {
-          throw RuntimeError("node '\(n.name)' (\(n.op.name)) reads a bf16 value; the CPU runtime reads bf16 in products, casts and views only")
+          throw RuntimeError("node '\(n.name)' (\(n.op.name)) reads a bf16 value; the CPU runtime reads bf16 in products, casts, views and a layer norm's saved x̂ only")
         }
       }
       if case .conv = n.op, Executor.convShapes(n, graph).x.count != 4 {
@@ -229,7 +237,7 @@ public final class Executor {
         .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
         .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
         .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
-        .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: break
+        .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: break
       }
       var pre = Executor.prepare(n, graph)
       pre.bf16 = n.attrs[Annotation.precision] == .string("bf16")
@@ -242,7 +250,7 @@ public final class Executor {
         .runningStats, .maxPool,
         .averagePool, .maxPoolGrad, .averagePoolGrad, .stopGradient,
         .softmaxCrossEntropy, .softmaxCrossEntropyGrad, .unaryGrad,
-        .softmaxGrad, .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+        .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
         .adamw: break
       }
       return (n, n.inputs.map { buffers[$0.raw]! }, n.outputs.map { buffers[$0.raw]! }, conv, pre)
@@ -338,7 +346,7 @@ public final class Executor {
       .expand, .reduceMean, .reduceSum, .globalAveragePool, .pad, .padGrad, .batchNorm, .batchNormTraining, .batchNormGrad, .runningStats,
       .maxPool, .averagePool, .maxPoolGrad, .averagePoolGrad,
       .stopGradient, .softmaxCrossEntropy, .softmaxCrossEntropyGrad,
-      .unaryGrad, .softmaxGrad, .layerNormGrad, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
+      .unaryGrad, .softmaxGrad, .layerNormGrad, .layerNormSaving, .layerNormAffine, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd,
       .adamw: return (g.type(of: n.inputs[0]).shape, g.type(of: n.inputs[1]).shape, g.type(of: n.outputs[0]).shape)
     }
   }
@@ -527,6 +535,11 @@ public final class Executor {
     case .softmaxCrossEntropyGrad(let e): try Norm.softmaxCrossEntropyGrad(ins[0], ins[1], ins[2], y!, smoothing: Float(e))
     case .unaryGrad(let f): Elementwise.unaryGrad(f, ins[0], ins[1], y!)
     case .softmaxGrad(let axis): Norm.softmaxGrad(axis: axis, ins[0], ins[1], y!)
+    case .layerNormGrad(let axis, _) where ins.count == 4:
+      Norm.layerNormGradSaved(axis: axis, ins[0], ins[1], ins[2], ins[3], outs[0], outs[1], outs[2])
+    case .layerNormSaving(let axis, let eps):
+      Norm.layerNormSaving(axis: axis, eps: Float(eps), ins[0], ins[1], ins.count > 2 ? ins[2] : nil, outs[0], outs[1], outs[2])
+    case .layerNormAffine(let axis): Norm.layerNormAffine(axis: axis, ins[0], ins[1], ins.count > 2 ? ins[2] : nil, y!)
     case .layerNormGrad(let axis, let eps):
       Norm.layerNormGrad(axis: axis, eps: Float(eps), ins[0], ins[1], ins[2], outs[0], outs[1], outs[2])
     case .convGradInput:

@@ -43,25 +43,113 @@ enum Norm {
     }
   }
 
-  static func layerNormGrad(axis: Int, eps: Float, _ x: Buffer, _ g: Buffer, _ dy: Buffer, _ dx: Buffer, _ dg: Buffer, _ db: Buffer) {
+  /// Row `r` of the normalized x̂ (bf16 or f32) of rows of `n`, as f32 into `dst`.
+  @inline(__always) static func loadRow(_ xh: Buffer, _ r: Int, _ n: Int, _ dst: UnsafeMutablePointer<Float>) {
+    if xh.type.dtype == .bf16 {
+      BF16GEMM.widen(xh.bf16 + r * n, dst, count: n)
+    } else {
+      dst.update(from: xh.f32 + r * n, count: n)
+    }
+  }
+
+  /// `layer_norm_saving`: y as `layerNorm` computes it, plus x̂ rounded to bf16 and 1/σ per
+  /// row, which are all its gradient and its recomputation read.
+  static func layerNormSaving(
+    axis: Int, eps: Float, _ x: Buffer, _ g: Buffer, _ b: Buffer?, _ y: Buffer, _ xhat: Buffer, _ rstd: Buffer
+  ) {
     let s = x.type.shape
     let rows = s[..<axis].reduce(1, *), n = s[axis...].reduce(1, *)
+    let px = x.f32, py = y.f32, pg = g.f32, pb = b?.f32, ph = xhat.bf16, pr = rstd.f32
+    Parallel.chunks(rows, grain: rowGrain(n)) { _, range in
+      for r in range {
+        let xr = px + r * n, yr = py + r * n
+        let (mean, inv) = rowStats(xr, n, eps)
+        pr[r] = inv
+        VMath.map(n, xr, yr) { ($0 - mean) * inv }
+        BF16GEMM.narrow(yr, ph + r * n, count: n)
+        affineRow(n, yr, pg, pb, yr)
+      }
+    }
+  }
+
+  /// `layer_norm_affine`: x̂·scale + bias, row by row.
+  static func layerNormAffine(axis: Int, _ xhat: Buffer, _ g: Buffer, _ b: Buffer?, _ y: Buffer) {
+    let s = xhat.type.shape
+    let rows = s[..<axis].reduce(1, *), n = s[axis...].reduce(1, *)
+    let py = y.f32, pg = g.f32, pb = b?.f32
+    Parallel.chunks(rows, grain: rowGrain(n)) { _, range in
+      for r in range {
+        let yr = py + r * n
+        loadRow(xhat, r, n, yr)
+        affineRow(n, yr, pg, pb, yr)
+      }
+    }
+  }
+
+  @inline(__always) static func affineRow(
+    _ n: Int, _ xr: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>?,
+    _ yr: UnsafeMutablePointer<Float>
+  ) {
+    if let b {
+      var i = 0
+      while i + 8 <= n {
+        VMath.store(VMath.load(xr + i) * VMath.load(g + i) + VMath.load(b + i), yr + i)
+        i += 8
+      }
+      while i < n {
+        yr[i] = xr[i] * g[i] + b[i]
+        i += 1
+      }
+    } else {
+      VMath.map(n, xr, g, yr) { $0 * $1 }
+    }
+  }
+
+  /// `layer_norm_grad` from x: each row's x̂ is recomputed from its statistics.
+  static func layerNormGrad(axis: Int, eps: Float, _ x: Buffer, _ g: Buffer, _ dy: Buffer, _ dx: Buffer, _ dg: Buffer, _ db: Buffer) {
+    let n = x.type.shape[axis...].reduce(1, *), px = x.f32
+    layerNormBackward(rows: x.count / max(n, 1), n, g, dy, dx, dg, db) { r, xh in
+      let xr = px + r * n
+      let (mean, inv) = rowStats(xr, n, eps)
+      VMath.map(n, xr, xh) { ($0 - mean) * inv }
+      return inv
+    }
+  }
+
+  /// `layer_norm_grad` from x̂ and rstd, what `layerNormSaving` kept.
+  static func layerNormGradSaved(
+    axis: Int, _ xhat: Buffer, _ g: Buffer, _ dy: Buffer, _ rstd: Buffer, _ dx: Buffer, _ dg: Buffer, _ db: Buffer
+  ) {
+    let n = xhat.type.shape[axis...].reduce(1, *), pr = rstd.f32
+    layerNormBackward(rows: xhat.count / max(n, 1), n, g, dy, dx, dg, db) { r, xh in
+      loadRow(xhat, r, n, xh)
+      return pr[r]
+    }
+  }
+
+  /// dx = rstd·(dy·g − mean(dy·g) − x̂·mean(dy·g·x̂)) per row, dscale = Σ dy·x̂ and dbias = Σ dy
+  /// over rows. `normalized(r, into)` writes row r's x̂ into dx's row, which the last loop
+  /// then overwrites in place, and returns its 1/σ.
+  static func layerNormBackward(
+    rows: Int, _ n: Int, _ g: Buffer, _ dy: Buffer, _ dx: Buffer, _ dg: Buffer, _ db: Buffer,
+    normalized: (Int, UnsafeMutablePointer<Float>) -> Float
+  ) {
     let chunks = Parallel.chunkCount(rows, grain: rowGrain(n))
     // Chunk 0 accumulates into dg/db; chunk c > 0 into its own pair of rows of `extra`.
     let extra = Scratch.floats(2 * n * (chunks - 1))
-    let px = x.f32, pg = g.f32, pdy = dy.f32, pdx = dx.f32
+    let pg = g.f32, pdy = dy.f32, pdx = dx.f32
     let k = 1 / Float(n)
     Parallel.chunks(rows, grain: rowGrain(n)) { c, range in
       let dgc = c == 0 ? dg.f32 : extra + 2 * n * (c - 1), dbc = c == 0 ? db.f32 : dgc + n
       dgc.update(repeating: 0, count: n)
       dbc.update(repeating: 0, count: n)
       for r in range {
-        let xr = px + r * n, dyr = pdy + r * n, dxr = pdx + r * n
-        let (mean, inv) = rowStats(xr, n, eps)
+        let dyr = pdy + r * n, dxr = pdx + r * n
+        let inv = normalized(r, dxr)
         var sD = V8(), sDX = V8()
         var i = 0
         while i + 8 <= n {
-          let xh = (VMath.load(xr + i) - mean) * inv, dyv = VMath.load(dyr + i)
+          let xh = VMath.load(dxr + i), dyv = VMath.load(dyr + i)
           let d = dyv * VMath.load(pg + i)
           sD += d
           sDX += d * xh
@@ -71,8 +159,7 @@ enum Norm {
         }
         var sumD = sD.sum(), sumDX = sDX.sum()
         while i < n {
-          let xh = (xr[i] - mean) * inv
-          let d = dyr[i] * pg[i]
+          let xh = dxr[i], d = dyr[i] * pg[i]
           sumD += d
           sumDX += d * xh
           dgc[i] += dyr[i] * xh
@@ -82,13 +169,11 @@ enum Norm {
         let a = k * sumD, bx = k * sumDX
         i = 0
         while i + 8 <= n {
-          let xh = (VMath.load(xr + i) - mean) * inv
-          VMath.store(inv * (VMath.load(dyr + i) * VMath.load(pg + i) - a - xh * bx), dxr + i)
+          VMath.store(inv * (VMath.load(dyr + i) * VMath.load(pg + i) - a - VMath.load(dxr + i) * bx), dxr + i)
           i += 8
         }
         while i < n {
-          let xh = (xr[i] - mean) * inv
-          dxr[i] = inv * (dyr[i] * pg[i] - a - xh * bx)
+          dxr[i] = inv * (dyr[i] * pg[i] - a - dxr[i] * bx)
           i += 1
         }
       }

@@ -198,7 +198,7 @@ extension SliceGroup {
       .averagePool, .maxPoolGrad,
       .averagePoolGrad, .stopGradient, .softmaxCrossEntropy,
       .softmaxCrossEntropyGrad, .unaryGrad, .softmaxGrad,
-      .layerNormGrad, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return nil
+      .layerNormGrad, .layerNormSaving, .layerNormAffine, .convGradInput, .convGradWeight, .linearGradWeight, .sliceGrad, .gatherGrad, .sgd, .adamw: return nil
     }
   }
 

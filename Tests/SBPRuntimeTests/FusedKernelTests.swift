@@ -1,4 +1,4 @@
-// FusedKernelTests.swift: kernels that run two nodes as one give what the two nodes give, the blocked transpose gives what an element-by-element copy gives, and every unary kernel matches its reference.
+// FusedKernelTests.swift: kernels that run two nodes as one give what the two nodes give, the blocked transpose gives what an element-by-element copy gives, every unary kernel matches its reference, and a layer norm's gradient from its saved x̂ matches the one from x.
 import SBPIR
 import SBPPasses
 import XCTest
@@ -148,5 +148,59 @@ extension FusedKernelTests {
         XCTAssertEqual(f.derivative(-x), slopeNeg, accuracy: 1e-6 * max(1, abs(slopeNeg)), "\(f.name)′(\(-x))")
       }
     }
+  }
+
+  /// `layer_norm_saving` gives `layer_norm`'s result bit for bit, x̂ to bf16 rounding and
+  /// 1/σ; the gradient and the affine rebuilt from x̂ (here unrounded, in f32) give what
+  /// `layer_norm_grad` and `layer_norm` give from x, over rows split between two threads and
+  /// a row length with a partial vector.
+  func testLayerNormFromSavedNormalizedInput() {
+    let rows = 37, n = 20, shape = [rows, n]
+    let xs = (0..<rows * n).map { Float(($0 * 7919) % 2003) / 97 - 9 + Float($0 / n) }
+    let dys = (0..<rows * n).map { Float(($0 * 104_729) % 977) / 300 - 1.6 }
+    let gs = (0..<n).map { 0.5 + Float($0) / 16 }, bs = (0..<n).map { Float($0) / 8 - 1 }
+    let saved = Parallel.threads
+    Parallel.threads = 2
+    defer { Parallel.threads = saved }
+    func make(_ v: [Float], _ s: [Int]) -> Buffer {
+      let b = Buffer(TensorType(.f32, s))
+      b.f32.update(from: v, count: v.count)
+      return b
+    }
+    let x = make(xs, shape), g = make(gs, [n]), b = make(bs, [n]), dy = make(dys, shape)
+    let y0 = make(xs, shape), y1 = make(xs, shape)
+    Norm.layerNorm(axis: 1, eps: 1e-5, x, g, b, y0)
+    let xhat = Buffer(TensorType(.bf16, shape)), rstd = Buffer(TensorType(.f32, [rows]))
+    Norm.layerNormSaving(axis: 1, eps: 1e-5, x, g, b, y1, xhat, rstd)
+    XCTAssertEqual(Array(y1.floats), Array(y0.floats))
+    var exact = [Float](repeating: 0, count: rows * n)
+    for r in 0..<rows {
+      let row = xs[(r * n)..<((r + 1) * n)]
+      let mean = row.reduce(0, +) / Float(n)
+      let inv = 1 / (row.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(n) + 1e-5).squareRoot()
+      XCTAssertEqual(rstd.f32[r], inv, accuracy: inv * 1e-5, "row \(r): 1/σ")
+      for i in 0..<n {
+        exact[r * n + i] = (xs[r * n + i] - mean) * inv
+        let rounded = Float(bitPattern: UInt32(xhat.bf16[r * n + i]) << 16)
+        XCTAssertEqual(rounded, exact[r * n + i], accuracy: abs(exact[r * n + i]) / 256 + 1e-6, "row \(r): x̂ to bf16")
+      }
+    }
+    let xh32 = make(exact, shape)
+    let dx0 = make(dys, shape), dg0 = make(gs, [n]), db0 = make(gs, [n])
+    let dx1 = make(dys, shape), dg1 = make(gs, [n]), db1 = make(gs, [n])
+    Norm.layerNormGrad(axis: 1, eps: 1e-5, x, g, dy, dx0, dg0, db0)
+    Norm.layerNormGradSaved(axis: 1, xh32, g, dy, rstd, dx1, dg1, db1)
+    for (got, want, what) in [(dx1, dx0, "dx"), (dg1, dg0, "dscale"), (db1, db0, "dbias")] {
+      let scale = want.floats.map(abs).max()!
+      for i in 0..<want.count { XCTAssertEqual(got.f32[i], want.f32[i], accuracy: scale * 1e-5, "\(what)[\(i)]") }
+    }
+    // From the bf16 x̂ the gradient moves by about bf16's rounding, no more.
+    let dx2 = make(dys, shape), dg2 = make(gs, [n]), db2 = make(gs, [n])
+    Norm.layerNormGradSaved(axis: 1, xhat, g, dy, rstd, dx2, dg2, db2)
+    let scale = dx0.floats.map(abs).max()!
+    for i in 0..<dx0.count { XCTAssertEqual(dx2.f32[i], dx0.f32[i], accuracy: scale / 64, "dx[\(i)] from bf16 x̂") }
+    let y2 = make(xs, shape)
+    Norm.layerNormAffine(axis: 1, xh32, g, b, y2)
+    for i in 0..<y0.count { XCTAssertEqual(y2.f32[i], y0.f32[i], accuracy: 1e-4, "affine[\(i)]") }
   }
 }
