@@ -209,6 +209,23 @@ extension Op {
 }
 
 extension Graph {
+  /// Whether `remat` may rebuild node `n`'s result in the backward from its operands, and
+  /// `schedule` treats it as such a rebuild: an op cheap to recompute, a small literal (a
+  /// norm's ε, an exported unit scale), an element-wise op of one activation by small
+  /// broadcast operands (a decomposed norm's (x − mean) / σ, its per-channel scale and
+  /// shift; StarReLU's s·relu² + b), one pass like an activation, or a small window's average
+  /// (PoolFormer's token mixer).
+  public func isCheapToRecompute(_ n: Node) -> Bool {
+    if n.op.isCheapToRecompute { return true }
+    if case .constant = n.op { return type(of: n.outputs[0]).elementCount <= 1024 }
+    if case .averagePool(let g, _) = n.op { return g.kernel.reduce(1, *) <= 9 }
+    guard [Op.add, .sub, .mul, .div].contains(n.op) else { return false }
+    let out = type(of: n.outputs[0])
+    let full = n.inputs.filter { type(of: $0).shape == out.shape }
+    return out.dtype == .f32 && !full.isEmpty
+      && n.inputs.allSatisfy { type(of: $0).elementCount * 8 <= out.elementCount || type(of: $0).shape == out.shape }
+  }
+
   /// Floating-point operations node `n` performs. `gemm` is what its matrix multiplies cost
   /// (2·M·N·K, the runtime's sgemm calls); `other` is the runtime's own kernels: one per
   /// result element for elementwise ops, a few per element for normalizations (constants

@@ -118,13 +118,13 @@ public struct Schedule: Pass {
         var made = Set(nodes[i].outputs)
         var widening = false
         if case .cast(.f32) = nodes[i].op { widening = graph.type(of: nodes[i].inputs[0]).dtype == .bf16 }
-        let rebuilding = recomputations.contains(i) && nodes[i].op.isCheapToRecompute
+        let rebuilding = recomputations.contains(i) && graph.isCheapToRecompute(nodes[i])
         func close(_ o: ValueID) -> Bool {
           (readers[o] ?? []).contains { r in
             guard pending.contains(r), !waiting(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || (producer[v].map { done[$0] } ?? true) })
             else { return false }
             let recomputes =
-              (widening || rebuilding && nodes[r].op.isCheapToRecompute)
+              (widening || rebuilding && graph.isCheapToRecompute(nodes[r]))
               && nodes[r].inputs.allSatisfy { v in made.contains(v) || (producer[v].map { $0 <= loss } ?? true) }
             guard nodes[r].op.isView || recomputes else { return true }
             made.formUnion(nodes[r].outputs)
