@@ -211,10 +211,11 @@ extension Op {
 extension Graph {
   /// Whether `remat` may rebuild node `n`'s result in the backward from its operands, and
   /// `schedule` treats it as such a rebuild: an op cheap to recompute, a small literal (a
-  /// norm's ε, an exported unit scale), an element-wise op of one activation by small
+  /// norm's ε, an exported unit scale), an element-wise op of full-size activations and small
   /// broadcast operands (a decomposed norm's (x − mean) / σ, its per-channel scale and
-  /// shift; StarReLU's s·relu² + b), one pass like an activation, or a small window's average
-  /// (PoolFormer's token mixer).
+  /// shift; StarReLU's s·relu² + b; PoolFormer's pool(n) − n), one pass like an activation,
+  /// or a small window's average (PoolFormer's token mixer). `remat` itself rebuilds an op of
+  /// several full-size operands only when they all come from one saved activation.
   public func isCheapToRecompute(_ n: Node) -> Bool {
     if n.op.isCheapToRecompute { return true }
     if case .constant = n.op { return type(of: n.outputs[0]).elementCount <= 1024 }

@@ -5,9 +5,10 @@ import SBPIR
 /// it comes from cheap ops (GELU, LayerNorm, data movement, an element-wise op of one
 /// activation by small broadcast operands) whose operands the backward saves anyway: GELU's
 /// input is kept for its own gradient, LayerNorm's for its gradient, a residual stream for
-/// the depthwise conv reading it, a decomposed norm's x − mean for its division. The value then no longer lives from the
-/// forward to the backward. PyTorch's compiler partitioner makes the same trade (DESIGN.md):
-/// a few FLOPs per element buy 4·n·C (GELU) and n·C (LayerNorm) bytes per block.
+/// the depthwise conv reading it, a decomposed norm's x − mean for its division. The value
+/// then no longer lives from the forward to the backward. PyTorch's compiler partitioner
+/// makes the same trade (DESIGN.md): a few FLOPs per element buy 4·n·C (GELU) and n·C
+/// (LayerNorm) bytes per block.
 public struct Rematerialize: Pass {
   public init() {}
   public let name = "remat"
