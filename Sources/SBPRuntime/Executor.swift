@@ -167,10 +167,8 @@ public final class Executor {
         // pass them on; only products, casts and the norm's gradient and affine read bf16.
         var bf16 = false
         if t.dtype == .bf16 {
-          switch n.op {
-          case .cast, .layerNormSaving: bf16 = true
-          default: break
-          }
+          if case .cast = n.op { bf16 = true }
+          if case .layerNormSaving = n.op { bf16 = true }
           bf16 = bf16 || n.op.isView || plan.transposedViews.contains(o)
         }
         guard t.dtype == .f32 || t.dtype == .i64 || t.dtype == .bool || t.dtype == .i32 || bf16 else {
@@ -180,11 +178,9 @@ public final class Executor {
       }
       for (k, v) in n.inputs.enumerated() where graph.type(of: v).dtype == .bf16 {
         var reads = n.op.isView || n.op.productOperands.contains(k) || n.outputs.first.map(plan.transposedViews.contains) == true
-        switch n.op {
-        case .cast, .layerNormAffine: reads = true
-        case .layerNormGrad: reads = reads || n.inputs.count == 4
-        default: break
-        }
+        if case .cast = n.op { reads = true }
+        if case .layerNormAffine = n.op { reads = true }
+        if case .layerNormGrad = n.op, n.inputs.count == 4 { reads = true }
         guard reads else {
           throw RuntimeError("node '\(n.name)' (\(n.op.name)) reads a bf16 value; the CPU runtime reads bf16 in products, casts, views and a layer norm's saved x̂ only")
         }
