@@ -75,7 +75,7 @@ def split_branches(sbpc, onnx_path, batch, blocks):
     ir = run([sbpc, "opt", onnx_path, "--passes", "canonicalize,mark", "--batch", str(batch)])
     tokenwise, attention, residual = set(), {}, {}
     segments = {}  # (block, k) -> [scope of its last node, stage, token axes, prefix]
-    linears = []  # (scope, block, stage or None for the block's) of every split linear
+    linears = []  # (scope, block, (block, region) or None for the block's stage and prefix) of every split linear
     downsamplers, first_of_stage = [], {}
     windowed, windowed_parts = {}, {}  # windowed attention: {block: {role: scope}}
     for line in ir.splitlines():
@@ -88,14 +88,15 @@ def split_branches(sbpc, onnx_path, batch, blocks):
         st = re.search(r"sbp\.stage=(\d+)", attrs)
         if role and role.group(1) == "downsample" and st and " conv(" in line:
             downsamplers.append((m.group(3), int(st.group(1))))
-        if b and role and role.group(1) == "residual":
+        # A block's facts sit on its residual add, or on the PW-Conv node of a block without one.
+        if b and "sbp.kind=" in attrs:
             first_of_stage.setdefault(int(st.group(1)), int(b.group(1)))
         if not b or not role or int(b.group(1)) not in blocks:
             continue
         block = int(b.group(1))
         seg = re.search(r"sbp\.segment=(\d+)", attrs)
         if " = linear(" in line and role.group(1) in ("mlp.fc1", "mlp.fc2", "pwconv"):
-            linears.append((m.group(3), block, int(st.group(1)) if seg else None))
+            linears.append((m.group(3), block, (block, int(seg.group(1))) if seg else None))
         if seg:
             # A row-wise region split on its own: its output is its last node's.
             key = (block, int(seg.group(1)))
@@ -129,7 +130,10 @@ def split_branches(sbpc, onnx_path, batch, blocks):
     # Attention cores: (the module whose forward takes the softmax, stage, prefix).
     cores = {b: (module_path(scope), residual[b][2], residual[b][4]) for b, scope in attention.items()}
     # For --algorithm1: each split linear with its stage and the prefix of its block's tokens.
-    split_linears = [(scope, stage if stage is not None else residual[b][2], residual[b][4]) for scope, b, stage in linears]
+    # A linear in a region split on its own takes the region's stage and prefix (a block with
+    # no residual add has only those).
+    split_linears = [(scope, segments[key][1], segments[key][3]) if key else (scope, residual[b][2], residual[b][4])
+                     for scope, b, key in linears]
     downs = [(scope, stage) for scope, stage in downsamplers if first_of_stage.get(stage) in blocks]
     # Windowed cores: the norm whose output the windows partition, and the projection that
     # reads the windows (its input), by module.

@@ -103,7 +103,9 @@ public struct BlockTable: Sendable, Encodable {
     let params = Dictionary(uniqueKeysWithValues: g.params.filter(\.trainable).map { ($0.value, $0) })
     blocks = byBlock.keys.sorted().compactMap { b in
       let nodes = byBlock[b]!
-      guard let res = nodes.first(where: { $0.attrs[Annotation.role] == .string("residual") }),
+      // The node holding the block's facts: its residual add, or the PW-Conv node of a block
+      // without one.
+      guard let res = nodes.first(where: { $0.attrs[Annotation.kind] != nil }),
         case .int(let stage)? = res.attrs[Annotation.stage], case .string(let kind)? = res.attrs[Annotation.kind],
         case .string(let layout)? = res.attrs[Annotation.layout], case .ints(let axes)? = res.attrs[Annotation.tokenAxes],
         case .ints(let grid)? = res.attrs[Annotation.grid], case .int(let prefix)? = res.attrs[Annotation.prefix]

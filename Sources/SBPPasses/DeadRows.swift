@@ -39,7 +39,7 @@ struct RowSinker {
     guard let name = graph.inputs.first(where: { $0.value == kept })?.name,
       let stage = Int(name.dropFirst("sbp.kept.".count))
     else { return 0 }
-    for n in graph.nodes where n.attrs[Annotation.role] == .string("residual") && n.attrs[Annotation.stage] == .int(stage) {
+    for n in graph.nodes where n.attrs[Annotation.kind] != nil && n.attrs[Annotation.stage] == .int(stage) {
       if case .int(let p)? = n.attrs[Annotation.prefix] { return p }
     }
     return 0

@@ -89,9 +89,9 @@ struct SBPRewriter {
     }
     for b in layout.blocks {
       let nodes = blockNodes[b] ?? []
-      guard let res = nodes.first(where: { original[$0].attrs[Annotation.role] == .string("residual") }),
+      guard let res = nodes.first(where: { original[$0].attrs[Annotation.kind] != nil }),
         case .int(let stage)? = original[res].attrs[Annotation.stage], case .ints(let axes)? = original[res].attrs[Annotation.tokenAxes]
-      else { throw fail(b, "has no residual annotation; run mark first") }
+      else { throw fail(b, "has no block annotation (sbp.kind); run mark first") }
       let roles = nodes.compactMap { i -> (Int, String)? in
         if case .string(let r)? = original[i].attrs[Annotation.role] { return (i, r) } else { return nil }
       }

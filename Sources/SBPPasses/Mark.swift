@@ -1,10 +1,12 @@
-// Mark.swift: finds residual blocks by structure and annotates their MHSA, MLP and PW-Conv nodes.
+// Mark.swift: finds residual blocks and lone PW-Conv nodes by structure and annotates their MHSA, MLP and PW-Conv nodes.
 import SBPIR
 
 /// Finds residual units `x + f(x)` whose branch `f` is an MHSA or an MLP (or PW-Conv)
 /// sub-block, groups them into blocks, finds each block's token layout and stage, and
 /// annotates nodes with `sbp.role`, `sbp.block` and `sbp.stage`. Block-level facts (kind,
 /// layout, token axes, grid, leading non-spatial tokens) go on the block's residual adds.
+/// A PW-Conv node that no residual unit holds (a block without a shortcut, Swin's patch
+/// merging) is a block of its own, kind `pwconv(plain)`, whose facts sit on its linear.
 /// Matching looks only at structure, never at names. A residual unit that matches nothing
 /// gets `sbp.unmatched` with the reason, and stays as it is.
 public struct Mark: Pass {
@@ -785,10 +787,17 @@ struct BlockMatcher {
     var units: [Unit] = []
     let found = residuals()
     var failures: [(add: Int, reason: String)] = []
+    // Unmatched units with an attention core: their linears feed a softmax that mixes rows in
+    // ways mark could not read (class attention, XCiT's channel attention), so none of them
+    // is split on its own either.
+    var opaque = Set<Int>()
+    func hasSoftmax(_ branch: [Int]) -> Bool { branch.contains { if case .softmax = g.nodes[$0].op { return true } else { return false } } }
     for r in found {
       switch classify(add: r.add, x: r.x, fx: r.fx, branch: r.branch) {
       case .success(let u): units.append(u)
-      case .failure(let f): failures.append((r.add, f.reason))
+      case .failure(let f):
+        failures.append((r.add, f.reason))
+        if hasSoftmax(r.branch) { opaque.formUnion(r.branch) }
       }
     }
     for s in twoBranchSums(excluding: Set(found.map(\.add))) {
@@ -811,6 +820,7 @@ struct BlockMatcher {
         units.append(u)
         continue
       }
+      if hasSoftmax(branch) { opaque.formUnion(branch) }
       let c = producerIndex[s.common].map { "the output of " + describe(g.nodes[$0]) } ?? "the input"
       // What the shortcut side does to the common value: only moves it, scales it, or computes.
       let sides = g.nodes[s.add].inputs.map { v -> String in
@@ -855,7 +865,25 @@ struct BlockMatcher {
         groups.append([u])
       }
     }
+    // Each group's layout, when it has one with rows to split. A unit left out here (a 1×1
+    // grid, no token grid) still offers its PW-Conv nodes on larger grids to the scan below.
     var known: [ValueID: Layout] = [:]
+    var layouts: [Result<Layout, MatchFailure>] = []
+    for group in groups {
+      guard let lay = group[0].segments.isEmpty ? layout(of: group[0].x, unit: group[0], known: known) : segmentLayout(group[0]) else {
+        // One token (CaiT's class attention updates the class token alone) has no rows to drop.
+        let single = g.type(of: group[0].x).rank == 3 && g.type(of: group[0].x).shape[1] == 1
+        layouts.append(.failure(MatchFailure(single ? "the unit updates one token (class attention): no rows to split" : "no token grid found for the block input")))
+        continue
+      }
+      // One position has no rows to drop (the last stage of a small input).
+      guard lay.grid.reduce(1, *) > 1 else {
+        layouts.append(.failure(MatchFailure("the unit's grid is 1x1 and a 1x1 grid has one position: no rows to split")))
+        continue
+      }
+      for u in group { known[g.nodes[u.add].outputs[0]] = lay }
+      layouts.append(.success(lay))
+    }
     // Stages are token grids, numbered in the order the network first reaches them.
     var stageOfGrid: [[Int]: Int] = [:]
     func stageIndex(of grid: [Int]) -> Int {
@@ -868,25 +896,42 @@ struct BlockMatcher {
     var lastOutput: ValueID?
     var blockIndex = 0
     var stageStarts: [(grid: [Int], stage: Int, firstAdd: Int)] = []
-    for group in groups {
-      guard let lay = group[0].segments.isEmpty ? layout(of: group[0].x, unit: group[0], known: known) : segmentLayout(group[0]) else {
-        // One token (CaiT's class attention updates the class token alone) has no rows to drop.
-        let single = g.type(of: group[0].x).rank == 3 && g.type(of: group[0].x).shape[1] == 1
-        for u in group {
-          out.append(
-            PendingAnnotation(
-              node: u.add, key: Annotation.unmatched,
-              value: .string(single ? "the unit updates one token (class attention): no rows to split" : "no token grid found for the block input")))
+    // PW-Conv nodes no residual unit holds are blocks of their own, numbered in graph order
+    // among the units.
+    let inUnits = Set(zip(groups, layouts).filter { (try? $0.1.get()) != nil }.flatMap { $0.0.flatMap { $0.branch + [$0.add] } })
+    let alone = standaloneSegments(outside: g.nodes.indices.filter { !inUnits.contains($0) && !opaque.contains($0) })
+    var pending = alone[...]
+    for (group, found) in zip(groups.map(Optional.some) + [nil], layouts.map(Optional.some) + [nil]) {
+      while let seg = pending.first, group.map({ seg.nodes[0] < $0.map(\.add).min()! }) ?? true {
+        pending = pending.dropFirst()
+        let stage = stageIndex(of: seg.layout.grid)
+        stageStarts.append((seg.layout.grid, stage, seg.nodes[0]))
+        for i in seg.nodes {
+          blockNodes.insert(i)
+          out.append(PendingAnnotation(node: i, key: Annotation.block, value: .int(blockIndex)))
+          out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(stage)))
+          out.append(PendingAnnotation(node: i, key: Annotation.segment, value: .int(0)))
+          let linear: Bool
+          if case .linear = g.nodes[i].op { linear = true } else { linear = false }
+          out.append(PendingAnnotation(node: i, key: Annotation.role, value: .string(linear ? "pwconv" : "pwconv.act")))
         }
-        continue
+        // The block's facts go on its PW-Conv node, since it has no residual add.
+        let head = seg.nodes[0]
+        out.append(PendingAnnotation(node: head, key: Annotation.kind, value: .string("pwconv(plain)")))
+        out.append(PendingAnnotation(node: head, key: Annotation.layout, value: .string(seg.layout.name)))
+        out.append(PendingAnnotation(node: head, key: Annotation.tokenAxes, value: .ints(seg.layout.tokenAxes)))
+        out.append(PendingAnnotation(node: head, key: Annotation.grid, value: .ints(seg.layout.grid)))
+        out.append(PendingAnnotation(node: head, key: Annotation.prefix, value: .int(seg.layout.prefix)))
+        if firstInput == nil { firstInput = seg.input }
+        lastOutput = g.nodes[seg.nodes.last!].outputs[0]
+        blockIndex += 1
       }
-      // One position has no rows to drop (the last stage of a small input).
-      if lay.grid.reduce(1, *) <= 1 {
-        for u in group {
-          out.append(
-            PendingAnnotation(
-              node: u.add, key: Annotation.unmatched, value: .string("the unit's grid is 1x1 and a 1x1 grid has one position: no rows to split")))
-        }
+      guard let group, let found else { break }
+      let lay: Layout
+      switch found {
+      case .success(let l): lay = l
+      case .failure(let f):
+        for u in group { out.append(PendingAnnotation(node: u.add, key: Annotation.unmatched, value: .string(f.reason))) }
         continue
       }
       for u in group { for seg in u.segments { _ = stageIndex(of: seg.layout.grid) } }
@@ -895,7 +940,6 @@ struct BlockMatcher {
       var segmentIndex = 0
       let kind = group.map { ($0.hasDepthwise ? "dwconv+" : "") + $0.kind.rawValue + ($0.queryOnly ? "(query)" : "") + ($0.windows != nil ? "(windows)" : "") }.joined(separator: "+")
       for u in group {
-        known[g.nodes[u.add].outputs[0]] = lay
         for i in u.branch + [u.add] {
           blockNodes.insert(i)
           out.append(PendingAnnotation(node: i, key: Annotation.block, value: .int(blockIndex)))

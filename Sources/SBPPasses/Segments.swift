@@ -82,50 +82,78 @@ extension BlockMatcher {
     for i in branch where !taken.contains(i) {
       guard case .linear(let axis, _) = g.nodes[i].op else { continue }
       let xs = g.nodes[i].inputs[0]
-      guard !isConstantOperand(xs), let p = perm[xs], channelAxes.contains(p[axis]), let layout = tokenGrid(of: xs, channelAxis: axis)
+      guard !isConstantOperand(xs), let p = perm[xs], channelAxes.contains(p[axis]), let layout = tokenGrid(of: xs, channelAxis: axis),
+        let nodes = region(seed: i, axis: axis, in: branch, taken: taken)
       else { continue }
-      let rank = g.type(of: xs).rank
-      func rows(_ v: ValueID) -> [Int] {
-        var s = g.type(of: v).shape
-        guard s.count == rank else { return [] }
-        s.remove(at: axis)
-        return s
+      taken.formUnion(nodes)
+      out.append(Segment(nodes: nodes, input: xs, layout: layout))
+    }
+    return out
+  }
+
+  /// The row-wise region a PW-Conv node `seed` (a linear over `axis`) starts among `nodes`:
+  /// the linears, layer norms and element-wise steps that read only it and channel constants,
+  /// cut back to its longest prefix whose results other nodes read come to exactly one value,
+  /// made by its last node (the split replaces that value and nothing else). Nil when the
+  /// seed reads an operand computed from the data besides its input.
+  func region(seed i: Int, axis: Int, in nodes: [Int], taken: Set<Int>) -> [Int]? {
+    let xs = g.nodes[i].inputs[0]
+    let rank = g.type(of: xs).rank
+    func rows(_ v: ValueID) -> [Int] {
+      var s = g.type(of: v).shape
+      guard s.count == rank else { return [] }
+      s.remove(at: axis)
+      return s
+    }
+    let rowShape = rows(xs)
+    var region: [Int] = []
+    var values = Set<ValueID>()
+    for j in nodes where j >= i && !taken.contains(j) {
+      let n = g.nodes[j]
+      guard n.outputs.count == 1, rows(n.outputs[0]) == rowShape else { continue }
+      let acts = n.inputs.filter { !isConstantOperand($0) }
+      guard acts.allSatisfy({ values.contains($0) || $0 == xs }) else { continue }
+      let fits: Bool
+      switch n.op {
+      // A channel linear reading xs seeds the region (q, k and v all do); one reading the
+      // region continues it.
+      case .linear(let a, _): fits = a == axis
+      case .layerNorm(let a, _): fits = a == axis && a == rank - 1 && values.contains(n.inputs[0])
+      default:
+        fits =
+          n.op.isElementwise && acts.contains(where: values.contains) && acts.allSatisfy({ rows($0) == rowShape })
+          && n.inputs.filter(isConstantOperand).allSatisfy({ isChannelConstant($0, rank: rank, channelAxis: axis) })
       }
-      let rowShape = rows(xs)
-      var region: [Int] = []
-      var values = Set<ValueID>()
-      for j in branch where j >= i && !taken.contains(j) {
-        let n = g.nodes[j]
-        guard n.outputs.count == 1, rows(n.outputs[0]) == rowShape else { continue }
-        let acts = n.inputs.filter { !isConstantOperand($0) }
-        guard acts.allSatisfy({ values.contains($0) || $0 == xs }) else { continue }
-        let fits: Bool
-        switch n.op {
-        // A channel linear reading xs seeds the region (q, k and v all do); one reading the
-        // region continues it.
-        case .linear(let a, _): fits = a == axis
-        case .layerNorm(let a, _): fits = a == axis && a == rank - 1 && values.contains(n.inputs[0])
-        default:
-          fits =
-            n.op.isElementwise && acts.contains(where: values.contains) && acts.allSatisfy({ rows($0) == rowShape })
-            && n.inputs.filter(isConstantOperand).allSatisfy({ isChannelConstant($0, rank: rank, channelAxis: axis) })
-        }
-        guard fits else { continue }
-        region.append(j)
-        values.insert(n.outputs[0])
-      }
-      // A linear that does not seed a region (an operand computed from the data besides xs)
-      // is no PW-Conv node here.
-      guard !region.isEmpty else { continue }
-      // The longest prefix whose results other nodes read come to exactly one value, made by
-      // its last node: the split replaces that value and nothing else.
-      var cut = 1
-      for k in stride(from: region.count, through: 1, by: -1)
-      where escaping(Array(region.prefix(k))) == Set(g.nodes[region[k - 1]].outputs) {
-        cut = k
-        break
-      }
-      let nodes = Array(region.prefix(cut))
+      guard fits else { continue }
+      region.append(j)
+      values.insert(n.outputs[0])
+    }
+    guard !region.isEmpty else { return nil }
+    var cut = 1
+    for k in stride(from: region.count, through: 1, by: -1)
+    where escaping(Array(region.prefix(k))) == Set(g.nodes[region[k - 1]].outputs) {
+      cut = k
+      break
+    }
+    return Array(region.prefix(cut))
+  }
+
+  /// PW-Conv nodes that no residual unit holds, each with its row-wise region: the first
+  /// block of an EfficientNet or MobileNet stage (no shortcut, since it changes the width),
+  /// Swin's patch-merging reduction, a 1×1 conv head on a grid, a network with no shortcuts
+  /// at all. `outside` lists the candidate nodes; a linear is a PW-Conv node when it
+  /// contracts the channel axis `ChannelAxes` traces for its input, on a grid of more than
+  /// one position.
+  func standaloneSegments(outside: [Int]) -> [Segment] {
+    let channel = ChannelAxes(self).axis
+    var taken = Set<Int>()
+    var out: [Segment] = []
+    for i in outside where !taken.contains(i) {
+      guard case .linear(let axis, _) = g.nodes[i].op else { continue }
+      let xs = g.nodes[i].inputs[0]
+      guard !isConstantOperand(xs), channel[xs] == axis, let layout = tokenGrid(of: xs, channelAxis: axis),
+        let nodes = region(seed: i, axis: axis, in: outside, taken: taken)
+      else { continue }
       taken.formUnion(nodes)
       out.append(Segment(nodes: nodes, input: xs, layout: layout))
     }

@@ -10,9 +10,11 @@ struct Inspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Summarize a model: inputs, outputs, op histograms, parameters, and the blocks SBP can apply to.",
     discussion: prose("""
-      The block table lists each residual block `mark` found (by structure, not names): its
-      stage, kind, token grid (leading non-spatial tokens + H x W), the roles it matched, its
-      parameters, and whether --blocks selects it (default: the paper's rule, the last 2/3 of
+      The block table lists each block `mark` found (by structure, not names): a residual
+      unit, or a PW-Conv node that no residual unit holds (kind pwconv(plain): the first
+      block of an EfficientNet stage, Swin's patch merging). For each: its stage, kind, token
+      grid (leading non-spatial tokens + H x W), the roles it matched, its parameters, and
+      whether --blocks selects it (default: the paper's rule, the last 2/3 of
       an isotropic model; for a hierarchical one every stage before the second-to-last plus
       the first 2/3 of it). Residual units the matcher could not read are listed with why.
 

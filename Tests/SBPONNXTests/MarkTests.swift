@@ -100,6 +100,39 @@ final class MarkTests: XCTestCase {
       ["its linears and norm act on different axes of the input (a token-mixing MLP): it mixes tokens, so it cannot be split by rows"])
   }
 
+  /// SBP reaches every PW-Conv node wherever it sits: in the CNN families, each 1×1 conv on a
+  /// grid of more than one position is in a block, with or without a shortcut around it
+  /// (the first block of an EfficientNet or MobileNet stage has none); the SE convs on the
+  /// pooled 1×1 map are not.
+  func testEveryPointwiseConvOnAGridIsMarked() throws {
+    for family in ["efficientnet_b0", "mobilenetv3_small_100", "regnety_002", "resnet50"] {
+      var g = try importONNX(path: repoRoot + "/models/families/\(family)/model_ts17.onnx", options: ImportOptions(batch: 2)).graph
+      try Canonicalize().run(&g)
+      try Mark().run(&g)
+      var onGrid = 0
+      for n in g.nodes {
+        guard case .linear(1, _) = n.op, g.type(of: n.inputs[0]).rank == 4 else { continue }
+        let s = g.type(of: n.inputs[0]).shape
+        let split: Bool
+        if case .string(let r)? = n.attrs[Annotation.role] { split = r.hasPrefix("pwconv") || r.hasPrefix("mlp.") } else { split = false }
+        if s[2] * s[3] > 1 {
+          onGrid += 1
+          XCTAssertTrue(split, "\(family): '\(n.name)' is a 1×1 conv on a \(s[2])x\(s[3]) grid that is not split")
+        } else {
+          XCTAssertFalse(split, "\(family): '\(n.name)' reads a 1×1 map")
+        }
+      }
+      XCTAssertGreaterThan(onGrid, 4, family)
+    }
+    let t = BlockTable(try {
+      var g = try importONNX(path: repoRoot + "/models/families/efficientnet_b0/model_ts17.onnx", options: ImportOptions(batch: 2)).graph
+      try Canonicalize().run(&g)
+      try Mark().run(&g)
+      return g
+    }())
+    XCTAssertTrue(t.blocks.contains { $0.kind == "pwconv(plain)" })
+  }
+
   func testMarkIsIdempotentAndTextRoundTrips() throws {
     var g = try importONNX(path: repoRoot + "/models/convnext_t1131_ts17.onnx", options: ImportOptions(batch: 2)).graph
     try Canonicalize().run(&g)
