@@ -376,6 +376,9 @@ def main(argv=None):
     ap.add_argument("--phase", type=int, default=0)
     ap.add_argument("--attention", choices=["qkv", "query"], default="qkv",
                     help="how sbpc splits attention cores (compile --attention); the oracle applies the same rule")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="sbpc's threads (a BatchNorm net at a tiny batch can amplify one summation order's rounding)")
+    ap.add_argument("--blocks", help="SBP blocks to split (compile --blocks); default: sbpc's default selection")
     ap.add_argument("--write", action="store_true", help="commit the PyTorch gradients as the family's SBP reference")
     ap.add_argument("--full", action="store_true",
                     help="the full-size family in models/full/families (python3 models/families.py --full writes it)")
@@ -390,14 +393,15 @@ def main(argv=None):
     batch = manifest["batch"]
     with tempfile.TemporaryDirectory() as d:
         plan = os.path.join(d, "sbp.plan")
-        out = run([args.sbpc, "compile", onnx_path, "--batch", str(batch), "--attention", args.attention, "-o", plan])
+        out = run([args.sbpc, "compile", onnx_path, "--batch", str(batch), "--attention", args.attention, "-o", plan]
+                  + (["--blocks", args.blocks] if args.blocks else []))
         m = re.search(r"^SBP blocks: ([0-9,]+)", out, re.M)
         if not m:
             # resnet18 at full size: nothing is split, so there is nothing to check.
             print(f"{args.family}: sbpc selects no SBP block by default; nothing to check")
             return 0
         blocks = [int(b) for b in m.group(1).split(",")]
-        loss = run([args.sbpc, "train", plan, "--steps", "1", "--threads", "1", "--input", os.path.join(ref, "input.npy"),
+        loss = run([args.sbpc, "train", plan, "--steps", "1", "--threads", str(args.threads), "--input", os.path.join(ref, "input.npy"),
                     "--labels", os.path.join(ref, "labels.npy"), "--mask-phase", str(args.phase),
                     "--dump-grads", os.path.join(d, "grads"), "--dump-logits", os.path.join(d, "logits.npy"),
                     "--dump-mask", os.path.join(d, "masks"), "--dump-loss"])
