@@ -974,7 +974,27 @@ struct BlockMatcher {
       blockIndex += 1
     }
     out += outsideBlocks(blockNodes: blockNodes, firstInput: firstInput, lastOutput: lastOutput, stages: stageStarts)
-    return out
+    return densely(out)
+  }
+
+  /// A sum whose branch holds whole residual units (HRNet's fuse layers around its
+  /// bottlenecks) takes their nodes over, since annotations apply in order: the blocks that
+  /// keep their facts are renumbered 0, 1, … in order, so `--blocks` indices have no holes.
+  func densely(_ out: [PendingAnnotation]) -> [PendingAnnotation] {
+    var final: [Int: Int] = [:]
+    var anchors = Set<Int>()
+    for a in out {
+      if a.key == Annotation.block, case .int(let b) = a.value { final[a.node] = b }
+      if a.key == Annotation.kind { anchors.insert(a.node) }
+    }
+    let live = Set(anchors.compactMap { final[$0] }).sorted()
+    guard live != Array(0..<live.count) else { return out }
+    let dense = Dictionary(uniqueKeysWithValues: live.enumerated().map { ($0.element, $0.offset) })
+    return out.compactMap { a in
+      guard a.key == Annotation.block, case .int(let b) = a.value else { return a }
+      guard let d = dense[b] else { return nil }
+      return PendingAnnotation(node: a.node, key: a.key, value: .int(d))
+    }
   }
 
   /// Stem (upstream of the first block), downsamplers (between stages) and head (downstream of the last block).

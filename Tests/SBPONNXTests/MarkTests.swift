@@ -133,6 +133,16 @@ final class MarkTests: XCTestCase {
     XCTAssertTrue(t.blocks.contains { $0.kind == "pwconv(plain)" })
   }
 
+  /// Block indices are 0..<n in every family, so `--blocks` accepts every index `inspect`
+  /// prints (units nested in a larger sum used to leave holes).
+  func testBlockIndicesAreDense() throws {
+    let root = repoRoot + "/models/families"
+    for family in try FileManager.default.contentsOfDirectory(atPath: root).sorted() {
+      let t = try blockTable("\(root)/\(family)/model_ts17.onnx")
+      XCTAssertEqual(t.blocks.map(\.index), Array(0..<t.blocks.count), family)
+    }
+  }
+
   func testMarkIsIdempotentAndTextRoundTrips() throws {
     var g = try importONNX(path: repoRoot + "/models/convnext_t1131_ts17.onnx", options: ImportOptions(batch: 2)).graph
     try Canonicalize().run(&g)
