@@ -182,6 +182,10 @@ TINY = {
                                   num_heads=8), (3, 64, 64), 2, False),
     "davit_tiny": Family(timm("davit_tiny", depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)),
                          (3, 64, 64), 2, False),
+    # Sequencer: bidirectional LSTMs along the rows and the columns of the grid as the token
+    # mixer (ONNX LSTM, which sbpc unrolls).
+    "sequencer2d_s": Family(timm("sequencer2d_s", layers=(1, 1, 1, 1), embed_dims=(16, 24, 24, 24),
+                                 hidden_sizes=(8, 8, 8, 8)), (3, 32, 32), 2, True),
 }
 
 # Families also exported at a fixed batch: (stem, dynamo?, batch). sbpc re-batches them to

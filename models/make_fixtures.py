@@ -282,6 +282,18 @@ def bad_resize(out):
                 model("bad_resize", nodes, [x_input(("batch", 2, 3, 4))], [y_output(("batch", 2, 6, 8))], inits, opset=18))
 
 
+def bad_lstm_peephole(out):
+    """An LSTM with peephole weights (input P): sbpc unrolls the spec's default cell only."""
+    rng = np.random.default_rng(3)
+    hidden, inp = 2, 4
+    inits = [init("W", rng.standard_normal((1, 4 * hidden, inp)).astype(np.float32)),
+             init("R", rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32)),
+             init("P", rng.standard_normal((1, 3 * hidden)).astype(np.float32))]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "", "", "", "", "P"], ["y"], name="peephole_lstm", hidden_size=hidden)]
+    write_model(os.path.join(out, "bad_lstm_peephole.onnx"),
+                model("bad_lstm_peephole", nodes, [x_input((3, 2, inp))], [y_output((3, 1, 2, hidden))], inits))
+
+
 def bn_model(out, name, shared, training_mode):
     """x [batch, 2, 3] -> BatchNormalization -> BatchNormalization -> mean over the last axis -> y [batch, 2]."""
     c = np.array([0.5, 1.5], dtype=np.float32)
@@ -557,7 +569,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]

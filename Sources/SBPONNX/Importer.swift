@@ -104,7 +104,7 @@ public let supportedONNXOps: [String] = [
   "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape",
   "Conv", "Cos", "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherND", "Gelu", "Gemm",
   "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
-  "InstanceNormalization", "LayerNormalization", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
+  "InstanceNormalization", "LSTM", "LayerNormalization", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
   "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "SequenceAt", "Shape", "Sigmoid", "Sin",
   "Size", "Slice", "Softmax", "Split", "SplitToSequence", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
   "Unsqueeze", "Where"
@@ -989,6 +989,7 @@ private struct Importer {
         }
       case "ReduceMax", "ReduceMin": return try reduceExtreme(min: node.opType == "ReduceMin")
       case "Resize": return try resize()
+      case "LSTM": return try lstm()
       case "GlobalAveragePool": return try unary(.globalAveragePool)
       case "MaxPool", "AveragePool", "GlobalMaxPool": return try pool()
       case "Pad":
@@ -1124,6 +1125,95 @@ private struct Importer {
     /// ReduceMax and ReduceMin as one max pool over the reduced axes, moved last and merged:
     /// its gradient goes to the first maximal element, as the max pool's does (Hiera's max
     /// over its query-pooling stride). ReduceMin is −max(−x).
+    /// LSTM unrolled over its (static) sequence into the ops it is made of, so autodiff, the
+    /// planner and the runtime need nothing new: one product for every step's input gates,
+    /// then per step h·Rᵀ, the iofc gates (σ, σ, σ, tanh), c = f·c + i·c̃ and h = o·tanh(c).
+    /// The spec's defaults only: no peepholes, clip, coupled input-forget gate, other
+    /// activations or ragged sequence lengths, each refused by name.
+    mutating func lstm() throws -> [Sym] {
+      for k in ["activations", "activation_alpha", "activation_beta", "clip"] where node.attrs[k] != nil {
+        throw err("attribute '\(k)' is not supported (sbpc unrolls the default sigmoid/tanh LSTM without clipping)")
+      }
+      guard try int("input_forget", 0) == 0 else { throw err("input_forget = 1 is not supported") }
+      guard try sym(7) == nil else { throw err("peephole weights (input P) are not supported") }
+      let layout = try int("layout", 0)
+      guard layout == 0 || layout == 1 else { throw err("layout \(layout) is not 0 or 1") }
+      var x = try required(0)
+      let xt = importer.type(x)
+      guard xt.rank == 3, xt.dtype.isFloat else { throw err("input X must be a float tensor of rank 3, got \(xt)") }
+      if layout == 1 { x = try emit(.transpose([1, 0, 2]), [x])[0] }
+      let (steps, batch, inputSize) = (importer.type(x).shape[0], importer.type(x).shape[1], importer.type(x).shape[2])
+      let hidden = try int("hidden_size", 0)
+      let direction = try string("direction", "forward")
+      let directions: [Bool]  // reversed?
+      switch direction {
+      case "forward": directions = [false]
+      case "reverse": directions = [true]
+      case "bidirectional": directions = [false, true]
+      default: throw err("direction '\(direction)' is not forward, reverse or bidirectional")
+      }
+      let d = directions.count
+      let w = try required(1), r = try required(2)
+      guard hidden > 0, importer.type(w).shape == [d, 4 * hidden, inputSize], importer.type(r).shape == [d, 4 * hidden, hidden] else {
+        throw err("W \(importer.type(w)) and R \(importer.type(r)) do not fit hidden_size \(hidden), \(d) direction(s) and \(inputSize) inputs")
+      }
+      if let lens = try sym(4) {
+        guard case .const(let c) = lens, c.intValues.allSatisfy({ $0 == steps }) else {
+          throw err("sequence_lens must be constant and equal to the \(steps) steps (ragged sequences are not supported)")
+        }
+      }
+      let bias = try sym(3)
+      if let bias, importer.type(bias).shape != [d, 8 * hidden] { throw err("B \(importer.type(bias)) is not [\(d), \(8 * hidden)]") }
+      for (i, what) in [(5, "initial_h"), (6, "initial_c")] {
+        if let v = try sym(i), importer.type(v).shape != [d, batch, hidden] { throw err("\(what) \(importer.type(v)) is not [\(d), \(batch), \(hidden)]") }
+      }
+      let zeros = Sym.const(ConstTensor(dtype: xt.dtype, shape: [batch, hidden], floats: [Double](repeating: 0, count: batch * hidden)))
+      func part(_ v: Sym, _ k: Int, _ shape: [Int]) throws -> Sym {
+        let s = try emit(.slice(SliceSpec(starts: [k], ends: [k + 1], axes: [0], steps: [1])), [v])[0]
+        return try emit(.reshape(shape), [s])[0]
+      }
+      var ys: [Sym] = [], hs: [Sym] = [], cs: [Sym] = []
+      for (k, reversed) in directions.enumerated() {
+        let wk = try emit(.transpose([1, 0]), [try part(w, k, [4 * hidden, inputSize])])[0]
+        let rk = try emit(.transpose([1, 0]), [try part(r, k, [4 * hidden, hidden])])[0]
+        // Every step's input gates in one product: [T, B, I]·[I, 4H], plus both biases.
+        var gatesIn = try emit(.matMul, [x, wk])[0]
+        if let bias {
+          let b = try part(bias, k, [8 * hidden])
+          let halves = try emit(.split(axis: 0, sizes: [4 * hidden, 4 * hidden]), [b])
+          gatesIn = try emit(.add, [gatesIn, try emit(.add, [halves[0], halves[1]])[0]])[0]
+        }
+        let perStep = steps == 1 ? [gatesIn] : try emit(.split(axis: 0, sizes: [Int](repeating: 1, count: steps)), [gatesIn])
+        var h = try sym(5).map { try part($0, k, [batch, hidden]) } ?? zeros
+        var c = try sym(6).map { try part($0, k, [batch, hidden]) } ?? zeros
+        var out = [Sym?](repeating: nil, count: steps)
+        for t in reversed ? Array((0..<steps).reversed()) : Array(0..<steps) {
+          let g0 = try emit(.reshape([batch, 4 * hidden]), [perStep[t]])[0]
+          let g = try emit(.add, [g0, try emit(.matMul, [h, rk])[0]])[0]
+          let q = try emit(.split(axis: 1, sizes: [hidden, hidden, hidden, hidden]), [g])
+          let (i, o, f) = (try unary(.sigmoid, q[0]), try unary(.sigmoid, q[1]), try unary(.sigmoid, q[2]))
+          let cand = try unary(.tanh, q[3])
+          c = try emit(.add, [try emit(.mul, [f, c])[0], try emit(.mul, [i, cand])[0]])[0]
+          h = try emit(.mul, [o, try unary(.tanh, c)])[0]
+          out[t] = try emit(.reshape([1, 1, batch, hidden]), [h])[0]
+        }
+        ys.append(steps == 1 ? out[0]! : try emit(.concat(axis: 0), out.map { $0! })[0])
+        hs.append(try emit(.reshape([1, batch, hidden]), [h])[0])
+        cs.append(try emit(.reshape([1, batch, hidden]), [c])[0])
+      }
+      func joined(_ v: [Sym], axis: Int) throws -> Sym { v.count == 1 ? v[0] : try emit(.concat(axis: axis), v)[0] }
+      var y = try joined(ys, axis: 1)
+      if layout == 1 { y = try emit(.transpose([2, 0, 1, 3]), [y])[0] }
+      var yh = try joined(hs, axis: 0), yc = try joined(cs, axis: 0)
+      if layout == 1 {
+        yh = try emit(.transpose([1, 0, 2]), [yh])[0]
+        yc = try emit(.transpose([1, 0, 2]), [yc])[0]
+      }
+      return [y, yh, yc]
+    }
+
+    mutating func unary(_ u: Unary, _ x: Sym) throws -> Sym { try emit(.unary(u), [x])[0] }
+
     mutating func reduceExtreme(min: Bool) throws -> [Sym] {
       var x = try required(0)
       let s = importer.type(x).shape, r = s.count

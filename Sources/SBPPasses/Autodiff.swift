@@ -24,11 +24,14 @@ public func appendGradients(_ graph: inout Graph, loss: ValueID, wrt: [ValueID])
   var grads: [ValueID: ValueID] = [loss: try b.one(.constant(Literal(f32: [1], shape: [])), [])]
   if b.type(loss).shape != [] { grads[loss] = try b.one(.expand(b.type(loss).shape), [grads[loss]!]) }
   for n in forward.reversed() where n.outputs.contains(where: { grads[$0] != nil }) && n.inputs.contains(where: requires.contains) {
-    var nb = GradBuilder(graph: b.graph, name: n.name)
+    // The graph moves into the node's builder and back, never copied: a second reference
+    // would make every append copy the whole node list (quadratic on an unrolled LSTM).
+    var nb = GradBuilder(graph: Graph(name: ""), name: n.name)
+    swap(&nb.graph, &b.graph)
     if let block = n.attrs[Annotation.block] { nb.attrs[Annotation.block] = block }
     if let role = n.attrs[Annotation.role] { nb.attrs[Annotation.from] = role }
     let dxs = try nb.gradients(of: n, n.outputs.map { grads[$0] })
-    b.graph = nb.graph
+    swap(&nb.graph, &b.graph)
     for (v, d) in zip(n.inputs, dxs) {
       guard let d, requires.contains(v) else { continue }
       grads[v] = try grads[v].map { try b.one(.add, [$0, d]) } ?? d

@@ -36,9 +36,16 @@ public struct Schedule: Pass {
       for v in nodes[i].inputs { remaining[v, default: 0] -= 1 }
     }
     var pending = Set((loss + 1)..<nodes.count)
-    func ready(_ i: Int) -> Bool {
-      nodes[i].inputs.allSatisfy { v in producer[v].map { done[$0] } ?? true }
-    }
+    var isPending = [Bool](repeating: false, count: nodes.count)
+    for i in pending { isPending[i] = true }
+    // Operand slots whose producer has not run, kept up to date as nodes run, so finding the
+    // ready nodes costs what they are, not a sweep of the whole backward per step (an
+    // unrolled LSTM's backward has tens of thousands of nodes).
+    var unmet = [Int](repeating: 0, count: nodes.count)
+    for i in pending { unmet[i] = nodes[i].inputs.filter { v in producer[v].map { !done[$0] } ?? false }.count }
+    func ready(_ i: Int) -> Bool { unmet[i] == 0 }
+    var readyNodes = Set(pending.filter { !nodes[$0].op.isUpdate && unmet[$0] == 0 })
+    var pendingUpdates = pending.filter { nodes[$0].op.isUpdate }.sorted()
     // Views of a parameter (a reshaped weight) share its memory: their readers read it too.
     var views: [ValueID: [ValueID]] = [:]
     let transposed = MemoryPlan.transposedViews(nodes, outputs: outputs)
@@ -57,8 +64,16 @@ public struct Schedule: Pass {
     func run(_ i: Int) {
       done[i] = true
       pending.remove(i)
+      readyNodes.remove(i)
+      isPending[i] = false
       order.append(i)
       for v in nodes[i].inputs { remaining[v, default: 0] -= 1 }
+      for o in nodes[i].outputs {
+        for r in readers[o] ?? [] where pending.contains(r) {
+          unmet[r] -= 1
+          if unmet[r] == 0 && !nodes[r].op.isUpdate { readyNodes.insert(r) }
+        }
+      }
     }
     func score(_ i: Int) -> Int {
       var freed = 0
@@ -90,19 +105,29 @@ public struct Schedule: Pass {
     // result across the backward's peak (ConvNeXt-Tiny b8's downsampler norms and weights,
     // read through a reshape: 8 MiB of its arena).
     let recomputations = Set(pending.filter { i in nodes[i].inputs.allSatisfy { v in producer[v].map { $0 <= loss } ?? true } })
+    // Per node, once: `wanted` asks these of every ready node at every step.
+    let cheap = nodes.map { graph.isCheapToRecompute($0) }
+    var producerOf = [Int](repeating: -1, count: graph.types.count)
+    for (v, p) in producer { producerOf[v.raw] = p }
+    var readersOf = [[Int]](repeating: [], count: graph.types.count)
+    for (v, r) in readers { readersOf[v.raw] = r }
+    let widens = nodes.map { n -> Bool in
+      if case .cast(.f32) = n.op { return graph.type(of: n.inputs[0]).dtype == .bf16 } else { return false }
+    }
     while !pending.isEmpty {
       if fuseOptimizer {
         var fused = true
         while fused {
           fused = false
-          for i in pending.sorted() where nodes[i].op.isUpdate && updateReady(i) {
+          pendingUpdates.removeAll { done[$0] }
+          for i in pendingUpdates where !done[i] && updateReady(i) {
             run(i)
             fused = true
           }
         }
         if pending.isEmpty { break }
       }
-      let all = pending.filter { !nodes[$0].op.isUpdate && ready($0) }
+      let all = readyNodes
       let unpaired = all.filter { !waiting($0) }
       let candidates = unpaired.isEmpty ? all : unpaired
       // A node is wanted now when some reader of its results would become ready with it; a
@@ -115,19 +140,18 @@ public struct Schedule: Pass {
       // reads it (a norm rebuilt from its input), which waits for its own reader; so does a
       // recomputation itself (a norm rebuilt from its saved x̂, and the transpose after it).
       func wanted(_ i: Int) -> Bool {
-        var made = Set(nodes[i].outputs)
-        var widening = false
-        if case .cast(.f32) = nodes[i].op { widening = graph.type(of: nodes[i].inputs[0]).dtype == .bf16 }
-        let rebuilding = recomputations.contains(i) && graph.isCheapToRecompute(nodes[i])
+        var made = nodes[i].outputs
+        let widening = widens[i]
+        let rebuilding = recomputations.contains(i) && cheap[i]
         func close(_ o: ValueID) -> Bool {
-          (readers[o] ?? []).contains { r in
-            guard pending.contains(r), !waiting(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || (producer[v].map { done[$0] } ?? true) })
+          readersOf[o.raw].contains { r in
+            guard isPending[r], !waiting(r), nodes[r].inputs.allSatisfy({ v in made.contains(v) || producerOf[v.raw] < 0 || done[producerOf[v.raw]] })
             else { return false }
             let recomputes =
-              (widening || rebuilding && graph.isCheapToRecompute(nodes[r]))
-              && nodes[r].inputs.allSatisfy { v in made.contains(v) || (producer[v].map { $0 <= loss } ?? true) }
+              (widening || rebuilding && cheap[r])
+              && nodes[r].inputs.allSatisfy { v in made.contains(v) || producerOf[v.raw] <= loss }
             guard nodes[r].op.isView || recomputes else { return true }
-            made.formUnion(nodes[r].outputs)
+            made += nodes[r].outputs
             return nodes[r].outputs.contains(where: close)
           }
         }

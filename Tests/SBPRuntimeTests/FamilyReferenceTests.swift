@@ -34,6 +34,8 @@ final class FamilyReferenceTests: XCTestCase {
     // subsampled attention, a class token in every stage behind a patch embed, weights
     // standardized in the forward (NF-ResNet).
     "coat_lite_tiny", "davit_tiny", "edgenext_xx_small", "normfree_tiny", "twins_svt_small", "xcit_nano_12_p16_224",
+    // Bidirectional LSTMs along rows and columns as the token mixer (ONNX LSTM, unrolled).
+    "sequencer2d_s",
   ]
 
   func testEveryFamilyHasAReference() throws {
