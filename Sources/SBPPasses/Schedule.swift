@@ -61,7 +61,10 @@ public struct Schedule: Pass {
       let p = nodes[i].inputs[0]
       return ready(i) && remaining[p, default: 0] <= 1 && (views[p] ?? []).allSatisfy { remaining[$0, default: 0] == 0 }
     }
+    // Nodes run since `wanted` answers were last brought up to date.
+    var ran: [Int] = []
     func run(_ i: Int) {
+      ran.append(i)
       done[i] = true
       pending.remove(i)
       readyNodes.remove(i)
@@ -114,6 +117,19 @@ public struct Schedule: Pass {
     let widens = nodes.map { n -> Bool in
       if case .cast(.f32) = n.op { return graph.type(of: n.inputs[0]).dtype == .bf16 } else { return false }
     }
+    // `wanted` per node, kept until a run could change it: it reads whether the readers of a
+    // node's results (through views and rebuilds) have their other operands done, so only the
+    // producers upstream of a reader of what just ran need asking again. Without this, every
+    // step asked every ready node, and an unrolled LSTM's backward keeps thousands ready.
+    var wantedCache = [Int8](repeating: -1, count: nodes.count)
+    func invalidateUp(_ x: Int, _ depth: Int) {
+      for v in nodes[x].inputs {
+        let p = producerOf[v.raw]
+        guard p >= 0, isPending[p] else { continue }
+        wantedCache[p] = -1
+        if depth < 16, nodes[p].op.isView || cheap[p] || widens[p] { invalidateUp(p, depth + 1) }
+      }
+    }
     while !pending.isEmpty {
       if fuseOptimizer {
         var fused = true
@@ -127,6 +143,16 @@ public struct Schedule: Pass {
         }
         if pending.isEmpty { break }
       }
+      for j in ran {
+        if let p = partner[j] { invalidateUp(p, 0) }
+        for o in nodes[j].outputs {
+          for r in readersOf[o.raw] where isPending[r] {
+            invalidateUp(r, 0)
+            if let p = partner[r] { invalidateUp(p, 0) }
+          }
+        }
+      }
+      ran.removeAll()
       let all = readyNodes
       let unpaired = all.filter { !waiting($0) }
       let candidates = unpaired.isEmpty ? all : unpaired
@@ -157,7 +183,10 @@ public struct Schedule: Pass {
         }
         return nodes[i].outputs.contains(where: close)
       }
-      let pool = candidates.filter(wanted)
+      let pool = candidates.filter { c in
+        if wantedCache[c] < 0 { wantedCache[c] = wanted(c) ? 1 : 0 }
+        return wantedCache[c] == 1
+      }
       let rest = candidates.filter { !recomputations.contains($0) }
       guard let best = (!pool.isEmpty ? pool : !rest.isEmpty ? rest : candidates).max(by: { (score($0), -$0) < (score($1), -$1) }) else {
         // Only updates are left (unfused, or waiting on nothing but each other).
