@@ -207,7 +207,7 @@ FULL = {name: Family(functools.partial(eft.timm_model, name), (3, 224, 224), FUL
                      "levit_128s", "convnextv2_atto", "deit3_small_patch16_224", "beit_base_patch16_224",
                      "eva02_tiny_patch14_224", "cait_xxs24_224", "pvt_v2_b0", "mixer_b16_224",
                      "resmlp_12_224", "vit_relpos_small_patch16_224", "xcit_nano_12_p16_224", "edgenext_xx_small",
-                     "twins_svt_small")}
+                     "twins_svt_small", "sequencer2d_s")}
 
 
 def seed(name, salt):
