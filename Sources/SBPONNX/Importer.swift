@@ -1164,8 +1164,17 @@ private struct Importer {
       }
       let bias = try sym(3)
       if let bias, importer.type(bias).shape != [d, 8 * hidden] { throw err("B \(importer.type(bias)) is not [\(d), \(8 * hidden)]") }
+      // Initial states, direction-major (layout 1 gives them batch-major).
+      var initial: [Sym?] = []
       for (i, what) in [(5, "initial_h"), (6, "initial_c")] {
-        if let v = try sym(i), importer.type(v).shape != [d, batch, hidden] { throw err("\(what) \(importer.type(v)) is not [\(d), \(batch), \(hidden)]") }
+        guard var v = try sym(i) else {
+          initial.append(nil)
+          continue
+        }
+        let want = layout == 1 ? [batch, d, hidden] : [d, batch, hidden]
+        guard importer.type(v).shape == want else { throw err("\(what) \(importer.type(v)) is not \(want)") }
+        if layout == 1 { v = try emit(.transpose([1, 0, 2]), [v])[0] }
+        initial.append(v)
       }
       let zeros = Sym.const(ConstTensor(dtype: xt.dtype, shape: [batch, hidden], floats: [Double](repeating: 0, count: batch * hidden)))
       func part(_ v: Sym, _ k: Int, _ shape: [Int]) throws -> Sym {
@@ -1184,8 +1193,8 @@ private struct Importer {
           gatesIn = try emit(.add, [gatesIn, try emit(.add, [halves[0], halves[1]])[0]])[0]
         }
         let perStep = steps == 1 ? [gatesIn] : try emit(.split(axis: 0, sizes: [Int](repeating: 1, count: steps)), [gatesIn])
-        var h = try sym(5).map { try part($0, k, [batch, hidden]) } ?? zeros
-        var c = try sym(6).map { try part($0, k, [batch, hidden]) } ?? zeros
+        var h = try initial[0].map { try part($0, k, [batch, hidden]) } ?? zeros
+        var c = try initial[1].map { try part($0, k, [batch, hidden]) } ?? zeros
         var out = [Sym?](repeating: nil, count: steps)
         for t in reversed ? Array((0..<steps).reversed()) : Array(0..<steps) {
           let g0 = try emit(.reshape([batch, 4 * hidden]), [perStep[t]])[0]

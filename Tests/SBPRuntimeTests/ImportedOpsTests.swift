@@ -89,6 +89,16 @@ final class ImportedOpsTests: XCTestCase {
     try assertMatchesOnnxruntime(g, "ok_resize", shape: [2, 297])
   }
 
+  /// LSTM, unrolled, as the ONNX spec runs it (ok_lstm.expected.npy, from onnx's reference
+  /// evaluator): batch-first layout, a reverse pass with both biases and an initial h, a
+  /// forward pass with an initial c, and all three outputs of each.
+  func testLSTMUnrollsAsTheSpecRunsIt() throws {
+    let g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_lstm.onnx", options: ImportOptions(batch: 2)).graph
+    // One product for the input gates and one h·Rᵀ per step (3 steps), per LSTM.
+    XCTAssertEqual(g.nodes.filter { $0.op == .matMul }.count, 8)
+    try assertMatchesOnnxruntime(g, "ok_lstm", shape: [2, 25])
+  }
+
   /// Mod folds at import, with Python's sign for integers and C's fmod for floats.
   func testModFoldsAsOnnxDefinesIt() throws {
     var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_mod.onnx", options: ImportOptions(batch: 1)).graph
