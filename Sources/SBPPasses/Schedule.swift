@@ -122,12 +122,22 @@ public struct Schedule: Pass {
     // producers upstream of a reader of what just ran need asking again. Without this, every
     // step asked every ready node, and an unrolled LSTM's backward keeps thousands ready.
     var wantedCache = [Int8](repeating: -1, count: nodes.count)
-    func invalidateUp(_ x: Int, _ depth: Int) {
+    var visited = [Int](repeating: -1, count: nodes.count)
+    var round = 0
+    // The links of the chains `wanted` follows: views, and backward nodes computed from
+    // forward values alone (a recomputation, a bf16 value widened, what they feed).
+    var rebuildable = [Bool](repeating: false, count: nodes.count)
+    for i in (loss + 1)..<nodes.count {
+      rebuildable[i] = nodes[i].inputs.allSatisfy { v in producerOf[v.raw] <= loss || rebuildable[producerOf[v.raw]] }
+    }
+    // A producer is asked again, and so are its own producers through such links.
+    func invalidateUp(_ x: Int) {
       for v in nodes[x].inputs {
         let p = producerOf[v.raw]
-        guard p >= 0, isPending[p] else { continue }
+        guard p >= 0, isPending[p], visited[p] != round else { continue }
+        visited[p] = round
         wantedCache[p] = -1
-        if depth < 16, nodes[p].op.isView || cheap[p] || widens[p] { invalidateUp(p, depth + 1) }
+        if nodes[p].op.isView || rebuildable[p] { invalidateUp(p) }
       }
     }
     while !pending.isEmpty {
@@ -143,12 +153,13 @@ public struct Schedule: Pass {
         }
         if pending.isEmpty { break }
       }
+      round += 1
       for j in ran {
-        if let p = partner[j] { invalidateUp(p, 0) }
+        if let p = partner[j] { invalidateUp(p) }
         for o in nodes[j].outputs {
           for r in readersOf[o.raw] where isPending[r] {
-            invalidateUp(r, 0)
-            if let p = partner[r] { invalidateUp(p, 0) }
+            invalidateUp(r)
+            if let p = partner[r] { invalidateUp(p) }
           }
         }
       }
