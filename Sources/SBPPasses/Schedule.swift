@@ -21,12 +21,16 @@ public struct Schedule: Pass {
     let persistent = Set(graph.inputs.map(\.value)).union(graph.params.map(\.value))
     let producer = graph.producerIndex()
     var remaining: [ValueID: Int] = [:]  // readers not yet scheduled
-    var readers: [ValueID: [Int]] = [:]
+    // By `ValueID.raw`: each value's readers (once per operand slot) and its producer (−1 for
+    // inputs and parameters).
+    var readersOf = [[Int]](repeating: [], count: graph.types.count)
+    var producerOf = [Int](repeating: -1, count: graph.types.count)
     for (i, n) in nodes.enumerated() {
       for v in n.inputs {
         remaining[v, default: 0] += 1
-        readers[v, default: []].append(i)
+        readersOf[v.raw].append(i)
       }
+      for o in n.outputs { producerOf[o.raw] = i }
     }
     let outputs = Set(graph.outputs.map(\.value))
     var done = [Bool](repeating: false, count: nodes.count)
@@ -72,7 +76,7 @@ public struct Schedule: Pass {
       order.append(i)
       for v in nodes[i].inputs { remaining[v, default: 0] -= 1 }
       for o in nodes[i].outputs {
-        for r in readers[o] ?? [] where pending.contains(r) {
+        for r in readersOf[o.raw] where isPending[r] {
           unmet[r] -= 1
           if unmet[r] == 0 && !nodes[r].op.isUpdate { readyNodes.insert(r) }
         }
@@ -110,10 +114,6 @@ public struct Schedule: Pass {
     let recomputations = Set(pending.filter { i in nodes[i].inputs.allSatisfy { v in producer[v].map { $0 <= loss } ?? true } })
     // Per node, once: `wanted` asks these of every ready node at every step.
     let cheap = nodes.map { graph.isCheapToRecompute($0) }
-    var producerOf = [Int](repeating: -1, count: graph.types.count)
-    for (v, p) in producer { producerOf[v.raw] = p }
-    var readersOf = [[Int]](repeating: [], count: graph.types.count)
-    for (v, r) in readers { readersOf[v.raw] = r }
     let widens = nodes.map { n -> Bool in
       if case .cast(.f32) = n.op { return graph.type(of: n.inputs[0]).dtype == .bf16 } else { return false }
     }

@@ -77,16 +77,22 @@ extension BlockMatcher {
       }
     }
     let channelAxes: Set<Int> = g.type(of: x).rank == 3 ? [2] : g.type(of: x).rank == 4 ? [1, 3] : []
+    return seededRegions(in: branch) { xs, axis in perm[xs].map { channelAxes.contains($0[axis]) } ?? false }
+  }
+
+  /// The regions seeded, in order, by each linear among `nodes` that contracts the channel
+  /// axis of its input (`isChannel(input, axis)`) on a token grid and is in no earlier region.
+  func seededRegions(in nodes: [Int], isChannel: (ValueID, Int) -> Bool) -> [Segment] {
     var taken = Set<Int>()
     var out: [Segment] = []
-    for i in branch where !taken.contains(i) {
+    for i in nodes where !taken.contains(i) {
       guard case .linear(let axis, _) = g.nodes[i].op else { continue }
       let xs = g.nodes[i].inputs[0]
-      guard !isConstantOperand(xs), let p = perm[xs], channelAxes.contains(p[axis]), let layout = tokenGrid(of: xs, channelAxis: axis),
-        let nodes = region(seed: i, axis: axis, in: branch, taken: taken)
+      guard !isConstantOperand(xs), isChannel(xs, axis), let layout = tokenGrid(of: xs, channelAxis: axis),
+        let region = region(seed: i, axis: axis, in: nodes, taken: taken)
       else { continue }
-      taken.formUnion(nodes)
-      out.append(Segment(nodes: nodes, input: xs, layout: layout))
+      taken.formUnion(region)
+      out.append(Segment(nodes: region, input: xs, layout: layout))
     }
     return out
   }
@@ -146,18 +152,7 @@ extension BlockMatcher {
   /// one position.
   func standaloneSegments(outside: [Int]) -> [Segment] {
     let channel = ChannelAxes(self).axis
-    var taken = Set<Int>()
-    var out: [Segment] = []
-    for i in outside where !taken.contains(i) {
-      guard case .linear(let axis, _) = g.nodes[i].op else { continue }
-      let xs = g.nodes[i].inputs[0]
-      guard !isConstantOperand(xs), channel[xs] == axis, let layout = tokenGrid(of: xs, channelAxis: axis),
-        let nodes = region(seed: i, axis: axis, in: outside, taken: taken)
-      else { continue }
-      taken.formUnion(nodes)
-      out.append(Segment(nodes: nodes, input: xs, layout: layout))
-    }
-    return out
+    return seededRegions(in: outside) { xs, axis in channel[xs] == axis }
   }
 
   /// Values `nodes` compute that a node outside them, or the graph's result, reads.
