@@ -114,6 +114,12 @@ def ext_model(graph_name, w_loc, b_loc, w_off=0, b_off=48):
 # the fixtures: name -> function(out_dir) that writes it
 
 
+def flatten_concat(names):
+    """Nodes that flatten each of `names` after the batch and concatenate them into y."""
+    nodes = [helper.make_node("Flatten", [n], [f"{n}_flat"], name=f"{n}_flatten", axis=1) for n in names]
+    return nodes + [helper.make_node("Concat", [f"{n}_flat" for n in names], ["y"], name="concat", axis=1)]
+
+
 def write_model(path, m):
     # Serialize directly: onnx.save would try to handle external data itself.
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -187,7 +193,7 @@ def ok_resize(out):
         ("cubic", dict(mode="cubic", coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75), [1, 1, 2, 2]),
         ("nearhalf", dict(mode="nearest"), [1, 1, 0.5, 0.75]),
     ]
-    nodes, inits, flat = [], [], []
+    nodes, inits = [], []
     for name, attrs, scales in resizes:
         # Scales as Constant nodes, as exporters emit them: a float initializer is a weight.
         nodes.append(helper.make_node("Constant", [], [f"{name}_scales"], name=f"{name}_scales", value=f(f"{name}_scales_v", scales)))
@@ -195,10 +201,7 @@ def ok_resize(out):
     nodes += [helper.make_node("ReduceMax", ["x", "max_axes"], ["rmax"], name="reducemax", keepdims=0),
               helper.make_node("ReduceMin", ["x", "min_axes"], ["rmin"], name="reducemin", keepdims=1)]
     inits += [i("max_axes", [1, 3]), i("min_axes", [2])]
-    for name in [r[0] for r in resizes] + ["rmax", "rmin"]:
-        nodes.append(helper.make_node("Flatten", [name], [f"{name}_flat"], name=f"{name}_flatten", axis=1))
-        flat.append(f"{name}_flat")
-    nodes.append(helper.make_node("Concat", flat, ["y"], name="concat", axis=1))
+    nodes += flatten_concat([r[0] for r in resizes] + ["rmax", "rmin"])
     write_model(os.path.join(out, "ok_resize.onnx"),
                 model("ok_resize", nodes, [x_input(("batch", 2, 3, 4))], [y_output(("batch", 297))], inits, opset=18))
 
@@ -298,12 +301,72 @@ def ok_lstm(out):
              helper.make_node("Transpose", ["yb"], ["yb_t"], name="yb_batch_first", perm=[2, 0, 1, 3]),
              helper.make_node("Transpose", ["hb"], ["hb_t"], name="hb_batch_first", perm=[1, 0, 2]),
              helper.make_node("Transpose", ["cb"], ["cb_t"], name="cb_batch_first", perm=[1, 0, 2])]
-    flat = []
-    for name in ["ya", "ha", "ca", "yb_t", "hb_t", "cb_t"]:
-        nodes.append(helper.make_node("Flatten", [name], [f"{name}_flat"], name=f"{name}_flatten", axis=1))
-        flat.append(f"{name}_flat")
-    nodes.append(helper.make_node("Concat", flat, ["y"], name="concat", axis=1))
+    nodes += flatten_concat(["ya", "ha", "ca", "yb_t", "hb_t", "cb_t"])
     write_model(os.path.join(out, "ok_lstm.onnx"), model("ok_lstm", nodes, [x_input(("batch", 3, 4))], [y_output(("batch", 25))], inits))
+
+
+def ok_einsum(out):
+    """x [batch, 2, 3, 4] -> Einsum in the shapes exporters write (a relative-position table
+    read per row, an ellipsis, a single operand summed and permuted, three operands, two
+    labels contracted at once, an implicit output), ScatterND into a computed tensor (a
+    partial write with a repeated index: the last one wins, the rest keeps the data) and in
+    order over all of it, and ScatterND with reduction add on constants (folded) -> y
+    [batch, 30 + 36 + 8 + 2 + 14 + 30 + 24 + 24 + 12]."""
+    rng = np.random.default_rng(11)
+    f32 = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
+    inits = [init("T", f32(2, 5, 4)), init("W", f32(6, 4)), init("V", f32(4)), init("O", f32(7, 4, 3)), init("K", f32(5, 4)),
+             init("U", f32(4, 2, 3)), init("U6", f32(6, 2, 3)),
+             helper.make_tensor("idx", TensorProto.INT64, [4, 2], [0, 1, 1, 2, 0, 0, 1, 2]),
+             helper.make_tensor("idx6", TensorProto.INT64, [6, 2], [0, 0, 0, 1, 0, 2, 1, 0, 1, 1, 1, 2]),
+             helper.make_tensor("cidx", TensorProto.INT64, [3, 1], [1, 2, 1]),
+             helper.make_tensor("cshape", TensorProto.INT64, [2], [3, 4]),
+             helper.make_tensor("zero_idx", TensorProto.INT64, [], [0])]
+    E = lambda eq, ins, o: helper.make_node("Einsum", ins, [o], name=o, equation=eq)  # noqa: E731
+    nodes = [E("bhwc,hkc->bhwk", ["x", "T"], "e1"), E("...c,dc->...d", ["x", "W"], "e2"), E("bhwc->bch", ["x"], "e3"),
+             E("bhwc,bhwc,c->bh", ["x", "x", "V"], "e4"), E("bhwc,ocw->bho", ["x", "O"], "e5"), E("bhwc,kc", ["x", "K"], "e6"),
+             helper.make_node("Transpose", ["x"], ["xt"], name="hw_first", perm=[1, 2, 0, 3]),
+             E("bhwc,uhw->ubc", ["x", "U"], "upd"), E("bhwc,uhw->ubc", ["x", "U6"], "upd6"),
+             helper.make_node("ScatterND", ["xt", "idx", "upd"], ["s1t"], name="scatter_partial"),
+             helper.make_node("ScatterND", ["xt", "idx6", "upd6"], ["s2t"], name="scatter_all"),
+             helper.make_node("Transpose", ["s1t"], ["s1"], name="s1_batch_first", perm=[2, 0, 1, 3]),
+             helper.make_node("Transpose", ["s2t"], ["s2"], name="s2_batch_first", perm=[2, 0, 1, 3]),
+             helper.make_node("ConstantOfShape", ["cshape"], ["zeros"], name="zeros",
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])),
+             helper.make_node("Constant", [], ["cupd"], name="cupd", value=helper.make_tensor(
+                 "cupd_v", TensorProto.FLOAT, [3, 4], [1, 2, 3, 4, -1, -2, -3, -4, 0.5, 0.5, 0.5, 0.5])),
+             helper.make_node("ScatterND", ["zeros", "cidx", "cupd"], ["table"], name="scatter_const", reduction="add"),
+             helper.make_node("Gather", ["x", "zero_idx"], ["x0"], name="row0", axis=1),
+             helper.make_node("Add", ["x0", "table"], ["s3"], name="add_table")]
+    nodes += flatten_concat(["e1", "e2", "e3", "e4", "e5", "e6", "s1", "s2", "s3"])
+    write_model(os.path.join(out, "ok_einsum.onnx"),
+                model("ok_einsum", nodes, [x_input(("batch", 2, 3, 4))], [y_output(("batch", 180))], inits, opset=18))
+
+
+def ok_conv_nd(out):
+    """x [batch, 3, 4] (NCL) -> 1-D convolutions (strided with a bias; grouped and dilated),
+    1-D average and max pools, and a 3-D convolution whose middle axis has kernel 1 (the
+    lambda layer's shape) on x reshaped to [batch, 1, 3, 2, 2] -> y [batch, 10 + 12 + 6 + 12 + 24]."""
+    rng = np.random.default_rng(5)
+    f32 = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
+    inits = [init("W1", f32(5, 3, 3)), init("B1", f32(5)), init("W2", f32(3, 1, 3)), init("W3", f32(2, 1, 3, 1, 2)),
+             helper.make_tensor("to5d", TensorProto.INT64, [5], [0, 1, 3, 2, 2])]
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1d", pads=[1, 1], strides=[2]),
+             helper.make_node("Conv", ["x", "W2"], ["c2"], name="conv1d_grouped", pads=[2, 2], dilations=[2], group=3),
+             helper.make_node("AveragePool", ["x"], ["p1"], name="avgpool1d", kernel_shape=[2], strides=[2]),
+             helper.make_node("MaxPool", ["x"], ["p2"], name="maxpool1d", kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Reshape", ["x", "to5d"], ["x5"], name="to_5d"),
+             helper.make_node("Conv", ["x5", "W3"], ["c3"], name="conv3d_flat_axis", pads=[1, 0, 0, 1, 0, 1])]
+    nodes += flatten_concat(["c1", "c2", "p1", "p2", "c3"])
+    write_model(os.path.join(out, "ok_conv_nd.onnx"),
+                model("ok_conv_nd", nodes, [x_input(("batch", 3, 4))], [y_output(("batch", 64))], inits))
+
+
+def bad_einsum_diagonal(out):
+    """Einsum reading a diagonal (a label twice in one operand): sbpc lowers Einsum to
+    transposes and matmuls, which have no diagonal."""
+    nodes = [helper.make_node("Einsum", ["x"], ["y"], name="trace_like", equation="bii->bi")]
+    write_model(os.path.join(out, "bad_einsum_diagonal.onnx"),
+                model("bad_einsum_diagonal", nodes, [x_input(("batch", 3, 3))], [y_output(("batch", 3))], []))
 
 
 def bad_lstm_peephole(out):
@@ -593,7 +656,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, ok_einsum, ok_conv_nd, bad_einsum_diagonal, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -676,6 +739,23 @@ def check(out):
     from onnx.reference import ReferenceEvaluator
     got_l = ReferenceEvaluator(p("ok_lstm.onnx")).run(None, {"x": np.sin(np.arange(24, dtype=np.float32) * 0.37).reshape(2, 3, 4) * 3})[0]
     np.save(p("ok_lstm.expected.npy"), got_l)
+    xin = (np.sin(np.arange(48, dtype=np.float32) * 0.37) * 3).reshape(2, 2, 3, 4).astype(np.float32)
+    got_e = ort.InferenceSession(p("ok_einsum.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xin})[0]
+    np.save(p("ok_einsum.expected.npy"), got_e)
+    expect(np.allclose(got_e, ReferenceEvaluator(p("ok_einsum.onnx")).run(None, {"x": xin})[0], atol=1e-5),
+           f"ok_einsum.onnx: onnxruntime and onnx's reference evaluator agree, y {got_e.shape} written to ok_einsum.expected.npy")
+    # (The reference evaluator's 1-D MaxPool with pads fails; PyTorch is the second opinion.)
+    import torch
+    xin = (np.sin(np.arange(24, dtype=np.float32) * 0.37) * 3).reshape(2, 3, 4).astype(np.float32)
+    got_c = ort.InferenceSession(p("ok_conv_nd.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xin})[0]
+    np.save(p("ok_conv_nd.expected.npy"), got_c)
+    w = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in onnx.load(p("ok_conv_nd.onnx")).graph.initializer}
+    tx, F = torch.from_numpy(xin), torch.nn.functional
+    parts = [F.conv1d(tx, w["W1"], w["B1"], stride=2, padding=1), F.conv1d(tx, w["W2"], padding=2, dilation=2, groups=3),
+             F.avg_pool1d(tx, 2), F.max_pool1d(tx, 3, stride=1, padding=1),
+             F.conv3d(F.pad(tx.reshape(2, 1, 3, 2, 2), (0, 1, 0, 0, 1, 1)), w["W3"])]
+    want_c = torch.cat([t.reshape(2, -1) for t in parts], dim=1).numpy()
+    expect(np.allclose(got_c, want_c, atol=1e-5), f"ok_conv_nd.onnx: onnxruntime matches PyTorch, y {got_c.shape} written to ok_conv_nd.expected.npy")
     expect(got_l.shape == (2, 25), f"ok_lstm.onnx: onnxruntime runs it, y {got_l.shape} written to ok_lstm.expected.npy")
     import torch
     t = torch.from_numpy(xr)

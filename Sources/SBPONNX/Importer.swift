@@ -102,10 +102,10 @@ public let supportedOpsets = 13...21
 /// in `lower()`. `OpTableTests` checks the two agree and writes the README's list from this.
 public let supportedONNXOps: [String] = [
   "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape",
-  "Conv", "Cos", "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherND", "Gelu", "Gemm",
+  "Conv", "Cos", "CumSum", "Div", "Dropout", "Einsum", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherND", "Gelu", "Gemm",
   "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
   "InstanceNormalization", "LSTM", "LayerNormalization", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow",
-  "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "SequenceAt", "Shape", "Sigmoid", "Sin",
+  "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "ScatterND", "SequenceAt", "Shape", "Sigmoid", "Sin",
   "Size", "Slice", "Softmax", "Split", "SplitToSequence", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
   "Unsqueeze", "Where"
 ]
@@ -756,6 +756,8 @@ private struct Importer {
             transA: try int("transA", 0) != 0, transB: try int("transB", 0) != 0, alpha: try float("alpha", 1), beta: try float("beta", 1)),
           ins)
       case "Conv": return try conv()
+      case "ScatterND": return try scatterND()
+      case "Einsum": return try einsum()
       case "LayerNormalization":
         var ins = [try required(0), try required(1)]
         if let b = try sym(2) { ins.append(b) }
@@ -1076,9 +1078,218 @@ private struct Importer {
         throw err("strides, dilations and kernel_shape must be in 1...\(limit)")
       }
       pads = try autoPads(Array(xs.dropFirst(2)), kernel: kernel, strides: strides, dilations: dil, pads: pads)
-      var ins = [x, w]
-      if let b = try sym(2) { ins.append(b) }
-      return try emit(.conv(ConvGeometry(strides: strides, pads: pads, dilations: dil, group: try int("group", 1))), ins)
+      let bias = try sym(2), group = try int("group", 1)
+      switch sp {
+      case 2:
+        return try emit(.conv(ConvGeometry(strides: strides, pads: pads, dilations: dil, group: group)), [x, w] + (bias.map { [$0] } ?? []))
+      case 1:
+        // A 1-D convolution (ECA's channel attention) is a 2-D one over a 1×L grid, which the
+        // runtime and the gradient rules already have.
+        let x2 = try emit(.unsqueeze([2]), [x])[0], w2 = try emit(.unsqueeze([2]), [w])[0]
+        let g = ConvGeometry(strides: [1] + strides, pads: [0, pads[0], 0, pads[1]], dilations: [1] + dil, group: group)
+        return try emit(.squeeze([2]), try emit(.conv(g), [x2, w2] + (bias.map { [$0] } ?? [])))
+      case 3:
+        // A 3-D convolution with a kernel-1 axis that it neither strides, dilates nor pads
+        // (the lambda layer's position lambdas) is a 2-D one per slice along that axis: the
+        // axis joins the batch.
+        guard let t = (0..<3).first(where: { kernel[$0] == 1 && strides[$0] == 1 && dil[$0] == 1 && pads[$0] == 0 && pads[$0 + 3] == 0 })
+        else {
+          throw err("3-D convolution with kernel \(kernel) is not supported: the runtime runs 1-D and 2-D convolutions, and 3-D ones with a kernel-1 axis")
+        }
+        let keep = (0..<3).filter { $0 != t }
+        let n = xs[0], d = xs[2 + t]
+        let moved = try emit(.transpose([0, 2 + t, 1] + keep.map { 2 + $0 }), [x])
+        let merged = try emit(.reshape([n * d, xs[1]] + keep.map { xs[2 + $0] }), moved)
+        let w2 = try emit(.squeeze([2 + t]), [w])[0]
+        let g = ConvGeometry(strides: keep.map { strides[$0] }, pads: keep.map { pads[$0] } + keep.map { pads[$0 + 3] },
+          dilations: keep.map { dil[$0] }, group: group)
+        let y = try emit(.conv(g), merged + [w2] + (bias.map { [$0] } ?? []))
+        let ys = importer.type(y[0]).shape
+        let split = try emit(.reshape([n, d] + ys.dropFirst()), y)
+        // [N, D, O, a, b] back to [N, O, …] with D at spatial position t.
+        var perm = [0, 2]
+        var rest = [3, 4]
+        for i in 0..<3 { perm.append(i == t ? 1 : rest.removeFirst()) }
+        return try emit(.transpose(perm), split)
+      default:
+        throw err("\(sp)-D convolution is not supported: the runtime runs 1-D and 2-D convolutions")
+      }
+    }
+
+    /// ScatterND into a computed tensor, for `scatterND`: indices must be constant.
+    mutating func scatterComputed(_ reduction: String) throws -> [Sym] {
+      let data = try required(0), upd = try required(2)
+      guard let idx = try const(1, "indices") else { throw err("indices must be constant; sbpc needs a static scatter") }
+      guard reduction == "none" else { throw err("reduction '\(reduction)' into a computed tensor is not supported") }
+      let t = importer.type(data), ut = importer.type(upd)
+      guard t.dtype.isFloat, ut.dtype == t.dtype else { throw err("data \(t) and updates \(ut) must be floating and of one type") }
+      guard let k = idx.shape.last, k >= 1, k <= t.rank else { throw err("indices \(idx.shape) must end in an axis of 1...\(t.rank) (the data's rank)") }
+      if let rb = importer.rebatch, case .value(let v) = data, importer.fromInputs.contains(v) {
+        // The indices were computed at the exported batch and index the batch axis.
+        throw err(
+          "a scatter into data of the batch, with indices made at batch \(rb.from), cannot be re-batched; export with a symbolic batch (models/export_for_training.py) or compile at --batch \(rb.from)"
+        )
+      }
+      let slots = t.shape[..<k].reduce(1, *), inner = t.shape[k...].reduce(1, *), rows = idx.count / k
+      guard ut.shape == Array(idx.shape.dropLast()) + Array(t.shape[k...]) else {
+        throw err("updates \(ut) do not match indices \(idx.shape) into data \(t)")
+      }
+      // writer[slot]: the update row that lands there (the last one, as ONNX's reference
+      // applies them in order), or `rows` where none does.
+      var writer = [Int](repeating: rows, count: slots)
+      let raw = idx.intValues
+      for r in 0..<rows {
+        var at = 0
+        for j in 0..<k {
+          var i = raw[r * k + j]
+          if i < 0 { i += t.shape[j] }
+          guard i >= 0, i < t.shape[j] else { throw err("index \(raw[r * k + j]) is out of range for axis \(j) of size \(t.shape[j])") }
+          at = at * t.shape[j] + i
+        }
+        writer[at] = r
+      }
+      if writer == Array(0..<slots) { return try emit(.reshape(t.shape), [upd]) }
+      let covered = !writer.contains(rows)
+      var table = try emit(.reshape([rows, inner]), [upd])[0]
+      if !covered {
+        table = try emit(.concat(axis: 0), [table, .const(ConstTensor(dtype: t.dtype, shape: [1, inner], floats: [Double](repeating: 0, count: inner)))])[0]
+      }
+      let placed = try emit(.reshape(t.shape), try emit(.gather(axis: 0), [table, .const(.i64(writer))]))[0]
+      if covered { return [placed] }
+      let keep = ConstTensor(dtype: t.dtype, shape: Array(t.shape[..<k]) + [Int](repeating: 1, count: t.rank - k), floats: writer.map { $0 == rows ? 1 : 0 })
+      return try emit(.add, [try emit(.mul, [data, .const(keep)])[0], placed])
+    }
+
+    /// Einsum as the ops it is made of: each operand's labels that no one else reads are summed
+    /// out, then operands are contracted pairwise, left to right, as one batched matmul each
+    /// (batch labels, then the free labels of each side, with the contracted ones between),
+    /// and the result is transposed to the output's order. Diagonals (a label twice in one
+    /// operand) are refused.
+    mutating func einsum() throws -> [Sym] {
+      let equation = try string("equation", "").filter { !$0.isWhitespace }
+      let sides = equation.components(separatedBy: "->")
+      guard !equation.isEmpty, sides.count <= 2 else { throw err("malformed equation '\(equation)'") }
+      let specs = sides[0].components(separatedBy: ",")
+      let ins = try (0..<node.inputs.count).compactMap { try sym($0) }
+      guard specs.count == ins.count, !ins.isEmpty else {
+        throw err("equation '\(equation)' names \(specs.count) operands, the node has \(ins.count)")
+      }
+      // Labels are Characters; "..." becomes as many private labels as it covers, right-aligned.
+      let ellipsisLabels = (0..<16).map { Character(UnicodeScalar(0xE000 + $0)!) }
+      var ellipsisRank = 0
+      var ops: [(sym: Sym, labels: [Character])] = []
+      for (spec, x) in zip(specs, ins) {
+        let shape = importer.type(x).shape
+        let named = spec.replacingOccurrences(of: "...", with: "")
+        guard named.allSatisfy({ $0.isLetter }) else { throw err("malformed operand '\(spec)' in '\(equation)'") }
+        let e = spec.contains("...") ? shape.count - named.count : 0
+        guard e >= 0, e <= ellipsisLabels.count, spec.contains("...") || named.count == shape.count else {
+          throw err("operand '\(spec)' does not match its rank-\(shape.count) input")
+        }
+        ellipsisRank = max(ellipsisRank, e)
+        let parts = spec.components(separatedBy: "...")
+        let labels = Array(parts[0]) + (parts.count > 1 ? Array(ellipsisLabels[(ellipsisLabels.count - e)...]) + Array(parts[1]) : [])
+        guard Set(labels).count == labels.count else { throw err("operand '\(spec)' repeats a label (a diagonal); sbpc does not support it") }
+        ops.append((x, labels))
+      }
+      let dots = Array(ellipsisLabels[(ellipsisLabels.count - ellipsisRank)...])
+      let output: [Character]
+      if sides.count == 2 {
+        let parts = sides[1].components(separatedBy: "...")
+        output = Array(parts[0]) + (parts.count > 1 ? dots + Array(parts[1]) : [])
+      } else {
+        var counts: [Character: Int] = [:]
+        for o in ops { for l in o.labels where !dots.contains(l) { counts[l, default: 0] += 1 } }
+        output = dots + counts.filter { $0.value == 1 }.keys.sorted()
+      }
+      guard Set(output).count == output.count, output.allSatisfy({ l in ops.contains { $0.labels.contains(l) } }) else {
+        throw err("output '\(sides.count == 2 ? sides[1] : "")' names a label twice or one no operand has")
+      }
+      // One size per label; a size-1 axis broadcasts.
+      var size: [Character: Int] = [:]
+      for o in ops {
+        for (l, n) in zip(o.labels, importer.type(o.sym).shape) {
+          if let m = size[l], m != n, m != 1, n != 1 { throw err("label '\(l)' has sizes \(m) and \(n)") }
+          size[l] = max(size[l] ?? 1, n)
+        }
+      }
+      // Sum out the labels `o` alone has that `keep` does not want.
+      func reduce(_ o: (sym: Sym, labels: [Character]), keep: Set<Character>) throws -> (sym: Sym, labels: [Character]) {
+        let gone = o.labels.indices.filter { !keep.contains(o.labels[$0]) }
+        guard !gone.isEmpty else { return o }
+        return (try emit(.reduceSum(axes: gone, keepDims: false), [o.sym])[0], o.labels.enumerated().filter { !gone.contains($0.offset) }.map(\.element))
+      }
+      // `o` with its axes in `order` (a permutation of its labels), broadcast to full sizes.
+      func arrange(_ o: (sym: Sym, labels: [Character]), _ order: [Character]) throws -> Sym {
+        var x = o.sym
+        let perm = order.map { o.labels.firstIndex(of: $0)! }
+        if perm != Array(perm.indices) { x = try emit(.transpose(perm), [x])[0] }
+        let full = order.map { size[$0]! }
+        if importer.type(x).shape != full { x = try emit(.expand(full), [x])[0] }
+        return x
+      }
+      func reshaped(_ x: Sym, _ shape: [Int]) throws -> Sym {
+        importer.type(x).shape == shape ? x : try emit(.reshape(shape), [x])[0]
+      }
+      var acc = try reduce(ops[0], keep: Set(output).union(ops.dropFirst().flatMap(\.labels)))
+      for i in 1..<max(ops.count, 1) {
+        let later = Set(output).union(ops.dropFirst(i + 1).flatMap(\.labels))
+        let a = acc, b = try reduce(ops[i], keep: later.union(acc.labels))
+        let shared = a.labels.filter { b.labels.contains($0) }
+        let batch = shared.filter { later.contains($0) }, contracted = shared.filter { !later.contains($0) }
+        let aFree = a.labels.filter { !shared.contains($0) }, bFree = b.labels.filter { !shared.contains($0) }
+        let count = { (ls: [Character]) in ls.reduce(1) { $0 * size[$1]! } }
+        let bt = count(batch), m = count(aFree), k = count(contracted), n = count(bFree)
+        let lhs = try reshaped(try arrange(a, batch + aFree + contracted), [bt, m, k])
+        let rhs = try reshaped(try arrange(b, batch + contracted + bFree), [bt, k, n])
+        let product = try emit(.matMul, [lhs, rhs])[0]
+        acc = (try reshaped(product, (batch + aFree + bFree).map { size[$0]! }), batch + aFree + bFree)
+      }
+      acc = try reduce(acc, keep: Set(output))
+      return [try arrange(acc, output)]
+    }
+
+    /// ScatterND. On constants (ConViT's relative indices, built from shapes and written
+    /// element by element) it folds here. With constant indices into a computed tensor (a
+    /// slice assignment, MViTv2's `attn[..., s:, s:] = …`) it is a gather of the updates
+    /// into place, plus the data where nothing is written: ops that have gradients.
+    mutating func scatterND() throws -> [Sym] {
+      let reduction = try string("reduction", "none")
+      guard ["none", "add", "mul", "max", "min"].contains(reduction) else { throw err("unknown reduction '\(reduction)'") }
+      guard case .const = try required(0), case .const = try required(2) else { return try scatterComputed(reduction) }
+      guard let data = try const(0, "data"), let idx = try const(1, "indices"), let upd = try const(2, "updates") else {
+        throw err("data, indices and updates must be given")
+      }
+      guard let k = idx.shape.last, k >= 1, k <= data.shape.count else {
+        throw err("indices \(idx.shape) must end in an axis of 1...\(data.shape.count) (the data's rank)")
+      }
+      let slice = Array(data.shape[k...]), inner = slice.reduce(1, *)
+      guard upd.shape == Array(idx.shape.dropLast()) + slice, upd.dtype == data.dtype else {
+        throw err("updates \(upd.type) do not match indices \(idx.shape) into data \(data.type)")
+      }
+      var out = data.doubleValues
+      let u = upd.doubleValues, raw = idx.intValues
+      for (row, start) in stride(from: 0, to: raw.count, by: k).enumerated() {
+        var at = 0
+        for j in 0..<k {
+          var i = raw[start + j]
+          if i < 0 { i += data.shape[j] }
+          guard i >= 0, i < data.shape[j] else { throw err("index \(raw[start + j]) is out of range for axis \(j) of size \(data.shape[j])") }
+          at = at * data.shape[j] + i
+        }
+        for e in 0..<inner {
+          let o = at * inner + e, v = u[row * inner + e]
+          switch reduction {
+          case "add": out[o] += v
+          case "mul": out[o] *= v
+          case "max": out[o] = max(out[o], v)
+          case "min": out[o] = min(out[o], v)
+          default: out[o] = v
+          }
+        }
+      }
+      return [.const(data.dtype.isFloat ? ConstTensor(dtype: data.dtype, shape: data.shape, floats: out)
+        : ConstTensor(dtype: data.dtype, shape: data.shape, ints: out.map { Int64($0) }))]
     }
 
     /// The pads `auto_pad` asks for (NOTSET keeps `pads`; VALID is none; SAME_UPPER and
@@ -1353,22 +1564,30 @@ private struct Importer {
 
     /// MaxPool, AveragePool and GlobalMaxPool over NCHW.
     mutating func pool() throws -> [Sym] {
-      let x = try required(0)
+      let x0 = try required(0)
+      let xs0 = importer.type(x0).shape
+      // A 1-D pool (NCL, Next-ViT's spatial reduction of tokens) runs as a 2-D one over a 1×L grid.
+      let oneD = xs0.count == 3
+      guard xs0.count == 4 || oneD else { throw err("pooling runs over 1-D NCL or 2-D NCHW inputs, got \(importer.type(x0))") }
+      let x = oneD ? try emit(.unsqueeze([2]), [x0])[0] : x0
       let xs = importer.type(x).shape
-      guard xs.count == 4 else { throw err("pooling runs over 2-D NCHW inputs, got \(importer.type(x))") }
+      func finish(_ y: [Sym]) throws -> [Sym] { oneD ? try emit(.squeeze([2]), y) : y }
       if node.opType == "GlobalMaxPool" {
-        return try emit(.maxPool(PoolGeometry(kernel: [xs[2], xs[3]], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], ceilMode: false)), [x])
+        return try finish(try emit(.maxPool(PoolGeometry(kernel: [xs[2], xs[3]], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], ceilMode: false)), [x]))
       }
       guard node.outputs.count < 2 || node.outputs[1].isEmpty else { throw err("the Indices output is not supported") }
       guard try int("storage_order", 0) == 0 else { throw err("storage_order 1 is not supported") }
-      guard let kernel = try ints("kernel_shape"), kernel.count == 2 else { throw err("kernel_shape must have 2 entries") }
-      let strides = try ints("strides") ?? [1, 1], dil = try ints("dilations") ?? [1, 1]
-      guard strides.count == 2, dil.count == 2 else { throw err("strides and dilations must have 2 entries") }
-      let pads = try autoPads(Array(xs.dropFirst(2)), kernel: kernel, strides: strides, dilations: dil, pads: try ints("pads") ?? [0, 0, 0, 0])
+      let sp = xs0.count - 2
+      guard var kernel = try ints("kernel_shape"), kernel.count == sp else { throw err("kernel_shape must have \(sp) entries") }
+      var strides = try ints("strides") ?? [Int](repeating: 1, count: sp), dil = try ints("dilations") ?? [Int](repeating: 1, count: sp)
+      guard strides.count == sp, dil.count == sp else { throw err("strides and dilations must have \(sp) entries") }
+      var pads = try autoPads(Array(xs0.dropFirst(2)), kernel: kernel, strides: strides, dilations: dil,
+        pads: try ints("pads") ?? [Int](repeating: 0, count: 2 * sp))
+      if oneD { (kernel, strides, dil, pads) = ([1] + kernel, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]) }
       let g = PoolGeometry(kernel: kernel, strides: strides, pads: pads, dilations: dil, ceilMode: try int("ceil_mode", 0) != 0)
-      if node.opType == "MaxPool" { return try emit(.maxPool(g), [x]) }
+      if node.opType == "MaxPool" { return try finish(try emit(.maxPool(g), [x])) }
       guard dil == [1, 1] else { throw err("AveragePool with dilations is not supported") }
-      return try emit(.averagePool(g, countIncludePad: try int("count_include_pad", 0) != 0), [x])
+      return try finish(try emit(.averagePool(g, countIncludePad: try int("count_include_pad", 0) != 0), [x]))
     }
 
     mutating func split() throws -> [Sym] {

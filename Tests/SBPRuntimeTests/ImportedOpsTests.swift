@@ -99,6 +99,27 @@ final class ImportedOpsTests: XCTestCase {
     try assertMatchesOnnxruntime(g, "ok_lstm", shape: [2, 25])
   }
 
+  /// Einsum lowers to transposes, sums and one batched matmul per pair of operands, and
+  /// ScatterND into a computed tensor to a gather of the updates plus the data left in place,
+  /// as onnxruntime runs them (ok_einsum.expected.npy; onnx's reference evaluator agrees).
+  func testEinsumAndScatterNDImportAsOnnxruntimeRunsThem() throws {
+    let g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_einsum.onnx", options: ImportOptions(batch: 2)).graph
+    // Six Einsums of one or more pairs (e4 has three operands: two products) and the two
+    // updates' Einsums; e3 (one operand) needs none.
+    XCTAssertEqual(g.nodes.filter { $0.op == .matMul }.count, 8)
+    XCTAssertEqual(g.nodes.filter { $0.op == .gather(axis: 0) }.count, 1, "the partial scatter gathers; the in-order one is a reshape")
+    try assertMatchesOnnxruntime(g, "ok_einsum", shape: [2, 180])
+  }
+
+  /// 1-D convolutions and pools run as 2-D ones over a 1×L grid, and a 3-D convolution with
+  /// a kernel-1 axis as a 2-D one with that axis in the batch (ok_conv_nd.expected.npy).
+  func testOneAndThreeDimensionalConvolutionsImportAsOnnxruntimeRunsThem() throws {
+    let g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_conv_nd.onnx", options: ImportOptions(batch: 2)).graph
+    for n in g.nodes where n.op.name == "conv" { XCTAssertEqual(g.type(of: n.inputs[0]).rank, 4, "\(n.name) runs 2-D") }
+    XCTAssertEqual(g.nodes.filter { $0.op.name == "conv" }.count, 3)
+    try assertMatchesOnnxruntime(g, "ok_conv_nd", shape: [2, 64])
+  }
+
   /// Mod folds at import, with Python's sign for integers and C's fmod for floats.
   func testModFoldsAsOnnxDefinesIt() throws {
     var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_mod.onnx", options: ImportOptions(batch: 1)).graph

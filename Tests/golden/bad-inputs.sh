@@ -18,6 +18,7 @@ CASES=(
 "ONNX: Tile along a long axis|inspect Tests/Fixtures/bad_tile.onnx"
 "ONNX: Resize with a crop box|inspect Tests/Fixtures/bad_resize.onnx"
 "ONNX: LSTM with peephole weights|inspect Tests/Fixtures/bad_lstm_peephole.onnx"
+"ONNX: Einsum over a diagonal|inspect Tests/Fixtures/bad_einsum_diagonal.onnx"
 "ONNX: graph with a cycle|inspect Tests/Fixtures/cycle.onnx"
 "ONNX: value nothing defines|inspect Tests/Fixtures/dangling_input.onnx"
 "ONNX: symbolic dimension other than the batch|inspect Tests/Fixtures/symbolic_dim.onnx"
