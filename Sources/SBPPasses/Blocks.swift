@@ -56,7 +56,9 @@ public struct BlockTable: Sendable, Encodable {
   public var headNodes: Int
 
   public var stageCount: Int { (blocks.map(\.stage).max() ?? -1) + 1 }
-  public var isHierarchical: Bool { stageCount > 1 }
+  /// More than one token grid. Stages that differ only in prefix tokens (ConViT's class
+  /// token joining on the same grid) keep the isotropic rule.
+  public var isHierarchical: Bool { Set(stages.map(\.grid)).count > 1 }
 
   /// The grid of stage `s`.
   public func stage(_ s: Int) -> StageInfo? { stages.first { $0.stage == s } }

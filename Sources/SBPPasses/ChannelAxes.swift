@@ -35,12 +35,17 @@ struct ChannelAxes {
         } else if first == 1, rank >= 3, shape[0] == s[0], shape[1] == s[1] {
           c = 1
         }
-      case .concat(let a) where first != nil:
-        // A class token joined to the patch rows, along the token axis.
+      case .concat where first != nil:
+        // A class token joined to the patch rows (along the token axis), or channel groups
+        // joined (FasterNet's partial conv, GhostNet's cheap features): the channels stay put.
         let agree = n.inputs.compactMap { axis[$0] }.allSatisfy { $0 == first }
-        c = agree && a != first && g.type(of: n.inputs[0]).rank == rank ? first : nil
-      case .slice(let s) where first != nil:
-        c = !s.axes.contains(first!) && g.type(of: n.inputs[0]).rank == rank ? first : nil
+        c = agree && g.type(of: n.inputs[0]).rank == rank ? first : nil
+      case .slice where first != nil:
+        c = g.type(of: n.inputs[0]).rank == rank ? first : nil
+      case .split where first != nil:
+        // Every part of a split keeps the layout, channel groups included.
+        for o in n.outputs.dropFirst() where g.type(of: o).rank == rank { axis[o] = first }
+        c = first
       case .batchNorm, .batchNormTraining, .layerNorm, .layerNormSaving, .pad, .stopGradient, .cast:
         c = g.type(of: n.inputs[0]).shape == shape ? first : nil
       case .add, .sub, .mul, .div, .pow, .unary, .select:

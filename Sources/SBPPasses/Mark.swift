@@ -884,12 +884,15 @@ struct BlockMatcher {
       for u in group { known[g.nodes[u.add].outputs[0]] = lay }
       layouts.append(.success(lay))
     }
-    // Stages are token grids, numbered in the order the network first reaches them.
-    var stageOfGrid: [[Int]: Int] = [:]
-    func stageIndex(of grid: [Int]) -> Int {
-      if let s = stageOfGrid[grid] { return s }
-      stageOfGrid[grid] = stageOfGrid.count
-      return stageOfGrid.count - 1
+    // Stages are token layouts (a grid and its prefix tokens), numbered in the order the
+    // network first reaches them: ConViT's class token, joined after its local blocks, starts
+    // a stage on the same grid, since a stage's row indices count its prefix.
+    var stageOfLayout: [[Int]: Int] = [:]
+    func stageIndex(of l: Layout) -> Int {
+      let key = l.grid + [l.prefix]
+      if let s = stageOfLayout[key] { return s }
+      stageOfLayout[key] = stageOfLayout.count
+      return stageOfLayout.count - 1
     }
     var blockNodes = Set<Int>()
     var firstInput: ValueID?
@@ -904,7 +907,7 @@ struct BlockMatcher {
     for (group, found) in zip(groups.map(Optional.some) + [nil], layouts.map(Optional.some) + [nil]) {
       while let seg = pending.first, group.map({ seg.nodes[0] < $0.map(\.add).min()! }) ?? true {
         pending = pending.dropFirst()
-        let stage = stageIndex(of: seg.layout.grid)
+        let stage = stageIndex(of: seg.layout)
         stageStarts.append((seg.layout.grid, stage, seg.nodes[0]))
         for i in seg.nodes {
           blockNodes.insert(i)
@@ -934,8 +937,8 @@ struct BlockMatcher {
         for u in group { out.append(PendingAnnotation(node: u.add, key: Annotation.unmatched, value: .string(f.reason))) }
         continue
       }
-      for u in group { for seg in u.segments { _ = stageIndex(of: seg.layout.grid) } }
-      let stage = stageIndex(of: lay.grid)
+      for u in group { for seg in u.segments { _ = stageIndex(of: seg.layout) } }
+      let stage = stageIndex(of: lay)
       stageStarts.append((lay.grid, stage, group[0].add))
       var segmentIndex = 0
       let kind = group.map { ($0.hasDepthwise ? "dwconv+" : "") + $0.kind.rawValue + ($0.queryOnly ? "(query)" : "") + ($0.windows != nil ? "(windows)" : "") }.joined(separator: "+")
@@ -955,7 +958,7 @@ struct BlockMatcher {
         for seg in u.segments {
           for i in seg.nodes {
             out.append(PendingAnnotation(node: i, key: Annotation.segment, value: .int(segmentIndex)))
-            out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(stageIndex(of: seg.layout.grid))))
+            out.append(PendingAnnotation(node: i, key: Annotation.stage, value: .int(stageIndex(of: seg.layout))))
           }
           out.append(PendingAnnotation(node: seg.nodes[0], key: Annotation.tokenAxes, value: .ints(seg.layout.tokenAxes)))
           out.append(PendingAnnotation(node: seg.nodes[0], key: Annotation.grid, value: .ints(seg.layout.grid)))

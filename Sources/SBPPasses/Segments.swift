@@ -69,11 +69,13 @@ extension BlockMatcher {
     var perm: [ValueID: [Int]] = [x: Array(0..<g.type(of: x).rank)]
     for i in branch {
       let n = g.nodes[i]
-      guard let p = n.inputs.lazy.compactMap({ perm[$0] }).first, n.outputs.count == 1 else { continue }
+      guard let p = n.inputs.lazy.compactMap({ perm[$0] }).first else { continue }
       if case .transpose(let t) = n.op {
         perm[n.outputs[0]] = t.map { p[$0] }
-      } else if g.type(of: n.outputs[0]).rank == p.count, !{ if case .reshape = n.op { return true } else { return false } }() {
-        perm[n.outputs[0]] = p
+      } else if !{ if case .reshape = n.op { return true } else { return false } }() {
+        // Every output of the operand's rank keeps its axes: a split's parts too (FasterNet's
+        // partial conv splits off channels and joins them back).
+        for o in n.outputs where g.type(of: o).rank == p.count { perm[o] = p }
       }
     }
     let channelAxes: Set<Int> = g.type(of: x).rank == 3 ? [2] : g.type(of: x).rank == 4 ? [1, 3] : []

@@ -5,14 +5,18 @@ import XCTest
 @testable import SBPPasses
 
 final class BlockSelectorTests: XCTestCase {
-  func table(_ stageSizes: [Int]) -> BlockTable {
+  /// Blocks in stages of the given sizes, each stage's grid half the previous one's (7×7 last),
+  /// as a hierarchy has them; or every stage on one 14×14 grid, its prefix tokens differing
+  /// (ConViT's class token joining after its local blocks).
+  func table(_ stageSizes: [Int], oneGrid: Bool = false) -> BlockTable {
     var blocks: [BlockInfo] = []
     for (s, n) in stageSizes.enumerated() {
+      let side = oneGrid ? 14 : 7 << (stageSizes.count - 1 - s)
       for _ in 0..<n {
         blocks.append(
           BlockInfo(
-            index: blocks.count, stage: s, kind: "mhsa+mlp", layout: "tokens", tokenAxes: [1], grid: [14, 14], prefix: 1, roles: [],
-            parameters: 0, nodes: 0, splitStages: [s]))
+            index: blocks.count, stage: s, kind: "mhsa+mlp", layout: "tokens", tokenAxes: [1], grid: [side, side], prefix: oneGrid ? s : 1,
+            roles: [], parameters: 0, nodes: 0, splitStages: [s]))
       }
     }
     return BlockTable(blocks: blocks)
@@ -61,6 +65,9 @@ final class BlockSelectorTests: XCTestCase {
     XCTAssertEqual(table([2, 2, 18, 2]).defaultSelection.count, 4 + 12)
     XCTAssertEqual(table([]).defaultSelection, [])
     XCTAssertEqual(table([]).defaultSpec, "none")
+    // Stages that differ only in prefix tokens are one grid: the isotropic rule, across them.
+    XCTAssertFalse(table([2, 10], oneGrid: true).isHierarchical)
+    XCTAssertEqual(table([2, 10], oneGrid: true).defaultSelection, Array(4..<12))
   }
 
   /// PiT's grids (27×27, 14×14, 7×7): the rule picks stage 0 and most of stage 1, but 27×27 is
