@@ -1119,6 +1119,12 @@ private struct Importer {
     /// ScatterND into a computed tensor, for `scatterND`: indices must be constant.
     mutating func scatterComputed(_ reduction: String) throws -> [Sym] {
       let data = try required(0), upd = try required(2)
+      if case .value(let v) = try required(1), importer.graph.type(of: v).elementCount > maxFoldElements {
+        // A slice assignment over a large tensor (MViTv2's at 224 px) spells out every index.
+        throw err(
+          "its indices (\(importer.graph.type(of: v))) are too many to fold at import (over \(maxFoldElements) elements); sbpc scatters only with constant indices"
+        )
+      }
       guard let idx = try const(1, "indices") else { throw err("indices must be constant; sbpc needs a static scatter") }
       guard reduction == "none" else { throw err("reduction '\(reduction)' into a computed tensor is not supported") }
       let t = importer.type(data), ut = importer.type(upd)
