@@ -361,6 +361,52 @@ def ok_conv_nd(out):
                 model("ok_conv_nd", nodes, [x_input(("batch", 3, 4))], [y_output(("batch", 64))], inits))
 
 
+def ok_scatter_slice(out):
+    """x [batch, 1030, 1024] -> y = x with rows 1.. of axis 1 doubled, written as TorchScript
+    writes `y[:, 1:, :] = 2 * x[:, 1:, :]`: a ScatterND whose indices are built in the graph
+    from Shape, Range, Expand and Concat, one index triple per element (over 6 million
+    integers at batch 2, past what the importer folds as it reads the graph)."""
+    i64 = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)] if isinstance(v, list) else [], v if isinstance(v, list) else [v])  # noqa: E731
+    inits = [i64("zero", 0), i64("one", 1), i64("ax0", [0]), i64("ax1", [1]), i64("ax2", [2]), i64("last", [-1]),
+             i64("big", [1 << 40]), helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])]
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Slice", ["x", "ax1", "big", "ax1"], ["tail"], name="tail"),
+             helper.make_node("Mul", ["tail", "two"], ["upd"], name="double"),
+             helper.make_node("Shape", ["upd"], ["us"], name="upd_shape")]
+    parts = []
+    for a, start in [(0, "zero"), (1, "one"), (2, "zero")]:
+        shape_1 = [1, 1, 1]
+        shape_1[a] = -1
+        nodes += [helper.make_node("Gather", ["s", f"ax{a}"], [f"d{a}v"], name=f"dim{a}", axis=0),
+                  helper.make_node("Squeeze", [f"d{a}v", "ax0"], [f"d{a}"], name=f"dim{a}_scalar"),
+                  helper.make_node("Range", [start, f"d{a}", "one"], [f"r{a}"], name=f"range{a}"),
+                  helper.make_node("Constant", [], [f"shape{a}"], name=f"shape{a}", value=helper.make_tensor(f"shape{a}_v", TensorProto.INT64, [3], shape_1)),
+                  helper.make_node("Reshape", [f"r{a}", f"shape{a}"], [f"r{a}_b"], name=f"place{a}"),
+                  helper.make_node("Expand", [f"r{a}_b", "us"], [f"e{a}"], name=f"expand{a}"),
+                  helper.make_node("Unsqueeze", [f"e{a}", "last"], [f"u{a}"], name=f"coord{a}")]
+        parts.append(f"u{a}")
+    nodes += [helper.make_node("Concat", parts, ["idx"], name="indices", axis=-1),
+              helper.make_node("ScatterND", ["x", "idx", "upd"], ["y"], name="slice_assign")]
+    write_model(os.path.join(out, "ok_scatter_slice.onnx"),
+                model("ok_scatter_slice", nodes, [x_input(("batch", 1030, 1024))], [y_output(("batch", 1030, 1024))], inits))
+
+
+def ok_bn_computed_stats(out):
+    """x [batch, 3, 4] -> an inference-mode BatchNormalization whose mean and variance the graph
+    computes from x (dynamo's decomposition of a batch_norm without running statistics, as
+    NF-Net's weight standardization calls it) -> y [batch, 3, 4]."""
+    c = np.array([0.5, 1.5, -1.0], dtype=np.float32)
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], name="mean", keepdims=0),
+             helper.make_node("ReduceMean", ["x", "axes"], ["mk"], name="mean_kept", keepdims=1),
+             helper.make_node("Sub", ["x", "mk"], ["d"], name="center"),
+             helper.make_node("Mul", ["d", "d"], ["d2"], name="square"),
+             helper.make_node("ReduceMean", ["d2", "axes"], ["v"], name="variance", keepdims=0),
+             helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn", momentum=1.0, epsilon=1e-5)]
+    write_model(os.path.join(out, "ok_bn_computed_stats.onnx"),
+                model("ok_bn_computed_stats", nodes, [x_input(("batch", 3, 4))], [y_output(("batch", 3, 4))],
+                      [init("s", c), init("b", c[::-1].copy()), helper.make_tensor("axes", TensorProto.INT64, [2], [0, 2])], opset=18))
+
+
 def bad_einsum_diagonal(out):
     """Einsum reading a diagonal (a label twice in one operand): sbpc lowers Einsum to
     transposes and matmuls, which have no diagonal."""
@@ -656,7 +702,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, ok_einsum, ok_conv_nd, bad_einsum_diagonal, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, ok_einsum, ok_conv_nd, ok_scatter_slice, ok_bn_computed_stats, bad_einsum_diagonal, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -744,6 +790,17 @@ def check(out):
     np.save(p("ok_einsum.expected.npy"), got_e)
     expect(np.allclose(got_e, ReferenceEvaluator(p("ok_einsum.onnx")).run(None, {"x": xin})[0], atol=1e-5),
            f"ok_einsum.onnx: onnxruntime and onnx's reference evaluator agree, y {got_e.shape} written to ok_einsum.expected.npy")
+    xs = np.random.default_rng(2).standard_normal((2, 1030, 1024)).astype(np.float32)
+    got_s = ort.InferenceSession(p("ok_scatter_slice.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xs})[0]
+    want_s = xs.copy()
+    want_s[:, 1:, :] *= 2
+    expect(np.array_equal(got_s, want_s), "ok_scatter_slice.onnx: onnxruntime doubles rows 1.. of axis 1 and keeps row 0")
+    xb = (np.sin(np.arange(24, dtype=np.float32) * 0.37) * 3).reshape(2, 3, 4).astype(np.float32)
+    got_b = ort.InferenceSession(p("ok_bn_computed_stats.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xb})[0]
+    np.save(p("ok_bn_computed_stats.expected.npy"), got_b)
+    nb = (xb - xb.mean(axis=(0, 2), keepdims=True)) / np.sqrt(xb.var(axis=(0, 2), keepdims=True) + 1e-5)
+    expect(np.allclose(got_b, nb * np.array([0.5, 1.5, -1.0])[:, None] + np.array([-1.0, 1.5, 0.5])[:, None], atol=1e-5),
+           "ok_bn_computed_stats.onnx: onnxruntime normalizes with the computed batch statistics, as numpy does")
     # (The reference evaluator's 1-D MaxPool with pads fails; PyTorch is the second opinion.)
     import torch
     xin = (np.sin(np.arange(24, dtype=np.float32) * 0.37) * 3).reshape(2, 3, 4).astype(np.float32)

@@ -8,8 +8,10 @@ runs the same step in float64 and, at the residual add of every branch sbpc spli
 the gradient of the branch's dropped rows; a PW-Conv region split on its own (a CNN's 1x1
 convs, an MLP whose middle mixes rows) has its gradient masked at the output of the module
 its last node belongs to.  The add is found from its ONNX name: the scope
-names the module whose forward makes it, and "Add_k" says it is that forward's (k+1)-th
-addition; a torch function mode counts the additions each module makes itself.  For a branch whose every op is row-wise,
+names the module whose forward makes it, and its rank among the scope's Adds that compute
+on the input or the weights (shape arithmetic, such as SAM's window padding, left out) says
+it is that forward's (k+1)-th addition; a torch function mode counts the additions each
+module makes itself.  For a branch whose every op is row-wise,
 that is Algorithm 1 exactly: dropped rows then give no gradient to the parameters or to the
 branch input, kept rows their full one.  It needs no model-specific code, which is the point:
 it checks splits on families the hand-written reference (reference.py --sbp) does not know.
@@ -361,8 +363,34 @@ def row_mask(t, keep, axes, prefix):
     return m.reshape(view)
 
 
+def data_add_ranks(onnx_path):
+    """{Add node name: k} where the node is its scope's (k+1)-th addition of tensors that
+    depend on the input or the weights.  The exporter also writes shape arithmetic as Adds
+    (SAM's window padding, `(w - H % w) % w`), which PyTorch computes on Python ints and the
+    torch function mode does not count; those are left out of the numbering."""
+    g = onnx.load(onnx_path, load_external_data=False).graph
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    data = {i.name for i in g.input} | {i.name for i in g.initializer if i.data_type in floating}
+    ranks, seen = {}, collections.Counter()
+    for n in g.node:
+        if n.op_type in ("Shape", "Size", "ConstantOfShape"):
+            continue
+        if any(i in data for i in n.input):
+            data.update(n.output)
+            if n.op_type == "Add":
+                scope = n.name.rsplit("/", 1)[0]
+                ranks[n.name] = seen[scope]
+                seen[scope] += 1
+    return ranks
+
+
+ADD_RANKS = {}
+
+
 def residual_key(scope):
     """'/blocks/blocks.0/Add_1' -> ('blocks.0', 1): the module and which of its additions."""
+    if scope in ADD_RANKS:
+        return module_path(scope), ADD_RANKS[scope]
     op = scope.rsplit("/", 1)[1]
     k = int(op.split("_")[1]) if "_" in op else 0
     return module_path(scope), k
@@ -390,6 +418,7 @@ def main(argv=None):
     ref = os.path.join(here, "full", "families", args.family) if args.full else os.path.join(here, "families", args.family)
     manifest = json.load(open(os.path.join(ref, "manifest.json")))
     onnx_path = os.path.join(ref, manifest["exports"]["ts17"]["file"])
+    ADD_RANKS.update(data_add_ranks(onnx_path))
     batch = manifest["batch"]
     with tempfile.TemporaryDirectory() as d:
         plan = os.path.join(d, "sbp.plan")

@@ -195,6 +195,10 @@ private struct Importer {
   var fromInputs: Set<ValueID> = []
   /// ONNX sequences (dynamo's SplitToSequence), by name: their tensors, read by SequenceAt.
   var sequences: [String: [Sym]] = [:]
+  /// Values computed from constants alone that were too large to fold, with what computes
+  /// them: a scatter's indices (a slice assignment spells out every index) are evaluated
+  /// from here when it needs them, and the ops are left for dead-code elimination.
+  var deferredFolds: [ValueID: (op: Op, ins: [Sym])] = [:]
   var opset = 0
   let external: ExternalStore
 
@@ -462,6 +466,22 @@ private struct Importer {
     }
   }
 
+  /// The value of `v` if it is computed from constants alone (`deferredFolds`) and has at
+  /// most `limit` elements.
+  func deferredValue(_ v: ValueID, limit: Int) -> ConstTensor? {
+    guard let (op, ins) = deferredFolds[v], graph.type(of: v).elementCount <= limit else { return nil }
+    var xs: [ConstTensor] = []
+    for s in ins {
+      switch s {
+      case .const(let c): xs.append(c)
+      case .value(let u):
+        guard let c = deferredValue(u, limit: limit) else { return nil }
+        xs.append(c)
+      }
+    }
+    return evaluate(op, xs, outType: graph.type(of: v))
+  }
+
   func type(_ s: Sym) -> TensorType {
     switch s {
     case .value(let v): return graph.type(of: v)
@@ -596,6 +616,13 @@ private struct Importer {
       do {
         let outs = try importer.graph.append(op, vals, name: node.name)
         if vals.contains(where: importer.fromInputs.contains) { importer.fromInputs.formUnion(outs) }
+        let known = ins.allSatisfy { s in
+          switch s {
+          case .const: return true
+          case .value(let v): return importer.deferredFolds[v] != nil
+          }
+        }
+        if known, !readsParameter, outs.count == 1 { importer.deferredFolds[outs[0]] = (op, ins) }
         return outs.map { .value($0) }
       } catch let e as IRError { throw err(e.description) }
     }
@@ -782,6 +809,20 @@ private struct Importer {
           guard r >= 2 else { throw err("expects an input of rank 2 or more, got \(importer.type(x))") }
           let normalized = try normalize(x, axes: [0] + Array(2..<r), epsilon: try float("epsilon", 1e-5))
           return try affine(normalized, scale: ins[1], bias: ins[2], rank: r)
+        }
+        if !stored.contains(true), !trainMode, ins[3...4].allSatisfy({ if case .value = $0 { return true } else { return false } }) {
+          // Statistics the graph computes (dynamo's decomposition of a batch_norm without running
+          // statistics passes the batch's mean and variance to an inference-mode node): the
+          // formula itself, in ops that have gradients, through the statistics too.
+          let x = ins[0], r = importer.type(x).rank
+          guard r >= 2, importer.type(ins[3]).elementCount == importer.type(x).shape[1], importer.type(ins[4]).elementCount == importer.type(x).shape[1] else {
+            throw err("mean \(importer.type(ins[3])) and variance \(importer.type(ins[4])) must have one value per channel of \(importer.type(x))")
+          }
+          let perChannel = [importer.type(x).shape[1]] + [Int](repeating: 1, count: r - 2)
+          let centered = try emit(.sub, [x, try emit(.reshape(perChannel), [ins[3]])[0]])
+          let epsilon = Sym.const(ConstTensor(dtype: importer.type(x).dtype, shape: [], floats: [try float("epsilon", 1e-5)]))
+          let std = try emit(.unary(.sqrt), try emit(.add, [try emit(.reshape(perChannel), [ins[4]])[0], epsilon]))
+          return try affine(try emit(.div, [centered[0], std[0]])[0], scale: ins[1], bias: ins[2], rank: r)
         }
         for (i, what) in [(3, "running mean"), (4, "running variance")] {
           guard case .value(let v) = ins[i], let k = importer.graph.params.firstIndex(where: { $0.value == v }) else {
@@ -1119,13 +1160,22 @@ private struct Importer {
     /// ScatterND into a computed tensor, for `scatterND`: indices must be constant.
     mutating func scatterComputed(_ reduction: String) throws -> [Sym] {
       let data = try required(0), upd = try required(2)
-      if case .value(let v) = try required(1), importer.graph.type(of: v).elementCount > maxFoldElements {
-        // A slice assignment over a large tensor (MViTv2's at 224 px) spells out every index.
-        throw err(
-          "its indices (\(importer.graph.type(of: v))) are too many to fold at import (over \(maxFoldElements) elements); sbpc scatters only with constant indices"
-        )
+      let idx: ConstTensor
+      if case .value(let v) = try required(1) {
+        // A slice assignment over a large tensor (MViTv2's at 224 px) spells out every index,
+        // past what folds as the graph is read: they are computed here, once.
+        let limit = 1 << 27
+        guard let c = importer.deferredValue(v, limit: limit) else {
+          throw err(
+            importer.graph.type(of: v).elementCount > limit
+              ? "its indices (\(importer.graph.type(of: v))) are too many to compute at import (over \(limit) elements); sbpc scatters only with constant indices"
+              : "indices must be constant; sbpc needs a static scatter")
+        }
+        idx = c
+      } else {
+        guard let c = try const(1, "indices") else { throw err("indices must be given") }
+        idx = c
       }
-      guard let idx = try const(1, "indices") else { throw err("indices must be constant; sbpc needs a static scatter") }
       guard reduction == "none" else { throw err("reduction '\(reduction)' into a computed tensor is not supported") }
       let t = importer.type(data), ut = importer.type(upd)
       guard t.dtype.isFloat, ut.dtype == t.dtype else { throw err("data \(t) and updates \(ut) must be floating and of one type") }

@@ -111,6 +111,36 @@ final class ImportedOpsTests: XCTestCase {
     try assertMatchesOnnxruntime(g, "ok_einsum", shape: [2, 180])
   }
 
+  /// A slice assignment as TorchScript writes it: ScatterND with one index triple per
+  /// element, computed in the graph from Shape, Range and Expand (6.3 million integers at
+  /// batch 2, more than the importer folds as it reads). The indices are computed once when
+  /// the scatter needs them, the ops that made them are dropped, and the step is a gather.
+  func testSliceAssignmentWithIndicesTooLargeToFoldImports() throws {
+    var g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_scatter_slice.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertFalse(g.nodes.contains { g.type(of: $0.outputs[0]).dtype == .i64 && g.type(of: $0.outputs[0]).elementCount > 1 << 20 },
+      "no index tensor is computed per step")
+    try PassPipeline(passes: [Canonicalize(), PlanMemory()], verifyEach: true).run(&g)
+    let ex = try Executor(graph: g)
+    let n = g.type(of: g.inputs[0].value).elementCount
+    let x = (0..<n).map { Float(($0 * 7919) % 1009) - 504 }
+    ex.buffer(g.inputs[0].value).f32.update(from: x, count: n)
+    try ex.run()
+    let y = Array(ex.buffer(g.outputs[0].value).floats)
+    XCTAssertEqual(y.count, n)
+    var wrong = 0
+    for i in 0..<n where y[i] != ((i / 1024) % 1030 == 0 ? x[i] : 2 * x[i]) { wrong += 1 }
+    XCTAssertEqual(wrong, 0, "row 0 of axis 1 kept, rows 1... doubled")
+  }
+
+  /// An inference-mode BatchNormalization whose statistics the graph computes is its formula,
+  /// statistics included (ok_bn_computed_stats.expected.npy, from onnxruntime).
+  func testBatchNormWithComputedStatisticsIsItsFormula() throws {
+    let g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_bn_computed_stats.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertFalse(g.nodes.contains { if case .batchNorm = $0.op { return true } else { return false } })
+    XCTAssertTrue(g.params.allSatisfy(\.trainable), "the scale and bias train; nothing is running state")
+    try assertMatchesOnnxruntime(g, "ok_bn_computed_stats", shape: [2, 3, 4])
+  }
+
   /// 1-D convolutions and pools run as 2-D ones over a 1×L grid, and a 3-D convolution with
   /// a kernel-1 axis as a 2-D one with that axis in the batch (ok_conv_nd.expected.npy).
   func testOneAndThreeDimensionalConvolutionsImportAsOnnxruntimeRunsThem() throws {
