@@ -407,6 +407,25 @@ def ok_bn_computed_stats(out):
                       [init("s", c), init("b", c[::-1].copy()), helper.make_tensor("axes", TensorProto.INT64, [2], [0, 2])], opset=18))
 
 
+def ok_resize_aa(out):
+    """x [batch, 2, 8, 12] -> antialiased Resizes, each flattened, concatenated: linear at
+    scales (0.5, 0.25) and cubic (a = -0.5) at (3/8, 1/2), both excluding taps outside (as
+    dynamo exports PyTorch's antialias), linear upsampling at (1.25, 1), where antialiasing
+    changes nothing, and cubic (a = -0.75) at (3/8, 1/2) reading the edge past the ends ->
+    y [batch, 24 + 36 + 240 + 36] (opset 18)."""
+    f = lambda name, v: helper.make_tensor(name, TensorProto.FLOAT, [len(v)], v)  # noqa: E731
+    nodes = []
+    for name, attrs, scales in [("lin", dict(mode="linear", exclude_outside=1), [1, 1, 0.5, 0.25]),
+                                ("cub", dict(mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1), [1, 1, 3 / 8, 1 / 2]),
+                                ("up", dict(mode="linear"), [1, 1, 1.25, 1]),
+                                ("edge", dict(mode="cubic"), [1, 1, 3 / 8, 1 / 2])]:
+        nodes.append(helper.make_node("Constant", [], [f"{name}_scales"], name=f"{name}_scales", value=f(f"{name}_scales_v", scales)))
+        nodes.append(helper.make_node("Resize", ["x", "", f"{name}_scales"], [name], name=name, antialias=1, **attrs))
+    nodes += flatten_concat(["lin", "cub", "up", "edge"])
+    write_model(os.path.join(out, "ok_resize_aa.onnx"),
+                model("ok_resize_aa", nodes, [x_input(("batch", 2, 8, 12))], [y_output(("batch", 336))], [], opset=18))
+
+
 def bad_einsum_diagonal(out):
     """Einsum reading a diagonal (a label twice in one operand): sbpc lowers Einsum to
     transposes and matmuls, which have no diagonal."""
@@ -702,7 +721,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, ok_einsum, ok_conv_nd, ok_scatter_slice, ok_bn_computed_stats, bad_einsum_diagonal, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, ok_einsum, ok_conv_nd, ok_scatter_slice, ok_bn_computed_stats, ok_resize_aa, bad_einsum_diagonal, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]
@@ -801,6 +820,17 @@ def check(out):
     nb = (xb - xb.mean(axis=(0, 2), keepdims=True)) / np.sqrt(xb.var(axis=(0, 2), keepdims=True) + 1e-5)
     expect(np.allclose(got_b, nb * np.array([0.5, 1.5, -1.0])[:, None] + np.array([-1.0, 1.5, 0.5])[:, None], atol=1e-5),
            "ok_bn_computed_stats.onnx: onnxruntime normalizes with the computed batch statistics, as numpy does")
+    xa = (np.sin(np.arange(384, dtype=np.float32) * 0.37) * 3).reshape(2, 2, 8, 12).astype(np.float32)
+    got_a = ort.InferenceSession(p("ok_resize_aa.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xa})[0]
+    np.save(p("ok_resize_aa.expected.npy"), got_a)
+    import torch
+    ta, F_ = torch.from_numpy(xa), torch.nn.functional
+    want_a = torch.cat([t.reshape(2, -1) for t in [
+        F_.interpolate(ta, size=(4, 3), mode="bilinear", antialias=True, align_corners=False),
+        F_.interpolate(ta, size=(3, 6), mode="bicubic", antialias=True, align_corners=False),
+        F_.interpolate(ta, size=(10, 12), mode="bilinear", antialias=True, align_corners=False)]], dim=1).numpy()
+    expect(np.allclose(got_a[:, :300], want_a, atol=1e-5) and np.allclose(got_a, ReferenceEvaluator(p("ok_resize_aa.onnx")).run(None, {"x": xa})[0], atol=1e-5),
+           f"ok_resize_aa.onnx: onnxruntime and onnx's reference evaluator agree, and with PyTorch's antialiased interpolate where taps outside are excluded; y {got_a.shape} written to ok_resize_aa.expected.npy")
     # (The reference evaluator's 1-D MaxPool with pads fails; PyTorch is the second opinion.)
     import torch
     xin = (np.sin(np.arange(24, dtype=np.float32) * 0.37) * 3).reshape(2, 3, 4).astype(np.float32)

@@ -1531,8 +1531,10 @@ private struct Importer {
       guard ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"].contains(transform) else {
         throw err("coordinate_transformation_mode '\(transform)' is not supported")
       }
-      guard try int("antialias", 0) == 0 else { throw err("antialias is not supported") }
-      guard try int("exclude_outside", 0) == 0 else { throw err("exclude_outside is not supported") }
+      let antialias = try int("antialias", 0) != 0
+      guard !antialias || mode != "nearest" else { throw err("antialias with mode 'nearest' is not supported") }
+      // Taps past the ends: read the edge, or (exclude_outside) dropped, the rest renormalized.
+      let excludeOutside = try int("exclude_outside", 0) != 0
       guard try ints("axes") == nil else { throw err("the axes attribute is not supported") }
       let nearestMode = try string("nearest_mode", "round_prefer_floor")
       guard ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"].contains(nearestMode) else {
@@ -1574,6 +1576,25 @@ private struct Importer {
           case "pytorch_half_pixel": x = outLen > 1 ? (i + 0.5) / scale - 0.5 : 0
           default: x = (i + 0.5) / scale - 0.5
           }
+          if antialias {
+            // The filter stretched by 1/scale when downsampling and its taps normalized, as the
+            // ONNX reference does it; with exclude_outside this is PyTorch's antialias, which
+            // dynamo exports that way.
+            let sc = Swift.min(scale, 1), ratio = x == x.rounded(.down) ? 1 : x - x.rounded(.down)
+            let base = Int((x - ratio).rounded())
+            let start = Int((-(mode == "linear" ? 1 : 2) / sc).rounded(.down)) + 1
+            let taps = (0..<(2 - 2 * start)).map { k -> Double in
+              let d = Swift.abs((Double(start + k) - ratio) * sc), a = cubicA
+              if mode == "linear" { return Swift.max(0, 1 - d) }
+              if d <= 1 { return ((a + 2) * d - (a + 3)) * d * d + 1 }
+              if d < 2 { return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a }
+              return 0
+            }
+            let kept = taps.enumerated().filter { !excludeOutside || (0..<inLen).contains(base + start + $0.offset) }
+            let total = kept.reduce(0) { $0 + $1.element }
+            for (k, w) in kept { add(o, base + start + k, w / total) }
+            continue
+          }
           switch mode {
           case "nearest":
             let f = x.rounded(.down), half = x - f == 0.5
@@ -1599,7 +1620,9 @@ private struct Importer {
               if d < 2 { return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a }
               return 0
             }
-            for k in -1...2 { add(o, j + k, w(t - Double(k))) }
+            let kept = (-1...2).filter { !excludeOutside || (0..<inLen).contains(j + $0) }
+            let total = excludeOutside ? kept.reduce(0) { $0 + w(t - Double($1)) } : 1
+            for k in kept { add(o, j + k, w(t - Double(k)) / total) }
           }
         }
         return m

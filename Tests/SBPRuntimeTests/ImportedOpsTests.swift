@@ -89,6 +89,16 @@ final class ImportedOpsTests: XCTestCase {
     try assertMatchesOnnxruntime(g, "ok_resize", shape: [2, 297])
   }
 
+  /// Antialiased Resize (the filter stretched by 1/scale when downsampling), with taps past
+  /// the ends excluded (as dynamo exports PyTorch's antialias) or reading the edge, as
+  /// onnxruntime runs it (ok_resize_aa.expected.npy; the reference evaluator agrees, and
+  /// PyTorch's interpolate where taps outside are excluded).
+  func testAntialiasedResizeImportsAsOnnxruntimeRunsIt() throws {
+    let g = try importONNX(path: repoRoot + "/Tests/Fixtures/ok_resize_aa.onnx", options: ImportOptions(batch: 2)).graph
+    XCTAssertEqual(g.nodes.filter { $0.op == .matMul }.count, 7, "one product per resized axis")
+    try assertMatchesOnnxruntime(g, "ok_resize_aa", shape: [2, 336])
+  }
+
   /// LSTM, unrolled, as the ONNX spec runs it (ok_lstm.expected.npy, from onnx's reference
   /// evaluator): batch-first layout, a reverse pass with both biases and an initial h, a
   /// forward pass with an initial c, and all three outputs of each.
