@@ -122,6 +122,26 @@ SPECS = {
   "vitamin_small_224": (dict(img_size=64), (3, 64, 64)),
   "hgnet_tiny": (dict(), (3, 64, 64)),
 
+  # sixth batch (2026-12-07, evening)
+  "mvitv2_small_cls": (dict(img_size=64), (3, 64, 64)),
+  "eca_halonext26ts": (dict(img_size=256), (3, 256, 256)),
+  "sebotnet33ts_256": (dict(img_size=128), (3, 128, 128)),
+  "regnety_040": (dict(), (3, 64, 64)),
+  "mobilenetv2_100": (dict(), (3, 64, 64)),
+  "resnetv2_50": (dict(), (3, 64, 64)),
+  "nf_regnet_b0": (dict(), (3, 64, 64)),
+  "levit_conv_128s": (dict(img_size=128), (3, 128, 128)),
+  "vit_base_patch16_clip_224": (dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2), (3, 32, 32)),
+  "flexivit_small": (dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2), (3, 32, 32)),
+  "beitv2_base_patch16_224": (dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2), (3, 32, 32)),
+  "spnasnet_100": (dict(), (3, 64, 64)),
+  "tf_mixnet_s": (dict(), (3, 64, 64)),
+  "bat_resnext26ts": (dict(), (3, 64, 64)),
+  "lambda_resnet26rpt_256": (dict(img_size=128), (3, 128, 128)),
+  "efficientvit_l1": (dict(), (3, 64, 64)),
+  "mobilenetv4_conv_aa_large": (dict(), (3, 64, 64)),
+  "vit_medium_patch16_gap_256": (dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2), (3, 32, 32)),
+  "pit_ti_distilled_224": (dict(img_size=64), (3, 64, 64)),
 }
 
 
