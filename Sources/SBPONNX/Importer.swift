@@ -1237,7 +1237,9 @@ private struct Importer {
       for (spec, x) in zip(specs, ins) {
         let shape = importer.type(x).shape
         let named = spec.replacingOccurrences(of: "...", with: "")
-        guard named.allSatisfy({ $0.isLetter }) else { throw err("malformed operand '\(spec)' in '\(equation)'") }
+        guard named.allSatisfy({ $0.isASCII && $0.isLetter }), spec.components(separatedBy: "...").count <= 2 else {
+          throw err("malformed operand '\(spec)' in '\(equation)'")
+        }
         let e = spec.contains("...") ? shape.count - named.count : 0
         guard e >= 0, e <= ellipsisLabels.count, spec.contains("...") || named.count == shape.count else {
           throw err("operand '\(spec)' does not match its rank-\(shape.count) input")
@@ -1252,6 +1254,7 @@ private struct Importer {
       let output: [Character]
       if sides.count == 2 {
         let parts = sides[1].components(separatedBy: "...")
+        guard parts.count <= 2, parts.joined().allSatisfy({ $0.isASCII && $0.isLetter }) else { throw err("malformed output '\(sides[1])' in '\(equation)'") }
         output = Array(parts[0]) + (parts.count > 1 ? dots + Array(parts[1]) : [])
       } else {
         var counts: [Character: Int] = [:]
