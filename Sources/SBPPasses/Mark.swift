@@ -241,6 +241,14 @@ struct BlockMatcher {
       }
       guard [.mul, .div, .add].contains(n.op), n.inputs.count == 2 else { break }
       let act = n.inputs.filter(isActivation)
+      if act.count == 2, n.op == .add {
+        // A bias computed from the activations themselves (SAM's decomposed relative
+        // positions, read off q): its rows and key columns are not a table to gather.
+        return .failure(
+          MatchFailure(
+            "the attention scores add a term computed from the activations (\(describe(n))), as SAM's decomposed relative positions are computed from q; the core is not split"
+          ))
+      }
       guard act.count == 1 else { break }
       v = act[0]
     }
