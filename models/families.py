@@ -129,6 +129,13 @@ def regnet(**cfg):
     return build
 
 
+def mvitv2(**cfg):
+    def build():
+        from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
+        return MultiScaleVit(MultiScaleVitCfg(**cfg), img_size=(32, 32), num_classes=5)
+    return build
+
+
 # Tiny versions of each family: the same blocks, ops and exporter artefacts as the
 # named model, at a width and depth whose files and references stay small.
 TINY = {
@@ -186,6 +193,12 @@ TINY = {
     # mixer (ONNX LSTM, which sbpc unrolls).
     "sequencer2d_s": Family(timm("sequencer2d_s", layers=(1, 1, 1, 1), embed_dims=(16, 24, 24, 24),
                                  hidden_sizes=(8, 8, 8, 8)), (3, 32, 32), 2, True),
+    # Families the second sweep found refused (BENCHMARKS, "Families no issue names"). MViTv2
+    # with a class token: Einsum relative positions and a slice assignment into part of the
+    # attention (ScatterND with indices built from shapes). ConViT: relative indices written
+    # by ScatterND on constants, and a class token joining on the same grid (a second stage).
+    "mvitv2_cls": Family(mvitv2(depths=(1, 1, 1, 1), embed_dim=8, num_heads=1, use_cls_token=True), (3, 32, 32), 2, True),
+    "convit_tiny": Family(timm("convit_tiny", img_size=32, patch_size=4, depth=3, local_up_to_layer=2, embed_dim=8), (3, 32, 32), 2, False),
 }
 
 # Families also exported at a fixed batch: (stem, dynamo?, batch). sbpc re-batches them to
@@ -207,7 +220,7 @@ FULL = {name: Family(functools.partial(eft.timm_model, name), (3, 224, 224), FUL
                      "levit_128s", "convnextv2_atto", "deit3_small_patch16_224", "beit_base_patch16_224",
                      "eva02_tiny_patch14_224", "cait_xxs24_224", "pvt_v2_b0", "mixer_b16_224",
                      "resmlp_12_224", "vit_relpos_small_patch16_224", "xcit_nano_12_p16_224", "edgenext_xx_small",
-                     "twins_svt_small", "sequencer2d_s")}
+                     "twins_svt_small", "sequencer2d_s", "mvitv2_tiny", "convit_tiny")}
 
 
 def seed(name, salt):

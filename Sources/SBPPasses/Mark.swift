@@ -246,7 +246,7 @@ struct BlockMatcher {
         // positions, read off q): its rows and key columns are not a table to gather.
         return .failure(
           MatchFailure(
-            "the attention scores add a term computed from the activations (\(describe(n))), as SAM's decomposed relative positions are computed from q; the core is not split"
+            "the attention scores add a term computed from the activations (\(describe(n))), as decomposed relative positions (SAM, MViTv2) are computed from q; the core is not split"
           ))
       }
       guard act.count == 1 else { break }
