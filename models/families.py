@@ -366,6 +366,35 @@ SWEEP_TS = (13, 14, 15, 16, 18, 19, 20)
 SWEEP_DYNAMO = (18, 20, 21)
 
 
+def align_names(path, ref):
+    """Rename `path`'s float initializers to the names `ref` gives the same values. The
+    exporter names a module shared by several blocks (CoaT's convolutional position encodings)
+    after whichever use it meets first, and that differs between opsets; the references are
+    keyed by the ts17 export's names."""
+    names = collections.defaultdict(list)
+    for t in onnx.load(ref).graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            names[numpy_helper.to_array(t, base_dir=os.path.dirname(ref)).tobytes()].append(t.name)
+    m = onnx.load(path)
+    taken = {t.name for t in m.graph.initializer}
+    renamed = {}
+    for t in m.graph.initializer:
+        if t.data_type != onnx.TensorProto.FLOAT:
+            continue
+        hits = names.get(numpy_helper.to_array(t).tobytes(), [])
+        if len(hits) == 1 and hits[0] != t.name and hits[0] not in taken:
+            renamed[t.name] = hits[0]
+            taken.add(hits[0])
+            t.name = hits[0]
+    if not renamed:
+        return
+    for n in m.graph.node:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+    for i in m.graph.input:
+        i.name = renamed.get(i.name, i.name)
+    onnx.save(m, path)
+
+
 def sweep(out, only=()):
     """Export every tiny family at the other opsets, TorchScript and dynamo, into `out`, as
     <family>__ts<opset>.onnx / <family>__dy<opset>.onnx, same weights as models/families/."""
@@ -378,6 +407,7 @@ def sweep(out, only=()):
             for opset in opsets:
                 path = os.path.join(out, f"{name}__{'dy' if dyn else 'ts'}{opset}.onnx")
                 eft.export_for_training(model, path, fam.chw, opset, dyn, check=False)
+                align_names(path, os.path.join(HERE, "families", name, "model_ts17.onnx"))
                 print("wrote", path, flush=True)
 
 
