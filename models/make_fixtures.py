@@ -426,6 +426,19 @@ def ok_resize_aa(out):
                 model("ok_resize_aa", nodes, [x_input(("batch", 2, 8, 12))], [y_output(("batch", 336))], [], opset=18))
 
 
+def bad_bn_stats_elsewhere(out):
+    """An inference-mode BatchNormalization whose mean and variance are computed, but not
+    from its input (running statistics scaled by 1): normalizing with them would be eval
+    mode's semantics in the training step, so it is refused."""
+    c = np.array([0.5, 1.5, -1.0], dtype=np.float32)
+    nodes = [helper.make_node("Mul", ["m0", "one"], ["m"], name="mean_copy"),
+             helper.make_node("Mul", ["v0", "one"], ["v"], name="var_copy"),
+             helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")]
+    write_model(os.path.join(out, "bad_bn_stats_elsewhere.onnx"),
+                model("bad_bn_stats_elsewhere", nodes, [x_input(("batch", 3, 4))], [y_output(("batch", 3, 4))],
+                      [init("s", c), init("b", c), init("m0", c), init("v0", c + 2), init("one", np.array([1.0], dtype=np.float32))]))
+
+
 def bad_einsum_diagonal(out):
     """Einsum reading a diagonal (a label twice in one operand): sbpc lowers Einsum to
     transposes and matmuls, which have no diagonal."""
@@ -721,7 +734,7 @@ def dangling_input(out):
 
 
 FIXTURES = [
-    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, ok_einsum, ok_conv_nd, ok_scatter_slice, ok_bn_computed_stats, ok_resize_aa, bad_einsum_diagonal, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
+    ok_linear, ok_activations, ok_norms, ok_groupnorm, ok_pools, ok_resize, ok_mod, ok_encodings, bad_tile, bad_resize, ok_lstm, ok_einsum, ok_conv_nd, ok_scatter_slice, ok_bn_computed_stats, bad_bn_stats_elsewhere, ok_resize_aa, bad_einsum_diagonal, bad_lstm_peephole, ok_scalar_params, ok_scalar_with_constant, bad_scalar_bound_and_weight, bad_dropout_training, ok_pad, ok_bn_eval_mode, bad_bn_shared, bad_bn_statistics, ok_shared_identity, warn_attention_bias, warn_qkv_bias, ok_external,
     ext_missing, ext_absolute, ext_escape, ext_past_end, ext_symlink,
     bad_size, unknown_op, symbolic_dim, cycle, huge_tensor, opset_12, no_graph, dangling_input,
 ]

@@ -469,17 +469,37 @@ private struct Importer {
   /// The value of `v` if it is computed from constants alone (`deferredFolds`) and has at
   /// most `limit` elements.
   func deferredValue(_ v: ValueID, limit: Int) -> ConstTensor? {
-    guard let (op, ins) = deferredFolds[v], graph.type(of: v).elementCount <= limit else { return nil }
-    var xs: [ConstTensor] = []
-    for s in ins {
-      switch s {
-      case .const(let c): xs.append(c)
-      case .value(let u):
-        guard let c = deferredValue(u, limit: limit) else { return nil }
-        xs.append(c)
+    // Each value once: shape arithmetic shares its intermediates.
+    var done: [ValueID: ConstTensor] = [:]
+    func value(_ v: ValueID) -> ConstTensor? {
+      if let c = done[v] { return c }
+      guard let (op, ins) = deferredFolds[v], graph.type(of: v).elementCount <= limit else { return nil }
+      var xs: [ConstTensor] = []
+      for s in ins {
+        switch s {
+        case .const(let c): xs.append(c)
+        case .value(let u):
+          guard let c = value(u) else { return nil }
+          xs.append(c)
+        }
       }
+      let c = evaluate(op, xs, outType: graph.type(of: v))
+      done[v] = c
+      return c
     }
-    return evaluate(op, xs, outType: graph.type(of: v))
+    return value(v)
+  }
+
+  /// True when `v` is computed from `source` (a batch statistic of it, say).
+  func computed(_ v: ValueID, from source: ValueID) -> Bool {
+    let producer = graph.producerIndex()
+    var seen = Set<ValueID>(), stack = [v]
+    while let u = stack.popLast() {
+      if u == source { return true }
+      guard seen.insert(u).inserted, let p = producer[u] else { continue }
+      stack += graph.nodes[p].inputs
+    }
+    return false
   }
 
   func type(_ s: Sym) -> TensorType {
@@ -810,10 +830,14 @@ private struct Importer {
           let normalized = try normalize(x, axes: [0] + Array(2..<r), epsilon: try float("epsilon", 1e-5))
           return try affine(normalized, scale: ins[1], bias: ins[2], rank: r)
         }
-        if !stored.contains(true), !trainMode, ins[3...4].allSatisfy({ if case .value = $0 { return true } else { return false } }) {
-          // Statistics the graph computes (dynamo's decomposition of a batch_norm without running
-          // statistics passes the batch's mean and variance to an inference-mode node): the
-          // formula itself, in ops that have gradients, through the statistics too.
+        if !stored.contains(true), !trainMode, case .value(let xv) = ins[0],
+          ins[3...4].allSatisfy({ if case .value(let s) = $0 { return importer.computed(s, from: xv) } else { return false } })
+        {
+          // Statistics the graph computes from the normalized tensor itself (dynamo's
+          // decomposition of a batch_norm without running statistics passes the batch's mean
+          // and variance to an inference-mode node): the formula, in ops that have gradients,
+          // through the statistics too. Statistics from anywhere else (running statistics
+          // behind a Cast, say) would normalize as eval mode does, and are refused below.
           let x = ins[0], r = importer.type(x).rank
           guard r >= 2, importer.type(ins[3]).elementCount == importer.type(x).shape[1], importer.type(ins[4]).elementCount == importer.type(x).shape[1] else {
             throw err("mean \(importer.type(ins[3])) and variance \(importer.type(ins[4])) must have one value per channel of \(importer.type(x))")

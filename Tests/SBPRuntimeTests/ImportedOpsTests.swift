@@ -149,6 +149,11 @@ final class ImportedOpsTests: XCTestCase {
     XCTAssertFalse(g.nodes.contains { if case .batchNorm = $0.op { return true } else { return false } })
     XCTAssertTrue(g.params.allSatisfy(\.trainable), "the scale and bias train; nothing is running state")
     try assertMatchesOnnxruntime(g, "ok_bn_computed_stats", shape: [2, 3, 4])
+    // Statistics computed from something else (running statistics behind a product) would
+    // normalize as eval mode does: refused, not trained that way.
+    XCTAssertThrowsError(try importONNX(path: repoRoot + "/Tests/Fixtures/bad_bn_stats_elsewhere.onnx", options: ImportOptions(batch: 2))) {
+      XCTAssertTrue("\($0)".contains("node 'bn' (BatchNormalization)"), "\($0)")
+    }
   }
 
   /// 1-D convolutions and pools run as 2-D ones over a 1×L grid, and a 3-D convolution with
